@@ -1,0 +1,1 @@
+"""Command-line entry points and long runs (``python -m experiments.train ...``)."""
