@@ -1,0 +1,44 @@
+"""ODE solvers in PyTorch written for the analysis of deep networks as numerical schemes.
+
+Explicit Euler, Heun, classical RK4 and adaptive Dormand–Prince 5(4) share one generic Runge–Kutta stepper
+driven by Butcher tableaux; ``odeint`` follows torchdiffeq's signature, ``solve`` also returns statistics,
+and the solver classes (``Dopri5``, ``RK4``, …) offer scipy-``OdeSolver``-style stepping.
+"""
+
+from stability.errors import (
+    MaxStepsExceededError,
+    NonConvergenceError,
+    NonFiniteValueError,
+    ODEInputError,
+    SolverError,
+    StepSizeUnderflowError,
+)
+from stability.odeint import odeint, solve
+from stability.single_step import step
+from stability.solution import Solution, SolverStats
+from stability.solver import RK4, SOLVERS, Dopri5, Euler, Heun, OdeSolver, RungeKuttaSolver
+from stability.step_control import PIController
+from stability.tableau import ButcherTableau
+
+__all__ = [
+    "RK4",
+    "SOLVERS",
+    "ButcherTableau",
+    "Dopri5",
+    "Euler",
+    "Heun",
+    "MaxStepsExceededError",
+    "NonConvergenceError",
+    "NonFiniteValueError",
+    "ODEInputError",
+    "OdeSolver",
+    "PIController",
+    "RungeKuttaSolver",
+    "Solution",
+    "SolverError",
+    "SolverStats",
+    "StepSizeUnderflowError",
+    "odeint",
+    "solve",
+    "step",
+]

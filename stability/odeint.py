@@ -1,0 +1,114 @@
+"""The front door: ``odeint(func, y0, t, method=..., rtol=..., atol=...)``, torchdiffeq-compatible."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from stability.errors import NonFiniteValueError, ODEInputError
+from stability.solution import Solution
+from stability.solver import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, solver_class
+from stability.step_control import PIController
+
+# Output times this close (relative to the span) to a step end are taken from the step, not interpolated.
+_HIT_TOLERANCE = 1e-12
+
+
+def solve(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    method: str = "dopri5",
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    step_size: float | None = None,
+    grid: Tensor | Sequence[float] | None = None,
+    first_step: float | None = None,
+    max_step: float = math.inf,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    controller: PIController | None = None,
+) -> Solution:
+    """Solve dy/dt = func(t, y), y(t[0]) = y0, and return the solution at every time in ``t`` with statistics.
+
+    ``t`` is strictly increasing or strictly decreasing (at least 2 points). Adaptive methods step with the
+    mixed error norm RMS(err / (atol + rtol·max(|y_n|, |y_{n+1}|))) ≤ 1 and reach output times by dense
+    output, never by shortening steps; ``step_size`` (or an explicit ``grid``) selects fixed-step mode.
+    Gradients flow to ``y0`` and to parameters of ``func`` by backpropagation through the steps; step-size
+    decisions are made on detached values and add no gradient paths.
+    """
+    times = _check_times(t)
+    solver = solver_class(method)(
+        func,
+        times[0],
+        y0,
+        times[-1],
+        rtol=rtol,
+        atol=atol,
+        step_size=step_size,
+        grid=None if grid is None else _as_float_list(grid, "grid"),
+        first_step=first_step,
+        max_step=max_step,
+        max_steps=max_steps,
+        controller=controller,
+    )
+    span = abs(times[-1] - times[0])
+    outputs = [y0]
+    index = 1
+    while index < len(times):
+        solver.step()
+        while index < len(times) and solver.direction * (times[index] - solver.t) <= _HIT_TOLERANCE * span:
+            if abs(times[index] - solver.t) <= _HIT_TOLERANCE * span:
+                outputs.append(solver.y)
+            else:
+                outputs.append(solver.dense_output()(times[index]))
+            index += 1
+    ys = torch.stack(outputs)
+    if solver.fixed_step:
+        _check_finite_trajectory(ys, times)
+    t_out = t if isinstance(t, Tensor) else torch.tensor(times, dtype=y0.dtype)
+    return Solution(t=t_out, ys=ys, stats=solver.stats, method=method)
+
+
+def odeint(
+    func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t: Tensor | Sequence[float], **options
+) -> Tensor:
+    """The solution at every time in ``t``, shape ``[len(t), *y0.shape]`` (see ``solve`` for the options)."""
+    return solve(func, y0, t, **options).ys
+
+
+def _as_float_list(values: Tensor | Sequence[float], name: str) -> list[float]:
+    if isinstance(values, Tensor):
+        if values.dim() != 1:
+            raise ODEInputError(f"{name} must be one-dimensional, got shape {tuple(values.shape)}")
+        return values.detach().double().cpu().tolist()
+    try:
+        return [float(x) for x in values]
+    except (TypeError, ValueError):
+        raise ODEInputError(f"{name} must be a 1-D tensor or a sequence of numbers") from None
+
+
+def _check_times(t: Tensor | Sequence[float]) -> list[float]:
+    times = _as_float_list(t, "t")
+    if len(times) < 2:
+        raise ODEInputError(f"t needs at least 2 points (start and end), got {len(times)}")
+    if not all(math.isfinite(x) for x in times):
+        raise ODEInputError("t contains NaN or infinite values")
+    steps = [b - a for a, b in zip(times, times[1:])]
+    if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
+        raise ODEInputError("t must be strictly increasing or strictly decreasing")
+    return times
+
+
+def _check_finite_trajectory(ys: Tensor, times: list[float]) -> None:
+    finite = torch.isfinite(ys.detach()).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0])
+        raise NonFiniteValueError(
+            f"the solution is non-finite at t={times[first]:.6g} (output {first}): the scheme blew up; "
+            f"a smaller step size may help",
+            t=times[first],
+        )

@@ -1,0 +1,64 @@
+"""The one generic explicit Runge–Kutta step that every tableau runs through."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from stability.tableau import ButcherTableau
+
+VectorField = Callable[[float, Tensor], Tensor]
+
+
+class RKStep(NamedTuple):
+    """Result of one explicit RK step: the new state, the embedded error estimate (or None), the stages."""
+
+    y: Tensor
+    error: Tensor | None
+    stages: list[Tensor]
+
+
+def linear_combination(y: Tensor | None, stages: Sequence[Tensor], weights, h: float) -> Tensor:
+    """y + h Σ_j w_j k_j for sparse ``weights`` given as (j, w_j) pairs; ``y=None`` means 0.
+
+    Accumulates into one fresh buffer (``add_`` with ``alpha``): one allocation per combination, and the
+    in-place adds are safe for autograd because addition saves no inputs for its backward.
+    """
+    out = None
+    for j, w in weights:
+        if out is None:
+            out = torch.add(y, stages[j], alpha=h * w) if y is not None else stages[j] * (h * w)
+        else:
+            out.add_(stages[j], alpha=h * w)
+    if out is None:
+        return y.clone() if y is not None else torch.zeros_like(stages[0])
+    return out
+
+
+def rk_step(
+    func: VectorField,
+    t: float,
+    y: Tensor,
+    h: float,
+    tableau: ButcherTableau,
+    first_stage: Tensor | None = None,
+) -> RKStep:
+    """One step of the explicit RK method ``tableau`` from (t, y) with step h (signed).
+
+    ``first_stage`` is f(t, y) when already known (FSAL or a previous interpolation), saving one evaluation.
+    For an FSAL tableau the last stage is f(t + h, y_{n+1}): the next step's ``first_stage``.
+    """
+    stages = [func(t, y) if first_stage is None else first_stage]
+    stage_input = y
+    for c, row in tableau.stage_plan:
+        stage_input = linear_combination(y, stages, row, h)
+        stages.append(func(t + c * h, stage_input))
+    if tableau.fsal:
+        y_new = stage_input
+    else:
+        y_new = linear_combination(y, stages, tableau.b_plan, h)
+    error = linear_combination(None, stages, tableau.error_plan, h) if tableau.adaptive else None
+    return RKStep(y_new, error, stages)

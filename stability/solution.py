@@ -1,0 +1,32 @@
+"""What a solve returns: the trajectory and the solver's statistics, with no side channels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+
+@dataclass
+class SolverStats:
+    """Counters of one integration: f evaluations, accepted/rejected steps, and every accepted step."""
+
+    nfe: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    step_sizes: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_accepted + self.n_rejected
+
+
+@dataclass
+class Solution:
+    """``ys[i]`` is the solution at ``t[i]``; ``stats`` describes how it was obtained."""
+
+    t: Tensor
+    ys: Tensor
+    stats: SolverStats
+    method: str
