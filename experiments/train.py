@@ -51,7 +51,7 @@ def _model_arg(text: str) -> tuple[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="registered model name (see --list-models)")
+    parser.add_argument("--model", required=True, help="registered model name")
     parser.add_argument("--dataset", required=True, choices=sorted(DATASET_INFO))
     parser.add_argument("--data-dir", default=None, help="data directory (default: $NR_DATA_DIR)")
     parser.add_argument(

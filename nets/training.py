@@ -29,7 +29,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -421,13 +421,14 @@ class BatchInfo:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the trained (unwrapped) model and the per-epoch records."""
+
     model: nn.Module
     history: list[dict[str, Any]]
     out_dir: Path
     test_accuracy: float | None
     test_loss: float | None
     train_time_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _fresh_rng_seed(seed: int, rank: int) -> int:
@@ -493,6 +494,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
 
     model = model.to(device)
+    test_set = test_set.to(device) if test_set is not None else None  # copied once, not per epoch
     loader = BatchIterator(
         train_set,
         config.batch_size,
@@ -523,15 +525,13 @@ def train(
         start_epoch, train_time_s = int(checkpoint["epoch"]), float(checkpoint["train_time_s"])
         history = list(checkpoint["history"])
         rng_states = checkpoint["rng"]
-        if len(rng_states) == context.world_size:
-            restore_rng_state(rng_states[context.rank])
-        else:
-            print(
-                f"resume: checkpoint from {len(rng_states)} processes, now {context.world_size}; reseeding "
-                "global RNGs (data order is still exact)",
-                file=sys.stderr,
+        if len(rng_states) != context.world_size:
+            raise ValueError(
+                f"{str(checkpoint_path)!r} was written by {len(rng_states)} processes, now "
+                f"{context.world_size}: the global batch and data sharding would change; resume with the "
+                "same number of processes"
             )
-            seed_everything(_fresh_rng_seed(config.seed + start_epoch, context.rank))
+        restore_rng_state(rng_states[context.rank])
         checkpoint = None  # free memory
 
     train_model: nn.Module = model

@@ -70,7 +70,9 @@ def cifar_batch_bytes(data: np.ndarray, labels: list[int], *, protocol: int = 2,
 
 
 def content_sha(data: np.ndarray, labels) -> str:
-    return hashlib.sha256(data.astype(np.uint8).tobytes() + np.asarray(labels).astype(np.uint8).tobytes()).hexdigest()
+    return hashlib.sha256(
+        data.astype(np.uint8).tobytes() + np.asarray(labels).astype(np.uint8).tobytes()
+    ).hexdigest()
 
 
 def make_cifar(n_per_batch: int = 4, seed: int = 0) -> dict:
@@ -113,7 +115,10 @@ def _no_env_data_dir(monkeypatch):
 @pytest.mark.parametrize("layout", [".", "MNIST/raw"])
 def test_mnist_reads_gzipped_idx_in_both_layouts(tmp_path, layout):
     files = write_mnist(tmp_path / layout)
-    for split, (img, lab) in {"train": ("train-images", "train-labels"), "test": ("t10k-images", "t10k-labels")}.items():
+    for split, (img, lab) in {
+        "train": ("train-images", "train-labels"),
+        "test": ("t10k-images", "t10k-labels"),
+    }.items():
         dataset = load_mnist(split, tmp_path, checksums=files["md5"])
         images = files["arrays"][f"{img}-idx3-ubyte.gz"]
         labels = files["arrays"][f"{lab}-idx1-ubyte.gz"]
@@ -303,7 +308,13 @@ def test_cifar_missing_error_names_batches_and_archive(tmp_path):
     with pytest.raises(DatasetNotFoundError) as info:
         load_cifar10("train", tmp_path, checksums=cifar["sha"])
     message = str(info.value)
-    for expected in ("data_batch_1", "data_batch_5", "missing: data_batch_3", "cifar-10-python.tar.gz", str(batch_dir)):
+    for expected in (
+        "data_batch_1",
+        "data_batch_5",
+        "missing: data_batch_3",
+        "cifar-10-python.tar.gz",
+        str(batch_dir),
+    ):
         assert expected in message
     assert len(load_cifar10("test", tmp_path, checksums=cifar["sha"])) == 4
 
@@ -326,7 +337,9 @@ def test_cifar_download_checks_archive_md5(tmp_path, monkeypatch):
 
 
 def numbered_dataset(n: int, shape=(3, 6, 5), seed: int = 0) -> ImageDataset:
-    images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    images = torch.randint(
+        0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
     return ImageDataset(images, torch.arange(n), name="numbered")
 
 
@@ -373,7 +386,9 @@ def test_sharded_batches_reassemble_the_global_batches(n):
     augment = RandomCropFlip(padding=3)
     single = list(BatchIterator(dataset, per_rank * world, shuffle=True, augment=augment, seed=5))
     ranks = [
-        list(BatchIterator(dataset, per_rank, shuffle=True, augment=augment, seed=5, rank=r, world_size=world))
+        list(
+            BatchIterator(dataset, per_rank, shuffle=True, augment=augment, seed=5, rank=r, world_size=world)
+        )
         for r in range(world)
     ]
     assert len({len(batches) for batches in ranks}) == 1

@@ -59,8 +59,17 @@ def tiny_model(seed: int) -> TinyNet:
     return TinyNet()
 
 
-CONFIG = dict(epochs=3, batch_size=8, optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=1e-3,
-              schedule="multistep", milestones=(2,), seed=7)  # fmt: skip
+CONFIG = dict(
+    epochs=3,
+    batch_size=8,
+    optimizer="sgd",
+    lr=0.2,
+    momentum=0.9,
+    weight_decay=1e-3,
+    schedule="multistep",
+    milestones=(2,),
+    seed=7,
+)
 
 
 class Interrupt(Exception):
@@ -71,19 +80,37 @@ def test_run_killed_in_epoch_two_and_resumed_equals_uninterrupted_run(tmp_path):
     train_set, test_set = synthetic_dataset(40, 0), synthetic_dataset(16, 1)
     augment = RandomCropFlip(padding=1)
     config = TrainConfig(**CONFIG)
-    full = train(tiny_model(0), train_set, test_set, config, tmp_path / "full", augment=augment, progress=False)
+    full = train(
+        tiny_model(0), train_set, test_set, config, tmp_path / "full", augment=augment, progress=False
+    )
 
     def kill(info):
         if info.epoch == 2 and info.step == 2:
             raise Interrupt  # dies mid-epoch: the epoch-1 checkpoint is all that survives
 
     with pytest.raises(Interrupt):
-        train(tiny_model(0), train_set, test_set, config, tmp_path / "cut", augment=augment, on_batch_end=kill,
-              progress=False)  # fmt: skip
+        train(
+            tiny_model(0),
+            train_set,
+            test_set,
+            config,
+            tmp_path / "cut",
+            augment=augment,
+            on_batch_end=kill,
+            progress=False,
+        )
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
     assert json.loads((tmp_path / "cut" / "results.json").read_text())["status"] == "running"
-    resumed = train(tiny_model(123), train_set, test_set, config, tmp_path / "cut", augment=augment, resume=True,
-                    progress=False)  # fmt: skip
+    resumed = train(
+        tiny_model(123),
+        train_set,
+        test_set,
+        config,
+        tmp_path / "cut",
+        augment=augment,
+        resume=True,
+        progress=False,
+    )
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
     strip = ("epoch_time_s", "eval_time_s")
@@ -100,14 +127,23 @@ def test_resume_does_not_depend_on_seeding_luck(tmp_path):
     """Control for the test above: a different data seed gives different weights."""
     train_set = synthetic_dataset(40, 0)
     a = train(tiny_model(0), train_set, None, TrainConfig(**CONFIG), tmp_path / "a", progress=False)
-    b = train(tiny_model(0), train_set, None, TrainConfig(**{**CONFIG, "seed": 8}), tmp_path / "b", progress=False)
+    b = train(
+        tiny_model(0), train_set, None, TrainConfig(**{**CONFIG, "seed": 8}), tmp_path / "b", progress=False
+    )
     assert not torch.equal(a.model.head.weight, b.model.head.weight)
 
 
 def test_checkpoint_is_weights_only_and_complete(tmp_path):
     config = TrainConfig(**{**CONFIG, "epochs": 1})
-    train(tiny_model(0), synthetic_dataset(16, 0), synthetic_dataset(8, 1), config, tmp_path,
-          model_spec={"name": "tiny", "kwargs": {"hidden": 16}}, progress=False)  # fmt: skip
+    train(
+        tiny_model(0),
+        synthetic_dataset(16, 0),
+        synthetic_dataset(8, 1),
+        config,
+        tmp_path,
+        model_spec={"name": "tiny", "kwargs": {"hidden": 16}},
+        progress=False,
+    )
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "data", "rng", "config", "history"} <= set(checkpoint)
     assert checkpoint["data"]["generator"].dtype == torch.uint8
@@ -117,7 +153,9 @@ def test_checkpoint_is_weights_only_and_complete(tmp_path):
     assert torch.equal(final["model"]["head.weight"], checkpoint["model"]["head.weight"])
     results = json.loads((tmp_path / "results.json").read_text())
     record = results["history"][0]
-    assert {"train_loss", "test_accuracy", "test_loss", "epoch_time_s", "lr", "train_solver_stats"} <= set(record)
+    assert {"train_loss", "test_accuracy", "test_loss", "epoch_time_s", "lr", "train_solver_stats"} <= set(
+        record
+    )
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -125,10 +163,32 @@ def test_existing_run_is_never_overwritten_and_config_must_match(tmp_path):
     train_set = synthetic_dataset(16, 0)
     train(tiny_model(0), train_set, None, TrainConfig(**{**CONFIG, "epochs": 1}), tmp_path, progress=False)
     with pytest.raises(FileExistsError, match="resume"):
-        train(tiny_model(0), train_set, None, TrainConfig(**{**CONFIG, "epochs": 1}), tmp_path, progress=False)
+        train(
+            tiny_model(0), train_set, None, TrainConfig(**{**CONFIG, "epochs": 1}), tmp_path, progress=False
+        )
     with pytest.raises(ValueError, match="lr"):
-        train(tiny_model(0), train_set, None, TrainConfig(**{**CONFIG, "epochs": 1, "lr": 0.3}), tmp_path,
-              resume=True, progress=False)  # fmt: skip
+        train(
+            tiny_model(0),
+            train_set,
+            None,
+            TrainConfig(**{**CONFIG, "epochs": 1, "lr": 0.3}),
+            tmp_path,
+            resume=True,
+            progress=False,
+        )
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    checkpoint["rng"] = checkpoint["rng"] * 2  # as if written by 2 processes
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="same number of processes"):
+        train(
+            tiny_model(0),
+            train_set,
+            None,
+            TrainConfig(**{**CONFIG, "epochs": 1}),
+            tmp_path,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_non_finite_loss_raises_before_any_checkpoint(tmp_path):
@@ -136,8 +196,15 @@ def test_non_finite_loss_raises_before_any_checkpoint(tmp_path):
         return model(x).sum() * float("nan")
 
     with pytest.raises(FloatingPointError, match="epoch 1"):
-        train(tiny_model(0), synthetic_dataset(16, 0), None, TrainConfig(**CONFIG), tmp_path, loss_fn=nan_loss,
-              progress=False)  # fmt: skip
+        train(
+            tiny_model(0),
+            synthetic_dataset(16, 0),
+            None,
+            TrainConfig(**CONFIG),
+            tmp_path,
+            loss_fn=nan_loss,
+            progress=False,
+        )
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
@@ -149,13 +216,22 @@ def test_loss_fn_hook_receives_model_and_unit_interval_batches(tmp_path):
         return nn.functional.cross_entropy(model(x), y) * 0.5
 
     config = TrainConfig(**{**CONFIG, "epochs": 1})
-    result = train(tiny_model(0), synthetic_dataset(20, 0), None, config, tmp_path, loss_fn=loss_fn, progress=False)
+    result = train(
+        tiny_model(0), synthetic_dataset(20, 0), None, config, tmp_path, loss_fn=loss_fn, progress=False
+    )
     assert len(calls) == 3 and calls[0][0] == (8, 1, 6, 6) and calls[-1][0][0] == 4
     assert all(c[1] == torch.float32 and c[2] >= 0 and c[3] <= 1 and c[4] == torch.int64 for c in calls)
     assert result.history[0]["train_samples"] == 20
     with pytest.raises(ValueError, match="scalar"):
-        train(tiny_model(0), synthetic_dataset(20, 0), None, config, tmp_path / "b", progress=False,
-              loss_fn=lambda m, x, y: nn.functional.cross_entropy(m(x), y, reduction="none"))  # fmt: skip
+        train(
+            tiny_model(0),
+            synthetic_dataset(20, 0),
+            None,
+            config,
+            tmp_path / "b",
+            progress=False,
+            loss_fn=lambda m, x, y: nn.functional.cross_entropy(m(x), y, reduction="none"),
+        )
 
 
 class CountingBlock(nn.Module):
@@ -188,7 +264,9 @@ def test_solver_stats_are_recorded_per_phase(tmp_path):
     model = CountingModel()
     model.block.nfe = 1000  # stale counts from before training are discarded
     config = TrainConfig(**{**CONFIG, "epochs": 2, "eval_batch_size": 5})
-    result = train(model, synthetic_dataset(24, 0), synthetic_dataset(12, 1), config, tmp_path, progress=False)
+    result = train(
+        model, synthetic_dataset(24, 0), synthetic_dataset(12, 1), config, tmp_path, progress=False
+    )
     assert [r["train_solver_stats"] for r in result.history] == [{"nfe": 3}, {"nfe": 3}]
     assert [r["test_solver_stats"] for r in result.history] == [{"nfe": 3}, {"nfe": 3}]
     assert pop_solver_stats(model) == {"nfe": 0}  # reset by the loop
@@ -213,7 +291,9 @@ def test_evaluate_counts_exactly():
             self.dummy = nn.Parameter(torch.zeros(()))
 
         def forward(self, x):
-            quadrants = torch.stack([x[:, 0, r : r + 3, c : c + 3].mean((1, 2)) for r in (0, 3) for c in (0, 3)], 1)
+            quadrants = torch.stack(
+                [x[:, 0, r : r + 3, c : c + 3].mean((1, 2)) for r in (0, 3) for c in (0, 3)], 1
+            )
             return quadrants * 100
 
     metrics = evaluate(Oracle(), dataset, batch_size=7)
@@ -299,8 +379,9 @@ class FlatNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, step_size: float = 1.0, width: int = 8) -> None:
         super().__init__()
         self.step_size = step_size
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 28 * 28, width), nn.ReLU(),
-                                 nn.Linear(width, num_classes))  # fmt: skip
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_channels * 28 * 28, width), nn.ReLU(), nn.Linear(width, num_classes)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -313,10 +394,38 @@ def test_cli_trains_resumes_and_records_model_spec(tmp_path, capsys, monkeypatch
     write_tiny_mnist(tmp_path / "data" / "MNIST" / "raw")
     register_model("test_cli_flatnet")(FlatNet)
     try:
-        args = ["--model", "test_cli_flatnet", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
-                "--epochs", "2", "--batch-size", "8", "--optimizer", "adam", "--lr", "0.01", "--schedule", "cosine",
-                "--out", str(tmp_path / "run"), "--seed", "3", "--no-verify", "--no-progress", "--device", "cpu",
-                "--step-size", "0.5", "--model-arg", "width=5", "--limit-train", "16"]  # fmt: skip
+        args = [
+            "--model",
+            "test_cli_flatnet",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.01",
+            "--schedule",
+            "cosine",
+            "--out",
+            str(tmp_path / "run"),
+            "--seed",
+            "3",
+            "--no-verify",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--step-size",
+            "0.5",
+            "--model-arg",
+            "width=5",
+            "--limit-train",
+            "16",
+        ]
         summary = main(args)
         out = capsys.readouterr().out
         assert out.count("FINAL ") == 1 and "test_accuracy=" in out and "wall_time_s=" in out
@@ -329,7 +438,9 @@ def test_cli_trains_resumes_and_records_model_spec(tmp_path, capsys, monkeypatch
         assert summary["test_accuracy"] == results["history"][-1]["test_accuracy"]
         model = load_trained_model(tmp_path / "run")
         assert model.step_size == 0.5 and model.net[1].out_features == 5 and not model.training
-        assert torch.equal(model.net[1].weight, torch.load(tmp_path / "run" / "model.pt")["model"]["net.1.weight"])
+        assert torch.equal(
+            model.net[1].weight, torch.load(tmp_path / "run" / "model.pt")["model"]["net.1.weight"]
+        )
         with pytest.raises(FileExistsError):
             main(args)
         main([*args, "--resume"])  # already finished: nothing left to train, files rewritten identically

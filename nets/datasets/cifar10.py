@@ -9,6 +9,7 @@ unpickler that only admits numpy array reconstruction (a pickle cannot run arbit
 from __future__ import annotations
 
 import codecs
+import hashlib
 import os
 import pickle
 import tarfile
@@ -25,7 +26,7 @@ from nets.datasets.errors import (
     DatasetFormatError,
     DatasetNotFoundError,
 )
-from nets.datasets.files import download_file, resolve_data_dir, sha256_hex
+from nets.datasets.files import download_file, resolve_data_dir
 
 CIFAR10_BATCHES: dict[str, tuple[str, ...]] = {
     "train": ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"),
@@ -52,11 +53,14 @@ _PIXELS = 3 * 32 * 32
 
 
 def cifar10_content_sha256(data: np.ndarray, labels: Iterable[int] | np.ndarray) -> str:
-    """SHA-256 of ``data.astype(uint8).tobytes() + labels.astype(uint8).tobytes()`` (the content checksum)."""
-    labels = np.asarray(labels)
-    return sha256_hex(
-        np.ascontiguousarray(data).astype(np.uint8).tobytes() + labels.astype(np.uint8).tobytes()
-    )
+    """SHA-256 of ``data.astype(uint8).tobytes() + labels.astype(uint8).tobytes()`` (the content checksum).
+
+    Hashed incrementally from the arrays' buffers, without building the concatenated bytes.
+    """
+    hasher = hashlib.sha256()
+    hasher.update(np.ascontiguousarray(np.asarray(data).astype(np.uint8, copy=False)))
+    hasher.update(np.ascontiguousarray(np.asarray(labels).astype(np.uint8)))
+    return hasher.hexdigest()
 
 
 def load_cifar10(
