@@ -1,0 +1,168 @@
+"""The attack contract shared by every attack in this package.
+
+An attack is configured once and called on a batch::
+
+    attack = PGD(eps=0.3, alpha=0.01, steps=40)
+    x_adv = attack(model, x, y)
+
+* ``x`` is a float tensor of shape ``(N, ...)`` with values in ``[0, 1]`` (normalization lives inside the
+  model); ``y`` holds ``N`` integer labels -- the true labels (untargeted, the default) or the target labels
+  (``targeted=True``).
+* ``model(x)`` returns logits of shape ``(N, num_classes)``.
+* The model is put in eval mode for the attack and every submodule's mode is restored afterwards.
+* Randomness comes from a ``torch.Generator`` per device, seeded with ``seed`` at first use, so the same
+  sequence of calls gives the same results; :meth:`Attack.reseed` restarts the stream.
+* After a call, ``attack.last_stats`` holds diagnostics of that call (loss curves, gradient health, queries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Attack", "eval_mode", "check_inputs", "check_labels_in_range", "require_nonnegative"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule of ``model`` in eval mode; restore each one's own ``training`` flag on exit."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, was_training in modes:
+            module.training = was_training
+
+
+def require_nonnegative(name: str, value: float) -> float:
+    """Validate a finite, non-negative real hyper-parameter (e.g. ``eps``) and return it as ``float``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return value
+
+
+def require_positive(name: str, value: float) -> float:
+    value = require_nonnegative(name, value)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def require_count(name: str, value: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_inputs(x: Tensor, y: Tensor) -> None:
+    """Raise a clear error unless ``x`` is a finite float batch in ``[0, 1]`` and ``y`` matches it."""
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError("x and y must be torch.Tensor")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x needs a batch dimension and a feature dimension, got {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if y.device != x.device:
+        raise ValueError(f"x is on {x.device} but y is on {y.device}")
+    if x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"x must lie in [0, 1] (normalize inside the model), got [{lo:.4g}, {hi:.4g}]")
+    if bool((y < 0).any()):
+        raise ValueError("y contains negative labels")
+
+
+def check_labels_in_range(logits: Tensor, y: Tensor) -> None:
+    """Called once on the first forward pass: the model must return ``(N, C)`` logits and ``y < C``."""
+    if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+        raise ValueError(f"model must return logits of shape (N, num_classes), got {tuple(logits.shape)}")
+    if y.numel() and int(y.max()) >= logits.shape[1]:
+        raise ValueError(f"label {int(y.max())} out of range for a model with {logits.shape[1]} classes")
+
+
+class Attack:
+    """Base class: validation, eval-mode handling, seeded generators and ``last_stats``.
+
+    Subclasses implement :meth:`_attack` on validated inputs (model already in eval mode) and return
+    ``x_adv`` of the same shape and dtype as ``x``.
+    """
+
+    targeted: bool = False
+    minimizes: str | None = None
+    """``None`` for attacks bounded by ``eps``; the norm (``"l2"``) for minimization attacks such as the
+    Boundary Attack, whose result is thresholded by the evaluation at each ``eps``."""
+
+    def __init__(self, *, targeted: bool = False, seed: int | None = 0) -> None:
+        if not isinstance(targeted, bool):
+            raise TypeError("targeted must be a bool")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError("seed must be an int or None")
+        self.targeted = targeted
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self.last_stats: dict[str, Any] = {}
+
+    # -- randomness -----------------------------------------------------------------------------------------
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the random streams (from ``seed`` if given, else from the constructor's seed)."""
+        if seed is not None:
+            self.seed = seed
+        self._generators.clear()
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        device = torch.device(device)
+        if device not in self._generators:
+            generator = torch.Generator(device=device)
+            seed = self.seed
+            if seed is None:  # follow the global RNG, so torch.manual_seed still makes runs reproducible
+                seed = int(torch.randint(0, 2**62, (1,)).item())
+            generator.manual_seed(seed)
+            self._generators[device] = generator
+        return self._generators[device]
+
+    # -- the contract ---------------------------------------------------------------------------------------
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
+        if not callable(model):
+            raise TypeError("model must be callable (an nn.Module returning logits)")
+        check_inputs(x, y)
+        y = y.long()
+        self.last_stats = {}
+        if x.shape[0] == 0:
+            return x.clone()
+        context = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
+        with context:
+            x_adv = self._attack(model, x.detach(), y.detach(), **kwargs)
+        return x_adv.detach()
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
+        raise NotImplementedError
+
+    def is_adversarial(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Per-sample success: prediction differs from ``y`` (untargeted) or equals the target ``y``."""
+        prediction = logits.argmax(dim=1)
+        return prediction == y if self.targeted else prediction != y
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+        return f"{type(self).__name__}({fields})"
+
+    def _config(self) -> dict[str, Any]:
+        return {"targeted": self.targeted, "seed": self.seed}
