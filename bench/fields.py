@@ -1,0 +1,41 @@
+"""Vector fields used by the solver benchmarks (shared with bench_gradients)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvField(nn.Module):
+    """Neural-ODE conv field f(t, y) = conv(relu(gn(conv(relu(gn(y)))))): 3×3 convs, GroupNorm, ReLU.
+
+    Counts its evaluations in ``nfe``. GroupNorm normalises each sample separately (no batch coupling).
+    """
+
+    def __init__(self, channels: int = 64, groups: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.nfe = 0
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        y = self.conv1(torch.relu(self.norm1(y)))
+        return self.conv2(torch.relu(self.norm2(y)))
+
+
+class TinyMLPField(nn.Module):
+    """f(t, y) = W2 tanh(W1 y + b1) + b2 on a 2-dimensional state: per-step overhead dominates."""
+
+    def __init__(self, dim: int = 2, hidden: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+        self.nfe = 0
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return self.net(y)
