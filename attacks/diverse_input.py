@@ -3,7 +3,7 @@ diversity").
 
 Each iteration differentiates the loss through a random input transform ``T``: with probability ``p`` the
 image is nearest-neighbour resized to ``rnd x rnd`` with ``rnd ~ U{H, ..., R-1}``,
-``R = floor(H * resize_rate)`` (paper: 299 -> [299, 330)), and zero-padded at a random offset into an
+``R = max(floor(H * resize_rate), H + 1)`` (paper: 299 -> [299, 330)), and zero-padded at a random offset into an
 ``R x R`` canvas. The update is
 ``g <- decay * g + grad / mean|grad|`` (momentum, M-DI2-FGSM when ``decay > 0``) and
 ``x <- Proj_{B_inf(x0, eps) cap [0,1]}(x + alpha * sign(g))``.
@@ -74,11 +74,9 @@ class InputDiversity:
 
     def _paper_variant(self, x: Tensor, generator: torch.Generator) -> Tensor:
         n, _, height, width = x.shape
-        canvas_h, canvas_w = int(height * self.resize_rate), int(width * self.resize_rate)
-        if canvas_h <= height or canvas_w <= width:
-            raise ValueError(
-                f"resize_rate={self.resize_rate} does not enlarge a {height}x{width} image by a full pixel"
-            )
+        # at least one pixel larger, so small images (where floor(H * rate) == H) are still transformed
+        canvas_h = max(int(height * self.resize_rate), height + 1)
+        canvas_w = max(int(width * self.resize_rate), width + 1)
         device = x.device
         apply = torch.rand(n, generator=generator, device=device) < self.probability
         # one scale draw per sample, shared by both axes so the aspect ratio is kept
