@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from attacks import DI2FGSM, FGSM, PGD, InputDiversity, eval_mode
-from tests._attack_models import linear_binary, random_images, small_cnn
+from tests.test_attacks_support import linear_binary, random_images, small_cnn
 
 MODEL = small_cnn()
 

@@ -1,4 +1,4 @@
-"""Tiny seeded models shared by the attack tests (no datasets)."""
+"""Tiny seeded models shared by the attack tests (no datasets; this module holds no tests)."""
 
 from __future__ import annotations
 
