@@ -22,6 +22,9 @@ STEP_COUNTS = {
     "rk4": [8, 16, 32, 64],
     "dopri5": [16, 32, 64, 128],
 }
+# The nonlinear problem enters the asymptotic regime at smaller steps; dopri5 would meet round-off there.
+NONLINEAR_STEP_COUNTS = {method: [2 * n for n in counts] for method, counts in STEP_COUNTS.items()}
+NONLINEAR_STEP_COUNTS["dopri5"] = STEP_COUNTS["dopri5"]
 
 
 @pytest.mark.parametrize("method", ORDERS)
@@ -45,7 +48,7 @@ def test_order_on_nonlinear_forced_oscillator_against_scipy(method):
     t_end = 4.0
     reference = scipy_reference(forced_duffing, y0, [0.0, t_end])[-1]
     hs, errors = [], []
-    for n in STEP_COUNTS[method]:
+    for n in NONLINEAR_STEP_COUNTS[method]:
         y = odeint(forced_duffing, torch.tensor(y0), [0.0, t_end], method=method, step_size=t_end / n)
         hs.append(t_end / n)
         errors.append(np.abs(y[-1].numpy() - reference).max())
