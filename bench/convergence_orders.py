@@ -14,32 +14,25 @@ from tests.problems import (
 )
 from tests.test_solver_convergence import NONLINEAR_STEP_COUNTS, ORDERS, STEP_COUNTS
 
-for method in ORDERS:
-    y0 = np.array([1.0, -0.5, 0.25])
-    ex = linear_exact(LINEAR_MATRIX, y0, 2.0)
-    hs = [2.0 / n for n in STEP_COUNTS[method]]
-    e1 = [
-        np.abs(
-            odeint(linear_field(LINEAR_MATRIX), torch.tensor(y0), [0.0, 2.0], method=method, step_size=h)[
-                -1
-            ].numpy()
-            - ex
-        ).max()
-        for h in hs
-    ]
-    ref = scipy_reference(forced_duffing, [1.0, 0.0], [0.0, 4.0])[-1]
-    hs2 = [4.0 / n for n in NONLINEAR_STEP_COUNTS[method]]
-    e2 = [
-        np.abs(
-            odeint(
-                forced_duffing,
-                torch.tensor([1.0, 0.0], dtype=torch.float64),
-                [0.0, 4.0],
-                method=method,
-                step_size=h,
-            )[-1].numpy()
-            - ref
-        ).max()
-        for h in hs2
-    ]
-    print(f"{method}: linear {observed_order(hs, e1):.3f}  duffing {observed_order(hs2, e2):.3f}")
+
+def final_error(field, y0, t_end, method, n, reference) -> float:
+    y = odeint(field, torch.tensor(y0, dtype=torch.float64), [0.0, t_end], method=method, step_size=t_end / n)
+    return float(np.abs(y[-1].numpy() - reference).max())
+
+
+def main() -> None:
+    linear_y0 = [1.0, -0.5, 0.25]
+    linear_ref = linear_exact(LINEAR_MATRIX, np.array(linear_y0), 2.0)
+    duffing_ref = scipy_reference(forced_duffing, [1.0, 0.0], [0.0, 4.0])[-1]
+    for method, expected in ORDERS.items():
+        linear = [final_error(linear_field(LINEAR_MATRIX), linear_y0, 2.0, method, n, linear_ref)
+                  for n in STEP_COUNTS[method]]
+        duffing = [final_error(forced_duffing, [1.0, 0.0], 4.0, method, n, duffing_ref)
+                   for n in NONLINEAR_STEP_COUNTS[method]]
+        linear_order = observed_order([2.0 / n for n in STEP_COUNTS[method]], linear)
+        duffing_order = observed_order([4.0 / n for n in NONLINEAR_STEP_COUNTS[method]], duffing)
+        print(f"{method:7s} expected {expected}  linear {linear_order:.3f}  Duffing {duffing_order:.3f}")
+
+
+if __name__ == "__main__":
+    main()
