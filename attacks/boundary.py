@@ -52,6 +52,7 @@ class _QueryCounter:
         if check:
             check_labels_in_range(logits, labels)
         self.calls += 1
+        self.last_predictions = logits.argmax(dim=1)
         return self.attack.is_adversarial(logits, labels)
 
     def charge(self, index: Tensor, calls: int) -> None:
@@ -71,7 +72,10 @@ class BoundaryAttack(Attack):
         spherical_check_every, spherical_window: a spherical candidate is also checked every
             ``spherical_check_every`` iterations; ``delta`` is updated from the last ``spherical_window``
             checks.
-        init_attempts: uniform-noise draws tried per sample to find an adversarial start.
+        init_attempts: uniform-noise draws tried per sample to find an adversarial start (the paper's
+            initialization).
+        init_from_batch: for samples that noise did not start, use the closest other input of the batch
+            whose (already known) decision is adversarial for them, verified with one query.
         init_search_steps: bisection steps on the blend ``x + t (start - x)`` that bring the start close to
             the boundary (also applied to given ``starting_points``).
         record_history: keep ``last_stats["l2_history"]`` (iterations x N, NaN once a sample stopped).
@@ -93,7 +97,8 @@ class BoundaryAttack(Attack):
         adapt_every: int = 10,
         spherical_check_every: int = 5,
         spherical_window: int = 10,
-        init_attempts: int = 100,
+        init_attempts: int = 20,
+        init_from_batch: bool = True,
         init_search_steps: int = 10,
         record_history: bool = False,
         *,
@@ -112,6 +117,7 @@ class BoundaryAttack(Attack):
         self.spherical_check_every = require_count("spherical_check_every", spherical_check_every)
         self.spherical_window = require_count("spherical_window", spherical_window)
         self.init_attempts = require_count("init_attempts", init_attempts, minimum=0)
+        self.init_from_batch = bool(init_from_batch)
         self.init_search_steps = require_count("init_search_steps", init_search_steps, minimum=0)
         self.record_history = bool(record_history)
 
@@ -127,10 +133,13 @@ class BoundaryAttack(Attack):
 
         best = flat_x.clone()
         found = oracle(flat_x, everyone, check=True)  # already adversarial: the input itself, distance 0
+        predictions = oracle.last_predictions
         if starting_points is not None:
             start = self._checked_starting_points(starting_points, x, oracle, found)
         else:
             start = self._noise_start(flat_x, oracle, found, generator)
+            if self.init_from_batch:
+                start = self._batch_start(flat_x, oracle, found, start, predictions)
         searched = self._bisect_towards_input(flat_x, start, oracle, found)
         best[searched.index] = searched.points
 
@@ -181,6 +190,30 @@ class BoundaryAttack(Attack):
         if not got_index:
             return _Subset(todo[:0], flat_x[:0])
         return _Subset(torch.cat(got_index), torch.cat(got_points))
+
+    def _batch_start(self, flat_x: Tensor, oracle: _QueryCounter, found: Tensor, start: _Subset,
+                     predictions: Tensor) -> _Subset:
+        """Closest other batch input whose decision is adversarial for the sample, checked with one query."""
+        missing = ~found
+        missing[start.index] = False
+        missing &= oracle.queries < self.max_queries
+        todo = missing.nonzero().squeeze(1)
+        if todo.numel() == 0 or flat_x.shape[0] < 2:
+            return start
+        labels = oracle.labels[todo]
+        usable = predictions[None, :] == labels[:, None] if self.targeted else \
+            predictions[None, :] != labels[:, None]
+        usable[torch.arange(todo.numel(), device=todo.device), todo] = False
+        distances = torch.cdist(flat_x[todo], flat_x).masked_fill_(~usable, math.inf)
+        nearest = distances.argmin(dim=1)
+        has = usable.any(dim=1)
+        todo, nearest = todo[has], nearest[has]
+        if todo.numel() == 0:
+            return start
+        points = flat_x[nearest]
+        adversarial = oracle(points, todo)
+        index = torch.cat([start.index, todo[adversarial]])
+        return _Subset(index, torch.cat([start.points, points[adversarial]]))
 
     def _bisect_towards_input(self, flat_x: Tensor, start: _Subset, oracle: _QueryCounter,
                               found: Tensor) -> _Subset:
@@ -257,6 +290,7 @@ class BoundaryAttack(Attack):
             "source_step": self.source_step, "step_adaptation": self.step_adaptation,
             "adapt_every": self.adapt_every, "spherical_check_every": self.spherical_check_every,
             "spherical_window": self.spherical_window, "init_attempts": self.init_attempts,
+            "init_from_batch": self.init_from_batch,
             "init_search_steps": self.init_search_steps, **super()._config(),
         }
 

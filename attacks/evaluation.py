@@ -38,10 +38,10 @@ def iterate_batches(data: Data, batch_size: int = 256, max_samples: int | None =
     """Yield ``(x, y)`` batches from an ``(x, y)`` tensor pair or an iterable of batches (``max_samples``
     samples at most)."""
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"{x.shape[0]} inputs but {y.shape[0]} labels")
-        data = ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size))
+        inputs, labels = data
+        if inputs.shape[0] != labels.shape[0]:
+            raise ValueError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
+        data = [(inputs[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
     seen = 0
     for x, y in data:
         if max_samples is not None:

@@ -161,3 +161,20 @@ def test_bad_configuration_raises() -> None:
         BoundaryAttack(step_adaptation=1.0)
     with pytest.raises(ValueError):
         BoundaryAttack(spherical_step=0.0)
+
+
+def test_batch_fallback_starts_samples_that_noise_cannot_start() -> None:
+    # class 1 only near the corner x = 1: uniform noise (sum ~ n/2) is never class 1
+    model = linear_binary(torch.ones(1, 4, 4), bias=-14.0)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.cat([0.5 * torch.rand(4, 1, 4, 4, generator=generator),
+                   0.95 + 0.05 * torch.rand(2, 1, 4, 4, generator=generator)])
+    y = predictions(model, x)
+    assert y.tolist() == [0, 0, 0, 0, 1, 1]
+    with_fallback = BoundaryAttack(max_queries=100, init_attempts=3)
+    x_adv = with_fallback(model, x, y)
+    assert bool(with_fallback.last_stats["success"].all())
+    assert bool((predictions(model, x_adv) != y).all())
+    without = BoundaryAttack(max_queries=100, init_attempts=3, init_from_batch=False)
+    without(model, x, y)
+    assert without.last_stats["success"].tolist() == [False] * 4 + [True] * 2
