@@ -3,8 +3,8 @@ diversity").
 
 Each iteration differentiates the loss through a random input transform ``T``: with probability ``p`` the
 image is nearest-neighbour resized to ``rnd x rnd`` with ``rnd ~ U{H, ..., R-1}``,
-``R = max(floor(H * resize_rate), H + 1)`` (paper: 299 -> [299, 330)), and zero-padded at a random offset into an
-``R x R`` canvas. The update is
+``R = max(floor(H * resize_rate), H + 1)`` (paper: 299 -> [299, 330)), and zero-padded at a random offset
+into an ``R x R`` canvas. The update is
 ``g <- decay * g + grad / mean|grad|`` (momentum, M-DI2-FGSM when ``decay > 0``) and
 ``x <- Proj_{B_inf(x0, eps) cap [0,1]}(x + alpha * sign(g))``.
 

@@ -41,7 +41,8 @@ def iterate_batches(data: Data, batch_size: int = 256, max_samples: int | None =
         inputs, labels = data
         if inputs.shape[0] != labels.shape[0]:
             raise ValueError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
-        data = [(inputs[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+        starts = range(0, len(inputs), batch_size)
+        data = [(inputs[i:i + batch_size], labels[i:i + batch_size]) for i in starts]
     seen = 0
     for x, y in data:
         if max_samples is not None:
