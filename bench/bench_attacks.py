@@ -1,0 +1,168 @@
+"""Attack speed against the plain-torch floor and the peers, contenders interleaved, medians reported.
+
+    python bench/bench_attacks.py --data-dir /path/to/data --seed 0
+
+* PGD-40 (L-inf, eps 0.3, alpha 0.01, random start) on a batch of 256 MNIST test images. Floor: 40 plain
+  forward + backward passes (``torch.autograd.grad`` of the cross-entropy w.r.t. the input), nothing else.
+  Contenders: ours, ``torchattacks.PGD``, ``foolbox.attacks.LinfPGD`` (``run``, no success evaluation).
+  Target: ours <= 1.05x the floor.
+* Boundary Attack, 1000 iterations on 16 correctly classified test images. Floor ("query floor"): the very
+  model calls the attack made (same number, same batch sizes; recorded in a separate, identical seeded run),
+  replayed as bare ``no_grad`` forward passes. Each attack is compared with its own query floor; ours is
+  ``BoundaryAttack(steps=1000)`` with an unlimited query budget, foolbox's ``BoundaryAttack(steps=1000)``
+  with its default initialization. Target: ours <= 1.10x its floor.
+
+The model is ``crosscheck_attacks.small_cnn`` trained for one seeded epoch on 20k MNIST images (~10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from crosscheck_attacks import CountingModel, load_mnist_float, train_small_cnn  # noqa: E402
+
+from attacks import PGD, BoundaryAttack  # noqa: E402
+from attacks.table import atomic_write_text  # noqa: E402
+
+
+def timed(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Run every contender once per round (one warm-up round first), rotating the order each round."""
+    names = list(contenders)
+    for name in names:
+        contenders[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(timed(contenders[name]))
+    return times
+
+
+def pgd_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, seed: int) -> dict:
+    import foolbox as fb
+    import torchattacks
+
+    eps, alpha, steps = 0.3, 0.01, 40
+
+    def floor() -> None:
+        for _ in range(steps):
+            x_req = x.detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(x_req), y), x_req)
+
+    ours = PGD(eps, alpha=alpha, steps=steps, seed=seed)
+    peer = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    fb_attack = fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps, random_start=True)
+    criterion = fb.criteria.Misclassification(y)
+    times = interleaved({
+        "floor": floor,
+        "ours": lambda: ours(model, x, y),
+        "torchattacks": lambda: peer(x, y),
+        "foolbox": lambda: fb_attack.run(fmodel, x, criterion, epsilon=eps),
+    }, repeats)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def replay(model: nn.Module, batch_sizes: list[int], shape: tuple[int, ...]) -> Callable[[], None]:
+    inputs = {size: torch.rand(size, *shape) for size in set(batch_sizes)}
+
+    def run() -> None:
+        with torch.no_grad():
+            for size in batch_sizes:
+                model(inputs[size])
+
+    return run
+
+
+def boundary_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, seed: int) -> dict:
+    import foolbox as fb
+
+    steps = 1000
+
+    def ours_on(target: nn.Module) -> BoundaryAttack:
+        attack = BoundaryAttack(max_queries=10**9, steps=steps, seed=seed)
+        attack(target, x, y)
+        return attack
+
+    def foolbox_on(target: nn.Module) -> None:
+        torch.manual_seed(seed)
+        fmodel = fb.PyTorchModel(target, bounds=(0, 1))
+        fb.attacks.BoundaryAttack(steps=steps).run(fmodel, x, fb.criteria.Misclassification(y))
+
+    ours_calls, foolbox_calls = CountingModel(model), CountingModel(model)
+    recorded = ours_on(ours_calls)
+    foolbox_on(foolbox_calls)
+    shape = tuple(x.shape[1:])
+    times = interleaved({
+        "ours": lambda: ours_on(model),
+        "ours_floor": replay(model, ours_calls.batch_sizes, shape),
+        "foolbox": lambda: foolbox_on(model),
+        "foolbox_floor": replay(model, foolbox_calls.batch_sizes, shape),
+    }, repeats)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    medians["ours_model_calls"] = ours_calls.calls
+    medians["ours_queries_per_sample"] = int(recorded.last_stats["queries"].max())
+    medians["foolbox_model_calls"] = foolbox_calls.calls
+    return medians
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=os.environ.get("NR_DATA_DIR"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip", choices=["pgd", "boundary"], action="append", default=[])
+    parser.add_argument("--out", default=None, help="write the medians as JSON here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = train_small_cnn(args.data_dir, args.seed)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    x, y = load_mnist_float(args.data_dir, "test", 512)
+    results: dict = {"seed": args.seed, "repeats": args.repeats, "threads": args.threads}
+
+    if "pgd" not in args.skip:
+        pgd = pgd_benchmark(model, x[:256], y[:256], args.repeats, args.seed)
+        results["pgd40_batch256"] = pgd
+        print(f"PGD-40, batch 256 (median of {args.repeats}): floor {pgd['floor']:.3f} s")
+        for name in ("ours", "torchattacks", "foolbox"):
+            print(f"  {name:12s} {pgd[name]:.3f} s   {pgd[name] / pgd['floor']:.3f}x floor")
+
+    if "boundary" not in args.skip:
+        with torch.no_grad():
+            correct = model(x).argmax(1) == y
+        bx, by = x[correct][:16], y[correct][:16]
+        boundary = boundary_benchmark(model, bx, by, args.repeats, args.seed)
+        results["boundary1000_batch16"] = boundary
+        print(f"Boundary Attack, 1000 steps, 16 images (median of {args.repeats}):")
+        print(f"  ours    {boundary['ours']:.3f} s, query floor {boundary['ours_floor']:.3f} s "
+              f"({boundary['ours_model_calls']} calls)   "
+              f"{boundary['ours'] / boundary['ours_floor']:.3f}x floor")
+        print(f"  foolbox {boundary['foolbox']:.3f} s, query floor {boundary['foolbox_floor']:.3f} s "
+              f"({boundary['foolbox_model_calls']} calls)   "
+              f"{boundary['foolbox'] / boundary['foolbox_floor']:.3f}x floor")
+    if args.out:
+        atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
