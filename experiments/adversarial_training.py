@@ -1,0 +1,149 @@
+"""Short MNIST adversarial-training baselines: natural vs PGD-AT, TRADES and YOPO on one small CNN.
+
+    python -m experiments.adversarial_training --data-dir DIR --out runs/adversarial_training --seed 0
+
+Each method trains the same seeded small CNN (``small_mnist_cnn``: normalize + conv5x5(16) as ``first_layer``,
+then pool, conv5x5(32), pool, fc100, fc10) with ``nets.training.train`` and its own ``loss_fn``:
+
+* ``natural``: cross-entropy;
+* ``pgd-at``: ``attacks.PGDAdversarialLoss(eps, steps=--at-steps)`` (Madry et al.);
+* ``trades``: ``attacks.TRADESLoss(eps, steps=--at-steps, beta=--beta)`` (Zhang et al. 2019b);
+* ``yopo``: ``attacks.YOPOLoss(eps, m=--yopo-m, n=--yopo-n, alpha=--yopo-alpha)`` (Zhang et al. 2019a).
+
+It then reports clean accuracy and FGSM / PGD-40 (alpha 0.01, random start) robust accuracy at ``--eps`` on
+the first ``--eval-samples`` test images, per method, in ``OUT/<method>/robustness.json`` and
+``OUT/summary.{csv,json}``. Runs resume (``nets.training``'s checkpoints); finished methods are not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks import FGSM, PGD, PGDAdversarialLoss, ResultTable, TRADESLoss, YOPOLoss, evaluate_attack
+from attacks.table import atomic_write_text
+
+METHODS = ("natural", "pgd-at", "trades", "yopo")
+
+
+def small_mnist_cnn() -> nn.Module:
+    """A CPU-sized MNIST CNN exposing the YOPO split (``first_layer`` / ``forward_from_first_layer``)."""
+    from nets.classifier import ImageClassifier
+    from nets.datasets import MNIST_INFO
+
+    body = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(),
+                         nn.MaxPool2d(2))
+    head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10))
+    return ImageClassifier(1, nn.Conv2d(1, 16, 5, padding=2), body, head,
+                           mean=list(MNIST_INFO.mean), std=list(MNIST_INFO.std))
+
+
+def natural_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def loss_for(method: str, args: argparse.Namespace) -> Callable:
+    if method == "natural":
+        return natural_loss
+    if method == "pgd-at":
+        return PGDAdversarialLoss(args.eps, steps=args.at_steps, seed=args.seed)
+    if method == "trades":
+        return TRADESLoss(args.eps, steps=args.at_steps, beta=args.beta, seed=args.seed)
+    if method == "yopo":
+        return YOPOLoss(args.eps, m=args.yopo_m, n=args.yopo_n, alpha=args.yopo_alpha, seed=args.seed)
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.adversarial_training",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=None, help="data directory (default: $NR_DATA_DIR)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--limit-train", type=int, default=20_000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--eps", type=float, default=0.3)
+    parser.add_argument("--at-steps", type=int, default=10, help="PGD steps of PGD-AT and TRADES")
+    parser.add_argument("--beta", type=float, default=6.0, help="TRADES beta")
+    parser.add_argument("--yopo-m", type=int, default=5)
+    parser.add_argument("--yopo-n", type=int, default=10)
+    parser.add_argument("--yopo-alpha", type=float, default=0.01)
+    parser.add_argument("--eval-samples", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def run_method(method: str, args: argparse.Namespace, train_set, test_set) -> dict:
+    from nets.training import TrainConfig, train
+
+    out = Path(args.out) / method
+    report_path = out / "robustness.json"
+    if report_path.exists():
+        return json.loads(report_path.read_text())
+    torch.manual_seed(args.seed)
+    model = small_mnist_cnn()
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=args.lr,
+                         seed=args.seed)
+    loss_fn = loss_for(method, args)
+    result = train(model, train_set, test_set.subset(args.eval_samples), config, out, loss_fn=loss_fn,
+                   device=args.device, resume=True, progress=not args.no_progress)
+    model.eval()
+    x = test_set.images[: args.eval_samples].float().div(255).to(args.device)
+    y = test_set.labels[: args.eval_samples].to(args.device)
+    rows = [
+        evaluate_attack(model, FGSM(args.eps), (x, y), name="FGSM"),
+        evaluate_attack(model, PGD(args.eps, alpha=0.01, steps=40, seed=args.seed), (x, y), name="PGD-40"),
+    ]
+    report = {
+        "method": method,
+        "loss_fn": repr(loss_fn) if method != "natural" else "cross_entropy",
+        "train_time_s": result.train_time_s,
+        "clean_accuracy": rows[0]["clean_accuracy"],
+        "fgsm_accuracy": rows[0]["robust_accuracy"],
+        "pgd40_accuracy": rows[1]["robust_accuracy"],
+        "eps": args.eps,
+        "eval_samples": args.eval_samples,
+        "pgd40": rows[1],
+        "fgsm": rows[0],
+    }
+    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> ResultTable:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from nets.datasets import load_dataset
+
+    train_set = load_dataset("mnist", "train", args.data_dir, progress=False).subset(args.limit_train)
+    test_set = load_dataset("mnist", "test", args.data_dir, progress=False)
+    summary = []
+    for method in args.methods:
+        start = time.perf_counter()
+        report = run_method(method, args, train_set, test_set)
+        summary.append({key: report[key] for key in ("method", "loss_fn", "train_time_s", "clean_accuracy",
+                                                     "fgsm_accuracy", "pgd40_accuracy", "eps")})
+        print(f"{method:8s} clean {100 * report['clean_accuracy']:6.2f}%  "
+              f"FGSM {100 * report['fgsm_accuracy']:6.2f}%  PGD-40 {100 * report['pgd40_accuracy']:6.2f}%  "
+              f"(train {report['train_time_s']:.0f} s, "
+              f"total {time.perf_counter() - start:.0f} s)", flush=True)
+    table = ResultTable(summary)
+    table.to_csv(Path(args.out) / "summary.csv")
+    table.to_json(Path(args.out) / "summary.json")
+    return table
+
+
+if __name__ == "__main__":
+    main()
