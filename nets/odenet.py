@@ -1,0 +1,276 @@
+"""ODE-Net (Chen et al. 2018): stem → dy/dt = f(t, y) on [0, t1] solved by ``stability`` → head.
+
+The ODE block integrates with ``stability.solve`` (adaptive Dormand–Prince 5(4) by default, or any
+``stability`` method; ``step_size`` selects fixed steps). In the default mode a batch is one ODE state: the
+solver takes one step-size sequence for the whole batch, controlled by the RMS error norm over all samples, so
+a sample's output depends (within the tolerance) on its batch-mates. Gradients backpropagate through the
+solver's steps (step-size decisions carry no gradient); extra ``solver_options`` are passed to
+``stability.solve`` unchanged (e.g. a gradient mode, once ``stability`` offers one).
+
+f uses GroupNorm, never batch statistics. The ODE block counts its work and reports it through
+``pop_solver_stats()`` (the ``nets.training`` protocol): forward evaluations of f, accepted and rejected
+steps, and solves, accumulated since the previous pop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import stability
+from nets.classifier import ImageClassifier, check_positive_int, init_weights
+from nets.registry import register_model
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class ConcatTimeConv2d(nn.Module):
+    """3×3 convolution of [y, t·1] (t appended as a constant channel) — Chen et al.'s ``ConcatConv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels + 1, out_channels, 3, padding=1)
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        time = t.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
+        return self.conv(torch.cat([y, time], dim=1))
+
+
+class ODEFunc(nn.Module):
+    """f(t, y) = GN(conv_L(ReLU(GN(… conv_1(ReLU(GN(y))) …)))): ``conv_layers`` 3×3 convolutions of width
+    ``channels`` in pre-activation order, closed by a GroupNorm. Autonomous unless ``time_dependent``."""
+
+    def __init__(self, channels: int, conv_layers: int = 2, time_dependent: bool = False) -> None:
+        super().__init__()
+        check_positive_int("channels", channels)
+        check_positive_int("conv_layers", conv_layers)
+        self.time_dependent = bool(time_dependent)
+        self.norms = nn.ModuleList(group_norm(channels) for _ in range(conv_layers + 1))
+        if self.time_dependent:
+            self.convs = nn.ModuleList(ConcatTimeConv2d(channels, channels) for _ in range(conv_layers))
+        else:
+            self.convs = nn.ModuleList(
+                nn.Conv2d(channels, channels, 3, padding=1) for _ in range(conv_layers)
+            )
+        self.relu = nn.ReLU()
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        out = y
+        for norm, conv in zip(self.norms, self.convs):
+            out = self.relu(norm(out))
+            out = conv(t, out) if self.time_dependent else conv(out)
+        return self.norms[-1](out)
+
+
+class ODEBlock(nn.Module):
+    """y ↦ y(t1) for dy/dt = func(t, y), y(0) = y, solved by ``stability.solve`` with the given options."""
+
+    STAT_KEYS = ("nfe", "accepted", "rejected", "solves")
+
+    def __init__(
+        self,
+        func: nn.Module,
+        t1: float = 1.0,
+        *,
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        step_size: float | None = None,
+        max_steps: int = 10_000,
+        solver_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        t1 = float(t1)
+        if not (math.isfinite(t1) and t1 > 0):
+            raise ValueError(f"t1 must be finite and > 0, got {t1}")
+        stability.solver.solver_class(method)
+        stability.solver.check_tolerances(rtol, atol)
+        if step_size is not None and not (math.isfinite(float(step_size)) and float(step_size) > 0):
+            raise ValueError(f"step_size must be None (adaptive) or finite and > 0, got {step_size!r}")
+        self.func = func
+        self.t1, self.method, self.rtol, self.atol = t1, method, float(rtol), float(atol)
+        self.step_size = None if step_size is None else float(step_size)
+        self.max_steps = check_positive_int("max_steps", max_steps)
+        self.solver_options = dict(solver_options or {})
+        self._stats = dict.fromkeys(self.STAT_KEYS, 0)
+
+    def forward(self, y: Tensor) -> Tensor:
+        solution = stability.solve(
+            self.func,
+            y,
+            [0.0, self.t1],
+            method=self.method,
+            rtol=self.rtol,
+            atol=self.atol,
+            step_size=self.step_size,
+            max_steps=self.max_steps,
+            **self.solver_options,
+        )
+        stats = solution.stats
+        self._stats["nfe"] += stats.nfe
+        self._stats["accepted"] += stats.n_accepted
+        self._stats["rejected"] += stats.n_rejected
+        self._stats["solves"] += 1
+        return solution.ys[-1]
+
+    def pop_solver_stats(self) -> dict[str, int]:
+        """Forward f evaluations, accepted/rejected steps and solves since the previous call; resets them."""
+        stats, self._stats = self._stats, dict.fromkeys(self.STAT_KEYS, 0)
+        return stats
+
+    def extra_repr(self) -> str:
+        mode = (
+            f"step_size={self.step_size:g}"
+            if self.step_size is not None
+            else f"rtol={self.rtol:g}, atol={self.atol:g}"
+        )
+        return f"t1={self.t1:g}, method={self.method!r}, {mode}"
+
+
+def downsampling_stem(in_channels: int, channels: int) -> tuple[nn.Conv2d, nn.Sequential]:
+    """Chen et al.'s MNIST stem: conv3×3 → GN → ReLU → conv4×4/2 → GN → ReLU → conv4×4/2 (H, W → H/4, W/4).
+
+    Returned as (first convolution, rest) so the first convolution can be the model's ``first_layer``."""
+    first = nn.Conv2d(in_channels, channels, 3, padding=1)
+    rest = nn.Sequential(
+        group_norm(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 4, stride=2, padding=1),
+        group_norm(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 4, stride=2, padding=1),
+    )
+    return first, rest
+
+
+class ODENet(ImageClassifier):
+    """normalize → downsampling stem (H/4 × W/4, ``channels``) → ODE block → GN → ReLU → pool → linear."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        channels: int = 64,
+        conv_layers: int = 2,
+        time_dependent: bool = False,
+        t1: float = 1.0,
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        step_size: float | None = None,
+        max_steps: int = 10_000,
+        solver_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("num_classes", num_classes)
+        first, rest = downsampling_stem(in_channels, channels)
+        block = ODEBlock(
+            ODEFunc(channels, conv_layers, time_dependent),
+            t1,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            step_size=step_size,
+            max_steps=max_steps,
+            solver_options=solver_options,
+        )
+        head = nn.Sequential(
+            group_norm(channels),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(channels, num_classes),
+        )
+        super().__init__(in_channels, first, nn.Sequential(*rest, block), head, mean, std)
+        self.ode_block = block
+        init_weights(self)
+
+    def pop_solver_stats(self) -> dict[str, int]:
+        """The ODE block's counters since the previous call (see :meth:`ODEBlock.pop_solver_stats`)."""
+        return self.ode_block.pop_solver_stats()
+
+
+def _odenet_factory(name: str, doc: str, *, in_channels: int, channels: int, conv_layers: int, t1: float):
+    defaults = {"in_channels": in_channels, "channels": channels, "conv_layers": conv_layers, "t1": t1}
+
+    def factory(
+        *,
+        in_channels: int = defaults["in_channels"],
+        num_classes: int = 10,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        channels: int = defaults["channels"],
+        conv_layers: int = defaults["conv_layers"],
+        time_dependent: bool = False,
+        t1: float = defaults["t1"],
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        step_size: float | None = None,
+        max_steps: int = 10_000,
+        solver_options: Mapping[str, Any] | None = None,
+    ) -> ODENet:
+        return ODENet(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            mean=mean,
+            std=std,
+            channels=channels,
+            conv_layers=conv_layers,
+            time_dependent=time_dependent,
+            t1=t1,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            step_size=step_size,
+            max_steps=max_steps,
+            solver_options=solver_options,
+        )
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    register_model(name)(factory)
+    return factory
+
+
+odenet_mnist_paper = _odenet_factory(
+    "odenet_mnist_paper",
+    "The paper's MNIST ODE-Net (Appendix A): f has 4 conv layers of 128 channels, t1 = 100, dopri5.",
+    in_channels=1,
+    channels=128,
+    conv_layers=4,
+    t1=100.0,
+)
+odenet_cifar_paper = _odenet_factory(
+    "odenet_cifar_paper",
+    "The paper's CIFAR-10 ODE-Net (Appendix A): f has 5 conv layers of 256 channels, t1 = 500, dopri5.",
+    in_channels=3,
+    channels=256,
+    conv_layers=5,
+    t1=500.0,
+)
+odenet_mnist_small = _odenet_factory(
+    "odenet_mnist_small",
+    "CPU-sized MNIST ODE-Net: 7×7×32 state, f with 2 conv layers, t1 = 1, dopri5 at rtol = atol = 1e-3.",
+    in_channels=1,
+    channels=32,
+    conv_layers=2,
+    t1=1.0,
+)
+odenet_cifar_small = _odenet_factory(
+    "odenet_cifar_small",
+    "CPU-sized CIFAR-10 ODE-Net: 8×8×64 state, f with 2 conv layers, t1 = 1, dopri5 at rtol = atol = 1e-3.",
+    in_channels=3,
+    channels=64,
+    conv_layers=2,
+    t1=1.0,
+)
