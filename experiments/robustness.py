@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", default="runs", help="where the trained models' run directories live")
     parser.add_argument("--resnet-model", default=None, help="registry name (default depends on --dataset)")
     parser.add_argument("--odenet-model", default=None, help="registry name (default depends on --dataset)")
+    parser.add_argument("--resnet-run", default=None, help="run directory (default: RUNS/<registry name>)")
+    parser.add_argument("--odenet-run", default=None, help="run directory (default: RUNS/<registry name>)")
     parser.add_argument("--resnet-arg", type=train_command._model_arg, action="append", default=[],
                         metavar="KEY=VALUE")
     parser.add_argument("--odenet-arg", type=train_command._model_arg, action="append", default=[],
@@ -156,20 +158,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     eps = args.eps or DEFAULT_EPS[args.dataset]
     out = Path(args.out)
     names = DEFAULT_MODELS[args.dataset]
-    models = {"resnet": (args.resnet_model or names["resnet"], args.resnet_arg),
-              "odenet": (args.odenet_model or names["odenet"], args.odenet_arg)}
+    models = {"resnet": (args.resnet_model or names["resnet"], args.resnet_arg, args.resnet_run),
+              "odenet": (args.odenet_model or names["odenet"], args.odenet_arg, args.odenet_run)}
     test = load_dataset(args.dataset, "test", args.data_dir, progress=not args.no_progress)
     n = min(args.samples, len(test.labels))
     x = test.images[:n].float().div(255).to(_device(args.device))
     y = test.labels[:n].to(_device(args.device))
     records = {}
-    for label, (name, extra) in models.items():
+    for label, (name, extra, run_dir) in models.items():
         path = out / f"{label}.json"
         if path.is_file() and not args.force:
             records[label] = json.loads(path.read_text())
             print(f"[{label}] reusing {path} (use --force to recompute)")
             continue
-        model = ensure_trained(label, name, Path(args.runs) / name, args, extra)
+        model = ensure_trained(label, name, Path(run_dir or Path(args.runs) / name), args, extra)
         record = evaluate_model(model, label, x, y, args, eps)
         record.update({"registry_name": name, "samples": n, "eps": eps, "dataset": args.dataset})
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
