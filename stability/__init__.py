@@ -5,6 +5,7 @@ driven by Butcher tableaux; ``odeint`` follows torchdiffeq's signature, ``solve`
 and the solver classes (``Dopri5``, ``RK4``, …) offer scipy-``OdeSolver``-style stepping.
 """
 
+from stability.backward_euler import BackwardEuler, ImplicitOptions, ImplicitStats, backward_euler_step
 from stability.errors import (
     MaxStepsExceededError,
     NonConvergenceError,
@@ -22,6 +23,10 @@ from stability.tableau import ButcherTableau
 
 __all__ = [
     "RK4",
+    "BackwardEuler",
+    "ImplicitOptions",
+    "ImplicitStats",
+    "backward_euler_step",
     "SOLVERS",
     "ButcherTableau",
     "Dopri5",

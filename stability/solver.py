@@ -296,6 +296,9 @@ class Dopri5(RungeKuttaSolver):
 
 SOLVERS: dict[str, type[OdeSolver]] = {"euler": Euler, "heun": Heun, "rk4": RK4, "dopri5": Dopri5}
 
+# The implicit solver lives in its own module, which subclasses OdeSolver and adds itself to SOLVERS.
+import stability.backward_euler  # noqa: E402, F401
+
 
 def solver_class(method: str) -> type[OdeSolver]:
     """The solver registered under ``method``; unknown names raise listing the known ones."""

@@ -1,0 +1,287 @@
+"""Backward (implicit) Euler, y_{n+1} = y_n + h·f(t_{n+1}, y_{n+1}): order 1, A-stable
+(|R(z)| = |1/(1 − z)| ≤ 1 for Re z ≤ 0), the scheme a PolyNet block approximates.
+
+Each step solves G(z) = z − y_n − h f(t_{n+1}, z) = 0 by Newton–Krylov (``newton_krylov``). Gradients come
+from the implicit function theorem, not from the iterations: with J = ∂f/∂y at the solution z*,
+dz*/dy_n = (I − hJ)⁻¹ and dz*/dθ = (I − hJ)⁻¹ h ∂f/∂θ, so the backward pass solves (I − hJ)ᵀ λ = g (GMRES on
+vector-Jacobian products, fixed-point fallback) and hands λ to the graph of y_n + h f(t_{n+1}, z*).
+Memory: one evaluation of f per step is kept for the backward pass, whatever the iteration count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from stability.errors import NonConvergenceError, ODEInputError
+from stability.krylov import gmres
+from stability.newton_krylov import NewtonResult, default_tolerance, make_jvp, newton_krylov, rms
+from stability.solution import SolverStats
+from stability.solver import SOLVERS, OdeSolver
+
+TimeVectorField = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ImplicitOptions:
+    """Settings of the per-step nonlinear solve and of the adjoint linear solve of the backward pass.
+
+    ``tol``: Newton stops at ‖G(z)‖_rms ≤ tol·max(1, ‖z‖_rms) (None: 1e-10 in float64, ~1e-5 in float32);
+    the backward linear solve stops at a relative residual of ``tol``. Caps bound every loop. ``jvp``:
+    "forward" (forward-mode AD) or "reverse" (double backward) Jacobian-vector products for Newton.
+    """
+
+    tol: float | None = None
+    jvp: str = "forward"
+    max_newton: int = 12
+    max_linear: int = 60
+    restart: int = 20
+    max_fixed_point: int = 100
+
+    def __post_init__(self) -> None:
+        if self.tol is not None and not (math.isfinite(self.tol) and self.tol > 0):
+            raise ODEInputError(f"tol must be positive and finite, got {self.tol}")
+        for name in ("max_newton", "max_linear", "restart", "max_fixed_point"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ODEInputError(f"{name} must be a positive integer, got {value!r}")
+        if self.jvp not in ("forward", "reverse"):
+            raise ODEInputError(f"jvp must be 'forward' or 'reverse', got {self.jvp!r}")
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        return self.tol if self.tol is not None else default_tolerance(dtype)
+
+
+@dataclass
+class ImplicitStats(SolverStats):
+    """SolverStats plus the work of the nonlinear solves (``nfe`` counts residual evaluations and JVPs)."""
+
+    newton_iterations: int = 0
+    fixed_point_iterations: int = 0
+    jvp_evaluations: int = 0
+
+
+def backward_euler_step(
+    func: TimeVectorField,
+    t: float,
+    y: Tensor,
+    h: float,
+    *,
+    options: ImplicitOptions | None = None,
+    stats: ImplicitStats | None = None,
+) -> Tensor:
+    """z = y + h·func(t + h, z) solved to tolerance; differentiable in y and func's parameters by the IFT.
+
+    ``func`` receives t + h as a 0-d tensor. Raises ``NonConvergenceError`` (with t, h and the residual) when
+    neither Newton–Krylov nor the fixed-point fallback reaches the tolerance.
+    """
+    options = options or ImplicitOptions()
+    t, h = float(t), float(h)
+    t_new = torch.full((), t + h, dtype=_time_dtype(y), device=y.device)
+    tol = options.tolerance(y.dtype)
+    y_detached = y.detach()
+
+    def field(z: Tensor) -> Tensor:
+        return func(t_new, z)
+
+    field_jvp = make_jvp(field, options.jvp)
+
+    def residual(z: Tensor) -> Tensor:
+        return z - y_detached - h * field(z)
+
+    def residual_jvp(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        value, product = field_jvp(z, v)
+        return z - y_detached - h * value, v - h * product
+
+    with torch.no_grad():
+        z0 = y_detached
+        result = newton_krylov(
+            residual,
+            residual_jvp,
+            z0,
+            tol=tol,
+            max_newton=options.max_newton,
+            max_linear=options.max_linear,
+            restart=options.restart,
+            max_fixed_point=options.max_fixed_point,
+        )
+    if stats is not None:
+        _count(stats, result)
+    if not result.converged:
+        raise NonConvergenceError(
+            f"backward Euler step from t={t:.6g} with h={h:.6g} did not converge: scaled residual "
+            f"‖G(z)‖={result.residual:.3g} > tol={tol:.3g} after {result.newton_iterations} Newton and "
+            f"{result.fixed_point_iterations} fixed-point iterations (a smaller h or a larger tol may help)",
+            t=t,
+            h=h,
+        )
+    z_star = result.z
+    if not torch.is_grad_enabled():
+        return z_star
+    if stats is not None:
+        stats.nfe += 1
+    with torch.enable_grad():
+        # Value ≈ z*; its graph carries ∂/∂y = I and ∂/∂θ = h ∂f/∂θ, to be fed with λ instead of g.
+        explicit = y + h * func(t_new, z_star)
+    if not explicit.requires_grad:
+        return z_star
+    context = _ImplicitContext(func, t_new, h, z_star, tol, options, t)
+    return _ImplicitFunctionGradient.apply(explicit, context)
+
+
+def _time_dtype(y: Tensor) -> torch.dtype:
+    return y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _count(stats: ImplicitStats, result: NewtonResult) -> None:
+    stats.nfe += result.residual_evaluations + result.jvp_evaluations
+    stats.newton_iterations += result.newton_iterations
+    stats.fixed_point_iterations += result.fixed_point_iterations
+    stats.jvp_evaluations += result.jvp_evaluations
+
+
+@dataclass
+class _ImplicitContext:
+    func: TimeVectorField
+    t_new: Tensor
+    h: float
+    z_star: Tensor
+    tol: float
+    options: ImplicitOptions
+    t: float
+
+
+class _ImplicitFunctionGradient(torch.autograd.Function):
+    """Forward: returns z* (the converged root). Backward: solves (I − hJ)ᵀ λ = g, J = ∂f/∂y(t_{n+1}, z*),
+    and sends λ into the graph of y_n + h f(t_{n+1}, z*) — whose Jacobians in y_n and θ are I and h ∂f/∂θ."""
+
+    @staticmethod
+    def forward(ctx, explicit: Tensor, context: _ImplicitContext) -> Tensor:
+        ctx.context = context
+        return context.z_star
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        c: _ImplicitContext = ctx.context
+        z = c.z_star.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = c.func(c.t_new, z)
+
+        def transpose_matvec(v: Tensor) -> Tensor:
+            (vjp,) = torch.autograd.grad(value, z, v, retain_graph=True, allow_unused=True)
+            return v if vjp is None else v - c.h * vjp
+
+        linear = gmres(
+            transpose_matvec, grad, rtol=c.tol, restart=c.options.restart, max_matvecs=c.options.max_linear
+        )
+        adjoint = linear.x
+        if not linear.converged:  # fixed point λ ← g + h Jᵀ λ (a contraction when h‖J‖ < 1)
+            adjoint, converged = _adjoint_fixed_point(transpose_matvec, grad, adjoint, c)
+            if not converged:
+                raise NonConvergenceError(
+                    f"backward pass of the backward Euler step from t={c.t:.6g} with h={c.h:.6g}: the linear "
+                    f"system (I − hJ)ᵀλ = g was not solved (relative residual {linear.residual_norm:.3g} "
+                    f"after {linear.matvecs} GMRES products, fixed-point fallback diverged)",
+                    t=c.t,
+                    h=c.h,
+                )
+        return adjoint, None
+
+
+def _adjoint_fixed_point(transpose_matvec, grad: Tensor, start: Tensor, c: _ImplicitContext):
+    target = c.tol * max(float(torch.linalg.vector_norm(grad)), 1e-300)
+    adjoint = start if bool(torch.isfinite(start).all()) else grad.clone()
+    for _ in range(c.options.max_fixed_point):
+        residual = grad - transpose_matvec(adjoint)
+        norm = float(torch.linalg.vector_norm(residual))
+        if not math.isfinite(norm):
+            return adjoint, False
+        if norm <= target:
+            return adjoint, True
+        adjoint = adjoint + residual  # = g + h Jᵀ λ
+    return adjoint, False
+
+
+class BackwardEuler(OdeSolver):
+    """Backward Euler (fixed step only; order 1, A-stable, L-stable), Newton–Krylov per step.
+
+    Extra keyword ``implicit``: an ``ImplicitOptions`` (tolerance and iteration caps). Dense output is linear
+    interpolation between step ends (local error O(h²), consistent with order 1).
+    """
+
+    name = "backward_euler"
+    order = 1
+
+    def __init__(
+        self,
+        func: TimeVectorField,
+        t0: float,
+        y0: Tensor,
+        t_bound: float,
+        *,
+        implicit: ImplicitOptions | None = None,
+        **options,
+    ) -> None:
+        super().__init__(func, t0, y0, t_bound, **options)
+        self.stats = ImplicitStats()
+        if not self.fixed_step:
+            raise ODEInputError("method 'backward_euler' is fixed-step: give step_size or grid")
+        self.implicit = implicit or ImplicitOptions()
+        self._checked_first_evaluation()  # shape/dtype/finiteness of f, once
+        self._grid_index = 0
+
+    @classmethod
+    def single_step(cls, func: TimeVectorField, t: float, y: Tensor, h: float, **options) -> Tensor:
+        """y_{n+1} of one backward Euler step (IFT gradients); ``options`` are ``ImplicitOptions`` fields."""
+        return backward_euler_step(func, t, y, h, options=ImplicitOptions(**options) if options else None)
+
+    def step(self) -> None:
+        if self.status != "running":
+            raise RuntimeError(f"cannot step a solver whose status is '{self.status}'")
+        t_new = self._grid[self._grid_index + 1]
+        h = t_new - self.t
+        y_new = backward_euler_step(self._func, self.t, self.y, h, options=self.implicit, stats=self.stats)
+        self._grid_index += 1
+        self.stats.n_accepted += 1
+        self.stats.step_sizes.append(h)
+        self.stats.step_times.append(self.t)
+        self.t_old, self.y_old = self.t, self.y
+        self.t, self.y = t_new, y_new
+        if self.t == self.t_bound:
+            self.status = "finished"
+
+    def dense_output(self) -> Callable[[float], Tensor]:
+        if self.y_old is None:
+            raise RuntimeError("no step has been taken yet")
+        t_old, y_old, y_new, h = self.t_old, self.y_old, self.y, self.t - self.t_old
+
+        def interpolant(t: float) -> Tensor:
+            theta = (t - t_old) / h
+            return torch.lerp(y_old, y_new, theta)
+
+        return interpolant
+
+
+SOLVERS["backward_euler"] = BackwardEuler
+
+
+def stage_residual_norm(func: TimeVectorField, t: float, y: Tensor, h: float, z: Tensor) -> float:
+    """‖z − y − h f(t + h, z)‖_rms: how well ``z`` solves the backward Euler equation (diagnostics)."""
+    with torch.no_grad():
+        t_new = torch.full((), t + h, dtype=_time_dtype(y), device=y.device)
+        return rms(z - y - h * func(t_new, z))
+
+
+__all__: Sequence[str] = (
+    "BackwardEuler",
+    "ImplicitOptions",
+    "ImplicitStats",
+    "backward_euler_step",
+    "stage_residual_norm",
+)

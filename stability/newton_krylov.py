@@ -1,0 +1,197 @@
+"""Jacobian-free Newton–Krylov for G(z) = 0, with a fixed-point fallback; used by the implicit steps.
+
+Newton: solve G'(z) δ = −G(z) by GMRES with Jacobian-vector products from forward-mode autograd (no Jacobian
+is ever formed), backtrack z + αδ until ‖G‖ decreases, repeat; quadratic convergence near the root when the
+linear solves are tight (Eisenstat–Walker forcing terms keep them no tighter than needed).
+Fallback: the fixed-point iteration z ← z − G(z), which converges when I − G' is a contraction (for the
+backward-Euler residual G(z) = z − y − h f(z) that is z ← y + h f(z), needing h·Lip(f) < 1).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd import forward_ad
+
+from stability.krylov import gmres
+
+
+@dataclass
+class NewtonResult:
+    """Outcome of a nonlinear solve; ``residual`` is the scaled norm that was compared with the tolerance."""
+
+    z: Tensor
+    residual: float
+    converged: bool
+    newton_iterations: int = 0
+    fixed_point_iterations: int = 0
+    residual_evaluations: int = 0
+    jvp_evaluations: int = 0
+    method: str = "newton"
+
+
+def rms(x: Tensor) -> float:
+    return float(torch.linalg.vector_norm(x)) / math.sqrt(max(x.numel(), 1))
+
+
+def default_tolerance(dtype: torch.dtype) -> float:
+    """1e-10 in float64, ~1.2e-5 in float32: 100 ulp of the state, never tighter than 1e-10."""
+    return max(1e-10, 100 * torch.finfo(dtype).eps)
+
+
+def newton_krylov(
+    residual: Callable[[Tensor], Tensor],
+    jvp: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    z0: Tensor,
+    *,
+    tol: float,
+    max_newton: int = 12,
+    max_linear: int = 60,
+    restart: int = 20,
+    max_fixed_point: int = 100,
+) -> NewtonResult:
+    """Find z with ‖G(z)‖_rms ≤ tol·max(1, ‖z‖_rms).
+
+    ``residual(z)`` is G(z); ``jvp(z, v)`` returns (G(z), G'(z) v). Runs under ``torch.no_grad``; never
+    raises on non-convergence (``converged`` says), so the caller can name its own context (t, h).
+    """
+    with torch.no_grad():
+        result = _newton(residual, jvp, z0, tol, max_newton, max_linear, restart)
+        if result.converged:
+            return result
+        start = result.z if math.isfinite(result.residual) else z0
+        fallback = _fixed_point(residual, start, tol, max_fixed_point)
+        fallback.newton_iterations = result.newton_iterations
+        fallback.residual_evaluations += result.residual_evaluations
+        fallback.jvp_evaluations = result.jvp_evaluations
+        if fallback.converged or not math.isfinite(result.residual) or fallback.residual < result.residual:
+            return fallback
+        result.fixed_point_iterations = fallback.fixed_point_iterations
+        result.residual_evaluations = fallback.residual_evaluations
+        return result
+
+
+def _scaled(g: Tensor, z: Tensor) -> float:
+    return rms(g) / max(1.0, rms(z))
+
+
+def _newton(residual, jvp, z, tol, max_newton, max_linear, restart) -> NewtonResult:
+    out = NewtonResult(z=z, residual=math.inf, converged=False, method="newton")
+    g = residual(z)
+    out.residual_evaluations += 1
+    norm = _scaled(g, z)
+    out.residual = norm
+    previous_norm = None
+    forcing = 1e-3
+    while True:
+        if not math.isfinite(norm):
+            return out
+        if norm <= tol:
+            out.converged = True
+            return out
+        if out.newton_iterations >= max_newton:
+            return out
+        out.newton_iterations += 1
+        if previous_norm is not None:  # Eisenstat–Walker choice 2, safeguarded
+            forcing = min(0.1, 0.9 * (norm / previous_norm) ** 2)
+        # No point in solving the linear system far below what the tolerance needs.
+        forcing = max(forcing, min(0.1, 0.1 * tol / norm), 1e-12)
+        state = z
+
+        def matvec(v: Tensor, state: Tensor = state) -> Tensor:
+            out.jvp_evaluations += 1
+            return jvp(state, v)[1]
+
+        linear = gmres(matvec, -g, rtol=forcing, restart=restart, max_matvecs=max_linear)
+        delta = linear.x
+        if not bool(torch.isfinite(delta).all()):
+            return out
+        # Backtracking line search on ‖G‖ (Armijo with slope taken from the linear model).
+        step = 1.0
+        accepted = False
+        for _ in range(6):
+            trial = z + step * delta
+            g_trial = residual(trial)
+            out.residual_evaluations += 1
+            trial_norm = _scaled(g_trial, trial)
+            if math.isfinite(trial_norm) and trial_norm <= (1 - 1e-4 * step) * norm:
+                accepted = True
+                break
+            step *= 0.5
+        if not accepted:
+            return out
+        previous_norm, norm, z, g = norm, trial_norm, trial, g_trial
+        out.z, out.residual = z, norm
+
+
+def _fixed_point(residual, z, tol, max_iterations) -> NewtonResult:
+    out = NewtonResult(z=z, residual=math.inf, converged=False, method="fixed_point")
+    g = residual(z)
+    out.residual_evaluations += 1
+    norm = _scaled(g, z)
+    out.residual = norm
+    while math.isfinite(norm) and norm > tol and out.fixed_point_iterations < max_iterations:
+        out.fixed_point_iterations += 1
+        candidate = z - g
+        g_candidate = residual(candidate)
+        out.residual_evaluations += 1
+        candidate_norm = _scaled(g_candidate, candidate)
+        if not math.isfinite(candidate_norm) or candidate_norm > 1e3 * norm:
+            break  # diverging: the map is not a contraction here
+        z, g, norm = candidate, g_candidate, candidate_norm
+        out.z, out.residual = z, norm
+    out.converged = norm <= tol
+    return out
+
+
+def make_jvp(
+    function: Callable[[Tensor], Tensor], mode: str = "forward"
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """(z, v) ↦ (F(z), F'(z) v).
+
+    ``mode="forward"``: forward-mode AD (dual numbers; ≈ 2 evaluations of F, no graph). ``"reverse"``: the
+    double-backward trick — u ↦ vjp(u) = F'(z)ᵀu is linear, so its own vjp with v is F'(z) v (≈ 4 evaluations,
+    but works for every differentiable op and is cheaper for tiny fields whose scalar ops torch's forward mode
+    runs through Python decompositions). Forward mode falls back to reverse for ops without forward formulas.
+    """
+    if mode not in ("forward", "reverse"):
+        raise ValueError(f"jvp mode must be 'forward' or 'reverse', got {mode!r}")
+    use_forward = mode == "forward"
+
+    def forward_mode(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        with forward_ad.dual_level():
+            value, product = forward_ad.unpack_dual(function(forward_ad.make_dual(z, v)))
+        if product is None:  # the output does not depend on z
+            product = torch.zeros_like(value)
+        return value, product
+
+    def double_backward(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            value = function(z)
+            u = torch.zeros_like(value, requires_grad=True)
+            (vjp,) = torch.autograd.grad(value, z, u, create_graph=True, allow_unused=True)
+            if vjp is None or not vjp.requires_grad:  # F is constant or affine-free in z
+                return value.detach(), torch.zeros_like(value)
+            (product,) = torch.autograd.grad(vjp, u, v, allow_unused=True)
+        return value.detach(), torch.zeros_like(value) if product is None else product
+
+    def jvp(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        nonlocal use_forward
+        if use_forward:
+            try:
+                with warnings.catch_warnings():  # torch's first forward-AD call scripts its decompositions
+                    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
+                    return forward_mode(z, v)
+            except (NotImplementedError, RuntimeError) as error:
+                if "forward" not in str(error).lower() and "jvp" not in str(error).lower():
+                    raise
+                use_forward = False
+        return double_backward(z, v)
+
+    return jvp
