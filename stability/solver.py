@@ -227,7 +227,7 @@ class RungeKuttaSolver(OdeSolver):
                     h=h_abs,
                 )
             result = rk_step(self.fun, t, y, h, self.tableau, self._first_stage)
-            ratio = error_ratio(result.error, y, result.y, self.rtol, self.atol).item()
+            ratio = self.scaled_error(result.error, y, result.y).item()
             if ratio <= 1.0:
                 factor = controller.accept_factor(ratio, self._previous_ratio, q, rejected)
                 self._previous_ratio = max(ratio, 1e-4)
@@ -246,6 +246,10 @@ class RungeKuttaSolver(OdeSolver):
                     h=h_abs,
                 )
             h_abs *= controller.reject_factor(ratio, q)
+
+    def scaled_error(self, error: Tensor, y_old: Tensor, y_new: Tensor) -> Tensor:
+        """The error norm the controller compares with 1 (subclasses may weight parts of the state)."""
+        return error_ratio(error, y_old, y_new, self.rtol, self.atol)
 
     def _commit(self, t_new: float, h: float, y_new: Tensor, stages: list[Tensor]) -> None:
         self.stats.n_accepted += 1
