@@ -5,7 +5,9 @@ driven by Butcher tableaux; ``odeint`` follows torchdiffeq's signature, ``solve`
 and the solver classes (``Dopri5``, ``RK4``, …) offer scipy-``OdeSolver``-style stepping.
 """
 
+from stability.adjoint import AdjointSolution, odeint_adjoint, solve_adjoint
 from stability.backward_euler import BackwardEuler, ImplicitOptions, ImplicitStats, backward_euler_step
+from stability.checkpointing import odeint_checkpointed, solve_checkpointed
 from stability.errors import (
     MaxStepsExceededError,
     NonConvergenceError,
@@ -14,7 +16,9 @@ from stability.errors import (
     SolverError,
     StepSizeUnderflowError,
 )
+from stability.memory import peak_memory
 from stability.odeint import odeint, solve
+from stability.per_sample import PerSampleSolution, odeint_per_sample, solve_per_sample
 from stability.single_step import step
 from stability.solution import Solution, SolverStats
 from stability.solver import RK4, SOLVERS, Dopri5, Euler, Heun, OdeSolver, RungeKuttaSolver
@@ -27,6 +31,15 @@ __all__ = [
     "ImplicitOptions",
     "ImplicitStats",
     "backward_euler_step",
+    "AdjointSolution",
+    "PerSampleSolution",
+    "odeint_adjoint",
+    "odeint_checkpointed",
+    "odeint_per_sample",
+    "peak_memory",
+    "solve_adjoint",
+    "solve_checkpointed",
+    "solve_per_sample",
     "SOLVERS",
     "ButcherTableau",
     "Dopri5",

@@ -31,6 +31,9 @@ def solve(
     max_step: float = math.inf,
     max_steps: int = DEFAULT_MAX_STEPS,
     controller: PIController | None = None,
+    gradient: str = "backprop",
+    per_sample: bool = False,
+    **gradient_options,
 ) -> Solution:
     """Solve dy/dt = func(t, y), y(t[0]) = y0, and return the solution at every time in ``t`` with statistics.
 
@@ -39,7 +42,17 @@ def solve(
     output, never by shortening steps; ``step_size`` (or an explicit ``grid``) selects fixed-step mode.
     Gradients flow to ``y0`` and to parameters of ``func`` by backpropagation through the steps; step-size
     decisions are made on detached values and add no gradient paths.
+
+    ``gradient="checkpoint"``: the same gradient with O(√steps) stored graph (option ``checkpoint_every``);
+    ``"adjoint"``: adjoint-ODE gradients with memory flat in the steps (options ``adjoint_rtol``,
+    ``adjoint_atol``, ``adjoint_method``, ``adjoint_params``, ``adjoint_norm``; see ``stability.adjoint``).
+    ``per_sample=True``: independent step control for each sample along dim 0 (func then receives t of shape
+    [B]; ``stats`` becomes a list per sample; see ``stability.per_sample``).
     """
+    if gradient != "backprop" or per_sample or gradient_options:
+        options = dict(method=method, rtol=rtol, atol=atol, step_size=step_size, grid=grid,
+                       first_step=first_step, max_step=max_step, max_steps=max_steps, controller=controller)
+        return _solve_variant(func, y0, t, gradient, per_sample, gradient_options, options)
     times = _check_times(t)
     solver = solver_class(method)(
         func,
@@ -78,6 +91,27 @@ def odeint(
 ) -> Tensor:
     """The solution at every time in ``t``, shape ``[len(t), *y0.shape]`` (see ``solve`` for the options)."""
     return solve(func, y0, t, **options).ys
+
+
+def _solve_variant(func, y0, t, gradient: str, per_sample: bool, extra: dict, options: dict) -> Solution:
+    """Dispatch to the gradient / step-control variants (imported lazily: they build on this module)."""
+    if gradient not in ("backprop", "checkpoint", "adjoint"):
+        raise ODEInputError(f"gradient must be 'backprop', 'checkpoint' or 'adjoint', got {gradient!r}")
+    if per_sample:
+        if gradient != "backprop" or extra:
+            raise ODEInputError("per_sample=True supports gradient='backprop' only (no extra options)")
+        from stability.per_sample import solve_per_sample
+
+        return solve_per_sample(func, y0, t, **options)
+    if gradient == "adjoint":
+        from stability.adjoint import solve_adjoint
+
+        return solve_adjoint(func, y0, t, **options, **extra)
+    if gradient == "checkpoint":
+        from stability.checkpointing import solve_checkpointed
+
+        return solve_checkpointed(func, y0, t, **options, **extra)
+    raise ODEInputError(f"unknown options for gradient='backprop': {', '.join(sorted(extra))}")
 
 
 def _as_float_list(values: Tensor | Sequence[float], name: str) -> list[float]:
