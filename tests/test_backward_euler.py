@@ -74,8 +74,14 @@ def test_order_one_on_nonlinear_problem():
     reference = scipy_reference(duffing_np, [1.0, 0.0], [0.0, 2.0])[-1]
     hs, errors = [], []
     for n in (25, 50, 100, 200):
-        solver = BackwardEuler(duffing, 0.0, torch.tensor([1.0, 0.0], dtype=torch.float64), 2.0,
-                               step_size=2.0 / n, implicit=ImplicitOptions(jvp="reverse"))
+        solver = BackwardEuler(
+            duffing,
+            0.0,
+            torch.tensor([1.0, 0.0], dtype=torch.float64),
+            2.0,
+            step_size=2.0 / n,
+            implicit=ImplicitOptions(jvp="reverse"),
+        )
         while solver.status == "running":
             solver.step()
         y = solver.y
