@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from stability.errors import ODEInputError
 from stability.odeint import _HIT_TOLERANCE, _as_float_list, _check_finite_trajectory, _check_times
@@ -80,7 +80,9 @@ def solve_checkpointed(
     while solver.status == "running":
         chunk = _Chunk(solver, next(chunk_sizes), times, len(outputs), span)
         if checkpointing:
-            produced = checkpoint(chunk, solver.y, use_reentrant=False)
+            # No early stop: the recomputation runs to the end of the chunk, where it is checked.
+            with set_checkpoint_early_stop(False):
+                produced = checkpoint(chunk, solver.y, use_reentrant=False)
         else:
             produced = chunk(solver.y)
         solver = chunk.solver_after
@@ -123,12 +125,21 @@ class _Chunk:
                     outputs.append(solver.dense_output()(times[index]))
                 index += 1
         if self.solver_after is None:
-            self.solver_after, self.stats = solver, solver.stats
+            self.solver_after, self.stats, self.y_end = solver, solver.stats, solver.y.detach()
         elif solver.t != self.solver_after.t or solver.stats.n_steps != self.stats.n_steps:
             raise RuntimeError(
                 f"recomputation took different steps (ended at t={solver.t!r}, not {self.solver_after.t!r}): "
                 f"func must be deterministic for checkpointed gradients"
             )
+        else:
+            with torch.no_grad():  # tolerate atomics-level noise, not a different function
+                drift = float(torch.linalg.vector_norm(solver.y - self.y_end))
+                size = float(torch.linalg.vector_norm(self.y_end))
+            if not drift <= 1e-6 * size + 1e-30:
+                raise RuntimeError(
+                    f"recomputation took different steps (its state at t={solver.t!r} differs by {drift:.3g} "
+                    f"in norm): func must be deterministic for checkpointed gradients"
+                )
         return (solver.y, *outputs)
 
 
