@@ -117,8 +117,9 @@ def evaluate_model(model: torch.nn.Module, label: str, x: torch.Tensor, y: torch
         tight = {"method": "dopri5", "rtol": tol, "atol": tol, "step_size": None}
         fixed = {"method": "rk4", "step_size": t1 / steps}
         nd = min(args.diagnostic_samples, x.shape[0])
-        record["gradient_agreement"] = gradient_agreement(model, x[:nd], y[:nd], tight,
-                                                          {f"rk4_{steps}_steps": fixed})
+        adjoint = {"solver_options": {**blocks[0].solver_options, "gradient": "adjoint"}}
+        record["gradient_agreement"] = gradient_agreement(
+            model, x[:nd], y[:nd], tight, {f"rk4_{steps}_steps": fixed, "deployed_adjoint": adjoint})
         surrogates = {
             f"PGD via dopri5 tol {tol:g}": lambda e: SurrogateSolverAttack(
                 PGD(e, steps=args.pgd_steps, seed=args.seed), **tight),
