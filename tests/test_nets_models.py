@@ -173,3 +173,26 @@ def test_bad_arguments_raise_clear_errors():
     odenet = build_model("odenet_mnist_small", channels=8)
     with pytest.raises(stability.ODEInputError, match="NaN"):
         odenet(torch.full((1, 1, 28, 28), float("nan")))
+
+
+@pytest.mark.skipif(
+    "backward_euler" not in stability.SOLVERS,
+    reason="waits for stability's backward_euler (SOLVER-GRADIENTS)",
+)
+def test_polynet_implicit_trains_through_the_implicit_blocks():
+    from nets.schemes import BackwardEulerStep
+
+    torch.manual_seed(0)
+    model = build_model("polynet_implicit", blocks_per_stage=2, widths=[4, 8], step_size=0.5)
+    blocks = [m for m in model.modules() if isinstance(m, BackwardEulerStep)]
+    assert len(blocks) == 3
+    for block in blocks:  # leave the Fixup identity start, so the implicit equation is non-trivial
+        torch.nn.init.normal_(block.residual[3].weight, std=0.05)
+    x = torch.rand(2, 3, 16, 16)
+    state = model.body[0](model.first_layer(x))
+    z = blocks[0](state)
+    residual = (z - state - 0.5 * blocks[0].residual(z)).abs().max().item()
+    assert (z - state).abs().max().item() > 1e-3 and residual < 1e-4
+    model(x).logsumexp(dim=1).sum().backward()
+    grads = [block.residual[3].weight.grad for block in blocks]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().max() > 0 for g in grads)
