@@ -164,6 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
                          "difference_pp": difference})
             print(f"{name:14s} eps={eps:.1f}  robust accuracy ours {100 * ours_accuracy:6.2f}%  "
                   f"torchattacks {100 * peer_accuracy:6.2f}%  difference {difference:+.2f} pp")
+            if name.startswith("DI2FGSM"):  # batch-level randomness: the peer's own seed-to-seed spread
+                torch.manual_seed(args.seed + 1000)
+                again = accuracy(model, batched(peer, x, y), y)
+                rows[-1]["torchattacks_other_seed"] = again
+                print(f"{'':14s} torchattacks with another seed {100 * again:6.2f}% "
+                      f"(its own spread {100 * (again - peer_accuracy):+.2f} pp)")
         for output_size in ("canvas", "input"):
             paper = DI2FGSM(eps, alpha=0.01, steps=40, output_size=output_size, seed=args.seed)
             paper_accuracy = accuracy(model, batched(lambda a, b, f=paper: f(model, a, b), x, y), y)
