@@ -3,13 +3,16 @@
 The ODE block integrates with ``stability.solve`` (adaptive Dormand–Prince 5(4) by default, or any
 ``stability`` method; ``step_size`` selects fixed steps). In the default mode a batch is one ODE state: the
 solver takes one step-size sequence for the whole batch, controlled by the RMS error norm over all samples, so
-a sample's output depends (within the tolerance) on its batch-mates. Gradients backpropagate through the
-solver's steps (step-size decisions carry no gradient); extra ``solver_options`` are passed to
-``stability.solve`` unchanged (e.g. a gradient mode, once ``stability`` offers one).
+a sample's output depends (within the tolerance) on its batch-mates; ``per_sample=True`` gives every sample
+its own step control instead. ``gradient`` is "backprop" (through the solver's steps; step-size decisions
+carry no gradient), "checkpoint" or "adjoint" (``stability``'s variants); other ``solver_options`` are
+passed to ``stability.solve`` unchanged.
 
 f uses GroupNorm, never batch statistics. The ODE block counts its work and reports it through
-``pop_solver_stats()`` (the ``nets.training`` protocol): forward evaluations of f, accepted and rejected
-steps, and solves, accumulated since the previous pop.
+``pop_solver_stats()`` (the ``nets.training`` protocol), accumulated since the previous pop: ``nfe`` (batched
+evaluations of f in forward solves), ``sample_nfe`` (Σ over samples of the evaluations each went through),
+``accepted``/``rejected`` steps (summed over samples in per-sample mode), ``solves``, ``samples``, and in
+adjoint mode ``backward_nfe`` (evaluations of the adjoint system in the backward passes that ran).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ class ConcatTimeConv2d(nn.Module):
         self.conv = nn.Conv2d(in_channels + 1, out_channels, 3, padding=1)
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        time = t.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
+        t = t.to(y.dtype)
+        time = (t.view(-1, 1, 1, 1) if t.dim() == 1 else t).expand(y.shape[0], 1, *y.shape[2:])
         return self.conv(torch.cat([y, time], dim=1))
 
 
@@ -71,7 +75,8 @@ class ODEFunc(nn.Module):
 class ODEBlock(nn.Module):
     """y ↦ y(t1) for dy/dt = func(t, y), y(0) = y, solved by ``stability.solve`` with the given options."""
 
-    STAT_KEYS = ("nfe", "accepted", "rejected", "solves")
+    GRADIENTS = ("backprop", "checkpoint", "adjoint")
+    STAT_KEYS = ("nfe", "sample_nfe", "accepted", "rejected", "solves", "samples")
 
     def __init__(
         self,
@@ -83,6 +88,8 @@ class ODEBlock(nn.Module):
         atol: float = 1e-3,
         step_size: float | None = None,
         max_steps: int = 10_000,
+        gradient: str = "backprop",
+        per_sample: bool = False,
         solver_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -93,44 +100,69 @@ class ODEBlock(nn.Module):
         stability.solver.check_tolerances(rtol, atol)
         if step_size is not None and not (math.isfinite(float(step_size)) and float(step_size) > 0):
             raise ValueError(f"step_size must be None (adaptive) or finite and > 0, got {step_size!r}")
+        if gradient not in self.GRADIENTS:
+            raise ValueError(f"gradient must be one of {self.GRADIENTS}, got {gradient!r}")
         self.func = func
         self.t1, self.method, self.rtol, self.atol = t1, method, float(rtol), float(atol)
         self.step_size = None if step_size is None else float(step_size)
         self.max_steps = check_positive_int("max_steps", max_steps)
+        self.gradient, self.per_sample = gradient, bool(per_sample)
         self.solver_options = dict(solver_options or {})
-        self._stats = dict.fromkeys(self.STAT_KEYS, 0)
+        self._reset_stats()
 
-    def forward(self, y: Tensor) -> Tensor:
-        solution = stability.solve(
-            self.func,
-            y,
-            [0.0, self.t1],
+    def _reset_stats(self) -> None:
+        self._stats = dict.fromkeys(self.STAT_KEYS, 0)
+        self._adjoint_stats: list[Any] = []  # filled in place by stability when a backward pass runs
+
+    def solver_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments this block passes to ``stability.solve``."""
+        kwargs: dict[str, Any] = dict(
             method=self.method,
             rtol=self.rtol,
             atol=self.atol,
             step_size=self.step_size,
             max_steps=self.max_steps,
-            **self.solver_options,
         )
-        stats = solution.stats
-        self._stats["nfe"] += stats.nfe
-        self._stats["accepted"] += stats.n_accepted
-        self._stats["rejected"] += stats.n_rejected
-        self._stats["solves"] += 1
+        if self.gradient != "backprop":  # only non-defaults, so plain solves need no optional features
+            kwargs["gradient"] = self.gradient
+        if self.per_sample:
+            kwargs["per_sample"] = True
+        kwargs.update(self.solver_options)
+        return kwargs
+
+    def forward(self, y: Tensor) -> Tensor:
+        solution = stability.solve(self.func, y, [0.0, self.t1], **self.solver_kwargs())
+        self._record(solution, y.shape[0])
         return solution.ys[-1]
 
+    def _record(self, solution: stability.Solution, batch: int) -> None:
+        per_sample = isinstance(solution.stats, list)
+        runs = solution.stats if per_sample else [solution.stats]
+        stats = self._stats
+        stats["nfe"] += max(run.nfe for run in runs)
+        stats["sample_nfe"] += sum(run.nfe for run in runs) if per_sample else runs[0].nfe * batch
+        stats["accepted"] += sum(run.n_accepted for run in runs)
+        stats["rejected"] += sum(run.n_rejected for run in runs)
+        stats["solves"] += 1
+        stats["samples"] += batch
+        adjoint_stats = getattr(solution, "adjoint_stats", None)
+        if adjoint_stats is not None and torch.is_grad_enabled():
+            self._adjoint_stats.append(adjoint_stats)
+
     def pop_solver_stats(self) -> dict[str, int]:
-        """Forward f evaluations, accepted/rejected steps and solves since the previous call; resets them."""
-        stats, self._stats = self._stats, dict.fromkeys(self.STAT_KEYS, 0)
+        """The counters (module docstring) since the previous call; resets them."""
+        stats = self._stats
+        if self.gradient == "adjoint":
+            stats["backward_nfe"] = sum(s.nfe for s in self._adjoint_stats)
+        self._reset_stats()
         return stats
 
     def extra_repr(self) -> str:
-        mode = (
-            f"step_size={self.step_size:g}"
-            if self.step_size is not None
-            else f"rtol={self.rtol:g}, atol={self.atol:g}"
-        )
-        return f"t1={self.t1:g}, method={self.method!r}, {mode}"
+        if self.step_size is not None:
+            control = f"step_size={self.step_size:g}"
+        else:
+            control = f"rtol={self.rtol:g}, atol={self.atol:g}" + (", per_sample" if self.per_sample else "")
+        return f"t1={self.t1:g}, method={self.method!r}, {control}, gradient={self.gradient!r}"
 
 
 def downsampling_stem(in_channels: int, channels: int) -> tuple[nn.Conv2d, nn.Sequential]:
@@ -168,6 +200,8 @@ class ODENet(ImageClassifier):
         atol: float = 1e-3,
         step_size: float | None = None,
         max_steps: int = 10_000,
+        gradient: str = "backprop",
+        per_sample: bool = False,
         solver_options: Mapping[str, Any] | None = None,
     ) -> None:
         check_positive_int("in_channels", in_channels)
@@ -181,6 +215,8 @@ class ODENet(ImageClassifier):
             atol=atol,
             step_size=step_size,
             max_steps=max_steps,
+            gradient=gradient,
+            per_sample=per_sample,
             solver_options=solver_options,
         )
         head = nn.Sequential(
@@ -217,6 +253,8 @@ def _odenet_factory(name: str, doc: str, *, in_channels: int, channels: int, con
         atol: float = 1e-3,
         step_size: float | None = None,
         max_steps: int = 10_000,
+        gradient: str = "backprop",
+        per_sample: bool = False,
         solver_options: Mapping[str, Any] | None = None,
     ) -> ODENet:
         return ODENet(
@@ -233,6 +271,8 @@ def _odenet_factory(name: str, doc: str, *, in_channels: int, channels: int, con
             atol=atol,
             step_size=step_size,
             max_steps=max_steps,
+            gradient=gradient,
+            per_sample=per_sample,
             solver_options=solver_options,
         )
 

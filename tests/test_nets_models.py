@@ -1,6 +1,7 @@
 """Registered architectures: construction from the CLI's keyword arguments, the YOPO split, ODE-Net solver
 options and statistics, input checks."""
 
+import inspect
 import json
 
 import pytest
@@ -121,11 +122,13 @@ def test_odenet_block_is_stability_solve_and_counts_its_work():
     assert stats["solves"] == 1 and stats["accepted"] >= 1 and stats["nfe"] >= 6 * stats["accepted"]
     assert pop_solver_stats(model) == {
         "nfe": reference.stats.nfe,
+        "sample_nfe": 3 * reference.stats.nfe,
         "accepted": reference.stats.n_accepted,
         "rejected": reference.stats.n_rejected,
         "solves": 1,
+        "samples": 3,
     }
-    assert model.pop_solver_stats() == {"nfe": 0, "accepted": 0, "rejected": 0, "solves": 0}
+    assert model.pop_solver_stats() == dict.fromkeys(ODEBlock.STAT_KEYS, 0)
 
 
 def test_odenet_fixed_step_mode_and_gradients():
@@ -196,3 +199,42 @@ def test_polynet_implicit_trains_through_the_implicit_blocks():
     model(x).logsumexp(dim=1).sum().backward()
     grads = [block.residual[3].weight.grad for block in blocks]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().max() > 0 for g in grads)
+
+
+SOLVE_OPTIONS = inspect.signature(stability.solve).parameters
+
+
+@pytest.mark.skipif("per_sample" not in SOLVE_OPTIONS, reason="waits for stability's per-sample mode")
+def test_odenet_per_sample_mode_makes_samples_independent_of_their_batch():
+    torch.manual_seed(0)
+    model = build_model("odenet_mnist_small", channels=8, per_sample=True, time_dependent=True).eval()
+    x = torch.rand(3, 1, 28, 28)
+    x[2] *= 0.1  # a different sample, so the per-sample step sequences differ
+    with torch.no_grad():
+        together = model(x)
+        stats = model.pop_solver_stats()
+        alone = torch.cat([model(x[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    assert stats["samples"] == 3 and stats["solves"] == 1
+    assert stats["nfe"] <= stats["sample_nfe"] <= 3 * stats["nfe"]
+
+
+@pytest.mark.skipif("gradient" not in SOLVE_OPTIONS, reason="waits for stability's adjoint gradients")
+def test_odenet_adjoint_gradient_matches_backprop_and_counts_backward_work():
+    """Both gradients approximate the exact one to about the tolerance (measured: ~1e-2 apart in float64 at
+    rtol = atol = 1e-6; convergence in the tolerance is slow because ReLU makes f only piecewise smooth)."""
+    torch.manual_seed(1)
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    grads = {}
+    for gradient in ("backprop", "adjoint"):
+        torch.manual_seed(0)
+        model = build_model(
+            "odenet_mnist_small", channels=4, gradient=gradient, rtol=1e-6, atol=1e-6
+        ).double()
+        model(x).logsumexp(dim=1).sum().backward()
+        grads[gradient] = torch.cat([p.grad.flatten() for p in model.ode_block.func.parameters()])
+        stats = model.pop_solver_stats()
+        assert ("backward_nfe" in stats) == (gradient == "adjoint")
+    assert stats["backward_nfe"] > 0
+    relative_difference = (grads["adjoint"] - grads["backprop"]).norm() / grads["backprop"].norm()
+    assert relative_difference.item() < 3e-2
