@@ -40,7 +40,9 @@ class InputDiversity:
     """The random resize-and-pad transform ``T`` of DI2-FGSM, batched with per-sample randomness.
 
     ``output_size="canvas"`` (the paper) returns ``R x R`` images, so the model must accept larger inputs
-    (e.g. global pooling); samples that skip the transform are resized to the full canvas.
+    (e.g. global pooling); samples that skip the transform are resized to the full canvas. A model whose head
+    expects a fixed size sees the canvas off-distribution and the attack gets much weaker (bench/
+    crosscheck_attacks.py measures this on an MNIST CNN); use ``"input"`` for such models.
     ``output_size="input"`` resizes the canvas back to ``H x W`` (for fixed-size models); samples that skip
     the transform are then returned unchanged.
     """
