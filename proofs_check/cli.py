@@ -195,7 +195,7 @@ def _adaptive(field, y0, k: float, args, out: Path, what: str) -> list[tuple[str
             start = y0 + (middle - size / 2) * unit
             sweep.append(verify_adaptive(field, start, unit * size, on_violation="ignore", **options))
             runs.append((f"dopri5_switch_own_eps{size:g}", sweep[-1].independent))
-        sweep_title = f"input pairs straddling a step switch ({what_changes})"
+        sweep_title = f"input pairs centred on a step switch ({what_changes})"
     title = f"dopri5 ODE block (rtol={args.rtol:g}, atol={args.atol:g}) on [0, {args.t1:g}]: {what}"
     plot_adaptive(reference, sweep, out / "dopri5_adaptive.png", title, sweep_title)
     return runs

@@ -1,6 +1,6 @@
 """Empirical lower bounds of a Lipschitz constant: values K is guaranteed to be at least, never bounds on K.
 
-* ``jacobian_norm``: σ_max of f's Jacobian at each sample, by power iteration on JᵀJ with ``jvp``/``vjp``.
+* ``jacobian_norm``: σ_max of f's Jacobian at each sample, by power iteration on JᵀJ (JVPs and VJPs).
   For f Lipschitz with constant K, ‖J(y)‖₂ ≤ K wherever f is differentiable.
 * ``lipschitz_lower``: the largest secant ratio |f(y + δ) − f(y)| / |δ| found by gradient ascent over (y, δ),
   started from the data and the Jacobian's top singular vectors. Every evaluated ratio is ≤ K by definition,
@@ -25,12 +25,16 @@ Function = Callable[[Tensor], Tensor]
 class LowerBound:
     """``value`` ≤ K: the best secant ratio found; ``per_sample`` the best per starting sample.
 
-    ``jacobian_norm`` is max_y ‖J_f(y)‖₂ estimated at the starting samples (also ≤ K, up to convergence).
+    ``points``/``perturbations`` are the witnesses: per sample, the (y, δ) whose ratio
+    |f(y + δ) − f(y)| / |δ| is ``per_sample``. ``jacobian_norm`` is max ‖J_f(y)‖₂ estimated at the starting
+    samples (also ≤ K, up to convergence).
     """
 
     value: float
     per_sample: Tensor
     jacobian_norm: float
+    points: Tensor
+    perturbations: Tensor
 
 
 def _per_sample_norm(x: Tensor) -> Tensor:
@@ -43,18 +47,50 @@ def _per_sample_normalise(x: Tensor) -> Tensor:
 
 
 def jacobian_norm(f: Function, y: Tensor, *, iterations: int = 50, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """(σ, v): per-sample σ_b = ‖J_f(y_b) v_b‖ ≤ ‖J_f(y_b)‖₂ and the unit vectors v_b reaching them."""
+    """(σ, v): per-sample σ_b = ‖J_f(y_b) v_b‖ ≤ ‖J_f(y_b)‖₂ and the unit vectors v_b reaching them.
+
+    Power iteration on JᵀJ with one recorded forward pass: Jᵀu by reverse mode, Jv by the double-backward
+    trick (Jv = ∂/∂u ⟨Jᵀu, v⟩), or by central differences when f's backward is not differentiable (e.g. an
+    implicit step whose gradient is ``once_differentiable``).
+    """
     _check_batch(y)
-    y = y.detach()
     generator = torch.Generator(device=y.device).manual_seed(seed)
     v = _per_sample_normalise(torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=generator))
-    _, pullback = torch.func.vjp(f, y)
-    for _ in range(iterations):
-        _, image = torch.func.jvp(f, (y,), (v,))
-        (back,) = pullback(image)  # JᵀJ v, sample by sample since the samples are independent
-        v = _per_sample_normalise(back)
-    _, image = torch.func.jvp(f, (y,), (v,))
+    with torch.enable_grad():
+        point = y.detach().requires_grad_(True)
+        output = f(point)
+        jvp = _double_backward_jvp(output, point)
+        for _ in range(iterations):
+            try:
+                image = jvp(v)
+            except RuntimeError:  # not twice differentiable: fall back to central differences
+                jvp = _finite_difference_jvp(f, y.detach())
+                image = jvp(v)
+            (back,) = torch.autograd.grad(output, point, image, retain_graph=True)  # JᵀJ v, per sample
+            v = _per_sample_normalise(back)
+        image = jvp(v)
     return _per_sample_norm(image).detach(), v.detach()
+
+
+def _double_backward_jvp(output: Tensor, point: Tensor) -> Callable[[Tensor], Tensor]:
+    dummy = torch.zeros_like(output, requires_grad=True)
+    (transposed,) = torch.autograd.grad(output, point, dummy, create_graph=True)  # Jᵀ·dummy, linear in dummy
+
+    def jvp(v: Tensor) -> Tensor:
+        (image,) = torch.autograd.grad(transposed, dummy, v, retain_graph=True)
+        return image.detach()
+
+    return jvp
+
+
+def _finite_difference_jvp(f: Function, y: Tensor) -> Callable[[Tensor], Tensor]:
+    def jvp(v: Tensor) -> Tensor:
+        shape = (-1,) + (1,) * (y.dim() - 1)
+        step = (torch.finfo(y.dtype).eps ** (1 / 3)) * (1 + _per_sample_norm(y)).to(y).view(shape)
+        with torch.no_grad():
+            return (f(y + step * v) - f(y - step * v)) / (2 * step)
+
+    return jvp
 
 
 def lipschitz_lower(
@@ -78,15 +114,26 @@ def lipschitz_lower(
     delta = (direction * radius).requires_grad_(True)
     optimizer = torch.optim.Adam([base, delta], lr=learning_rate)
     best = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+    points, perturbations = y.clone(), torch.zeros_like(y)
     for step in range(ascent_steps + 1):
         ratio = _secant_ratio(f, base, delta)
-        best = torch.maximum(best, torch.nan_to_num(ratio.detach(), nan=0.0, posinf=0.0))
+        current = torch.nan_to_num(ratio.detach(), nan=0.0, posinf=0.0)
+        improved = current > best
+        best = torch.where(improved, current, best)
+        points[improved] = base.detach()[improved]
+        perturbations[improved] = ((base + delta) - base).detach()[improved]
         if step == ascent_steps:
             break
         optimizer.zero_grad(set_to_none=True)
         (-torch.log(ratio.clamp_min(torch.finfo(y.dtype).tiny)).sum()).backward()
         optimizer.step()
-    return LowerBound(value=float(best.max()), per_sample=best.cpu(), jacobian_norm=float(sigma.max()))
+    return LowerBound(
+        value=float(best.max()),
+        per_sample=best.cpu(),
+        jacobian_norm=float(sigma.max()),
+        points=points,
+        perturbations=perturbations,
+    )
 
 
 def _secant_ratio(f: Function, base: Tensor, delta: Tensor) -> Tensor:

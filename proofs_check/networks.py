@@ -28,7 +28,7 @@ from nets.normalization import Normalize
 from nets.odenet import ConcatTimeConv2d, ODEBlock, ODEFunc
 from nets.resnet import ProjectionBlock, ZeroPadShortcut
 from nets.revnet import AdditiveCoupling
-from nets.schemes import BackwardEulerStep, PolyStep, SchemeStep
+from nets.schemes import BackwardEulerStep, PolyStep, SchemeStep, autonomous
 from proofs_check.bounds import revnet_step_matrix, step_factor
 from proofs_check.lipschitz import (
     LayerBound,
@@ -39,7 +39,7 @@ from proofs_check.lipschitz import (
     register_lipschitz_rule,
 )
 from proofs_check.operator_norms import ROUNDING_MARGIN
-from proofs_check.verify import CertifiedStep
+from proofs_check.verify import CertifiedStep, backward_euler_defect
 
 
 def _constant(module: nn.Module, shape: tuple[int, ...], name: str, options) -> float:
@@ -181,7 +181,11 @@ def body_steps(
     for name, block in flatten_blocks(body):
         certificate = lipschitz_upper(block, shape, norm_layers=norm_layers, seed=seed)
         h = float(getattr(block, "step_size", None) or 0.0)
-        steps.append(CertifiedStep(block, t, h, certificate.upper))
+        defect = None
+        if isinstance(block, BackwardEulerStep):  # solved to a tolerance: bound the solve's defect
+            contraction = 1 - 1 / certificate.upper  # factor = 1 / (1 − hK)
+            defect = backward_euler_defect(autonomous(block.residual), 0.0, h, contraction / h)
+        steps.append(CertifiedStep(block, t, h, certificate.upper, defect))
         kinds.append(
             f"{name}:{certificate.layers[0].kind if len(certificate.layers) == 1 else type(block).__name__}"
         )

@@ -4,10 +4,12 @@ The bound is the product of per-step Lipschitz factors (``bounds``), so any sequ
 factors can be checked: a fixed-step ``stability`` scheme on one f, a stack of residual blocks with their own
 K_i, or the accepted steps of an adaptive run replayed as a fixed grid. Norms are 2-norms per sample.
 
-A measured growth |e_n|/|ε| above bound·(1 + 1e-9) + slack is a violation. ``slack`` allows for floating-point
-rounding only: 64·u·bound_n·Σ_{k<n} (|y_k| + |y'_k|) / (bound_k |ε|), with u the unit roundoff of the
-trajectory's dtype (each step's rounding, amplified by the bound of the remaining steps). In float64 with
-|ε| ≈ 1e-3 |y| it is about 1e-11 and cannot hide a real violation.
+A measured growth |e_n|/|ε| above bound·(1 + 1e-9) + slack is a violation. ``slack`` allows for what the
+computed steps are allowed to deviate from the exact maps, amplified by the bound of the remaining steps:
+floating-point rounding, 64·u·bound_n·Σ_{k<n} (|y_k| + |y'_k|) / (bound_k |ε|) with u the unit roundoff
+(about 1e-11 in float64 with |ε| ≈ 1e-3 |y|: it cannot hide a real violation), plus, for steps solved to a
+tolerance (backward Euler), the a-posteriori defect bound of each solve: Σ_{k<n} (δ_k + δ'_k)·bound_n /
+(bound_{k+1} |ε|), where z = y + hf(z) solved with residual r gives |z − z*| ≤ |r| / (1 − hK) =: δ.
 """
 
 from __future__ import annotations
@@ -50,12 +52,17 @@ class BoundViolationWarning(UserWarning):
 
 @dataclass(frozen=True)
 class CertifiedStep:
-    """y_{n+1} = apply(y_n): a step from t to t + h whose Lipschitz constant is at most ``factor``."""
+    """y_{n+1} = apply(y_n): a step from t to t + h whose Lipschitz constant is at most ``factor``.
+
+    ``defect(y, y_next)``, when given, bounds per sample how far the computed ``y_next`` may lie from the
+    exact step map's value (an implicit step solved to a tolerance); exact maps leave it None.
+    """
 
     apply: StepMap
     t: float
     h: float
     factor: float
+    defect: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,22 @@ def _apply_method(func: VectorField, t: float, h: float, method: str, y: Tensor)
     return stability.step(func, t, y, h, method)
 
 
+def backward_euler_defect(
+    func: VectorField, t: float, h: float, lipschitz: float
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """(y, z) ↦ |z − y − h f(t + h, z)| / (1 − |h|K) per sample: z* = y + hf(z*) is the fixed point of a
+    |h|K-contraction, so |z − z*| ≤ |residual| / (1 − |h|K)."""
+    contraction = abs(h) * lipschitz
+    if contraction >= 1:
+        raise ValueError(f"backward Euler's defect bound needs |h|K < 1, got {contraction:.6g}")
+
+    def defect(y: Tensor, z: Tensor) -> Tensor:
+        time = torch.full((), t + h, dtype=z.dtype, device=z.device)
+        return _norms(z - y - h * func(time, z)) / (1 - contraction)
+
+    return defect
+
+
 def solver_steps(
     func: VectorField, method: str, grid: Sequence[float], lipschitz: float
 ) -> list[CertifiedStep]:
@@ -158,9 +181,9 @@ def solver_steps(
         h = t_next - t
         if not (math.isfinite(h) and h != 0):
             raise ValueError(f"grid must be finite and strictly monotone, got step {h} at t={t}")
-        steps.append(
-            CertifiedStep(partial(_apply_method, func, t, h, method), t, h, step_factor(method, h, lipschitz))
-        )
+        defect = backward_euler_defect(func, t, h, lipschitz) if method == "backward_euler" else None
+        apply = partial(_apply_method, func, t, h, method)
+        steps.append(CertifiedStep(apply, t, h, step_factor(method, h, lipschitz), defect))
     return steps
 
 
@@ -229,8 +252,8 @@ def verify_steps(
     if not steps:
         raise ValueError("no steps to verify")
     y0, epsilon = _check_inputs(y0, epsilon)
-    reference = _trajectory(steps, y0)
-    perturbed = _trajectory(steps, y0 + epsilon)
+    reference, reference_defects = _trajectory(steps, y0)
+    perturbed, perturbed_defects = _trajectory(steps, y0 + epsilon)
     factors = [s.factor for s in steps]
     bound = np.repeat(cumulative_bound(factors)[:, None], y0.shape[0], axis=1)
     times = np.array([steps[0].t] + [s.t + s.h for s in steps])
@@ -239,7 +262,16 @@ def verify_steps(
         envelope = exponential_envelope(lipschitz, times)
         envelope_is_bound = all(s.factor <= math.exp(abs(s.h) * lipschitz) * (1 + 1e-12) for s in steps)
     result = _assemble(
-        label, times, reference, perturbed, epsilon, bound, lipschitz, envelope, envelope_is_bound
+        label,
+        times,
+        reference,
+        perturbed,
+        epsilon,
+        bound,
+        lipschitz,
+        envelope,
+        envelope_is_bound,
+        defects=reference_defects + perturbed_defects,
     )
     _handle(result, on_violation)
     return result
@@ -466,8 +498,8 @@ def verify_coupled(
         raise ValueError(f"dimension {split_dim} of size {y0.shape[split_dim]} cannot be split in halves")
     times = np.concatenate([[0.0], np.cumsum(np.abs(np.asarray(step_sizes, dtype=np.float64)))])
     steps = [CertifiedStep(m, float(t), float(h), math.nan) for m, t, h in zip(maps, times, step_sizes)]
-    reference = _trajectory(steps, y0)
-    perturbed = _trajectory(steps, y0 + epsilon)
+    reference, _ = _trajectory(steps, y0)
+    perturbed, _ = _trajectory(steps, y0 + epsilon)
     parts = torch.stack([_norms(part) for part in epsilon.chunk(2, dim=split_dim)], dim=1).numpy()
     bound = revnet_bound(matrices, parts)
     result = _assemble(label, times, reference, perturbed, epsilon, bound, None, None, False)
@@ -505,18 +537,22 @@ def _norms(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _trajectory(steps: Sequence[CertifiedStep], y: Tensor) -> list[Tensor]:
-    states = [y]
+def _trajectory(steps: Sequence[CertifiedStep], y: Tensor) -> tuple[list[Tensor], np.ndarray]:
+    """(states y_0..y_n, defects [n, B]) of ``steps`` from ``y``."""
+    states, defects = [y], np.zeros((len(steps), y.shape[0]))
     for n, step in enumerate(steps):
-        y = step.apply(y)
-        if not bool(torch.isfinite(y).all()):
+        y_next = step.apply(y)
+        if not bool(torch.isfinite(y_next).all()):
             raise stability.NonFiniteValueError(
                 f"the scheme produced non-finite values at step {n + 1} (t={step.t + step.h:.6g})",
                 t=step.t + step.h,
                 h=step.h,
             )
-        states.append(y)
-    return states
+        if step.defect is not None:
+            defects[n] = step.defect(y, y_next).numpy()
+        states.append(y_next)
+        y = y_next
+    return states, defects
 
 
 def _assemble(
@@ -530,10 +566,12 @@ def _assemble(
     envelope: np.ndarray | None,
     envelope_is_bound: bool,
     *,
+    defects: np.ndarray | None = None,
     covered: bool = True,
     note: str = "",
     extra: dict | None = None,
 ) -> Verification:
+    """Growth, slack (module docstring) and the result; ``defects`` [n, B] sums both trajectories'."""
     epsilon_norms = _norms(epsilon).numpy()
     growth = np.stack([_norms(b - a).numpy() for a, b in zip(reference, perturbed)]) / epsilon_norms
     sizes = np.stack([(_norms(a) + _norms(b)).numpy() for a, b in zip(reference, perturbed)])
@@ -542,6 +580,8 @@ def _assemble(
         accumulated = np.cumsum(np.nan_to_num(sizes[:-1] / bound[:-1]), axis=0)
         slack = np.zeros_like(growth)
         slack[1:] = ROUNDING_SLACK_FACTOR * unit_roundoff * bound[1:] * accumulated / epsilon_norms
+        if defects is not None:
+            slack[1:] += bound[1:] * np.cumsum(np.nan_to_num(defects / bound[1:]), axis=0) / epsilon_norms
     return Verification(
         label=label,
         times=np.asarray(times, dtype=np.float64),
@@ -586,6 +626,7 @@ __all__ = [
     "BoundViolationError",
     "BoundViolationWarning",
     "SWITCH_CRITERIA",
+    "backward_euler_defect",
     "StepSwitch",
     "compose",
     "find_step_switch",
