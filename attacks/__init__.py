@@ -19,7 +19,7 @@ from .evaluation import evaluate_attack, gradient_masking_warnings, iterate_batc
 from .fgsm import FGSM
 from .pgd import PGD
 from .table import ResultTable
-from .training_losses import PGDAdversarialLoss, TRADESLoss, unwrap_model
+from .training_losses import LinearEpsWarmup, PGDAdversarialLoss, TRADESLoss, unwrap_model
 from .yopo import YOPOLoss, split_first_layer
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "Attack",
     "BoundaryAttack",
     "InputDiversity",
+    "LinearEpsWarmup",
     "PGDAdversarialLoss",
     "ResultTable",
     "TRADESLoss",

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .base import check_inputs, eval_mode, require_count, require_nonnegative
 from .pgd import PGD, linf_box, signed_gradient_ascent
 
-__all__ = ["PGDAdversarialLoss", "TRADESLoss", "unwrap_model"]
+__all__ = ["LinearEpsWarmup", "PGDAdversarialLoss", "TRADESLoss", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -39,10 +39,19 @@ class PGDAdversarialLoss:
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10, random_start: bool = True,
                  seed: int | None = 0) -> None:
         self.attack = PGD(eps, alpha, steps, restarts=1, random_start=random_start, seed=seed)
+        self._ratio = self.attack.alpha / self.attack.eps if self.attack.eps > 0 else None
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         x_adv = self.attack(unwrap_model(model), x, y)
         return F.cross_entropy(model(x_adv), y)
+
+    @property
+    def eps(self) -> float:
+        return self.attack.eps
+
+    def set_eps(self, eps: float) -> None:
+        """Change ``eps`` (e.g. a warm-up), keeping ``alpha / eps`` fixed."""
+        self.attack.eps, self.attack.alpha = _rescaled(self.attack.eps, self.attack.alpha, eps, self._ratio)
 
     def __repr__(self) -> str:
         a = self.attack
@@ -66,6 +75,11 @@ class TRADESLoss:
         self.beta = require_nonnegative("beta", beta)
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._ratio = self.alpha / self.eps if self.eps > 0 else None
+
+    def set_eps(self, eps: float) -> None:
+        """Change ``eps`` (e.g. a warm-up), keeping ``alpha / eps`` fixed."""
+        self.eps, self.alpha = _rescaled(self.eps, self.alpha, eps, self._ratio)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
@@ -108,3 +122,33 @@ class TRADESLoss:
     def __repr__(self) -> str:
         return f"TRADESLoss(eps={self.eps}, alpha={self.alpha}, steps={self.steps}, beta={self.beta})"
 
+
+
+def _rescaled(old_eps: float, old_alpha: float, eps: float, ratio: float | None) -> tuple[float, float]:
+    eps = require_nonnegative("eps", eps)
+    if ratio is None:
+        if old_eps == 0 and old_alpha == 0 and eps > 0:
+            raise ValueError("cannot rescale a step size of 0: construct the loss with eps > 0 or an alpha")
+        return eps, old_alpha
+    return eps, ratio * eps
+
+
+class LinearEpsWarmup:
+    """``on_batch_end`` callback for ``nets.training.train``: ``eps_t = eps * min(1, (t + 1) / warmup_steps)``
+    for the batch after ``t`` optimizer steps (a common remedy for adversarial training stuck at chance at
+    large eps, e.g. MNIST at 0.3). ``loss`` is any loss here with ``set_eps``; after a resume, call
+    :meth:`start_at` with the number of steps already taken.
+    """
+
+    def __init__(self, loss, eps: float, warmup_steps: int, steps_per_epoch: int) -> None:
+        self.loss = loss
+        self.eps = require_nonnegative("eps", eps)
+        self.warmup_steps = require_count("warmup_steps", warmup_steps)
+        self.steps_per_epoch = require_count("steps_per_epoch", steps_per_epoch)
+        self.start_at(0)
+
+    def start_at(self, steps_taken: int) -> None:
+        self.loss.set_eps(self.eps * min(1.0, (steps_taken + 1) / self.warmup_steps))
+
+    def __call__(self, info) -> None:
+        self.start_at((info.epoch - 1) * self.steps_per_epoch + info.step + 1)

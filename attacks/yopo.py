@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .base import check_inputs, require_count, require_nonnegative
 from .pgd import linf_box
-from .training_losses import unwrap_model
+from .training_losses import _rescaled, unwrap_model
 
 __all__ = ["YOPOLoss", "split_first_layer"]
 
@@ -73,6 +73,11 @@ class YOPOLoss:
         self.alpha = default_alpha if alpha is None else require_nonnegative("alpha", alpha)
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._ratio = self.alpha / self.eps if self.eps > 0 else None
+
+    def set_eps(self, eps: float) -> None:
+        """Change ``eps`` (e.g. a warm-up), keeping ``alpha / eps`` fixed."""
+        self.eps, self.alpha = _rescaled(self.eps, self.alpha, eps, self._ratio)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:

@@ -10,6 +10,10 @@ Each method trains the same seeded small CNN (``small_mnist_cnn``: normalize + c
 * ``trades``: ``attacks.TRADESLoss(eps, steps=--at-steps, beta=--beta)`` (Zhang et al. 2019b);
 * ``yopo``: ``attacks.YOPOLoss(eps, m=--yopo-m, n=--yopo-n, alpha=--yopo-alpha)`` (Zhang et al. 2019a).
 
+With ``--warmup-epochs W`` the adversarial methods ramp eps linearly from eps/steps to eps over the first W
+epochs (``attacks.LinearEpsWarmup``); without it, PGD-AT at eps = 0.3 can stay at chance for the few
+epochs a CPU-scale run affords.
+
 It then reports clean accuracy and FGSM / PGD-40 (alpha 0.01, random start) robust accuracy at ``--eps`` on
 the first ``--eval-samples`` test images, per method, in ``OUT/<method>/robustness.json`` and
 ``OUT/summary.{csv,json}``. Runs resume (``nets.training``'s checkpoints); finished methods are not redone.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import FGSM, PGD, PGDAdversarialLoss, ResultTable, TRADESLoss, YOPOLoss, evaluate_attack
+from attacks import (
+    FGSM,
+    PGD,
+    LinearEpsWarmup,
+    PGDAdversarialLoss,
+    ResultTable,
+    TRADESLoss,
+    YOPOLoss,
+    evaluate_attack,
+)
 from attacks.table import atomic_write_text
 
 METHODS = ("natural", "pgd-at", "trades", "yopo")
@@ -79,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--yopo-m", type=int, default=5)
     parser.add_argument("--yopo-n", type=int, default=3)
     parser.add_argument("--yopo-alpha", type=float, default=None, help="default 2.5 eps / (m n)")
+    parser.add_argument("--warmup-epochs", type=float, default=0.0,
+                        help="ramp eps linearly over this many epochs (adversarial methods)")
     parser.add_argument("--eval-samples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -87,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_method(method: str, args: argparse.Namespace, train_set, test_set) -> dict:
-    from nets.training import TrainConfig, train
+    from nets.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint, train
 
     out = Path(args.out) / method
     report_path = out / "robustness.json"
@@ -98,8 +114,15 @@ def run_method(method: str, args: argparse.Namespace, train_set, test_set) -> di
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=args.lr,
                          seed=args.seed)
     loss_fn = loss_for(method, args)
+    callback = None
+    if method != "natural" and args.warmup_epochs > 0:
+        steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+        callback = LinearEpsWarmup(loss_fn, args.eps, max(1, round(args.warmup_epochs * steps_per_epoch)),
+                                   steps_per_epoch)
+        if (out / CHECKPOINT_NAME).exists():  # resuming: continue the ramp where it stopped
+            callback.start_at(int(load_checkpoint(out / CHECKPOINT_NAME)["epoch"]) * steps_per_epoch)
     result = train(model, train_set, test_set.subset(args.eval_samples), config, out, loss_fn=loss_fn,
-                   device=args.device, resume=True, progress=not args.no_progress)
+                   device=args.device, resume=True, progress=not args.no_progress, on_batch_end=callback)
     model.eval()
     x = test_set.images[: args.eval_samples].float().div(255).to(args.device)
     y = test_set.labels[: args.eval_samples].to(args.device)
@@ -115,6 +138,9 @@ def run_method(method: str, args: argparse.Namespace, train_set, test_set) -> di
         "fgsm_accuracy": rows[0]["robust_accuracy"],
         "pgd40_accuracy": rows[1]["robust_accuracy"],
         "eps": args.eps,
+        "warmup_epochs": args.warmup_epochs if method != "natural" else 0.0,
+        "epochs": args.epochs,
+        "train_samples": len(train_set),
         "eval_samples": args.eval_samples,
         "pgd40": rows[1],
         "fgsm": rows[0],

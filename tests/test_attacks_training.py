@@ -173,3 +173,26 @@ def test_yopo_loss_value_is_the_mean_cross_entropy() -> None:
     x, y = robust_and_nonrobust_features(16, seed=8)
     loss = YOPOLoss(0.0, m=3, n=1)(model, x, y)  # eps = 0: every pass is at x
     assert torch.allclose(loss, F.cross_entropy(model(x), y), rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda: PGDAdversarialLoss(0.3, steps=3), lambda: TRADESLoss(0.3, steps=3),
+                                  lambda: YOPOLoss(0.3, m=2, n=3)])
+def test_linear_eps_warmup_ramps_eps_and_keeps_the_step_ratio(make) -> None:
+    from attacks import LinearEpsWarmup
+    from nets.training import BatchInfo
+
+    loss = make()
+    ratio = (loss.attack.alpha if hasattr(loss, "attack") else loss.alpha) / 0.3
+    warmup = LinearEpsWarmup(loss, 0.3, warmup_steps=10, steps_per_epoch=4)
+    assert loss.eps == pytest.approx(0.03)
+    seen = []
+    for epoch in (1, 2, 3, 4):
+        for step in range(4):
+            warmup(BatchInfo(epoch, step, torch.zeros(()), 8, 1e-3))
+            seen.append(loss.eps)
+    assert seen[:9] == pytest.approx([0.03 * (t + 2) for t in range(9)])
+    assert seen[9:] == pytest.approx([0.3] * 7)
+    alpha = loss.attack.alpha if hasattr(loss, "attack") else loss.alpha
+    assert alpha == pytest.approx(ratio * 0.3)
+    warmup.start_at(4)
+    assert loss.eps == pytest.approx(0.15)
