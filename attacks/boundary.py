@@ -11,6 +11,15 @@ Queries (model evaluations of one sample) are counted per sample, including init
 ``max_queries``. The batch is attacked in lock step without per-sample Python loops; a sample leaves the
 batch exactly when its budget is spent. The returned point is the closest adversarial point found, so its
 L2 distance never increases across iterations.
+
+Implementation choices (all within the paper's algorithm): one query per iteration for the combined
+candidate, plus one spherical check every ``spherical_check_every`` iterations for the statistics (as in
+foolbox); the uniform-noise start is bisected towards ``x`` before iterating; samples that noise cannot start
+fall back to the closest batch input of an adversarial class; the Gaussian direction of each iteration is
+shared by the batch (each sample's directions are still i.i.d. N(0, I), and a sample's trajectory does not
+depend on its batch-mates, except through that fallback). Models whose outputs depend on the batch
+composition (batch norm in train mode, adaptive ODE solves with a batch-wide error norm) are queried on
+sub-batches during initialization and once samples leave.
 """
 
 from __future__ import annotations
