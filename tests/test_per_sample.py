@@ -40,9 +40,8 @@ def test_each_sample_equals_solving_it_alone(field, method):
         assert batch.stats[b].nfe == alone.stats.nfe
         assert batch.stats[b].n_accepted == alone.stats.n_accepted
         assert batch.stats[b].n_rejected == alone.stats.n_rejected
-        assert batch.stats[b].step_sizes == pytest.approx(
-            alone.stats.step_sizes, rel=1e-6
-        )  # error estimates cancel: round-off shows
+        # error estimates are differences of nearly equal stages: round-off shows at ~1e-9 in h
+        assert batch.stats[b].step_sizes == pytest.approx(alone.stats.step_sizes, rel=1e-6)
     assert len(set(batch.nfe)) > 3  # the samples really did take different steps
 
 
@@ -55,7 +54,8 @@ def test_shared_mode_couples_the_batch():
     difference = (shared.ys - per_sample.ys).abs().amax(dim=(0, 2))
     assert difference.max() > 1e-8  # far above round-off: the batch changed the answer…
     assert difference.max() < 1e-3  # …within what the tolerance allows
-    assert shared.stats.nfe > max(per_sample.nfe) // 2 and shared.stats.nfe > min(per_sample.nfe)
+    # one step sequence for all: the easy samples pay for the hard ones
+    assert shared.stats.nfe > min(per_sample.nfe) and sum(per_sample.nfe) < len(y0) * shared.stats.nfe
     # sample 0 with other companions: shared mode changes it, per-sample mode does not
     other = torch.cat([y0[:1], _initial_states(7, seed=1)])
     assert not torch.equal(solve(van_der_pol, other, T_OUT, rtol=1e-6, atol=1e-6).ys[:, 0], shared.ys[:, 0])
