@@ -33,9 +33,16 @@ def peak_memory(fn: Callable[[], T], device: torch.device | str | None = None) -
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
         result = fn()
+    try:
+        raw_events = profiler.profiler.kineto_results.events()
+    except AttributeError as error:  # pragma: no cover - depends on the torch build
+        raise RuntimeError(
+            "this torch build's profiler exposes no allocation events; measure peak memory on CUDA or in a "
+            "fresh process (resource.getrusage) instead"
+        ) from error
     events = [
         (event.start_ns(), event.nbytes())
-        for event in profiler.profiler.kineto_results.events()
+        for event in raw_events
         if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
     ]
     events.sort(key=lambda item: item[0])
