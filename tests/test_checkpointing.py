@@ -122,3 +122,16 @@ def test_nondeterministic_field_is_detected(options):
         RuntimeError, match="recomputation took different steps|more tensors during recomputation"
     ):
         ys[-1].sum().backward()
+
+
+def test_peak_memory_counts_live_tensor_bytes():
+    def work():
+        a = torch.ones(1000, 1000, dtype=torch.float64)  # 8 MB
+        b = torch.ones(500, 1000, dtype=torch.float64)  # 4 MB, both alive: 12 MB
+        del a
+        c = torch.ones(250, 1000, dtype=torch.float64)  # 2 MB after 8 MB were freed
+        return float(b.sum() + c.sum())
+
+    result, peak = peak_memory(work)
+    assert result == 750_000.0
+    assert 12_000_000 <= peak < 12_100_000
