@@ -113,8 +113,19 @@ def _axes_growth(ax, result: Verification, show_samples: bool = True) -> None:
     bad = np.nonzero(result.violation_mask.any(axis=1))[0]
     if bad.size:
         ax.plot(bad, result.growth[bad].max(axis=1), "rx", markersize=8, label="VIOLATION")
+    _log_y(ax)
+
+
+def _log_y(ax) -> None:
+    """Log y axis with plain-number tick labels; minor ticks are labelled only when no decade is in view."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     ax.set_yscale("log")
-    ax.set_xlabel("step n")
+    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    low, high = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.grid(True, which="major", alpha=0.3)
 
 
@@ -124,9 +135,8 @@ def _axes_tightness(ax, result: Verification) -> None:
     ax.plot(steps, tight, color="tab:orange", alpha=0.25, linewidth=0.8)
     ax.plot(steps, np.median(tight, axis=1), color="tab:orange", linewidth=2)
     ax.axhline(1.0, color="k", linestyle="--", linewidth=1)
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_xlabel("step n")
-    ax.grid(True, which="major", alpha=0.3)
 
 
 def plot_runs(results: Sequence[Verification], path: str | os.PathLike[str], title: str) -> Path:
@@ -149,7 +159,9 @@ def plot_runs(results: Sequence[Verification], path: str | os.PathLike[str], tit
     fig.suptitle(
         title + ("   — BOUND VIOLATED" if violated else ""), fontsize=10, color="red" if violated else "k"
     )
-    fig.tight_layout()
+    fig.subplots_adjust(
+        left=0.22 / columns + 0.03, right=0.98, top=0.84, bottom=0.09, wspace=0.28, hspace=0.12
+    )
     return _save(fig, path)
 
 
@@ -169,6 +181,8 @@ def plot_adaptive(
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     _axes_growth(axes[0], reference.shared_grid)
+    for ax in axes[:2]:
+        ax.set_xlabel("step n")
     axes[0].set_title(f"shared grid ({reference.unperturbed_steps} steps): theorem applies", fontsize=9)
     _axes_growth(axes[1], reference.independent)
     axes[1].set_title(
@@ -192,7 +206,7 @@ def plot_adaptive(
     ax.set_title(sweep_title, fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.83, bottom=0.14, wspace=0.28)
     return _save(fig, path)
 
 

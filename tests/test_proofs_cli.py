@@ -1,0 +1,69 @@
+"""``python -m proofs_check``: figures + CSV + summary for a random network and for a trained checkpoint."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+import nets
+from proofs_check.cli import main
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_random_network_writes_figures_csv_and_summary(tmp_path, capsys):
+    args = ["--out", str(tmp_path), "--scheme", "euler,backward_euler", "--h", "1,0.1", "--steps", "3"]
+    args += ["--samples", "2", "--channels", "2", "--size", "4", "--lipschitz", "2.0"]
+    assert main(args) == 0
+    output = capsys.readouterr().out
+    assert "skipping backward_euler at h=1" in output  # hK = 2: no bound, said so
+    assert (tmp_path / "euler.png").stat().st_size > 10_000
+    assert (tmp_path / "backward_euler.png").is_file()
+    rows = read_rows(tmp_path / "results.csv")
+    assert {row["run"] for row in rows} == {"euler_h1", "euler_h0.1", "backward_euler_h0.1"}
+    assert len(rows) == 3 * 4 and all(row["violations"] == "0" for row in rows)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["lipschitz_lower"] <= summary["lipschitz_upper"] == pytest.approx(2.0, rel=1e-9)
+    assert summary["command"].startswith("python -m proofs_check --out")
+    assert summary["runs"]["euler_h1"]["violations"] == 0
+
+
+def test_trained_checkpoint_is_verified_at_every_step_size(tmp_path):
+    kwargs = {"width": 4, "blocks_per_stage": 2}
+    model = nets.build_model("mnist_resnet_small", **kwargs)
+    torch.save(
+        {"model": model.state_dict(), "model_spec": {"name": "mnist_resnet_small", "kwargs": kwargs}},
+        tmp_path / "model.pt",
+    )
+    out = tmp_path / "report"
+    args = ["--checkpoint", str(tmp_path / "model.pt"), "--out", str(out), "--h", "1,0.01", "--samples", "2"]
+    assert main(args) == 0
+    assert (out / "model.png").is_file()
+    rows = read_rows(out / "results.csv")
+    assert {row["run"] for row in rows} == {"model_h1", "model_h0.01"}
+    summary = json.loads((out / "summary.json").read_text())
+    kinds = [block["block"] for block in summary["blocks"]["h=1"]]
+    assert any("euler step" in kind for kind in kinds)
+
+
+def test_group_norm_model_is_refused_with_exit_status_2(tmp_path, capsys):
+    assert main(["--model", "odenet_mnist_small", "--out", str(tmp_path), "--samples", "1"]) == 2
+    assert "GroupNorm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--h", "0,1"], ["--scheme", "midpoint"], ["--model", "resnet8", "--checkpoint", "x"], ["--steps", "0"]],
+)
+def test_bad_arguments_exit(tmp_path, args):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), *args])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        main(["--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path)])
