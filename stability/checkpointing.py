@@ -104,6 +104,11 @@ class _Chunk:
 
     def __init__(self, solver: OdeSolver, n_steps: int, times: list[float], first_output: int, span: float):
         self.snapshot = copy.copy(solver)
+        # The previous step's interpolation data is not needed to continue; dropping it keeps each chunk
+        # boundary at y (and, for FSAL methods, its first stage) instead of all stages of the last step.
+        for name in ("y_old", "_stages"):
+            if hasattr(self.snapshot, name):
+                setattr(self.snapshot, name, None)
         self.n_steps, self.times, self.first_output, self.span = n_steps, times, first_output, span
         self.solver_after: OdeSolver | None = None
         self.stats = None
