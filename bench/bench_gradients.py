@@ -2,16 +2,18 @@
 and odeint_adjoint, side by side in one run; then per-sample vs shared step control.
 
 (a) The conv field of bench_solvers (GroupNorm-ReLU-conv3x3 twice, 64 channels, 7×7, float32), dopri5 at
-    rtol = atol = 1e-3 on t ∈ [0, 1], loss L = <w, y(1)>. Per contender: forward+backward time (interleaved
-    medians), peak tensor memory (stability.peak_memory: torch's own allocation events), NFE forward/backward
-    (the field counts its calls) and the relative L2 error of dL/dy0 against a tight reference on the first
-    ``--reference-samples`` samples (GroupNorm keeps samples independent, so their exact input gradients do
-    not depend on the rest of the batch): float64 adjoint (mixed norm) at rtol = atol = 1e-7. On this ReLU
-    field the gradient of the discretisation converges slowly with the tolerance (the controller watches y,
-    not its Jacobian, whose kinks cost RK its order), while the error-controlled adjoint resolves them; the
-    reference's uncertainty is printed as its distance to float64 checkpointed backprop at 1e-9.
-(b) The same field and tolerance, no grad: shared step control (one step size for the batch; torchdiffeq's
-    only mode) vs per-sample step control; time and NFE (per-sample: mean over samples).
+    rtol = atol = 1e-3 (and 1e-5: more steps) on t ∈ [0, 1], loss L = <w, y(1)>. Per contender:
+    forward+backward time (interleaved medians), peak tensor memory (stability.peak_memory: torch's own
+    allocation events), NFE forward/backward (the field counts its calls) and the relative L2 error of
+    dL/dy0 against a tight reference on the first ``--reference-samples`` samples (GroupNorm keeps samples
+    independent, so their exact input gradients do not depend on the rest of the batch): float64 adjoint
+    (mixed norm) at rtol = atol = 1e-7. On this ReLU field the gradient of the discretisation converges
+    slowly with the tolerance (the controller watches y, not its Jacobian, whose kinks cost RK its order),
+    while the error-controlled adjoint resolves them; the reference's uncertainty is printed as its distance
+    to float64 checkpointed backprop at 1e-9.
+(b) The same field at the first tolerance, no grad: shared step control (one step size for the batch;
+    torchdiffeq's only mode) vs per-sample step control; time and NFE (per-sample: mean over samples), for
+    the batch as drawn and for the batch with per-sample scales 0.1..10 (unequal difficulty).
 
 Run:  bash bench/setup.sh && OMP_WAIT_POLICY=PASSIVE python -m bench.bench_gradients [--batch 128]
       [--repeats 5] [--threads 2]
@@ -32,7 +34,6 @@ import stability  # noqa: E402
 from bench.fields import ConvField  # noqa: E402
 from bench.timing import interleaved_medians, print_table  # noqa: E402
 
-TOL = dict(rtol=1e-3, atol=1e-3)
 T = torch.tensor([0.0, 1.0])
 
 
@@ -44,8 +45,9 @@ def make_problem(batch: int):
     return field, y0, weights
 
 
-def contenders(field: ConvField, y0: torch.Tensor, weights: torch.Tensor):
+def contenders(field: ConvField, y0: torch.Tensor, weights: torch.Tensor, tol: float):
     """Each runs forward + backward and returns dL/dy0; the field's counter gives the NFE."""
+    TOL = dict(rtol=tol, atol=tol)  # noqa: N806
 
     def run(solve_ys):
         def go():
@@ -90,7 +92,7 @@ def relative_error(gradient: torch.Tensor, reference: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(difference) / torch.linalg.vector_norm(reference))
 
 
-def gradient_benchmark(batch: int, repeats: int, reference_samples: int) -> None:
+def gradient_benchmark(batch: int, repeats: int, reference_samples: int, tolerances: list[float]) -> None:
     field, y0, weights = make_problem(batch)
     reference, reference_nfe = reference_gradient(field, y0, weights, reference_samples, 1e-7, "adjoint")
     check, check_nfe = reference_gradient(field, y0, weights, reference_samples, 1e-9, "checkpoint")
@@ -99,7 +101,12 @@ def gradient_benchmark(batch: int, repeats: int, reference_samples: int) -> None
           f"(nfe {reference_nfe}); distance to checkpointed backprop at 1e-9 (nfe {check_nfe}): "
           f"{distance:.2e}",
           flush=True)
-    runs = contenders(field, y0, weights)
+    for tol in tolerances:
+        gradient_table(field, y0, weights, reference, tol, repeats)
+
+
+def gradient_table(field, y0, weights, reference, tol: float, repeats: int) -> None:
+    runs = contenders(field, y0, weights, tol)
     rows_data = {}
     for name, go in runs.items():
         field.nfe = 0
@@ -117,42 +124,46 @@ def gradient_benchmark(batch: int, repeats: int, reference_samples: int) -> None
         rows.append((name, data["nfe_f"], data["nfe_b"], f"{times[name]:.2f}", f"{data['peak'] / 2**20:.1f}",
                      f"{100 * data['error']:.2f}%", f"{times[name] / base_time:.2f}",
                      f"{data['peak'] / base_peak:.2f}"))
-    print_table(f"(a) conv field, batch {batch}, 64ch 7x7, float32, dopri5 rtol=atol=1e-3, t in [0, 1]: "
-                f"forward+backward (median of {repeats})",
+    print_table(f"(a) conv field, batch {y0.shape[0]}, 64ch 7x7, float32, dopri5 rtol=atol={tol:g}, "
+                f"t in [0, 1]: forward+backward (median of {repeats})",
                 rows, ("method", "nfe_fwd", "nfe_bwd", "seconds", "peak_MiB", "dL/dy0_err", "time/tdq_adj",
                        "mem/tdq_adj"))
 
 
-def per_sample_benchmark(batch: int, repeats: int) -> None:
+def per_sample_benchmark(batch: int, repeats: int, tol: float) -> None:
     field, y0, _ = make_problem(batch)
-    nfe = {}
+    # Mixed scales: GroupNorm makes f scale-free, so large states change relatively slowly (easy samples).
+    scales = torch.logspace(-1, 1, batch).view(batch, 1, 1, 1)
+    options = dict(method="dopri5", rtol=tol, atol=tol)
+    rows = []
+    for label, states in (("same scale", y0), ("scales 0.1..10", y0 * scales)):
+        nfe = {}
 
-    def shared():
-        sol = stability.solve(field, y0, T, method="dopri5", **TOL)
-        nfe["shared"] = sol.stats.nfe
+        def shared(states=states, nfe=nfe):
+            nfe["shared"] = stability.solve(field, states, T, **options).stats.nfe
 
-    def per_sample():
-        sol = stability.solve(field, y0, T, method="dopri5", per_sample=True, **TOL)
-        nfe["per-sample"] = sum(sol.nfe) / len(sol.nfe)
-        nfe["per-sample max"] = max(sol.nfe)
+        def per_sample(states=states, nfe=nfe):
+            sol = stability.solve(field, states, T, per_sample=True, **options)
+            nfe["per-sample"] = sum(sol.nfe) / len(sol.nfe)
+            nfe["per-sample max"] = max(sol.nfe)
 
-    def peer():
-        field.nfe = 0
-        torchdiffeq.odeint(field, y0, T, method="dopri5", **TOL)
-        nfe["tdq shared"] = field.nfe
+        def peer(states=states, nfe=nfe):
+            field.nfe = 0
+            torchdiffeq.odeint(field, states, T, **options)
+            nfe["tdq shared"] = field.nfe
 
-    with torch.no_grad():
-        times = interleaved_medians({"shared": shared, "per-sample": per_sample, "tdq shared": peer},
-                                    repeats=repeats)
-    rows = [
-        ("shared", nfe["shared"], f"{times['shared']:.2f}", "1.00"),
-        ("per-sample", f"{nfe['per-sample']:.1f} (max {nfe['per-sample max']})", f"{times['per-sample']:.2f}",
-         f"{times['per-sample'] / times['shared']:.2f}"),
-        ("tdq shared", nfe["tdq shared"], f"{times['tdq shared']:.2f}",
-         f"{times['tdq shared'] / times['shared']:.2f}"),
-    ]
-    print_table(f"(b) step control, conv field batch {batch}, dopri5 rtol=atol=1e-3, no grad "
-                f"(median of {repeats})", rows, ("mode", "nfe", "seconds", "time/shared"))
+        with torch.no_grad():
+            times = interleaved_medians({"shared": shared, "per-sample": per_sample, "tdq shared": peer},
+                                        repeats=repeats)
+        rows += [
+            (label, "shared", nfe["shared"], f"{times['shared']:.2f}", "1.00"),
+            (label, "per-sample", f"mean {nfe['per-sample']:.1f}, max {nfe['per-sample max']}",
+             f"{times['per-sample']:.2f}", f"{times['per-sample'] / times['shared']:.2f}"),
+            (label, "tdq shared", nfe["tdq shared"], f"{times['tdq shared']:.2f}",
+             f"{times['tdq shared'] / times['shared']:.2f}"),
+        ]
+    print_table(f"(b) step control, conv field batch {batch}, dopri5 rtol=atol={tol:g}, no grad "
+                f"(median of {repeats})", rows, ("batch", "mode", "nfe", "seconds", "time/shared"))
 
 
 def main() -> None:
@@ -161,14 +172,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reference-samples", type=int, default=16)
+    parser.add_argument("--tolerances", type=float, nargs="+", default=[1e-3, 1e-5])
     parser.add_argument("--skip-gradients", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, torchdiffeq {getattr(torchdiffeq, '__version__', '?')}, "
           f"threads {torch.get_num_threads()}")
     if not args.skip_gradients:
-        gradient_benchmark(args.batch, args.repeats, args.reference_samples)
-    per_sample_benchmark(args.batch, args.repeats)
+        gradient_benchmark(args.batch, args.repeats, args.reference_samples, args.tolerances)
+    per_sample_benchmark(args.batch, args.repeats, args.tolerances[0])
 
 
 if __name__ == "__main__":
