@@ -5,7 +5,9 @@ One step of size h maps two states at distance |e_n| to states at distance at mo
 * explicit Runge–Kutta (c, A, b): 1 + |h| L_Φ with the increment function's constant L_Φ ≤ Σ_i |b_i| κ_i,
   κ_i = K(1 + |h| Σ_{j<i} |a_ij| κ_j) (each stage k_i = f(y + h Σ_j a_ij k_j) is κ_i-Lipschitz in y).
   Euler: 1 + hK (Theorem 3.1); Heun: 1 + hK + (hK)²/2; RK4: 1 + hK(1 + hK/2 + (hK)²/6 + (hK)³/24)
-  (Theorem 3.2); Dormand–Prince: the same recursion, inflated by its negative coefficients through |a_ij|.
+  (Theorem 3.2); Dormand–Prince: the same recursion, inflated by its negative coefficients: even as h → 0
+  its factor is 1 + h·Σ|b_i|·K with Σ|b_i| ≈ 1.645, since a K-Lipschitz f may have different secant slopes
+  at different stages (the triangle inequality is what Theorem 3.2's argument uses).
 * backward Euler y_{n+1} = y_n + h f(y_{n+1}): 1 / (1 − |h|K), valid for |h|K < 1 only.
 
 Over a run with steps h_1..h_n the bound is Π_i step_factor(h_i), i.e. (1 + hK)^n for Euler; since

@@ -40,13 +40,17 @@ NORM_LAYER_POLICIES = ("refuse", "worst_case")
 
 @dataclass(frozen=True)
 class LayerBound:
-    """One layer's certified constant ``upper``; ``lower`` is a lower bound of it when known (else None)."""
+    """One layer's certified constant ``upper``; ``lower`` is a lower bound of it when known (else None).
+
+    ``assumption`` is non-empty when ``upper`` holds only under a stated assumption (see ``norm_layers``).
+    """
 
     name: str
     kind: str
     upper: float
     lower: float | None = None
     note: str = ""
+    assumption: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ def lipschitz_upper(
     options = _Options(norm_layers=norm_layers, iterations=iterations, seed=seed)
     layers = certify_submodule(module, shape, type(module).__name__, options)
     upper = math.prod(layer.upper for layer in layers)
-    assumptions = tuple(layer.note for layer in layers if layer.note.startswith("assumes"))
+    assumptions = tuple(layer.assumption for layer in layers if layer.assumption)
     return LipschitzCertificate(upper=upper, input_shape=shape, layers=tuple(layers), assumptions=assumptions)
 
 
@@ -234,8 +238,8 @@ def _normalisation(module: nn.Module, shape, name, options) -> list[LayerBound]:
     weight = getattr(module, "weight", None)
     gamma = 1.0 if weight is None else float(weight.detach().double().abs().max())
     constant = gamma / math.sqrt(module.eps)
-    note = f"assumes the worst case var(x) = 0 of {kind}: |J| ≤ max|γ|/√eps"
-    return [LayerBound(name, kind, constant * (1 + ROUNDING_MARGIN), None, note)]
+    assumption = f"{name}: {kind} taken at its worst case var(x) → 0, |J| ≤ max|γ|/√eps"
+    return [LayerBound(name, kind, constant * (1 + ROUNDING_MARGIN), None, assumption=assumption)]
 
 
 for _type in (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm):

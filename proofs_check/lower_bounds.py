@@ -37,12 +37,14 @@ class LowerBound:
     perturbations: Tensor
 
 
-def _per_sample_norm(x: Tensor) -> Tensor:
+def per_sample_norm(x: Tensor) -> Tensor:
+    """|x_b|: the 2-norm of each sample of a batch [B, ...]."""
     return torch.linalg.vector_norm(x.flatten(1), dim=1)
 
 
-def _per_sample_normalise(x: Tensor) -> Tensor:
-    norms = _per_sample_norm(x).clamp_min(torch.finfo(x.dtype).tiny)
+def per_sample_normalise(x: Tensor) -> Tensor:
+    """x_b / |x_b| for each sample of a batch."""
+    norms = per_sample_norm(x).clamp_min(torch.finfo(x.dtype).tiny)
     return x / norms.view(-1, *([1] * (x.dim() - 1)))
 
 
@@ -55,7 +57,7 @@ def jacobian_norm(f: Function, y: Tensor, *, iterations: int = 50, seed: int = 0
     """
     _check_batch(y)
     generator = torch.Generator(device=y.device).manual_seed(seed)
-    v = _per_sample_normalise(torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=generator))
+    v = per_sample_normalise(torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=generator))
     with torch.enable_grad():
         point = y.detach().requires_grad_(True)
         output = f(point)
@@ -67,9 +69,9 @@ def jacobian_norm(f: Function, y: Tensor, *, iterations: int = 50, seed: int = 0
                 jvp = _finite_difference_jvp(f, y.detach())
                 image = jvp(v)
             (back,) = torch.autograd.grad(output, point, image, retain_graph=True)  # JᵀJ v, per sample
-            v = _per_sample_normalise(back)
+            v = per_sample_normalise(back)
         image = jvp(v)
-    return _per_sample_norm(image).detach(), v.detach()
+    return per_sample_norm(image).detach(), v.detach()
 
 
 def _double_backward_jvp(output: Tensor, point: Tensor) -> Callable[[Tensor], Tensor]:
@@ -86,7 +88,7 @@ def _double_backward_jvp(output: Tensor, point: Tensor) -> Callable[[Tensor], Te
 def _finite_difference_jvp(f: Function, y: Tensor) -> Callable[[Tensor], Tensor]:
     def jvp(v: Tensor) -> Tensor:
         shape = (-1,) + (1,) * (y.dim() - 1)
-        step = (torch.finfo(y.dtype).eps ** (1 / 3)) * (1 + _per_sample_norm(y)).to(y).view(shape)
+        step = (torch.finfo(y.dtype).eps ** (1 / 3)) * (1 + per_sample_norm(y)).to(y).view(shape)
         with torch.no_grad():
             return (f(y + step * v) - f(y - step * v)) / (2 * step)
 
@@ -111,7 +113,7 @@ def lipschitz_lower(
     sigma, direction = jacobian_norm(f, y, iterations=iterations, seed=seed)
     y = y.detach()
     shape = (-1,) + (1,) * (y.dim() - 1)
-    scale = (1 + _per_sample_norm(y)).view(shape)
+    scale = (1 + per_sample_norm(y)).view(shape)
     base = y.clone().requires_grad_(True)
     delta = (direction * 1e-3 * scale).requires_grad_(True)
     best = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
@@ -129,9 +131,9 @@ def lipschitz_lower(
         log_ratio = torch.log(ratio.clamp_min(torch.finfo(y.dtype).tiny)).sum()
         grad_base, grad_delta = torch.autograd.grad(log_ratio, [base, delta])
         with torch.no_grad():
-            delta_norm = _per_sample_norm(delta).view(shape)
-            base += learning_rate * scale * _per_sample_normalise(grad_base)
-            delta += learning_rate * delta_norm * _per_sample_normalise(grad_delta)
+            delta_norm = per_sample_norm(delta).view(shape)
+            base += learning_rate * scale * per_sample_normalise(grad_base)
+            delta += learning_rate * delta_norm * per_sample_normalise(grad_delta)
     return LowerBound(
         value=float(best.max()),
         per_sample=best.cpu(),
@@ -146,7 +148,7 @@ def _secant_ratio(f: Function, base: Tensor, delta: Tensor) -> Tensor:
     moved, reference = both.chunk(2)
     # δ is measured as the difference actually fed to f, so rounding of base + δ cannot inflate the ratio.
     step = (base + delta) - base
-    return _per_sample_norm(moved - reference) / _per_sample_norm(step)
+    return per_sample_norm(moved - reference) / per_sample_norm(step)
 
 
 def _check_batch(y: Tensor) -> None:
@@ -158,4 +160,4 @@ def _check_batch(y: Tensor) -> None:
         raise ValueError("y contains NaN or infinite values")
 
 
-__all__ = ["LowerBound", "jacobian_norm", "lipschitz_lower"]
+__all__ = ["LowerBound", "jacobian_norm", "lipschitz_lower", "per_sample_norm", "per_sample_normalise"]

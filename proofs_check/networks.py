@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from nets.normalization import Normalize
 from nets.odenet import ConcatTimeConv2d, ODEBlock, ODEFunc
 from nets.resnet import ProjectionBlock, ZeroPadShortcut
-from nets.revnet import AdditiveCoupling
+from nets.revnet import AdditiveCoupling, ReversibleSequence
 from nets.schemes import BackwardEulerStep, PolyStep, SchemeStep, autonomous
 from proofs_check.bounds import revnet_step_matrix, step_factor
 from proofs_check.lipschitz import (
@@ -159,7 +159,7 @@ def _ode_block(module: ODEBlock, shape, name, options) -> list[LayerBound]:
 
 def flatten_blocks(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """The blocks of a body in order, descending into plain ``nn.Sequential`` containers."""
-    if type(module) is nn.Sequential or type(module).__name__ == "ReversibleSequence":
+    if type(module) in (nn.Sequential, ReversibleSequence):
         blocks: list[tuple[str, nn.Module]] = []
         for name, child in module.named_children():
             blocks += [

@@ -124,7 +124,8 @@ def _log_y(ax) -> None:
     plain = FuncFormatter(lambda value, _: f"{value:.3g}")
     ax.yaxis.set_major_formatter(plain)
     low, high = ax.get_ylim()
-    ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
+    short = 0 < low and math.isfinite(high) and high < 10 * low
+    ax.yaxis.set_minor_formatter(plain if short else NullFormatter())
     ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.grid(True, which="major", alpha=0.3)
 
@@ -147,10 +148,10 @@ def plot_runs(results: Sequence[Verification], path: str | os.PathLike[str], tit
     import matplotlib.pyplot as plt
 
     columns = len(results)
-    fig, axes = plt.subplots(2, columns, figsize=(3.6 * columns + 0.6, 5.6), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(2, columns, figsize=(4.1 * columns + 0.6, 5.6), squeeze=False, sharex="col")
     for column, result in enumerate(results):
         _axes_growth(axes[0, column], result)
-        axes[0, column].set_title(_short_title(result), fontsize=9)
+        axes[0, column].set_title(_short_title(result), fontsize=8)
         _axes_tightness(axes[1, column], result)
     axes[0, 0].set_ylabel("|e_n| / |ε|")
     axes[1, 0].set_ylabel("measured / bound")
@@ -206,15 +207,15 @@ def plot_adaptive(
     ax.set_title(sweep_title, fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.83, bottom=0.14, wspace=0.28)
+    fig.subplots_adjust(left=0.075, right=0.99, top=0.83, bottom=0.14, wspace=0.3)
     return _save(fig, path)
 
 
 def _short_title(result: Verification) -> str:
     summary = result.summary()
     return (
-        f"{result.label}\ntightness median {summary['tightness_median']:.2g}, "
-        f"max {summary['tightness_max']:.2g}"
+        f"{result.label}\nmeasured/bound: median {summary['tightness_median']:.2g}, "
+        f"max {summary['tightness_max']:.2g}, final {summary['final_tightness_median']:.2g}"
     )
 
 
@@ -233,15 +234,17 @@ def _save(fig, path: str | os.PathLike[str]) -> Path:
 
 
 def summary_table(results: Sequence[tuple[str, Verification]]) -> str:
-    """Plain-text table: run, label, steps, tightness median/max (over n ≥ 1 and samples), violations."""
-    header = ("run", "label", "N", "tight med", "tight max", "final growth", "viol")
-    lines = ["{:<16} {:<44} {:>4} {:>10} {:>10} {:>13} {:>5}".format(*header)]
+    """Plain-text table: run, label, steps, measured/bound median and max (over n ≥ 1 and samples) and at the
+    last step (median), final growth (median), violations."""
+    header = ("run", "label", "N", "tight med", "tight max", "tight end", "final growth", "viol")
+    lines = ["{:<28} {:<40} {:>4} {:>9} {:>9} {:>9} {:>12} {:>5}".format(*header)]
     for run, result in results:
         s = result.summary()
         flag = "" if s["covered_by_theorem"] else " (not covered)"
         lines.append(
-            f"{run:<16} {result.label[:44]:<44} {s['steps']:>4} {s['tightness_median']:>10.3g} "
-            f"{s['tightness_max']:>10.3g} {s['final_growth_median']:>13.4g} {s['violations']:>5}{flag}"
+            f"{run[:28]:<28} {result.label[:40]:<40} {s['steps']:>4} {s['tightness_median']:>9.3g} "
+            f"{s['tightness_max']:>9.3g} {s['final_tightness_median']:>9.3g} "
+            f"{s['final_growth_median']:>12.4g} {s['violations']:>5}{flag}"
         )
     return "\n".join(lines)
 

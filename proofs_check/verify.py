@@ -32,7 +32,7 @@ from proofs_check.bounds import (
     revnet_step_matrix,
     step_factor,
 )
-from proofs_check.lower_bounds import jacobian_norm
+from proofs_check.lower_bounds import jacobian_norm, per_sample_norm, per_sample_normalise
 
 StepMap = Callable[[Tensor], Tensor]
 VectorField = Callable[[Tensor, Tensor], Tensor]
@@ -121,7 +121,8 @@ class Verification:
         ]
 
     def summary(self) -> dict:
-        """Scalar summary: tightness median/max over all steps n ≥ 1 and samples, final growth, violations."""
+        """Scalar summary: tightness median/max over all steps n ≥ 1 and samples and at the last step, final
+        growth, violations."""
         tight = self.tightness[np.isfinite(self.tightness)]
         final_growth = self.growth[-1]
         return {
@@ -132,6 +133,8 @@ class Verification:
             "covered_by_theorem": self.covered,
             "tightness_median": float(np.median(tight)) if tight.size else math.nan,
             "tightness_max": float(tight.max()) if tight.size else math.nan,
+            "final_tightness_median": float(np.median(self.tightness[-1])),
+            "final_tightness_max": float(np.max(self.tightness[-1])),
             "final_growth_median": float(np.median(final_growth)),
             "final_growth_max": float(final_growth.max()),
             "final_bound_median": float(np.median(self.bound[-1])),
@@ -216,9 +219,9 @@ def perturbation(
     iterations: int = 20,
     seed: int = 0,
 ) -> Tensor:
-    """ε with |ε_b| = relative_size·|y0_b| per sample, along a seeded Gaussian direction (``"random"``) or the
-    top right-singular vector of the Jacobian of the n-step map of ``steps`` at y0 (``"jacobian"``: the
-    direction a small perturbation grows fastest in, found by power iteration with jvp/vjp)."""
+    """ε with |ε_b| = relative_size·max(1, |y0_b|) per sample, along a seeded Gaussian direction
+    (``"random"``) or the top right-singular vector of the Jacobian of the n-step map of ``steps`` at y0
+    (``"jacobian"``: the direction a small perturbation grows fastest in, by power iteration on JᵀJ)."""
     if not (math.isfinite(relative_size) and relative_size > 0):
         raise ValueError(f"relative_size must be finite and > 0, got {relative_size}")
     if direction == "random":
@@ -230,10 +233,8 @@ def perturbation(
         _, unit = jacobian_norm(compose(steps), y0, iterations=iterations, seed=seed)
     else:
         raise ValueError(f"direction must be 'random' or 'jacobian', got {direction!r}")
-    shape = (-1,) + (1,) * (y0.dim() - 1)
-    scale = relative_size * torch.linalg.vector_norm(y0.flatten(1), dim=1).clamp_min(1.0)
-    unit = unit / torch.linalg.vector_norm(unit.flatten(1), dim=1).view(shape)
-    return (unit * scale.view(shape)).detach()
+    scale = relative_size * per_sample_norm(y0).clamp_min(1.0)
+    return (per_sample_normalise(unit) * scale.view((-1,) + (1,) * (y0.dim() - 1))).detach()
 
 
 # --- verification ------------------------------------------------------------------------------------------
@@ -533,7 +534,7 @@ def _check_inputs(y0: Tensor, epsilon: Tensor) -> tuple[Tensor, Tensor]:
 
 def _norms(x: Tensor) -> Tensor:
     """Per-sample 2-norms as float64 on the CPU."""
-    return torch.linalg.vector_norm(x.detach().flatten(1).to(torch.float64), dim=1).cpu()
+    return per_sample_norm(x.detach().to(torch.float64)).cpu()
 
 
 @torch.no_grad()
