@@ -87,7 +87,7 @@ def _newton(residual, jvp, z, tol, max_newton, max_linear, restart) -> NewtonRes
     norm = _scaled(g, z)
     out.residual = norm
     previous_norm = None
-    forcing = 1e-3
+    forcing = 0.1  # first linear solve loose; Eisenstat–Walker tightens it as Newton converges
     while True:
         if not math.isfinite(norm):
             return out
