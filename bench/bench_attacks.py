@@ -13,6 +13,8 @@
   with its default initialization. Target: ours <= 1.10x its floor.
 
 The model is ``crosscheck_attacks.small_cnn`` trained for one seeded epoch on 20k MNIST images (~10 s).
+Medians of wall time and of this process's CPU time are reported; on a shared machine the CPU-time ratio is
+the one to trust (other processes inflate wall time at random).
 """
 
 from __future__ import annotations
@@ -36,23 +38,31 @@ from attacks import PGD, BoundaryAttack  # noqa: E402
 from attacks.table import atomic_write_text  # noqa: E402
 
 
-def timed(function: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(function: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): CPU time is robust to other processes on the machine."""
+    wall, cpu = time.perf_counter(), time.process_time()
     function()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def interleaved(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Run every contender once per round (one warm-up round first), rotating the order each round."""
+def interleaved(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
+    """Run every contender once per round (one warm-up round first), rotating the order each round; return
+    the median wall and CPU time of each."""
     names = list(contenders)
     for name in names:
         contenders[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             times[name].append(timed(contenders[name]))
-    return times
+    return {name: {"wall": statistics.median([t[0] for t in values]),
+                   "cpu": statistics.median([t[1] for t in values])} for name, values in times.items()}
+
+
+def ratio_line(label: str, result: dict[str, float], floor: dict[str, float], extra: str = "") -> str:
+    return (f"  {label:12s} wall {result['wall']:.3f} s = {result['wall'] / floor['wall']:.3f}x floor   "
+            f"cpu {result['cpu']:.3f} s = {result['cpu'] / floor['cpu']:.3f}x floor{extra}")
 
 
 def pgd_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, seed: int) -> dict:
@@ -71,13 +81,12 @@ def pgd_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: i
     fmodel = fb.PyTorchModel(model, bounds=(0, 1))
     fb_attack = fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps, random_start=True)
     criterion = fb.criteria.Misclassification(y)
-    times = interleaved({
+    return interleaved({
         "floor": floor,
         "ours": lambda: ours(model, x, y),
         "torchattacks": lambda: peer(x, y),
         "foolbox": lambda: fb_attack.run(fmodel, x, criterion, epsilon=eps),
     }, repeats)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def replay(model: nn.Module, batch_sizes: list[int], shape: tuple[int, ...]) -> Callable[[], None]:
@@ -106,17 +115,16 @@ def boundary_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repea
         fmodel = fb.PyTorchModel(target, bounds=(0, 1))
         fb.attacks.BoundaryAttack(steps=steps).run(fmodel, x, fb.criteria.Misclassification(y))
 
-    ours_calls, foolbox_calls = CountingModel(model), CountingModel(model)
+    ours_calls, foolbox_calls = CountingModel(model).eval(), CountingModel(model).eval()
     recorded = ours_on(ours_calls)
     foolbox_on(foolbox_calls)
     shape = tuple(x.shape[1:])
-    times = interleaved({
+    medians: dict = interleaved({
         "ours": lambda: ours_on(model),
         "ours_floor": replay(model, ours_calls.batch_sizes, shape),
         "foolbox": lambda: foolbox_on(model),
         "foolbox_floor": replay(model, foolbox_calls.batch_sizes, shape),
     }, repeats)
-    medians = {name: statistics.median(values) for name, values in times.items()}
     medians["ours_model_calls"] = ours_calls.calls
     medians["ours_queries_per_sample"] = int(recorded.last_stats["queries"].max())
     medians["foolbox_model_calls"] = foolbox_calls.calls
@@ -142,9 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "pgd" not in args.skip:
         pgd = pgd_benchmark(model, x[:256], y[:256], args.repeats, args.seed)
         results["pgd40_batch256"] = pgd
-        print(f"PGD-40, batch 256 (median of {args.repeats}): floor {pgd['floor']:.3f} s")
+        print(f"PGD-40, batch 256 (medians of {args.repeats}): floor wall {pgd['floor']['wall']:.3f} s, "
+              f"cpu {pgd['floor']['cpu']:.3f} s")
         for name in ("ours", "torchattacks", "foolbox"):
-            print(f"  {name:12s} {pgd[name]:.3f} s   {pgd[name] / pgd['floor']:.3f}x floor")
+            print(ratio_line(name, pgd[name], pgd["floor"]))
 
     if "boundary" not in args.skip:
         with torch.no_grad():
@@ -152,13 +161,12 @@ def main(argv: list[str] | None = None) -> dict:
         bx, by = x[correct][:16], y[correct][:16]
         boundary = boundary_benchmark(model, bx, by, args.repeats, args.seed)
         results["boundary1000_batch16"] = boundary
-        print(f"Boundary Attack, 1000 steps, 16 images (median of {args.repeats}):")
-        print(f"  ours    {boundary['ours']:.3f} s, query floor {boundary['ours_floor']:.3f} s "
-              f"({boundary['ours_model_calls']} calls)   "
-              f"{boundary['ours'] / boundary['ours_floor']:.3f}x floor")
-        print(f"  foolbox {boundary['foolbox']:.3f} s, query floor {boundary['foolbox_floor']:.3f} s "
-              f"({boundary['foolbox_model_calls']} calls)   "
-              f"{boundary['foolbox'] / boundary['foolbox_floor']:.3f}x floor")
+        print(f"Boundary Attack, 1000 steps, 16 images (medians of {args.repeats}; "
+              "each attack vs its own query floor):")
+        print(ratio_line("ours", boundary["ours"], boundary["ours_floor"],
+                         f"   ({boundary['ours_model_calls']} model calls)"))
+        print(ratio_line("foolbox", boundary["foolbox"], boundary["foolbox_floor"],
+                         f"   ({boundary['foolbox_model_calls']} model calls)"))
     if args.out:
         atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     return results
