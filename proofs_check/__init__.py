@@ -2,10 +2,13 @@
 
 Theorem 3.1 (Euler): a perturbation ε of the input of y_{n+1} = y_n + h f(y_n), f K-Lipschitz, grows at
 most as |e_n| ≤ (1 + hK)^n |ε| ≤ e^{(t_n − t_0)K} |ε|; Theorem 3.2 gives the same form for Runge–Kutta schemes
-through the Lipschitz constant of their increment function. This package computes K (a certified upper bound
-and an empirical lower bound, ``lipschitz``/``lower_bounds``), the per-scheme bounds (``bounds``), measures
-|e_n| on the actual scheme or network (``verify``) and reports tightness as figures and CSV (``report``;
-``python -m proofs_check``).
+through the Lipschitz constant of their increment function. This package computes K — a certified upper
+bound (``lipschitz_upper``: products of exact/certified layer norms on the actual input shape) and an
+empirical lower bound (``lipschitz_lower``: the best secant ratio found, a value K is at least) — the
+per-scheme bounds (``bounds``), measures |e_n| on the actual scheme or network (``verify``: y0 and y0 + ε
+through the same steps, 2-norm per sample) and reports tightness and violations as figures and CSV
+(``report``; ``python -m proofs_check``). What a certificate assumes is stated, never implied: layers it
+cannot bound (GroupNorm/LayerNorm by default, training-mode BatchNorm, adaptive step selection) are refused.
 """
 
 from proofs_check import networks  # noqa: F401  (registers the rules for nets blocks)

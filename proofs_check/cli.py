@@ -258,5 +258,7 @@ def _run_model(args, out: Path, summary: dict) -> list[tuple[str, Verification]]
         ]
         results.append(result)
         runs.append((f"{name}_h{h:g}", result))
-    plot_runs(results, out / f"{name}.png", f"{name}: body blocks as steps, ε along {args.direction}")
+    origin = "trained checkpoint" if args.checkpoint else f"random init, seed {args.seed}"
+    title = f"{name} ({origin}): body blocks as steps, bound Π(certified factors), ε along {args.direction}"
+    plot_runs(results, out / f"{name}.png", title)
     return runs

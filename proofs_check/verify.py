@@ -261,7 +261,7 @@ def verify_steps(
     envelope, envelope_is_bound = None, False
     if lipschitz is not None:
         envelope = exponential_envelope(lipschitz, times)
-        envelope_is_bound = all(s.factor <= math.exp(abs(s.h) * lipschitz) * (1 + 1e-12) for s in steps)
+        envelope_is_bound = all(math.log(s.factor) <= abs(s.h) * lipschitz + 1e-12 for s in steps)
     result = _assemble(
         label,
         times,
