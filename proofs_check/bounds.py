@@ -27,9 +27,6 @@ import numpy as np
 
 from stability import SOLVERS, ButcherTableau
 
-IMPLICIT_METHODS = ("backward_euler",)
-
-
 def tableau_of(method: str | ButcherTableau) -> ButcherTableau:
     """The Butcher tableau of an explicit method given by name (``stability.SOLVERS``) or as a tableau."""
     if isinstance(method, ButcherTableau):
@@ -122,7 +119,6 @@ def revnet_bound(matrices: Sequence[np.ndarray], initial_parts: np.ndarray) -> n
 
 
 __all__ = [
-    "IMPLICIT_METHODS",
     "amplification_bound",
     "cumulative_bound",
     "exponential_envelope",

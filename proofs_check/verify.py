@@ -405,10 +405,10 @@ def find_step_switch(
 ) -> StepSwitch | None:
     """Where step selection switches along y0 + s·d, s ∈ [0, max_scale], by scan then bisection.
 
-    ``criterion="rejections"``: the number of rejected steps changes — at such a point one input accepts a
-    step the other rejects, and the two solutions differ by about the tolerance however close the inputs
-    are (a jump: the adaptive map is not even continuous there). ``"steps"``: accepted + rejected changes,
-    which includes the continuous switch where the last step stops needing to be clipped to t1.
+    ``criterion="rejections"``: the number of rejected steps changes — one input accepts a step the other
+    rejects, and the two solutions differ by an amount set by the tolerance, not by |ε|, however close the
+    inputs are (a jump). ``"steps"``: accepted + rejected changes, which includes the continuous switch where
+    the last step stops needing to be clipped to t1 (there the map is continuous but steep).
     Bisects the first scanned interval whose endpoints differ down to ``tolerance``·max(1, s); None if the
     scan sees no change.
     """
