@@ -27,6 +27,7 @@ import numpy as np
 
 from stability import SOLVERS, ButcherTableau
 
+
 def tableau_of(method: str | ButcherTableau) -> ButcherTableau:
     """The Butcher tableau of an explicit method given by name (``stability.SOLVERS``) or as a tableau."""
     if isinstance(method, ButcherTableau):
