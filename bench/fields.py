@@ -14,11 +14,12 @@ class ConvField(nn.Module):
 
     def __init__(self, channels: int = 64, groups: int = 32, seed: int = 0) -> None:
         super().__init__()
-        torch.manual_seed(seed)
-        self.norm1 = nn.GroupNorm(groups, channels)
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        with torch.random.fork_rng():  # seeded weights without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.norm1 = nn.GroupNorm(groups, channels)
+            self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.norm2 = nn.GroupNorm(groups, channels)
+            self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.nfe = 0
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -32,8 +33,9 @@ class TinyMLPField(nn.Module):
 
     def __init__(self, dim: int = 2, hidden: int = 16, seed: int = 0) -> None:
         super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
         self.nfe = 0
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
