@@ -21,9 +21,9 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from stability.errors import ODEInputError
-from stability.odeint import _HIT_TOLERANCE, _as_float_list, _check_finite_trajectory, _check_times
+from stability.odeint import _HIT_TOLERANCE, _as_float_list, _check_finite_trajectory, start_solver
 from stability.solution import Solution
-from stability.solver import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, OdeSolver, solver_class
+from stability.solver import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, OdeSolver
 from stability.step_control import PIController
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
@@ -58,20 +58,9 @@ def solve_checkpointed(
     """
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ODEInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
-    times = _check_times(t)
-    solver = solver_class(method)(
-        func,
-        times[0],
-        y0,
-        times[-1],
-        rtol=rtol,
-        atol=atol,
-        step_size=step_size,
-        grid=None if grid is None else _as_float_list(grid, "grid"),
-        first_step=first_step,
-        max_step=max_step,
-        max_steps=max_steps,
-        controller=controller,
+    solver, times = start_solver(
+        func, y0, t, method=method, rtol=rtol, atol=atol, step_size=step_size, grid=grid,
+        first_step=first_step, max_step=max_step, max_steps=max_steps, controller=controller,
     )
     chunk_sizes = _chunk_sizes(solver, times, step_size, grid, checkpoint_every)
     span = abs(times[-1] - times[0])

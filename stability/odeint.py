@@ -53,20 +53,9 @@ def solve(
         options = dict(method=method, rtol=rtol, atol=atol, step_size=step_size, grid=grid,
                        first_step=first_step, max_step=max_step, max_steps=max_steps, controller=controller)
         return _solve_variant(func, y0, t, gradient, per_sample, gradient_options, options)
-    times = _check_times(t)
-    solver = solver_class(method)(
-        func,
-        times[0],
-        y0,
-        times[-1],
-        rtol=rtol,
-        atol=atol,
-        step_size=step_size,
-        grid=None if grid is None else _as_float_list(grid, "grid"),
-        first_step=first_step,
-        max_step=max_step,
-        max_steps=max_steps,
-        controller=controller,
+    solver, times = start_solver(
+        func, y0, t, method=method, rtol=rtol, atol=atol, step_size=step_size, grid=grid,
+        first_step=first_step, max_step=max_step, max_steps=max_steps, controller=controller,
     )
     span = abs(times[-1] - times[0])
     outputs = [y0]
@@ -112,6 +101,14 @@ def _solve_variant(func, y0, t, gradient: str, per_sample: bool, extra: dict, op
 
         return solve_checkpointed(func, y0, t, **options, **extra)
     raise ODEInputError(f"unknown options for gradient='backprop': {', '.join(sorted(extra))}")
+
+
+
+def start_solver(func, y0: Tensor, t: Tensor | Sequence[float], *, method: str, grid=None, **options):
+    """The solver of ``method`` over [t[0], t[-1]] and the checked output times (shared by variants)."""
+    times = _check_times(t)
+    grid = None if grid is None else _as_float_list(grid, "grid")
+    return solver_class(method)(func, times[0], y0, times[-1], grid=grid, **options), times
 
 
 def _as_float_list(values: Tensor | Sequence[float], name: str) -> list[float]:
