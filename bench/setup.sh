@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Peers for the side-by-side benchmarks, from PyPI. --no-deps: they must use the torch already installed
-# (the CPU build), never pull another one or torchvision.
+# (the CPU build), never pull another one or torchvision (torchattacks imports without it; foolbox needs
+# GitPython at import).
 set -euo pipefail
 python -m pip install --no-deps "torchdiffeq==0.2.5"
+python -m pip install --no-deps "torchattacks==3.5.1" "foolbox==3.3.4" "eagerpy==0.30.0" \
+    "GitPython==3.2.1" "gitdb==4.0.12" "smmap==5.0.3"
