@@ -93,7 +93,7 @@ def test_trades_reduces_to_cross_entropy_without_perturbation_or_beta() -> None:
     assert torch.allclose(TRADESLoss(0.0, steps=2)(model, x, y), expected)
     assert torch.allclose(TRADESLoss(EPS, steps=2, beta=0.0)(model, x, y), expected)
     loss = TRADESLoss(EPS, steps=3, beta=1.0)(model, x, y)
-    assert float(loss.detach()) > float(expected)  # the KL term is positive once x_adv differs
+    assert float(loss.detach()) > float(expected.detach())  # the KL term is positive once x_adv differs
     x_adv = TRADESLoss(EPS, steps=3).adversarial_examples(model, x)
     assert float((x_adv - x).abs().max()) <= EPS + 1e-6 and float(x_adv.min()) >= 0
 
