@@ -21,6 +21,7 @@ Euler step for another explicit ``stability`` scheme of the same F (e.g. ``"heun
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch.nn.functional as F
@@ -235,30 +236,7 @@ def resnet(
 
 
 def _register_depth(depth: int) -> None:
-    def factory(
-        *,
-        in_channels: int = 3,
-        num_classes: int = 10,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        step_size: float = 1.0,
-        method: str = "euler",
-        variant: str = "euler",
-        shortcut: str = "A",
-    ) -> ResNet:
-        return resnet(
-            depth,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            mean=mean,
-            std=std,
-            step_size=step_size,
-            method=method,
-            variant=variant,
-            shortcut=shortcut,
-        )
-
-    factory.__name__ = factory.__qualname__ = f"resnet{depth}"
+    factory = functools.partial(resnet, depth)
     factory.__doc__ = (
         f"CIFAR ResNet-{depth}: {cifar_blocks_per_stage(depth)} Euler blocks per stage, step size h."
     )
