@@ -17,6 +17,7 @@ adjoint mode ``backward_nfe`` (evaluations of the adjoint system in the backward
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -236,47 +237,10 @@ class ODENet(ImageClassifier):
 
 
 def _odenet_factory(name: str, doc: str, *, in_channels: int, channels: int, conv_layers: int, t1: float):
-    defaults = {"in_channels": in_channels, "channels": channels, "conv_layers": conv_layers, "t1": t1}
-
-    def factory(
-        *,
-        in_channels: int = defaults["in_channels"],
-        num_classes: int = 10,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        channels: int = defaults["channels"],
-        conv_layers: int = defaults["conv_layers"],
-        time_dependent: bool = False,
-        t1: float = defaults["t1"],
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-3,
-        step_size: float | None = None,
-        max_steps: int = 10_000,
-        gradient: str = "backprop",
-        per_sample: bool = False,
-        solver_options: Mapping[str, Any] | None = None,
-    ) -> ODENet:
-        return ODENet(
-            in_channels=in_channels,
-            num_classes=num_classes,
-            mean=mean,
-            std=std,
-            channels=channels,
-            conv_layers=conv_layers,
-            time_dependent=time_dependent,
-            t1=t1,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            step_size=step_size,
-            max_steps=max_steps,
-            gradient=gradient,
-            per_sample=per_sample,
-            solver_options=solver_options,
-        )
-
-    factory.__name__ = factory.__qualname__ = name
+    """Register ``ODENet`` under ``name`` with these defaults (every other argument stays a keyword)."""
+    factory = functools.partial(
+        ODENet, in_channels=in_channels, channels=channels, conv_layers=conv_layers, t1=t1
+    )
     factory.__doc__ = doc
     register_model(name)(factory)
     return factory
