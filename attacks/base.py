@@ -25,7 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Attack", "eval_mode", "check_inputs", "check_labels_in_range", "require_nonnegative"]
+__all__ = ["Attack", "NonFiniteLogitsError", "check_finite_logits", "eval_mode", "check_inputs",
+           "check_labels_in_range", "require_nonnegative"]
+
+
+class NonFiniteLogitsError(ValueError):
+    """The model returned NaN or inf logits: no attack result on such a model means anything."""
 
 
 @contextlib.contextmanager
@@ -96,6 +101,16 @@ def check_labels_in_range(logits: Tensor, y: Tensor) -> None:
         raise ValueError(f"model must return logits of shape (N, num_classes), got {tuple(logits.shape)}")
     if y.numel() and int(y.max()) >= logits.shape[1]:
         raise ValueError(f"label {int(y.max())} out of range for a model with {logits.shape[1]} classes")
+
+
+def check_finite_logits(logits: Tensor) -> None:
+    """Raise :class:`NonFiniteLogitsError` naming how many samples got NaN/inf logits."""
+    finite = torch.isfinite(logits).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteLogitsError(
+            f"model returned non-finite logits for {bad} of {logits.shape[0]} samples; fix the model (or its "
+            "solver settings) before evaluating robustness")
 
 
 class Attack:

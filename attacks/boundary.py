@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, check_labels_in_range, require_count, require_positive
+from .base import Attack, check_finite_logits, check_labels_in_range, require_count, require_positive
 
 __all__ = ["BoundaryAttack"]
 
@@ -60,6 +60,7 @@ class _QueryCounter:
         logits = self.model(points.view(points.shape[0], *self.shape))
         if check:
             check_labels_in_range(logits, labels)
+        check_finite_logits(logits)
         self.calls += 1
         self.last_predictions = logits.argmax(dim=1)
         return self.attack.is_adversarial(logits, labels)

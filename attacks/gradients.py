@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import check_labels_in_range
+from .base import check_finite_logits, check_labels_in_range
 
 __all__ = ["GradientMonitor", "objective_and_gradient"]
 
@@ -41,6 +41,7 @@ def objective_and_gradient(
         logits = model(x_adv if transform is None else transform(x_adv))
         if check_labels:
             check_labels_in_range(logits, y)
+        check_finite_logits(logits)
         cross_entropy = F.cross_entropy(logits, y, reduction="none")
         objective = -cross_entropy if targeted else cross_entropy
         (gradient,) = torch.autograd.grad(objective.sum(), x_adv)

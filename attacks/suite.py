@@ -1,0 +1,584 @@
+"""The evaluation suite: a list of attacks run AutoAttack-style, the per-example worst case, and checks.
+
+For every ``eps`` the attacks run in order, each on the samples still robust after the ones before it (the
+*cascade*, as in AutoAttack); a sample counts as robust at ``eps`` only if it is correctly classified and
+survives every attack that ran — the **per-example worst case**. Every adversarial is re-checked by the
+suite itself on the deployed model (prediction changed, ``||x_adv - x|| <= eps`` in the suite's norm,
+``x_adv`` in [0, 1]), whatever the attack claims. For L-inf and L2 balls an adversarial found at a smaller
+``eps`` also lies in every larger ball, so it counts there too.
+
+Randomness is per batch: before each (attack, eps, batch) the attack is reseeded from ``(seed, attack index,
+eps index, batch index)``. Hence results do not depend on how batches are spread over processes —
+:func:`run_suite` with ``world_size > 1`` (e.g. under ``torchrun``) evaluates every ``world_size``-th batch
+and gathers per-sample outcomes, equal to the single-process run.
+
+Presets (:func:`preset`): ``"standard"`` = AutoAttack standard in its order: APGD-CE (100 iterations, one
+restart), APGD-T (100 iterations, 9 target classes), Square (5000 queries); ``"quick"`` for CPU runs =
+APGD-CE (50 iterations), APGD-T (50 iterations, 3 target classes), Square (1000 queries). Attacks passed in
+by the caller (transfer from another model, surrogate solvers, the Boundary Attack) join the same cascade.
+
+Checks (:mod:`attacks.checks`) turn the run into named flags with a verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .apgd import APGD, APGDT
+from .base import Attack, NonFiniteLogitsError, check_inputs, eval_mode
+from .square import Square
+
+__all__ = ["AttackRecord", "SuiteAttack", "SuiteReport", "preset", "PRESETS", "run_suite", "transfer"]
+
+KINDS = ("white-box", "score-based", "decision-based", "transfer")
+
+
+@dataclass(frozen=True)
+class SuiteAttack:
+    """One entry of a suite: ``factory(eps) -> Attack`` and what kind of attack it is.
+
+    ``kind``: ``"white-box"`` (uses the deployed model's gradients), ``"score-based"`` (logits only),
+    ``"decision-based"`` (labels only), ``"transfer"`` (crafted on another model or solver, evaluated on the
+    deployed one). The kind decides the checks: gradient-free and transfer attacks must not beat the white-box
+    ones.
+    """
+
+    name: str
+    factory: Callable[[float], Attack]
+    kind: str = "white-box"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if not self.name or "@" in self.name:
+            raise ValueError(f"attack name must be non-empty and free of '@', got {self.name!r}")
+
+
+def _standard(norm: str, steps: int, targets: int, queries: int, seed: int) -> list[SuiteAttack]:
+    return [
+        SuiteAttack(f"APGD-CE-{steps}", lambda e: APGD(e, steps=steps, norm=norm, seed=seed)),
+        SuiteAttack(
+            f"APGD-T-{steps}x{targets}",
+            lambda e: APGDT(e, steps=steps, target_classes=targets, norm=norm, seed=seed),
+        ),
+        SuiteAttack(
+            f"Square-{queries}",
+            lambda e: Square(e, max_queries=queries, norm=norm, seed=seed),
+            kind="score-based",
+        ),
+    ]
+
+
+PRESETS: dict[str, dict[str, int]] = {
+    "standard": {"steps": 100, "targets": 9, "queries": 5000},
+    "quick": {"steps": 50, "targets": 3, "queries": 1000},
+}
+
+
+def preset(name: str, norm: str = "linf", seed: int = 0) -> list[SuiteAttack]:
+    """The attacks of a named preset (see the module docstring; ``"ode"`` lives in ``experiments``, which
+    knows about ODE blocks)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return _standard(norm, **PRESETS[name], seed=seed)
+
+
+class _Transfer(Attack):
+    """Craft on ``source`` with ``inner``; the suite evaluates the result on the deployed model."""
+
+    def __init__(self, source: nn.Module, inner: Attack) -> None:
+        super().__init__(targeted=inner.targeted, seed=inner.seed)
+        self.source, self.inner = source, inner
+        self.eps = getattr(inner, "eps", None)
+        self.minimizes = inner.minimizes
+
+    def reseed(self, seed: int | None = None) -> None:
+        super().reseed(seed)
+        self.inner.reseed(seed)
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        x_adv = self.inner(self.source, x, y)
+        self.last_stats = self.inner.last_stats
+        return x_adv
+
+    def _config(self) -> dict[str, Any]:
+        return {"inner": repr(self.inner), "source": type(self.source).__name__}
+
+
+def transfer(name: str, source: nn.Module, inner: Callable[[float], Attack]) -> SuiteAttack:
+    """A transfer attack: ``inner(eps)`` crafted on ``source`` (another model), evaluated on the deployed."""
+    return SuiteAttack(name, lambda e: _Transfer(source, inner(e)), kind="transfer")
+
+
+@dataclass
+class AttackRecord:
+    """Per-sample outcome of one attack at one ``eps`` over the whole evaluated set (``N`` samples).
+
+    ``attacked``: the sample was still robust and so was attacked; ``fooled``: the suite verified an
+    adversarial for it; ``nonfinite``: the model returned NaN/inf logits while it was attacked (counted as
+    fooled: a model that breaks inside the ball is not robust there).
+    """
+
+    attack: str
+    eps: float
+    kind: str
+    config: str
+    attacked: Tensor
+    fooled: Tensor
+    nonfinite: Tensor
+    seconds: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attack": self.attack,
+            "eps": self.eps,
+            "kind": self.kind,
+            "config": self.config,
+            "attacked": self.attacked.nonzero().squeeze(1).tolist(),
+            "fooled": self.fooled.nonzero().squeeze(1).tolist(),
+            "nonfinite": self.nonfinite.nonzero().squeeze(1).tolist(),
+            "seconds": self.seconds,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], n: int) -> AttackRecord:
+        def mask(indices: Iterable[int]) -> Tensor:
+            out = torch.zeros(n, dtype=torch.bool)
+            out[list(indices)] = True
+            return out
+
+        return cls(
+            data["attack"],
+            float(data["eps"]),
+            data["kind"],
+            data["config"],
+            mask(data["attacked"]),
+            mask(data["fooled"]),
+            mask(data["nonfinite"]),
+            float(data["seconds"]),
+            dict(data["stats"]),
+        )
+
+
+@dataclass
+class SuiteReport:
+    """Everything a run produced: clean correctness, one :class:`AttackRecord` per (attack, eps), flags."""
+
+    eps: list[float]
+    norm: str
+    labels: Tensor
+    clean_correct: Tensor
+    records: list[AttackRecord]
+    attack_names: list[str]
+    clean_nonfinite: int = 0
+    flags: list[Any] = field(default_factory=list)
+    adversarials: dict[tuple[str, float], tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+    """``(attack, eps) -> (indices, x_adv)`` of the adversarials found in this process (not serialized)."""
+
+    @property
+    def samples(self) -> int:
+        return int(self.clean_correct.shape[0])
+
+    def record(self, attack: str, eps: float) -> AttackRecord:
+        for record in self.records:
+            if record.attack == attack and record.eps == eps:
+                return record
+        raise KeyError(f"no record for {attack!r} at eps={eps:g}")
+
+    def robust_after(self, attack: str | None, eps: float) -> Tensor:
+        """Per-sample robustness after the cascade up to and including ``attack`` (``None``: all attacks)."""
+        robust = self.clean_correct.clone()
+        for name in self.attack_names:
+            robust &= ~self.record(name, eps).fooled
+            if name == attack:
+                break
+        return robust
+
+    def worst_case(self, eps: float) -> Tensor:
+        """Per-sample worst case at ``eps``: robust against every attack at every ``eps' <= eps``."""
+        robust = self.clean_correct.clone()
+        for e in self.eps:
+            if e <= eps:
+                robust &= self.robust_after(None, e)
+        return robust
+
+    def robust_accuracy(self, attack: str | None, eps: float) -> float:
+        return float(self.robust_after(attack, eps).float().mean())
+
+    def worst_case_accuracy(self, eps: float) -> float:
+        return float(self.worst_case(eps).float().mean())
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per (attack, eps): robust accuracy after the cascade up to it, what it newly fooled, and
+        its cost; then one ``worst-case`` row per ``eps``."""
+        rows: list[dict[str, Any]] = []
+        clean = float(self.clean_correct.float().mean())
+        for eps in self.eps:
+            for name in self.attack_names:
+                record = self.record(name, eps)
+                rows.append(
+                    {
+                        "attack": name,
+                        "kind": record.kind,
+                        "eps": eps,
+                        "norm": self.norm,
+                        "samples": self.samples,
+                        "clean_accuracy": clean,
+                        "robust_accuracy": self.robust_accuracy(name, eps),
+                        "attacked": int(record.attacked.sum()),
+                        "newly_fooled": int(record.fooled.sum()),
+                        "nonfinite": int(record.nonfinite.sum()),
+                        "seconds": record.seconds,
+                        **record.stats,
+                    }
+                )
+            rows.append(
+                {
+                    "attack": "worst-case",
+                    "kind": "all",
+                    "eps": eps,
+                    "norm": self.norm,
+                    "samples": self.samples,
+                    "clean_accuracy": clean,
+                    "robust_accuracy": self.worst_case_accuracy(eps),
+                }
+            )
+        return rows
+
+    def per_sample(self) -> list[dict[str, Any]]:
+        """Per-sample outcomes: label, clean correctness, and per eps the first attack that fooled it."""
+        out = []
+        for i in range(self.samples):
+            row: dict[str, Any] = {
+                "index": i,
+                "label": int(self.labels[i]),
+                "clean_correct": bool(self.clean_correct[i]),
+            }
+            for eps in self.eps:
+                fooled_by = next(
+                    (
+                        r.attack
+                        for name in self.attack_names
+                        for r in [self.record(name, eps)]
+                        if bool(r.fooled[i])
+                    ),
+                    None,
+                )
+                row[f"fooled_by@{eps:g}"] = fooled_by
+                row[f"robust@{eps:g}"] = bool(self.worst_case(eps)[i])
+            out.append(row)
+        return out
+
+
+# -- running -------------------------------------------------------------------------------------------------
+def batch_seed(seed: int, *parts: int) -> int:
+    """A reproducible 62-bit seed for one (attack, eps, batch) unit of work."""
+    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
+
+
+def _within_budget(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    delta = (x_adv - x).flatten(1)
+    distance = delta.abs().amax(dim=1) if norm == "linf" else torch.linalg.vector_norm(delta, dim=1)
+    in_box = (x_adv.flatten(1) >= 0).all(dim=1) & (x_adv.flatten(1) <= 1).all(dim=1)
+    return (distance <= eps * (1 + 1e-5) + 1e-7) & in_box
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """Logits of ``model`` on ``x`` in eval mode, in batches."""
+    with eval_mode(model):
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+def _gather(mask: Tensor, world_size: int) -> Tensor:
+    """OR of a per-sample boolean mask over the processes (each process filled only its own batches)."""
+    if world_size == 1:
+        return mask
+    import torch.distributed as dist
+
+    buffer = mask.to(torch.uint8)
+    if dist.get_backend() == "nccl":
+        buffer = buffer.cuda()
+    dist.all_reduce(buffer, op=dist.ReduceOp.MAX)
+    return buffer.cpu().bool()
+
+
+def _sum_across(value: float, world_size: int) -> float:
+    if world_size == 1:
+        return value
+    import torch.distributed as dist
+
+    buffer = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(buffer)
+    return float(buffer)
+
+
+def run_suite(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: Sequence[float],
+    attacks: Sequence[SuiteAttack],
+    *,
+    norm: str = "linf",
+    batch_size: int = 250,
+    seed: int = 0,
+    cascade: bool = True,
+    completed: Mapping[tuple[str, float], AttackRecord] | None = None,
+    on_record: Callable[[AttackRecord], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str | None = None,
+) -> SuiteReport:
+    """Run ``attacks`` at every ``eps`` on ``(x, y)`` and return the :class:`SuiteReport` (no flags yet).
+
+    ``completed`` holds records of an earlier, interrupted run (reused as they are); ``on_record`` is called
+    with each new record (e.g. to write it atomically). ``progress(n)`` is called after each batch with the
+    number of samples attacked. ``cascade=False`` runs every attack on all clean-correct samples (standalone
+    numbers per attack; the worst case is the same AND). ``rank``/``world_size`` shard the batches.
+    """
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    check_inputs(x, y)
+    eps = [float(e) for e in eps]
+    if not eps or any(not math.isfinite(e) or e < 0 for e in eps):
+        raise ValueError(f"eps must be a non-empty list of finite values >= 0, got {eps}")
+    if len(set(eps)) != len(eps):
+        raise ValueError(f"eps values must be distinct, got {eps}")
+    names = [a.name for a in attacks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"attack names must be distinct, got {names}")
+    if not attacks:
+        raise ValueError("the suite needs at least one attack")
+    device = torch.device(device) if device is not None else _device_of(model)
+    x, y = x.detach().cpu(), y.detach().cpu().long()
+    n = x.shape[0]
+    logits = predict(model, x.to(device), batch_size).cpu()
+    finite = torch.isfinite(logits).all(dim=1)
+    clean_correct = finite & (logits.argmax(dim=1) == y)
+    report = SuiteReport(eps, norm, y, clean_correct, [], names, clean_nonfinite=int((~finite).sum()))
+    minimizers: dict[str, tuple[Tensor, Tensor, dict[str, float], float]] = {}
+    batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    completed = completed or {}
+    for e_index, e in enumerate(eps):
+        robust = clean_correct.clone()
+        for a_index, entry in enumerate(attacks):
+            key = (entry.name, e)
+            if key in completed:
+                record = completed[key]
+                report.records.append(record)
+                robust &= ~record.fooled
+                continue
+            probe = entry.factory(e)
+            if not isinstance(probe, Attack):
+                raise TypeError(
+                    f"attack {entry.name!r}: factory must return an Attack, got {type(probe).__name__}"
+                )
+            record = AttackRecord(
+                entry.name,
+                e,
+                entry.kind,
+                repr(probe),
+                torch.zeros(n, dtype=torch.bool),
+                torch.zeros(n, dtype=torch.bool),
+                torch.zeros(n, dtype=torch.bool),
+            )
+            targets = robust if cascade else clean_correct
+            if probe.minimizes is not None:  # eps-free: run once on every clean-correct sample, threshold
+                if entry.name not in minimizers:
+                    minimizers[entry.name] = _run_minimizer(
+                        model,
+                        x,
+                        y,
+                        entry,
+                        clean_correct,
+                        batches,
+                        seed,
+                        a_index,
+                        device,
+                        progress,
+                        rank,
+                        world_size,
+                        norm,
+                    )
+                fooled, distance, stats, seconds = minimizers[entry.name]
+                record.attacked = targets.clone()
+                record.fooled = targets & fooled & (distance <= e * (1 + 1e-5) + 1e-7)
+                record.stats, record.seconds = dict(stats), seconds
+            else:
+                _run_bounded(
+                    model,
+                    x,
+                    y,
+                    e,
+                    entry,
+                    record,
+                    targets,
+                    batches,
+                    (seed, a_index, e_index),
+                    device,
+                    progress,
+                    rank,
+                    world_size,
+                    norm,
+                    report,
+                )
+            report.records.append(record)
+            robust &= ~record.fooled
+            if on_record is not None and rank == 0:
+                on_record(record)
+    return report
+
+
+def _attack_batch(
+    model: nn.Module, attack: Attack, xb: Tensor, yb: Tensor
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """Run one batch; return ``(x_adv, misclassified, nonfinite)`` as verified on the deployed model."""
+    try:
+        x_adv = attack(model, xb, yb)
+    except NonFiniteLogitsError:
+        every = torch.ones(xb.shape[0], dtype=torch.bool)
+        return None, every, every
+    with eval_mode(model), torch.no_grad():
+        logits = model(x_adv)
+    bad = ~torch.isfinite(logits).all(dim=1).cpu()
+    return x_adv, (logits.argmax(dim=1) != yb).cpu() | bad, bad
+
+
+def _run_bounded(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    e: float,
+    entry: SuiteAttack,
+    record: AttackRecord,
+    targets: Tensor,
+    batches: list[range],
+    seeds: tuple[int, int, int],
+    device: torch.device,
+    progress: Callable[[int], None] | None,
+    rank: int,
+    world_size: int,
+    norm: str,
+    report: SuiteReport,
+) -> None:
+    sums: dict[str, float] = {}
+    started = time.perf_counter()
+    found_index, found_x = [], []
+    for b_index, rows in enumerate(batches):
+        if b_index % world_size != rank:
+            continue
+        index = torch.tensor(list(rows))
+        index = index[targets[index]]
+        if index.numel() == 0:
+            continue
+        attack = entry.factory(e)
+        attack.reseed(batch_seed(seeds[0], seeds[1], seeds[2], b_index))
+        xb, yb = x[index].to(device), y[index].to(device)
+        record.attacked[index] = True
+        x_adv, fooled, bad = _attack_batch(model, attack, xb, yb)
+        if x_adv is not None:
+            fooled &= _within_budget(x_adv, xb, e, norm).cpu()
+            if bool(fooled.any()):
+                found_index.append(index[fooled])
+                found_x.append(x_adv[fooled.to(x_adv.device)].cpu())
+            _accumulate(sums, attack.last_stats, index.numel())
+        record.fooled[index] = fooled
+        record.nonfinite[index] = bad
+        if progress is not None:
+            progress(index.numel())
+    record.seconds = _sum_across(time.perf_counter() - started, world_size)
+    for name in ("attacked", "fooled", "nonfinite"):
+        setattr(record, name, _gather(getattr(record, name), world_size))
+    count = _sum_across(sums.pop("_count", 0.0), world_size)
+    record.stats = {k: _sum_across(v, world_size) / count for k, v in sums.items()} if count else {}
+    if found_index:
+        report.adversarials[(entry.name, e)] = (torch.cat(found_index), torch.cat(found_x))
+
+
+def _run_minimizer(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    entry: SuiteAttack,
+    targets: Tensor,
+    batches: list[range],
+    seed: int,
+    a_index: int,
+    device: torch.device,
+    progress: Callable[[int], None] | None,
+    rank: int,
+    world_size: int,
+    norm: str,
+) -> tuple[Tensor, Tensor, dict[str, float], float]:
+    """A minimization attack (e.g. Boundary) once: per-sample success and distance in ``norm``."""
+    n = x.shape[0]
+    fooled = torch.zeros(n, dtype=torch.bool)
+    distance = torch.full((n,), -1.0, dtype=torch.float64)
+    sums: dict[str, float] = {}
+    started = time.perf_counter()
+    for b_index, rows in enumerate(batches):
+        if b_index % world_size != rank:
+            continue
+        index = torch.tensor(list(rows))
+        index = index[targets[index]]
+        if index.numel() == 0:
+            continue
+        attack = entry.factory(0.0)
+        attack.reseed(batch_seed(seed, a_index, -1, b_index))
+        xb, yb = x[index].to(device), y[index].to(device)
+        x_adv, success, _ = _attack_batch(model, attack, xb, yb)
+        fooled[index] = success
+        if x_adv is None:
+            distance[index] = 0.0
+        else:
+            delta = (x_adv - xb).flatten(1).cpu().double()
+            distance[index] = (
+                delta.abs().amax(1) if norm == "linf" else torch.linalg.vector_norm(delta, dim=1)
+            )
+            _accumulate(sums, attack.last_stats, index.numel())
+        if progress is not None:
+            progress(index.numel())
+    seconds = _sum_across(time.perf_counter() - started, world_size)
+    fooled = _gather(fooled, world_size)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(distance, op=dist.ReduceOp.MAX)
+    count = _sum_across(sums.pop("_count", 0.0), world_size)
+    stats = {k: _sum_across(v, world_size) / count for k, v in sums.items()} if count else {}
+    return fooled, distance, stats, seconds
+
+
+def _accumulate(sums: dict[str, float], stats: Mapping[str, Any], count: int) -> None:
+    """Sample-weighted sums of the scalar diagnostics an attack reports (gradient health, queries)."""
+    sums["_count"] = sums.get("_count", 0.0) + count
+    for key in ("zero_gradient_fraction", "nonfinite_gradient_fraction"):
+        if key in stats:
+            sums[key] = sums.get(key, 0.0) + float(stats[key]) * count
+    if "queries" in stats and isinstance(stats["queries"], Tensor):
+        sums["mean_queries"] = sums.get("mean_queries", 0.0) + float(stats["queries"].double().sum())
+    curve = stats.get("objective_curve")
+    if curve and isinstance(curve[0], list):  # one curve per restart: the first run's
+        curve = curve[0]
+    if curve:
+        sums["objective_start"] = sums.get("objective_start", 0.0) + float(curve[0]) * count
+        sums["objective_end"] = sums.get("objective_end", 0.0) + float(curve[-1]) * count
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
