@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import eval_mode
+from .base import NonFiniteLogitsError, eval_mode
 from .pgd import PGD
 from .suite import SuiteReport, batch_seed, predict
 
@@ -294,9 +294,14 @@ def iteration_convergence(
         for start in range(0, x.shape[0], batch_size):
             attack = PGD(eps, steps=k, seed=batch_seed(seed, k, start))
             xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-            x_adv = attack(model, xb, yb)
+            try:
+                x_adv = attack(model, xb, yb)
+            except NonFiniteLogitsError:  # NaN inside the ball: not robust (as in the suite)
+                robust.append(torch.zeros(xb.shape[0], dtype=torch.bool))
+                continue
             with eval_mode(model), torch.no_grad():
-                robust.append((model(x_adv).argmax(1) == yb).cpu())
+                logits = model(x_adv)
+            robust.append(((logits.argmax(1) == yb) & torch.isfinite(logits).all(1)).cpu())
         out[k] = torch.cat(robust)
     return out
 

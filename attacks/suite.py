@@ -502,8 +502,7 @@ def _run_bounded(
     record.seconds = _sum_across(time.perf_counter() - started, world_size)
     for name in ("attacked", "fooled", "nonfinite"):
         setattr(record, name, _gather(getattr(record, name), world_size))
-    count = _sum_across(sums.pop("_count", 0.0), world_size)
-    record.stats = {k: _sum_across(v, world_size) / count for k, v in sums.items()} if count else {}
+    record.stats = _mean_stats(sums, world_size)
     if found_index:
         report.adversarials[(entry.name, e)] = (torch.cat(found_index), torch.cat(found_x))
 
@@ -557,9 +556,29 @@ def _run_minimizer(
         import torch.distributed as dist
 
         dist.all_reduce(distance, op=dist.ReduceOp.MAX)
-    count = _sum_across(sums.pop("_count", 0.0), world_size)
-    stats = {k: _sum_across(v, world_size) / count for k, v in sums.items()} if count else {}
+    stats = _mean_stats(sums, world_size)
     return fooled, distance, stats, seconds
+
+
+STAT_KEYS = ("zero_gradient_fraction", "nonfinite_gradient_fraction", "mean_queries", "objective_start",
+             "objective_end")
+
+
+def _mean_stats(sums: dict[str, float], world_size: int) -> dict[str, float]:
+    """Per-sample means of the accumulated diagnostics, reduced over processes in one fixed-size call (every
+    process takes part even when it attacked nothing)."""
+    keys = ("_count", *STAT_KEYS)
+    values = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64)
+    present = torch.tensor([float(k in sums) for k in keys], dtype=torch.float64)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+        dist.all_reduce(present, op=dist.ReduceOp.MAX)
+    count = float(values[0])
+    if count == 0:
+        return {}
+    return {k: float(v) / count for k, v, p in zip(keys[1:], values[1:], present[1:]) if p > 0}
 
 
 def _accumulate(sums: dict[str, float], stats: Mapping[str, Any], count: int) -> None:
