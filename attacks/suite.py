@@ -83,12 +83,17 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def preset(name: str, norm: str = "linf", seed: int = 0) -> list[SuiteAttack]:
+def preset(name: str, norm: str = "linf", seed: int = 0, *, steps: int | None = None,
+           targets: int | None = None, queries: int | None = None) -> list[SuiteAttack]:
     """The attacks of a named preset (see the module docstring; ``"ode"`` lives in ``experiments``, which
-    knows about ODE blocks)."""
+    knows about ODE blocks). ``steps``, ``targets`` and ``queries`` override the preset's budgets."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return _standard(norm, **PRESETS[name], seed=seed)
+    budget = dict(PRESETS[name])
+    for key, value in (("steps", steps), ("targets", targets), ("queries", queries)):
+        if value is not None:
+            budget[key] = value
+    return _standard(norm, **budget, seed=seed)
 
 
 class _Transfer(Attack):

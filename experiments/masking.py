@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from attacks import Attack
 from nets.odenet import ODEBlock
 
-SOLVER_FIELDS = ("method", "rtol", "atol", "step_size", "solver_options")
+SOLVER_FIELDS = ("method", "rtol", "atol", "step_size", "per_sample", "gradient", "solver_options")
 
 
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:
@@ -31,8 +31,8 @@ def ode_blocks(model: nn.Module) -> list[ODEBlock]:
 def solver_override(model: nn.Module, **options: Any) -> Iterator[nn.Module]:
     """Temporarily solve every ODE block of ``model`` with other settings.
 
-    Keys: ``method``, ``rtol``, ``atol``, ``step_size``, and ``solver_options`` (extra options of
-    ``stability.solve``, e.g. ``{"gradient": "adjoint"}``; replaces the block's own).
+    Keys: ``method``, ``rtol``, ``atol``, ``step_size``, ``per_sample``, ``gradient``, and ``solver_options``
+    (extra options of ``stability.solve``, e.g. ``{"gradient": "adjoint"}``; replaces the block's own).
     """
     unknown = set(options) - set(SOLVER_FIELDS)
     if unknown:

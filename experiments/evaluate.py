@@ -1,0 +1,266 @@
+"""The honest verdict on a trained model: the evaluation suite, its per-example worst case and its flags.
+
+    python -m experiments.evaluate --checkpoint RUN [--against RUN2 ...] --eps 0.1 0.2 0.3 \\
+        --preset quick|standard|ode|ode-quick --samples N --out DIR
+
+``RUN`` is a run directory of ``experiments.train`` (or its ``model.pt``). Writes ``report.md`` (per attack
+and eps, the worst case, the paper-protocol PGD-40 number, flags with a one-line verdict),
+``results.json``/``results.csv`` (configuration, versions, timings), ``per_sample.csv`` (per sample: which
+attack fooled it at each eps) and ``robustness.png``. Each (attack, eps) record is written atomically when
+complete under ``DIR/records/`` and reused by a rerun with the same configuration. Under
+``torchrun --nproc_per_node K`` the samples are sharded across processes (batch by batch) and gathered; the
+result equals the single-process run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experiments.honest import PRESET_NAMES, EvaluationConfig, RecordStore, evaluate, write_outputs
+
+DEFAULT_EPS = {"mnist": [0.1, 0.2, 0.3, 0.4], "cifar10": [2 / 255, 4 / 255, 8 / 255, 16 / 255]}
+
+
+class UsageError(Exception):
+    """A problem the user can fix: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.evaluate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="run directory (or model.pt) of the model to evaluate"
+    )
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="another trained model to transfer attacks from (repeatable)",
+    )
+    parser.add_argument(
+        "--eps",
+        type=float,
+        nargs="+",
+        default=None,
+        help="budgets (default: 0.1 0.2 0.3 0.4 on MNIST, 2 4 8 16 /255 on CIFAR-10)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default="quick",
+        help="standard = AutoAttack (APGD-CE, APGD-T, Square-5000); quick = 50 iterations, "
+        "3 targets, 1000 queries; ode/ode-quick add the solver-aware attacks",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's APGD iterations")
+    parser.add_argument(
+        "--target-classes", type=int, default=None, help="override the preset's APGD-T targets"
+    )
+    parser.add_argument("--queries", type=int, default=None, help="override the preset's Square queries")
+    parser.add_argument("--samples", type=int, default=200, help="first N test images")
+    parser.add_argument("--out", default="runs/evaluate", help="output directory")
+    parser.add_argument("--data-dir", default=None, help="data directory (default: $NR_DATA_DIR)")
+    parser.add_argument("--download", action="store_true", help="download missing dataset files")
+    parser.add_argument(
+        "--dataset", default=None, help="dataset (default: the one the checkpoint was trained on)"
+    )
+    parser.add_argument("--norm", choices=("linf", "l2"), default="linf", help="threat model")
+    parser.add_argument("--batch-size", type=int, default=250, help="samples per attack batch")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every attack")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument(
+        "--shared-steps",
+        action="store_true",
+        help="evaluate ODE models with step control shared by the batch (default: per sample)",
+    )
+    parser.add_argument(
+        "--reference-tol",
+        type=float,
+        default=1e-6,
+        help="rtol = atol of the tight dopri5 surrogate (ode presets)",
+    )
+    parser.add_argument(
+        "--fixed-steps", type=int, default=20, help="steps of the RK4 surrogate (ode presets)"
+    )
+    parser.add_argument(
+        "--convergence-steps",
+        type=int,
+        nargs="+",
+        default=[20, 100, 1000],
+        help="PGD iteration counts of the convergence check",
+    )
+    parser.add_argument(
+        "--convergence-samples", type=int, default=20, help="samples of the convergence check"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--force", action="store_true", help="recompute records even if they exist")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the traceback on errors")
+    return parser
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, str | None]:
+    """The trained model and the dataset it was trained on."""
+    from nets.training import MODEL_NAME, load_checkpoint, load_trained_model
+
+    run = Path(path)
+    file = run / MODEL_NAME if run.is_dir() else run
+    if not file.is_file():
+        raise UsageError(
+            f"no trained model at {path!r} (expected a run directory with {MODEL_NAME}); "
+            "train one with python -m experiments.train"
+        )
+    state = load_checkpoint(file)
+    return load_trained_model(file, device=device), state.get("dataset")
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world = _distributed()
+    device = _device(args.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    model, trained_on = load_model(args.checkpoint, device)
+    dataset = args.dataset or trained_on
+    if dataset is None:
+        raise UsageError("the checkpoint does not say its dataset; pass --dataset mnist|cifar10")
+    dataset = dataset.lower().replace("-", "")
+    against = {}
+    for path in args.against:
+        source, source_data = load_model(path, device)
+        if source_data and source_data.lower().replace("-", "") != dataset:
+            raise UsageError(f"--against {path} was trained on {source_data}, not {dataset}")
+        against[Path(path).name if Path(path).is_dir() else Path(path).parent.name] = source
+    from nets.datasets import load_dataset
+
+    try:
+        test = load_dataset(dataset, "test", args.data_dir, download=args.download, progress=False)
+    except FileNotFoundError as error:
+        raise UsageError(f"{error}; pass --data-dir DIR (or set NR_DATA_DIR), or add --download") from error
+    n = min(args.samples, len(test.labels))
+    x, y = test.images[:n].float().div(255), test.labels[:n].long()
+    eps = tuple(args.eps or DEFAULT_EPS.get(dataset, [0.1]))
+    config = EvaluationConfig(
+        eps=eps,
+        preset=args.preset,
+        norm=args.norm,
+        samples=n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        per_sample=not args.shared_steps,
+        reference_tol=args.reference_tol,
+        fixed_steps=args.fixed_steps,
+        convergence_steps=tuple(args.convergence_steps),
+        convergence_samples=args.convergence_samples,
+        steps=args.steps,
+        target_classes=args.target_classes,
+        queries=args.queries,
+    )
+    out = Path(args.out)
+    identity = {
+        "config": config.to_dict(),
+        "checkpoint": _file_digest(args.checkpoint),
+        "against": sorted(_file_digest(p) for p in args.against),
+        "dataset": dataset,
+    }
+    store = RecordStore(out / "records", identity if not args.force else {**identity, "forced": time.time()})
+    started = time.perf_counter()
+    evaluation = evaluate(
+        model,
+        x,
+        y,
+        config,
+        against=against,
+        store=store,
+        progress=not args.no_progress,
+        rank=rank,
+        world_size=world,
+    )
+    if rank != 0:
+        return []
+    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    extra = {
+        "dataset": dataset,
+        "checkpoint": str(args.checkpoint),
+        "against": args.against,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "hardware": {
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "processes": world,
+            "machine": platform.machine(),
+        },
+        "wall_seconds": time.perf_counter() - started,
+    }
+    written = write_outputs({Path(args.checkpoint).name: evaluation}, out, command, extra)
+    print(summary_line(evaluation))
+    return written
+
+
+def summary_line(evaluation: Any) -> str:
+    report = evaluation.report
+    worst = ", ".join(f"{e:g}: {report.worst_case_accuracy(e):.4f}" for e in evaluation.config.eps)
+    fired = [f.name for f in report.flags if f.fired]
+    return f"worst-case robust accuracy {worst}; flags fired: {', '.join(fired) if fired else 'none'}"
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    from nets.training import MODEL_NAME
+
+    file = Path(path) / MODEL_NAME if Path(path).is_dir() else Path(path)
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else str(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        written = run(args)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: completed (attack, eps) records are kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except (UsageError, FileNotFoundError, ValueError, RuntimeError) as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if written:
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

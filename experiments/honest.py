@@ -1,0 +1,479 @@
+"""The honest robustness number for one model: the suite, the solver-aware attacks, the checks, the paper's
+protocol number beside it, resumable per (attack, eps) record, and the report (markdown, CSV, JSON, PNG).
+
+Used by ``python -m experiments.evaluate`` and by the main job. For a model with ODE blocks:
+
+* the deployed model is evaluated with **per-sample step control** (``per_sample=True``), so a sample's
+  prediction never depends on the other images in its batch; gradients then come from backprop through the
+  per-sample solve (the deployed tolerance);
+* preset ``"ode"`` adds the solver-aware attacks to ``"standard"`` (or ``"ode-quick"`` to ``"quick"``), all
+  evaluated on the deployed model: APGD-CE crafted through a fixed-step RK4 surrogate and through a
+  tight-tolerance dopri5 solve of the same weights (BPDA-style transfer), APGD-CE through adjoint gradients
+  at the deployed tolerance, and transfer from each ``--against`` model (e.g. an independently trained
+  ResNet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attacks import APGD, PGD, AttackRecord, SuiteAttack, SuiteReport, preset, run_checks, run_suite, transfer
+from attacks.suite import PRESETS, batch_seed, predict
+from attacks.table import ResultTable, atomic_write_text
+from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
+
+__all__ = [
+    "EvaluationConfig",
+    "RecordStore",
+    "evaluate",
+    "solver_aware_attacks",
+    "PRESET_NAMES",
+    "write_outputs",
+    "markdown_report",
+]
+
+PRESET_NAMES = ("standard", "quick", "ode", "ode-quick")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Everything that decides the numbers (and so the records' identity)."""
+
+    eps: tuple[float, ...]
+    preset: str = "quick"
+    norm: str = "linf"
+    samples: int = 200
+    seed: int = 0
+    batch_size: int = 250
+    per_sample: bool = True
+    reference_tol: float = 1e-6
+    fixed_steps: int = 20
+    protocol_steps: int = 40
+    protocol_alpha: float = 0.01
+    convergence_steps: tuple[int, ...] = (20, 100, 1000)
+    convergence_samples: int = 20
+    dependence_samples: int = 50
+    steps: int | None = None
+    target_classes: int | None = None
+    queries: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESET_NAMES:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {PRESET_NAMES}")
+        if not self.eps or any(not math.isfinite(e) or e < 0 for e in self.eps):
+            raise ValueError(f"eps must be finite values >= 0, got {self.eps}")
+        if self.samples < 1 or self.batch_size < 1:
+            raise ValueError("samples and batch size must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RecordStore:
+    """One JSON file per (attack, eps) under ``folder``, valid only for the configuration hash it was written
+    with; written atomically, so an interrupted run loses at most the record in progress."""
+
+    def __init__(self, folder: Path, identity: Mapping[str, Any]) -> None:
+        self.folder, self.key = Path(folder), _hash(identity)
+
+    def _path(self, attack: str, eps: float) -> Path:
+        return self.folder / f"{_hash([attack, eps])}.json"
+
+    def load(
+        self, names: Sequence[str], eps: Sequence[float], n: int
+    ) -> dict[tuple[str, float], AttackRecord]:
+        found = {}
+        for name in names:
+            for e in eps:
+                path = self._path(name, e)
+                if not path.is_file():
+                    continue
+                try:
+                    data = json.loads(path.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue  # a damaged record is recomputed
+                if data.get("identity") == self.key:
+                    found[(name, e)] = AttackRecord.from_json(data["record"], n)
+        return found
+
+    def save(self, record: AttackRecord) -> None:
+        atomic_write_text(
+            self._path(record.attack, record.eps),
+            json.dumps({"identity": self.key, "record": record.to_json()}) + "\n",
+        )
+
+
+def solver_aware_attacks(
+    model: nn.Module, config: EvaluationConfig, against: Mapping[str, nn.Module], steps: int
+) -> list[SuiteAttack]:
+    """The ``ode`` preset's additions: surrogate-solver, adjoint-gradient and transfer attacks."""
+    seed, norm = config.seed, config.norm
+    out: list[SuiteAttack] = []
+    blocks = ode_blocks(model)
+    if blocks:
+        t1, tol = blocks[0].t1, config.reference_tol
+        tight = {"method": "dopri5", "rtol": tol, "atol": tol, "step_size": None, "per_sample": False}
+        fixed = {"method": "rk4", "step_size": t1 / config.fixed_steps, "per_sample": False}
+        adjoint = {"per_sample": False, "gradient": "adjoint"}
+        for name, options in (
+            (f"APGD-CE via rk4 {config.fixed_steps} steps", fixed),
+            (f"APGD-CE via dopri5 tol {tol:g}", tight),
+            ("APGD-CE via adjoint gradients", adjoint),
+        ):
+            out.append(SuiteAttack(name, _surrogate(options, steps, norm, seed), kind="transfer"))
+    for label, source in against.items():
+        out.append(
+            transfer(
+                f"APGD-CE transfer from {label}", source, lambda e: APGD(e, steps=steps, norm=norm, seed=seed)
+            )
+        )
+    return out
+
+
+def _surrogate(
+    options: dict[str, Any], steps: int, norm: str, seed: int
+) -> Callable[[float], SurrogateSolverAttack]:
+    return lambda e: SurrogateSolverAttack(APGD(e, steps=steps, norm=norm, seed=seed), **options)
+
+
+def suite_attacks(
+    model: nn.Module, config: EvaluationConfig, against: Mapping[str, nn.Module]
+) -> list[SuiteAttack]:
+    """The preset's attacks (budgets overridden by the configuration), then the solver-aware and transfer
+    attacks."""
+    base = "quick" if config.preset in ("quick", "ode-quick") else "standard"
+    attacks = preset(
+        base,
+        config.norm,
+        config.seed,
+        steps=config.steps,
+        targets=config.target_classes,
+        queries=config.queries,
+    )
+    steps = config.steps or PRESETS[base]["steps"]
+    if config.preset.startswith("ode"):
+        return attacks + solver_aware_attacks(model, config, against, steps)
+    return attacks + [
+        transfer(
+            f"APGD-CE transfer from {label}",
+            source,
+            lambda e: APGD(e, steps=steps, norm=config.norm, seed=config.seed),
+        )
+        for label, source in against.items()
+    ]
+
+
+@contextlib.contextmanager
+def deployed(model: nn.Module, per_sample: bool) -> Iterator[nn.Module]:
+    """The model as evaluated: ODE blocks with per-sample step control when asked."""
+    if per_sample and ode_blocks(model):
+        with solver_override(model, per_sample=True):
+            yield model
+    else:
+        yield model
+
+
+@dataclass
+class Evaluation:
+    """A finished evaluation: the suite report (with flags), the protocol numbers and timings."""
+
+    config: EvaluationConfig
+    report: SuiteReport
+    protocol: dict[str, dict[float, float]]
+    seconds: dict[str, float]
+    attacks: list[SuiteAttack]
+    solver: dict[str, Any] = field(default_factory=dict)
+
+
+def protocol_numbers(model: nn.Module, x: Tensor, y: Tensor, config: EvaluationConfig) -> dict[float, float]:
+    """The paper's protocol: L-inf PGD, ``protocol_steps`` steps of ``protocol_alpha`` from a uniform random
+    start, standalone on every sample (robust accuracy per eps)."""
+    out = {}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    for e_index, e in enumerate(config.eps):
+        robust = []
+        for b, start in enumerate(range(0, x.shape[0], config.batch_size)):
+            xb, yb = (
+                x[start : start + config.batch_size].to(device),
+                y[start : start + config.batch_size].to(device),
+            )
+            attack = PGD(
+                e,
+                alpha=config.protocol_alpha if e > 0 else None,
+                steps=config.protocol_steps,
+                seed=batch_seed(config.seed, -2, e_index, b),
+            )
+            x_adv = attack(model, xb, yb)
+            robust.append((predict(model, x_adv, config.batch_size).argmax(1) == yb).cpu())
+        out[e] = float(torch.cat(robust).float().mean())
+    return out
+
+
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    config: EvaluationConfig,
+    *,
+    against: Mapping[str, nn.Module] | None = None,
+    store: RecordStore | None = None,
+    progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Evaluation:
+    """Suite + checks + protocol numbers for ``model`` on ``(x, y)``."""
+    against = dict(against or {})
+    model.eval()
+    for source in against.values():
+        source.eval()
+    attacks = suite_attacks(model, config, against)
+    names = [a.name for a in attacks]
+    completed = store.load(names, config.eps, x.shape[0]) if store is not None else {}
+    if completed and progress and rank == 0:
+        print(
+            f"resuming: {len(completed)} of {len(names) * len(config.eps)} (attack, eps) records reused "
+            f"from {store.folder}"
+        )
+    bar = _bar(progress and rank == 0, len(names) * len(config.eps), "attack x eps records")
+    seconds: dict[str, float] = {}
+    with deployed(model, config.per_sample):
+        started = time.perf_counter()
+
+        def on_record(record: AttackRecord) -> None:
+            if store is not None:
+                store.save(record)
+            if bar is not None:
+                bar.set_postfix_str(f"{record.attack} @ {record.eps:g}")
+                bar.update(1)
+
+        if bar is not None:
+            bar.update(len(completed))
+        report = run_suite(
+            model,
+            x,
+            y,
+            config.eps,
+            attacks,
+            norm=config.norm,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            completed=completed,
+            on_record=on_record,
+            rank=rank,
+            world_size=world_size,
+        )
+        if bar is not None:
+            bar.close()
+        seconds["suite"] = time.perf_counter() - started
+        started = time.perf_counter()
+        protocol = {f"PGD-{config.protocol_steps} (paper protocol)": protocol_numbers(model, x, y, config)}
+        seconds["protocol"] = time.perf_counter() - started
+        started = time.perf_counter()
+        run_checks(
+            model,
+            x,
+            y,
+            report,
+            protocol=protocol,
+            convergence_steps=config.convergence_steps,
+            convergence_samples=config.convergence_samples,
+            dependence_samples=config.dependence_samples,
+            batch_size=config.batch_size,
+            seed=config.seed,
+        )
+        seconds["checks"] = time.perf_counter() - started
+    solver = _solver_summary(model, config)
+    return Evaluation(config, report, protocol, seconds, attacks, solver)
+
+
+def _solver_summary(model: nn.Module, config: EvaluationConfig) -> dict[str, Any]:
+    blocks = ode_blocks(model)
+    if not blocks:
+        return {}
+    block = blocks[0]
+    return {
+        "method": block.method,
+        "rtol": block.rtol,
+        "atol": block.atol,
+        "step_size": block.step_size,
+        "t1": block.t1,
+        "evaluated_with_per_sample_control": config.per_sample,
+    }
+
+
+def _bar(enabled: bool, total: int, description: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="record", dynamic_ncols=True)
+
+
+# -- outputs -------------------------------------------------------------------------------------------------
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) and math.isfinite(value) else value
+
+
+def result_rows(evaluation: Evaluation, model_label: str = "model") -> list[dict[str, Any]]:
+    rows = [
+        {"model": model_label, **{k: _round(v) for k, v in row.items()}} for row in evaluation.report.rows()
+    ]
+    for name, values in evaluation.protocol.items():
+        for e, value in values.items():
+            rows.append(
+                {
+                    "model": model_label,
+                    "attack": name,
+                    "kind": "protocol",
+                    "eps": e,
+                    "norm": evaluation.config.norm,
+                    "samples": evaluation.report.samples,
+                    "robust_accuracy": _round(value),
+                }
+            )
+    return rows
+
+
+def markdown_report(evaluations: Mapping[str, Evaluation], command: str = "") -> str:
+    """Tables per model (per attack and eps, cascade; worst case; protocol number), flags, configuration."""
+    lines = ["# Robustness evaluation", ""]
+    if command:
+        lines += ["Command:", "", "```bash", command, "```", ""]
+    for label, ev in evaluations.items():
+        report, eps = ev.report, ev.config.eps
+        clean = float(report.clean_correct.float().mean())
+        lines += [
+            f"## {label}",
+            "",
+            f"{report.samples} samples, clean accuracy {clean:.4f}, norm {report.norm}, preset "
+            f"`{ev.config.preset}`" + (f", ODE solver {ev.solver}" if ev.solver else ""),
+            "",
+            "Robust accuracy after each attack of the cascade (each attack runs on the samples still "
+            "robust), the per-example worst case, and the paper's protocol number (standalone):",
+            "",
+        ]
+        header = "| attack | kind | " + " | ".join(f"ε={e:g}" for e in eps) + " |"
+        lines += [header, "|" + " --- |" * (2 + len(eps))]
+        for name in report.attack_names:
+            kind = report.record(name, eps[0]).kind
+            lines.append(
+                f"| {name} | {kind} | "
+                + " | ".join(f"{report.robust_accuracy(name, e):.4f}" for e in eps)
+                + " |"
+            )
+        lines.append(
+            "| **worst case** | all | "
+            + " | ".join(f"**{report.worst_case_accuracy(e):.4f}**" for e in eps)
+            + " |"
+        )
+        for name, values in ev.protocol.items():
+            lines.append(f"| {name} | protocol | " + " | ".join(f"{values[e]:.4f}" for e in eps) + " |")
+        lines += ["", "Flags:", ""]
+        for flag in report.flags:
+            lines.append(f"- {'**FIRED**' if flag.fired else 'ok'} `{flag.name}`: {flag.verdict}")
+        lines += ["", "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in ev.seconds.items()), ""]
+    first = next(iter(evaluations.values()), None)
+    if first is not None:
+        lines += [
+            "## Configuration",
+            "",
+            "```json",
+            json.dumps(first.config.to_dict(), indent=2),
+            "```",
+            "",
+            "Attacks: " + "; ".join(f"`{a.name}` = {report_config(first, a.name)}" for a in first.attacks),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def report_config(evaluation: Evaluation, name: str) -> str:
+    return evaluation.report.record(name, evaluation.config.eps[0]).config
+
+
+def plot(evaluations: Mapping[str, Evaluation], path: Path) -> Path:
+    """Robust accuracy vs eps per attack (cascade), the worst case and the protocol number, one panel per
+    model; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(evaluations), figsize=(5.5 * len(evaluations), 4), squeeze=False)
+    for axis, (label, ev) in zip(axes[0], evaluations.items()):
+        eps = sorted(ev.config.eps)
+        for name in ev.report.attack_names:
+            axis.plot(eps, [ev.report.robust_accuracy(name, e) for e in eps], marker="o", lw=1, label=name)
+        axis.plot(
+            eps,
+            [ev.report.worst_case_accuracy(e) for e in eps],
+            color="black",
+            lw=2.5,
+            marker="s",
+            label="worst case",
+        )
+        for name, values in ev.protocol.items():
+            axis.plot(eps, [values[e] for e in eps], ls="--", color="gray", marker="^", label=name)
+        axis.set(title=label, xlabel=f"ε ({ev.config.norm})", ylabel="robust accuracy", ylim=(-0.02, 1.02))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    temporary.replace(path)
+    path.chmod(0o644)
+    return path
+
+
+def write_outputs(
+    evaluations: Mapping[str, Evaluation],
+    out: Path,
+    command: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Write ``report.md``, ``results.json``, ``results.csv``, ``per_sample.csv``, ``robustness.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [atomic_write_text(out / "report.md", markdown_report(evaluations, command))]
+    rows = [row for label, ev in evaluations.items() for row in result_rows(ev, label)]
+    written.append(out / "results.csv")
+    ResultTable(rows).to_csv(written[-1])
+    samples = [{"model": label, **row} for label, ev in evaluations.items() for row in ev.report.per_sample()]
+    written.append(out / "per_sample.csv")
+    ResultTable(samples).to_csv(written[-1])
+    payload = {
+        "command": command,
+        **(extra or {}),
+        "models": {
+            label: {
+                "config": ev.config.to_dict(),
+                "solver": ev.solver,
+                "seconds": ev.seconds,
+                "rows": result_rows(ev, label),
+                "flags": [f.to_json() for f in ev.report.flags],
+                "attacks": {a.name: report_config(ev, a.name) for a in ev.attacks},
+            }
+            for label, ev in evaluations.items()
+        },
+    }
+    written.append(atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=str) + "\n"))
+    written.append(plot(evaluations, out / "robustness.png"))
+    for path in written:
+        path.chmod(0o644)
+    return written
