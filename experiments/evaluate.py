@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     )
     if rank != 0:
         return []
-    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in args.argv)
     extra = {
         "dataset": dataset,
         "checkpoint": str(args.checkpoint),
@@ -243,7 +243,9 @@ def _file_digest(path: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         written = run(args)
     except KeyboardInterrupt:
