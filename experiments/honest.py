@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from attacks import APGD, PGD, AttackRecord, SuiteAttack, SuiteReport, preset, run_checks, run_suite, transfer
+from attacks.checks import batch_dependence
 from attacks.suite import PRESETS, batch_seed, predict
 from attacks.table import ResultTable, atomic_write_text
 from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
@@ -297,8 +298,26 @@ def evaluate(
             seed=config.seed,
         )
         seconds["checks"] = time.perf_counter() - started
+    if config.per_sample and ode_blocks(model):
+        _shared_control_dependence(model, x, report, config)
     solver = _solver_summary(model, config)
     return Evaluation(config, report, protocol, seconds, attacks, solver)
+
+
+def _shared_control_dependence(model: nn.Module, x: Tensor, report: SuiteReport,
+                               config: EvaluationConfig) -> None:
+    """What per-sample control avoided: batch dependence of the same inputs under the deployed shared step
+    control, added to the ``batch-dependence`` flag's numbers (the flag judges the evaluated model)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = {"clean": x[: config.dependence_samples].to(device)}
+    adversarial = [xa for (_, xa) in report.adversarials.values()]
+    if adversarial:
+        inputs["adversarial"] = torch.cat(adversarial)[: config.dependence_samples].to(device)
+    with solver_override(model, per_sample=False):
+        numbers = {name: batch_dependence(model, value, config.batch_size) for name, value in inputs.items()}
+    for flag in report.flags:
+        if flag.name == "batch-dependence":
+            flag.numbers["shared_step_control"] = numbers
 
 
 def _solver_summary(model: nn.Module, config: EvaluationConfig) -> dict[str, Any]:
