@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from stability.errors import ODEInputError
-from stability.odeint import _HIT_TOLERANCE, _check_times, solve
+from stability.checks import check_output, check_times
+from stability.errors import NonFiniteValueError, ODEInputError
+from stability.odeint import _HIT_TOLERANCE, solve
 from stability.solution import Solution, SolverStats
 from stability.solver import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, RungeKuttaSolver, solver_class
 from stability.step_control import PIController, error_ratio
@@ -118,13 +119,33 @@ def solve_adjoint(
     )
     needs_grad = torch.is_grad_enabled() and (y0.requires_grad or len(params) > 0)
     if not needs_grad:
-        sol = solve(func, y0, t, **forward_options)
+        if torch.is_grad_enabled():
+            _refuse_unlisted_gradients(func, y0, t)
+        with torch.no_grad():  # nothing to differentiate: never a silent O(steps) backprop graph
+            sol = solve(func, y0, t, **forward_options)
         return AdjointSolution(t=sol.t, ys=sol.ys, stats=sol.stats, method=method)
     ys = _AdjointFunction.apply(context, y0, *params)
     forward = context.forward_solution
     return AdjointSolution(
         t=forward.t, ys=ys, stats=forward.stats, method=method, adjoint_stats=context.adjoint_stats
     )
+
+
+def _refuse_unlisted_gradients(func: TimeVectorField, y0: Tensor, t) -> None:
+    """With nothing to differentiate (y0 without grad, no adjoint_params), a func that uses tensors requiring
+    grad would get its gradients from plain backprop, silently; raise instead (costs one evaluation)."""
+    t0 = torch.as_tensor(check_times(t)[0], dtype=_time_dtype(y0), device=y0.device)
+    f0 = func(t0, y0.detach())
+    if isinstance(f0, Tensor) and f0.requires_grad:
+        raise ODEInputError(
+            "gradient='adjoint': func uses tensors requiring grad, but y0 does not require grad and "
+            "adjoint_params is empty, so the adjoint would compute no gradient for them. Pass them in "
+            "adjoint_params, or use gradient='backprop'"
+        )
+
+
+def _time_dtype(y: Tensor) -> torch.dtype:
+    return y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 @dataclass
@@ -164,7 +185,7 @@ class _AdjointFunction(torch.autograd.Function):
 
 
 def _integrate_adjoint(context: _AdjointContext, ys: Tensor, grad_ys: Tensor, params: list[Tensor]):
-    times = _check_times(context.t)
+    times = check_times(context.t)
     shape, n, dtype = ys.shape[1:], ys[0].numel(), ys.dtype
     sizes = [n, n] + [p.numel() for p in params]
     system = _AugmentedSystem(context.func, shape, n, params)
@@ -186,9 +207,17 @@ def _integrate_adjoint(context: _AdjointContext, ys: Tensor, grad_ys: Tensor, pa
         if grid is not None:
             inside = [p for p in grid if _strictly_between(p, times[i - 1], times[i], _HIT_TOLERANCE * span)]
             options["grid"] = [times[i], *reversed(inside), times[i - 1]]
-        solver = solver_cls(system, times[i], state, times[i - 1], **options)
-        while solver.status == "running":
-            solver.step()
+        try:
+            solver = solver_cls(system, times[i], state, times[i - 1], **options)
+            while solver.status == "running":
+                solver.step()
+        except NonFiniteValueError as error:
+            raise NonFiniteValueError(
+                f"in the adjoint backward pass (the augmented system [f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ] integrated from "
+                f"t={times[i]:.6g} back to t={times[i - 1]:.6g}): {error}",
+                t=error.t,
+                h=error.h,
+            ) from error
         _accumulate(stats, solver.stats)
         pieces = torch.split(solver.y, sizes)
         adjoint = pieces[1] + grad_ys[i - 1].reshape(-1)
@@ -228,6 +257,8 @@ class _AugmentedSystem:
         with torch.enable_grad():
             y = state[:n].view(self.shape).detach().requires_grad_(True)
             f = self.func(t, y)
+            if not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
+                check_output(f, y, float(t))
             if not self.checked:
                 _check_graph_inputs(f, y, self.params)
                 self.checked = True

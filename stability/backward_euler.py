@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from stability.errors import NonConvergenceError, ODEInputError
+from stability.base import OdeSolver
+from stability.checks import check_output
+from stability.errors import NonConvergenceError, NonFiniteValueError, ODEInputError
 from stability.krylov import gmres
 from stability.newton_krylov import NewtonResult, default_tolerance, make_jvp, newton_krylov, rms
 from stability.solution import SolverStats
-from stability.solver import SOLVERS, OdeSolver
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
 
@@ -87,7 +88,10 @@ def backward_euler_step(
     y_detached = y.detach()
 
     def field(z: Tensor) -> Tensor:
-        return func(t_new, z)
+        f = func(t_new, z)
+        if not isinstance(f, Tensor) or f.shape != z.shape or f.dtype != z.dtype:
+            check_output(f, z, t + h)
+        return f
 
     field_jvp = make_jvp(field, options.jvp)
 
@@ -112,6 +116,16 @@ def backward_euler_step(
         )
     if stats is not None:
         _count(stats, result)
+    if not result.converged and not math.isfinite(result.residual):
+        with torch.no_grad():
+            at_start = bool(torch.isfinite(field(y_detached)).all())
+        where = "at a Newton iterate" if at_start else "already at the initial guess z = y_n"
+        raise NonFiniteValueError(
+            f"func returned non-finite values at t={t + h:.6g} {where} in the backward Euler step from "
+            f"t={t:.6g} with h={h:.6g}: no finite residual (not a convergence failure)",
+            t=t,
+            h=h,
+        )
     if not result.converged:
         raise NonConvergenceError(
             f"backward Euler step from t={t:.6g} with h={h:.6g} did not converge: scaled residual "
@@ -267,8 +281,6 @@ class BackwardEuler(OdeSolver):
 
         return interpolant
 
-
-SOLVERS["backward_euler"] = BackwardEuler
 
 
 def stage_residual_norm(func: TimeVectorField, t: float, y: Tensor, h: float, z: Tensor) -> float:

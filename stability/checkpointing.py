@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
+from stability.checks import as_float_list
 from stability.errors import ODEInputError
-from stability.odeint import _HIT_TOLERANCE, _as_float_list, _check_finite_trajectory, start_solver
+from stability.odeint import _HIT_TOLERANCE, _check_finite_trajectory, start_solver
 from stability.solution import Solution
 from stability.solver import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, OdeSolver
 from stability.step_control import PIController
@@ -143,7 +144,7 @@ def _chunk_sizes(solver: OdeSolver, times, step_size, grid, checkpoint_every):
             yield checkpoint_every
     if solver.fixed_step:
         if grid is not None:
-            n = len(_as_float_list(grid, "grid")) - 1
+            n = len(as_float_list(grid, "grid")) - 1
         else:
             n = max(1, math.ceil(abs(times[-1] - times[0]) / float(step_size) - 1e-9))
         size = max(1, math.ceil(math.sqrt(n)))

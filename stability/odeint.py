@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from stability.checks import as_float_list, check_times
 from stability.errors import NonFiniteValueError, ODEInputError
 from stability.solution import Solution
 from stability.solver import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, solver_class
@@ -33,6 +34,7 @@ def solve(
     controller: PIController | None = None,
     gradient: str = "backprop",
     per_sample: bool = False,
+    implicit=None,
     **gradient_options,
 ) -> Solution:
     """Solve dy/dt = func(t, y), y(t[0]) = y0, and return the solution at every time in ``t`` with statistics.
@@ -52,10 +54,13 @@ def solve(
     if gradient != "backprop" or per_sample or gradient_options:
         options = dict(method=method, rtol=rtol, atol=atol, step_size=step_size, grid=grid,
                        first_step=first_step, max_step=max_step, max_steps=max_steps, controller=controller)
+        if implicit is not None:
+            options["implicit"] = implicit
         return _solve_variant(func, y0, t, gradient, per_sample, gradient_options, options)
     solver, times = start_solver(
         func, y0, t, method=method, rtol=rtol, atol=atol, step_size=step_size, grid=grid,
         first_step=first_step, max_step=max_step, max_steps=max_steps, controller=controller,
+        implicit=implicit,
     )
     span = abs(times[-1] - times[0])
     outputs = [y0]
@@ -104,34 +109,17 @@ def _solve_variant(func, y0, t, gradient: str, per_sample: bool, extra: dict, op
 
 
 
-def start_solver(func, y0: Tensor, t: Tensor | Sequence[float], *, method: str, grid=None, **options):
+def start_solver(
+    func, y0: Tensor, t: Tensor | Sequence[float], *, method: str, grid=None, implicit=None, **options
+):
     """The solver of ``method`` over [t[0], t[-1]] and the checked output times (shared by variants)."""
-    times = _check_times(t)
-    grid = None if grid is None else _as_float_list(grid, "grid")
+    times = check_times(t)
+    if implicit is not None:
+        if method != "backward_euler":
+            raise ODEInputError(f"implicit options apply to method='backward_euler' only, not {method!r}")
+        options["implicit"] = implicit
+    grid = None if grid is None else as_float_list(grid, "grid")
     return solver_class(method)(func, times[0], y0, times[-1], grid=grid, **options), times
-
-
-def _as_float_list(values: Tensor | Sequence[float], name: str) -> list[float]:
-    if isinstance(values, Tensor):
-        if values.dim() != 1:
-            raise ODEInputError(f"{name} must be one-dimensional, got shape {tuple(values.shape)}")
-        return values.detach().double().cpu().tolist()
-    try:
-        return [float(x) for x in values]
-    except (TypeError, ValueError):
-        raise ODEInputError(f"{name} must be a 1-D tensor or a sequence of numbers") from None
-
-
-def _check_times(t: Tensor | Sequence[float]) -> list[float]:
-    times = _as_float_list(t, "t")
-    if len(times) < 2:
-        raise ODEInputError(f"t needs at least 2 points (start and end), got {len(times)}")
-    if not all(math.isfinite(x) for x in times):
-        raise ODEInputError("t contains NaN or infinite values")
-    steps = [b - a for a, b in zip(times, times[1:])]
-    if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
-        raise ODEInputError("t must be strictly increasing or strictly decreasing")
-    return times
 
 
 def _check_finite_trajectory(ys: Tensor, times: list[float]) -> None:

@@ -24,26 +24,32 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from stability.checks import (
+    check_derivative,
+    check_low_precision,
+    check_output,
+    check_state,
+    check_times,
+    check_tolerances,
+    max_steps_error,
+)
 from stability.errors import (
-    MaxStepsExceededError,
     NonFiniteValueError,
     ODEInputError,
     StepSizeUnderflowError,
 )
-from stability.odeint import _HIT_TOLERANCE, _check_times, solve
+from stability.odeint import _HIT_TOLERANCE, solve
 from stability.solution import Solution, SolverStats
 from stability.solver import (
     DEFAULT_ATOL,
     DEFAULT_MAX_STEPS,
     DEFAULT_RTOL,
     MAX_NONFINITE_REJECTIONS,
+    STRETCH,
     RungeKuttaSolver,
-    check_derivative,
-    check_state,
-    check_tolerances,
     solver_class,
 )
-from stability.step_control import PIController
+from stability.step_control import LOW_PRECISION_DTYPES, PIController
 from stability.tableau import ButcherTableau
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
@@ -89,7 +95,7 @@ def solve_per_sample(
     if y0.dim() < 1:
         raise ODEInputError("per-sample mode needs a leading batch dimension in y0")
     batch = y0.shape[0]
-    times = _check_times(t)
+    times = check_times(t)
     cls = solver_class(method)
     if step_size is not None or grid is not None or not issubclass(cls, RungeKuttaSolver):
         sol = solve(
@@ -111,6 +117,7 @@ def solve_per_sample(
     if not tableau.adaptive:
         raise ODEInputError(f"method '{method}' has no embedded error estimate: give step_size or grid")
     check_tolerances(rtol, atol)
+    check_low_precision(y0.dtype, rtol)
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ODEInputError(f"max_steps must be a positive integer, got {max_steps!r}")
     if not max_step > 0:
@@ -165,7 +172,10 @@ class _PerSampleIntegrator:
 
     def _evaluate(self, t: Tensor, y: Tensor, samples: Tensor) -> Tensor:
         self.nfe.index_add_(0, samples, torch.ones_like(samples))
-        return self.func(t.to(self.time_dtype), y)
+        f = self.func(t.to(self.time_dtype), y)
+        if not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
+            check_output(f, y, None)
+        return f
 
     def _combine(self, y: Tensor | None, stages: list[Tensor], weights, h: Tensor) -> Tensor:
         out = y
@@ -244,7 +254,7 @@ class _PerSampleIntegrator:
             t_a, y_a, h_a = take(t), take(y), take(h_abs)
             self._check_step_budget(active, t_a, h_a)
             t_new = t_a + self.direction * h_a
-            overshoot = self.direction * (t_new - self.t_bound) > 0
+            overshoot = self.direction * (t_new + STRETCH * self.direction * h_a - self.t_bound) >= 0
             t_new = torch.where(overshoot, torch.full_like(t_new, self.t_bound), t_new)
             h = t_new - t_a
             h_a = h.abs()
@@ -263,7 +273,10 @@ class _PerSampleIntegrator:
             y_new = stage_input if tableau.fsal else self._combine(y_a, stages, tableau.b_plan, h)
             with torch.no_grad():
                 error = self._combine(None, stages, tableau.error_plan, h)
-                scale = torch.maximum(y_a.abs(), y_new.abs()).mul_(self.rtol).add_(self.atol)
+                y_low, y_high = y_a, y_new
+                if error.dtype in LOW_PRECISION_DTYPES:
+                    error, y_low, y_high = error.float(), y_low.float(), y_high.float()
+                scale = torch.maximum(y_low.abs(), y_high.abs()).mul_(self.rtol).add_(self.atol)
                 ratio = self._rms(error / scale).double()
             accept = ratio <= 1.0
             # controller, vectorised as PIController.accept_factor / reject_factor
@@ -326,13 +339,8 @@ class _PerSampleIntegrator:
         if bool(over.any()):
             i = int(over.nonzero()[0, 0])
             b, t = int(active[i]), float(t_a[i])
-            done = abs(t - self.t0) / self.span
-            raise MaxStepsExceededError(
-                f"sample {b}: max_steps={self.max_steps} exceeded at t={t:.6g} ({100 * done:.1f}% of "
-                f"[{self.t0:g}, {self.t_bound:g}]) with step size h={float(h_a[i]):.3g}",
-                t=t,
-                h=float(h_a[i]),
-            )
+            h = float(h_a[i])
+            raise max_steps_error(self.max_steps, self.t0, self.t_bound, t, h, None, f"sample {b}: ")
 
     def _check_underflow(self, active: Tensor, t_a: Tensor, h_a: Tensor, nonfinite_a: Tensor) -> None:
         resolution = (torch.nextafter(t_a, torch.full_like(t_a, self.direction * math.inf)) - t_a).abs()
