@@ -20,42 +20,13 @@ from torch.autograd.function import once_differentiable
 
 from stability.base import OdeSolver
 from stability.checks import check_output
-from stability.errors import NonConvergenceError, NonFiniteValueError, ODEInputError
+from stability.errors import NonConvergenceError, NonFiniteValueError
 from stability.krylov import gmres
-from stability.newton_krylov import NewtonResult, default_tolerance, make_jvp, newton_krylov, rms
+from stability.newton_krylov import NewtonResult, make_jvp, newton_krylov, rms
+from stability.options import ImplicitOptions
 from stability.solution import SolverStats
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class ImplicitOptions:
-    """Settings of the per-step nonlinear solve and of the adjoint linear solve of the backward pass.
-
-    ``tol``: Newton stops at ‖G(z)‖_rms ≤ tol·max(1, ‖z‖_rms) (None: 1e-10 in float64, ~1e-5 in float32);
-    the backward linear solve stops at a relative residual of ``tol``. Caps bound every loop. ``jvp``:
-    "forward" (forward-mode AD) or "reverse" (double backward) Jacobian-vector products for Newton.
-    """
-
-    tol: float | None = None
-    jvp: str = "forward"
-    max_newton: int = 12
-    max_linear: int = 60
-    restart: int = 20
-    max_fixed_point: int = 100
-
-    def __post_init__(self) -> None:
-        if self.tol is not None and not (math.isfinite(self.tol) and self.tol > 0):
-            raise ODEInputError(f"tol must be positive and finite, got {self.tol}")
-        for name in ("max_newton", "max_linear", "restart", "max_fixed_point"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ODEInputError(f"{name} must be a positive integer, got {value!r}")
-        if self.jvp not in ("forward", "reverse"):
-            raise ODEInputError(f"jvp must be 'forward' or 'reverse', got {self.jvp!r}")
-
-    def tolerance(self, dtype: torch.dtype) -> float:
-        return self.tol if self.tol is not None else default_tolerance(dtype)
 
 
 @dataclass
@@ -233,20 +204,11 @@ class BackwardEuler(OdeSolver):
     order = 1
 
     def __init__(
-        self,
-        func: TimeVectorField,
-        t0: float,
-        y0: Tensor,
-        t_bound: float,
-        *,
-        implicit: ImplicitOptions | None = None,
-        **options,
+        self, func: TimeVectorField, t0: float, y0: Tensor, t_bound: float, options=None, **keywords
     ) -> None:
-        super().__init__(func, t0, y0, t_bound, **options)
+        super().__init__(func, t0, y0, t_bound, options, **keywords)
         self.stats = ImplicitStats()
-        if not self.fixed_step:
-            raise ODEInputError("method 'backward_euler' is fixed-step: give step_size or grid")
-        self.implicit = implicit or ImplicitOptions()
+        self.implicit = self.options.implicit or ImplicitOptions()
         self._checked_first_evaluation()  # shape/dtype/finiteness of f, once
         self._grid_index = 0
 

@@ -8,22 +8,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from stability.checks import (
-    check_derivative,
-    check_low_precision,
-    check_output,
-    check_state,
-    check_tolerances,
-)
+from stability.checks import check_derivative, check_low_precision, check_output, check_state, time_dtype
 from stability.errors import MaxStepsExceededError, ODEInputError
+from stability.options import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, SolverOptions
 from stability.solution import SolverStats
-from stability.step_control import PIController
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
 
-DEFAULT_RTOL = 1e-7
-DEFAULT_ATOL = 1e-9
-DEFAULT_MAX_STEPS = 100_000
+__all__ = ["DEFAULT_ATOL", "DEFAULT_MAX_STEPS", "DEFAULT_RTOL", "OdeSolver", "TimeVectorField"]
 
 
 class OdeSolver:
@@ -42,41 +34,36 @@ class OdeSolver:
         t0: float,
         y0: Tensor,
         t_bound: float,
-        *,
-        rtol: float = DEFAULT_RTOL,
-        atol: float = DEFAULT_ATOL,
-        step_size: float | None = None,
-        grid: Sequence[float] | None = None,
-        first_step: float | None = None,
-        max_step: float = math.inf,
-        max_steps: int = DEFAULT_MAX_STEPS,
-        controller: PIController | None = None,
+        options: SolverOptions | None = None,
+        **keywords,
     ) -> None:
+        """``options`` (a validated ``SolverOptions``) or the same settings as keywords (rtol, atol,
+        step_size, grid, first_step, max_step, max_steps, controller, norm, implicit)."""
+        if options is None:
+            options = SolverOptions.build(None, method=self.name, **keywords)
+        elif keywords:
+            options = options.replace(**keywords)
         check_state(y0)
         t0, t_bound = float(t0), float(t_bound)
         if not (math.isfinite(t0) and math.isfinite(t_bound)) or t0 == t_bound:
             raise ODEInputError(f"need finite t0 != t_bound, got t0={t0}, t_bound={t_bound}")
-        check_tolerances(rtol, atol)
-        if not isinstance(max_steps, int) or max_steps < 1:
-            raise ODEInputError(f"max_steps must be a positive integer, got {max_steps!r}")
-        if not max_step > 0:
-            raise ODEInputError(f"max_step must be positive, got {max_step}")
+        self.options = options
         self._func = func
         self.t0, self.t_bound, self.t, self.y = t0, t_bound, t0, y0
         self.direction = 1.0 if t_bound > t0 else -1.0
-        self.rtol, self.atol = float(rtol), float(atol)
-        self.max_step, self.max_steps = float(max_step), max_steps
-        self.controller = controller or PIController()
+        self.rtol, self.atol = options.rtol, options.atol
+        self.max_step, self.max_steps = float(options.max_step), options.max_steps
+        self.controller = options.controller
         self.stats = SolverStats()
         self.status = "running"
         self.t_old: float | None = None
         self.y_old: Tensor | None = None
-        self._time_dtype = y0.dtype if y0.dtype in (torch.float32, torch.float64) else torch.float32
-        self._grid = self._make_grid(step_size, grid)
+        self._time_dtype = time_dtype(y0)
+        self._grid = self._make_grid(options.step_size, options.grid)
         self.fixed_step = self._grid is not None
         if not self.fixed_step:
             check_low_precision(y0.dtype, self.rtol)
-        self._first_step = first_step
+        self._first_step = options.first_step
 
     # --- the vector field, counted -------------------------------------------------------------------
     def fun(self, t: float, y: Tensor) -> Tensor:
@@ -95,12 +82,7 @@ class OdeSolver:
 
     # --- grid for fixed-step mode ----------------------------------------------------------------------
     def _make_grid(self, step_size: float | None, grid: Sequence[float] | None) -> list[float] | None:
-        if step_size is not None and grid is not None:
-            raise ODEInputError("give either step_size or grid, not both")
         if step_size is not None:
-            step_size = float(step_size)
-            if not (math.isfinite(step_size) and step_size > 0):
-                raise ODEInputError(f"step_size must be positive and finite, got {step_size}")
             span = abs(self.t_bound - self.t0)
             n = max(1, math.ceil(span / step_size - 1e-9))
             if n > self.max_steps:

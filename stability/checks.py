@@ -15,6 +15,11 @@ from stability.errors import MaxStepsExceededError, NonFiniteValueError, ODEInpu
 LOW_PRECISION = {torch.float16: 1e-2, torch.bfloat16: 1e-1}
 
 
+def time_dtype(y: Tensor) -> torch.dtype:
+    """The dtype in which ``func`` receives t: y's for float32/float64 states, float32 below that."""
+    return y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def check_state(y0: Tensor) -> None:
     if not isinstance(y0, Tensor):
         raise ODEInputError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")

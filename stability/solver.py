@@ -22,7 +22,7 @@ from stability.checks import (
 from stability.errors import NonFiniteValueError, ODEInputError, StepSizeUnderflowError
 from stability.interpolation import HermiteInterpolant, RungeKuttaInterpolant
 from stability.runge_kutta import linear_combination, rk_step
-from stability.step_control import error_ratio, initial_step
+from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step
 from stability.tableau import ButcherTableau
 
 __all__ = [
@@ -30,11 +30,6 @@ __all__ = [
     "solver_class", "check_derivative", "check_output", "check_state", "check_tolerances",
 ]
 
-# Consecutive rejections with a non-finite error estimate (each shrinks h by min_factor) before giving up.
-MAX_NONFINITE_REJECTIONS = 12
-# A proposed step ending within this fraction of h before the end of the interval is stretched to reach it,
-# instead of leaving a sliver step (Hairer's DOPRI5 uses 1%; the PI controller's safety factor covers 10%).
-STRETCH = 0.1
 
 
 class RungeKuttaSolver(OdeSolver):
@@ -42,13 +37,17 @@ class RungeKuttaSolver(OdeSolver):
 
     tableau: ButcherTableau
 
-    def __init__(self, func: TimeVectorField, t0: float, y0: Tensor, t_bound: float, **options) -> None:
-        super().__init__(func, t0, y0, t_bound, **options)
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "tableau", None) is not None:
+            cls.name = cls.tableau.name
+
+    def __init__(
+        self, func: TimeVectorField, t0: float, y0: Tensor, t_bound: float, options=None, **keywords
+    ) -> None:
+        super().__init__(func, t0, y0, t_bound, options, **keywords)
         self.order = self.tableau.order
-        if not self.fixed_step and not self.tableau.adaptive:
-            raise ODEInputError(
-                f"method '{self.tableau.name}' has no embedded error estimate: give step_size or grid"
-            )
+        self._norm = self.options.norm or error_ratio
         self._stages: list[Tensor] | None = None
         self._first_stage: Tensor | None = self._checked_first_evaluation()
         self._grid_index = 0
@@ -167,7 +166,7 @@ class RungeKuttaSolver(OdeSolver):
 
     def scaled_error(self, error: Tensor, y_old: Tensor, y_new: Tensor) -> Tensor:
         """The error norm the controller compares with 1 (subclasses may weight parts of the state)."""
-        return error_ratio(error, y_old, y_new, self.rtol, self.atol)
+        return self._norm(error, y_old, y_new, self.rtol, self.atol)
 
     def _commit(self, t_new: float, h: float, y_new: Tensor, stages: list[Tensor]) -> None:
         self.stats.n_accepted += 1

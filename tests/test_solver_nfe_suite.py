@@ -1,4 +1,4 @@
-"""NFE at equal tolerance within +10% of scipy's RK45, error no worse, on the suite of ``bench/nfe_suite.py``."""
+"""NFE at equal tolerance within +10% of scipy's RK45, error no worse, on the suite ``bench/nfe_suite.py``."""
 
 import pytest
 
