@@ -11,7 +11,7 @@ Memory: one evaluation of f per step is kept for the backward pass, whatever the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +22,7 @@ from stability.base import OdeSolver
 from stability.checks import check_output
 from stability.errors import NonConvergenceError, NonFiniteValueError
 from stability.krylov import gmres
-from stability.newton_krylov import NewtonResult, make_jvp, newton_krylov, rms
+from stability.newton_krylov import NewtonResult, make_jvp, newton_krylov
 from stability.options import ImplicitOptions
 from stability.solution import SolverStats
 
@@ -242,20 +242,3 @@ class BackwardEuler(OdeSolver):
             return torch.lerp(y_old, y_new, theta)
 
         return interpolant
-
-
-
-def stage_residual_norm(func: TimeVectorField, t: float, y: Tensor, h: float, z: Tensor) -> float:
-    """‖z − y − h f(t + h, z)‖_rms: how well ``z`` solves the backward Euler equation (diagnostics)."""
-    with torch.no_grad():
-        t_new = torch.full((), t + h, dtype=_time_dtype(y), device=y.device)
-        return rms(z - y - h * func(t_new, z))
-
-
-__all__: Sequence[str] = (
-    "BackwardEuler",
-    "ImplicitOptions",
-    "ImplicitStats",
-    "backward_euler_step",
-    "stage_residual_norm",
-)

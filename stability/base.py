@@ -10,7 +10,7 @@ from torch import Tensor
 
 from stability.checks import check_derivative, check_low_precision, check_output, check_state, time_dtype
 from stability.errors import MaxStepsExceededError, ODEInputError
-from stability.options import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, SolverOptions
+from stability.options import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, SolverOptions, as_options
 from stability.solution import SolverStats
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
@@ -39,10 +39,7 @@ class OdeSolver:
     ) -> None:
         """``options`` (a validated ``SolverOptions``) or the same settings as keywords (rtol, atol,
         step_size, grid, first_step, max_step, max_steps, controller, norm, implicit)."""
-        if options is None:
-            options = SolverOptions.build(None, method=self.name, **keywords)
-        elif keywords:
-            options = options.replace(**keywords)
+        options = as_options(options, keywords if options else {"method": self.name, **keywords})
         check_state(y0)
         t0, t_bound = float(t0), float(t_bound)
         if not (math.isfinite(t0) and math.isfinite(t_bound)) or t0 == t_bound:

@@ -9,7 +9,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from stability.errors import MaxStepsExceededError, NonFiniteValueError, ODEInputError
+from stability.errors import (
+    MaxStepsExceededError,
+    NonFiniteValueError,
+    ODEInputError,
+    SolverError,
+    StepSizeUnderflowError,
+)
 
 # Relative resolution below which an adaptive rtol is refused for float16 / bfloat16 states.
 LOW_PRECISION = {torch.float16: 1e-2, torch.bfloat16: 1e-1}
@@ -90,6 +96,28 @@ def non_finite_step(t: float, h: float, y: Tensor, stages, c) -> NonFiniteValueE
         t=t,
         h=h,
     )
+
+
+def underflow_error(t: float, h: float, direction: float, nonfinite: bool, sample: str = "") -> SolverError:
+    """The step shrank below the resolution of t: behind non-finite values of func, or a singularity."""
+    if nonfinite:
+        return NonFiniteValueError(
+            f"{sample}func returned non-finite values at t={t + direction * h:.6g}: the step shrank to "
+            f"h={h:.3g} at t={t!r} without getting past them",
+            t=t,
+            h=h,
+        )
+    return StepSizeUnderflowError(
+        f"{sample}step size underflow: h={h:.3g} at t={t!r} is below the resolution of t (the problem is "
+        f"probably stiff or singular there)",
+        t=t,
+        h=h,
+    )
+
+
+def nonfinite_rejections_error(t: float, h: float, sample: str = "") -> NonFiniteValueError:
+    message = f"{sample}func returned non-finite values at t={t:.6g} even with the step shrunk to h={h:.3g}"
+    return NonFiniteValueError(message, t=t, h=h)
 
 
 def max_steps_error(max_steps: int, t0: float, t_bound: float, t: float, h: float, stiffness: float | None,

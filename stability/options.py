@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -96,91 +96,57 @@ class SolverOptions:
     def __post_init__(self) -> None:
         _known_method(self.method)
         check_tolerances(self.rtol, self.atol)
-        if self.step_size is not None and self.grid is not None:
-            raise ODEInputError("give either step_size or grid, not both")
+        _require(self.step_size is None or self.grid is None, "give either step_size or grid, not both")
         if self.step_size is not None:
-            step = float(self.step_size)
-            if not (math.isfinite(step) and step > 0):
-                raise ODEInputError(f"step_size must be positive and finite, got {self.step_size}")
-            self._set("step_size", step)
+            object.__setattr__(self, "step_size", float(self.step_size))
         if self.grid is not None:
-            self._set("grid", tuple(as_float_list(self.grid, "grid")))
-        fixed = self.fixed_step
-        if not fixed:
-            if self.method in IMPLICIT:
-                raise ODEInputError(f"method {self.method!r} is fixed-step: give step_size or grid")
-            if not TABLEAUX[self.method].adaptive:
-                raise ODEInputError(
-                    f"method '{self.method}' has no embedded error estimate: give step_size or grid"
-                )
-        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ODEInputError(f"max_steps must be a positive integer, got {self.max_steps!r}")
-        if not self.max_step > 0:
-            raise ODEInputError(f"max_step must be positive, got {self.max_step}")
-        if self.first_step is not None and not (math.isfinite(self.first_step) and self.first_step > 0):
-            raise ODEInputError(f"first_step must be positive and finite, got {self.first_step}")
-        if self.controller is None:
-            self._set("controller", PIController())
-        if not isinstance(self.controller, PIController):
-            raise ODEInputError(f"controller must be a PIController, got {type(self.controller).__name__}")
-        if self.implicit is not None:
-            if not isinstance(self.implicit, ImplicitOptions):
-                raise ODEInputError(
-                    f"implicit must be an ImplicitOptions, got {type(self.implicit).__name__}"
-                )
-            if self.method not in IMPLICIT:
-                raise ODEInputError(
-                    f"implicit options apply to method='backward_euler' only, not {self.method!r}"
-                )
-        self._set("per_sample", bool(self.per_sample))
-        self._check_gradient()
+            object.__setattr__(self, "grid", tuple(as_float_list(self.grid, "grid")))
+        adaptive = self.fixed_step or (self.method in TABLEAUX and TABLEAUX[self.method].adaptive)
+        misplaced = sorted(name for name, gradient in _GRADIENT_OPTIONS.items()
+                           if gradient != self.gradient and getattr(self, name) != _FIELD_DEFAULTS[name])
+        for ok, message in (
+            (self.step_size is None or (math.isfinite(self.step_size) and self.step_size > 0),
+             f"step_size must be positive and finite, got {self.step_size}"),
+            (self.fixed_step or self.method not in IMPLICIT,
+             f"method {self.method!r} is fixed-step: give step_size or grid"),
+            (adaptive, f"method '{self.method}' has no embedded error estimate: give step_size or grid"),
+            (_positive_int(self.max_steps), f"max_steps must be a positive integer, got {self.max_steps!r}"),
+            (self.max_step > 0, f"max_step must be positive, got {self.max_step}"),
+            (self.first_step is None or (math.isfinite(self.first_step) and self.first_step > 0),
+             f"first_step must be positive and finite, got {self.first_step}"),
+            (isinstance(self.controller, PIController), "controller must be a PIController"),
+            (isinstance(self.implicit, (ImplicitOptions, type(None))), "implicit must be ImplicitOptions"),
+            (self.implicit is None or self.method in IMPLICIT,
+             f"implicit options apply to method='backward_euler' only, not {self.method!r}"),
+            (self.gradient in GRADIENTS,
+             f"gradient must be 'backprop', 'checkpoint' or 'adjoint', got {self.gradient!r}"),
+            (not misplaced, f"unknown options for gradient={self.gradient!r}: {', '.join(misplaced)}"),
+            (self.checkpoint_every is None or _positive_int(self.checkpoint_every),
+             f"checkpoint_every must be a positive integer, got {self.checkpoint_every!r}"),
+        ):
+            _require(ok, message)
+        if self.gradient == "adjoint":
+            self._check_adjoint()
 
-    def _check_gradient(self) -> None:
-        if self.gradient not in GRADIENTS:
-            raise ODEInputError(
-                f"gradient must be 'backprop', 'checkpoint' or 'adjoint', got {self.gradient!r}"
-            )
-        misplaced = []
-        if self.gradient != "adjoint":
-            misplaced += [name for name in _ADJOINT_ONLY if getattr(self, name) is not None]
-            misplaced += ["adjoint_norm"] if self.adjoint_norm != "mixed" else []
-        if self.gradient != "checkpoint" and self.checkpoint_every is not None:
-            misplaced.append("checkpoint_every")
-        if misplaced:
-            raise ODEInputError(
-                f"unknown options for gradient={self.gradient!r}: {', '.join(sorted(misplaced))}"
-            )
-        every = self.checkpoint_every
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ODEInputError(f"checkpoint_every must be a positive integer, got {every!r}")
-        if self.gradient != "adjoint":
-            return
-        if self.adjoint_norm not in ("mixed", "seminorm"):
-            raise ODEInputError(f"adjoint_norm must be 'mixed' or 'seminorm', got {self.adjoint_norm!r}")
-        for name in (self.method, self.adjoint_method or self.method):
-            _known_method(name)
-            if name not in TABLEAUX:
-                raise ODEInputError(
-                    f"the adjoint method needs explicit Runge–Kutta methods, got {name!r} (backward_euler's "
-                    f"implicit-function-theorem backprop already stores one evaluation per step)"
-                )
-        if not self.fixed_step and not TABLEAUX[self.adjoint_method or self.method].adaptive:
-            raise ODEInputError(
-                f"adjoint_method {self.adjoint_method!r} has no error estimate for the adaptive backward "
-                f"solve"
-            )
-        for name in ("adjoint_rtol", "adjoint_atol"):
-            value = getattr(self, name)
-            if value is not None:
-                check_tolerances(value, 1.0) if name == "adjoint_rtol" else check_tolerances(1.0, value)
+    def _check_adjoint(self) -> None:
+        backward = self.adjoint_method or self.method
+        _known_method(backward)
+        for ok, message in (
+            (self.adjoint_norm in ("mixed", "seminorm"),
+             f"adjoint_norm must be 'mixed' or 'seminorm', got {self.adjoint_norm!r}"),
+            (self.method in TABLEAUX and backward in TABLEAUX,
+             f"the adjoint method needs explicit Runge–Kutta methods, got {self.method!r}/{backward!r} "
+             "(backward_euler's implicit-function-theorem backprop stores one evaluation per step)"),
+            (self.fixed_step or getattr(TABLEAUX.get(backward), "adaptive", True),
+             f"adjoint_method {backward!r} has no error estimate for the adaptive backward solve"),
+        ):
+            _require(ok, message)
+        check_tolerances(1.0 if self.adjoint_rtol is None else self.adjoint_rtol,
+                         1.0 if self.adjoint_atol is None else self.adjoint_atol)
         if self.adjoint_params is not None:
             params = tuple(self.adjoint_params)
-            if not all(isinstance(p, Tensor) for p in params):
-                raise ODEInputError("adjoint_params must be a sequence of tensors")
-            self._set("adjoint_params", params)
-
-    def _set(self, name: str, value) -> None:
-        object.__setattr__(self, name, value)
+            _require(all(isinstance(p, Tensor) for p in params), "adjoint_params: a sequence of tensors")
+            object.__setattr__(self, "adjoint_params", params)
 
     @property
     def fixed_step(self) -> bool:
@@ -188,31 +154,41 @@ class SolverOptions:
 
     def replace(self, **changes) -> SolverOptions:
         """A copy with ``changes`` applied (``dataclasses.replace``), validated like a new value."""
-        return _replace(self, changes)
-
-    @classmethod
-    def build(cls, options: SolverOptions | None = None, **keywords) -> SolverOptions:
-        """``options`` (default: the defaults) with ``keywords`` applied; unknown keywords raise."""
-        base = cls() if options is None else options
-        if not isinstance(base, SolverOptions):
-            raise ODEInputError(f"options must be a SolverOptions, got {type(base).__name__}")
-        return _replace(base, keywords) if keywords else base
+        unknown = sorted(set(changes) - _FIELDS)
+        gradient = changes.get("gradient", self.gradient)
+        _require(not unknown, f"unknown options for gradient={gradient!r}: {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(SolverOptions))
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolverOptions)}
+_GRADIENT_OPTIONS = {
+    "checkpoint_every": "checkpoint",
+    "adjoint_norm": "adjoint",
+    "adjoint_method": "adjoint",
+    "adjoint_rtol": "adjoint",
+    "adjoint_atol": "adjoint",
+    "adjoint_params": "adjoint",
+}
 
 
-def _replace(options: SolverOptions, changes: dict) -> SolverOptions:
-    unknown = sorted(set(changes) - _FIELDS)
-    if unknown:
-        gradient = changes.get("gradient", options.gradient)
-        raise ODEInputError(f"unknown options for gradient={gradient!r}: {', '.join(unknown)}")
-    return dataclasses.replace(options, **changes)
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ODEInputError(message)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _known_method(method: str) -> None:
-    if not isinstance(method, str) or method not in METHOD_NAMES:
-        raise ODEInputError(f"unknown method {method!r}; available: {', '.join(sorted(METHOD_NAMES))}")
+    _require(
+        isinstance(method, str) and method in METHOD_NAMES,
+        f"unknown method {method!r}; available: {', '.join(sorted(METHOD_NAMES))}",
+    )
+
+
+_DEFAULTS = SolverOptions()
 
 
 def option_keywords(function):
@@ -229,26 +205,11 @@ def option_keywords(function):
 
 
 def as_options(options: SolverOptions | None, keywords: dict, **implied) -> SolverOptions:
-    """The entry points' merge: ``options``, then the caller's ``keywords``, then what the entry point implies
-    (``solve_adjoint`` implies gradient="adjoint"); one validation of the result."""
-    if options is not None and not isinstance(options, SolverOptions):
-        raise ODEInputError(f"options must be a SolverOptions, got {type(options).__name__}")
+    """The entry points' merge: ``options`` (default: the defaults), then the caller's ``keywords``, then
+    what the entry point implies (``solve_adjoint``: gradient="adjoint"); one validation of the result."""
+    _require(
+        options is None or isinstance(options, SolverOptions),
+        f"options must be a SolverOptions, got {type(options).__name__}",
+    )
     changes = {**keywords, **implied}
-    if options is None:
-        unknown = sorted(set(changes) - _FIELDS)
-        if unknown:
-            gradient = changes.get("gradient", "backprop")
-            raise ODEInputError(f"unknown options for gradient={gradient!r}: {', '.join(unknown)}")
-        return SolverOptions(**changes)
-    return _replace(options, changes) if changes else options
-
-
-__all__: Sequence[str] = (
-    "ImplicitOptions",
-    "SolverOptions",
-    "option_keywords",
-    "DEFAULT_RTOL",
-    "DEFAULT_ATOL",
-    "DEFAULT_MAX_STEPS",
-    "as_options",
-)
+    return (options or _DEFAULTS).replace(**changes) if changes else (options or _DEFAULTS)

@@ -24,8 +24,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from stability.checks import check_derivative, check_low_precision, check_output, max_steps_error, time_dtype
-from stability.errors import NonFiniteValueError, ODEInputError, StepSizeUnderflowError
+from stability.checks import (
+    check_derivative,
+    check_low_precision,
+    check_output,
+    max_steps_error,
+    nonfinite_rejections_error,
+    time_dtype,
+    underflow_error,
+)
+from stability.errors import ODEInputError
 from stability.interpolation import HermiteInterpolant, RungeKuttaInterpolant
 from stability.methods import TABLEAUX
 from stability.options import SolverOptions
@@ -136,12 +144,7 @@ class PerSampleStepper:
         nonfinite = torch.where(accept | torch.isfinite(ratio), 0, take(self.nonfinite) + 1)
         if bool((nonfinite >= MAX_NONFINITE_REJECTIONS).any()):
             i = int((nonfinite >= MAX_NONFINITE_REJECTIONS).nonzero()[0, 0])
-            raise NonFiniteValueError(
-                f"sample {int(active[i])}: func returned non-finite values at t={float(t_a[i]):.6g} even "
-                f"with the step shrunk to h={float(h_a[i]):.3g}",
-                t=float(t_a[i]),
-                h=float(h_a[i]),
-            )
+            raise nonfinite_rejections_error(float(t_a[i]), float(h_a[i]), f"sample {int(active[i])}: ")
         self.h_abs = put(self.h_abs, h_next)
         self.nonfinite = put(self.nonfinite, nonfinite)
         self.previous_ratio = put(self.previous_ratio, torch.where(accept, ratio.clamp(min=1e-4), previous))
@@ -224,19 +227,7 @@ class PerSampleStepper:
         if bool(tiny.any()):
             i = int(tiny.nonzero()[0, 0])
             b, t, h = int(active[i]), float(t_a[i]), float(h_a[i])
-            if int(nonfinite_a[i]) > 0:
-                raise NonFiniteValueError(
-                    f"sample {b}: func returned non-finite values at t={t + self.direction * h:.6g}: the "
-                    f"step shrank to h={h:.3g} at t={t!r} without getting past them",
-                    t=t,
-                    h=h,
-                )
-            raise StepSizeUnderflowError(
-                f"sample {b}: step size underflow: h={h:.3g} at t={t!r} is below the resolution of t "
-                f"(the problem is probably stiff or singular there)",
-                t=t,
-                h=h,
-            )
+            raise underflow_error(t, h, self.direction, int(nonfinite_a[i]) > 0, f"sample {b}: ")
 
     # --- the stepper protocol of ``stability.integrate`` ---------------------------------------------
     def state(self) -> tuple[Tensor, ...]:

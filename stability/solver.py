@@ -18,8 +18,10 @@ from stability.checks import (
     check_tolerances,
     max_steps_error,
     non_finite_step,
+    nonfinite_rejections_error,
+    underflow_error,
 )
-from stability.errors import NonFiniteValueError, ODEInputError, StepSizeUnderflowError
+from stability.errors import ODEInputError
 from stability.interpolation import HermiteInterpolant, RungeKuttaInterpolant
 from stability.runge_kutta import linear_combination, rk_step
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step
@@ -113,19 +115,7 @@ class RungeKuttaSolver(OdeSolver):
             h = t_new - t
             h_abs = abs(h)
             if h_abs < 10 * abs(math.nextafter(t, self.direction * math.inf) - t):
-                if self._nonfinite_rejections:
-                    raise NonFiniteValueError(
-                        f"func returned non-finite values at t={t + h:.6g}: the step shrank to h={h_abs:.3g} "
-                        f"at t={t!r} without getting past them",
-                        t=t,
-                        h=h_abs,
-                    )
-                raise StepSizeUnderflowError(
-                    f"step size underflow: h={h_abs:.3g} at t={t!r} is below the resolution of t "
-                    f"(the problem is probably stiff or singular there)",
-                    t=t,
-                    h=h_abs,
-                )
+                raise underflow_error(t, h_abs, self.direction, self._nonfinite_rejections > 0)
             result = rk_step(self.fun, t, y, h, self.tableau, self._first_stage)
             ratio = self.scaled_error(result.error, y, result.y).item()
             if ratio <= 1.0:
@@ -139,12 +129,7 @@ class RungeKuttaSolver(OdeSolver):
             rejected = True
             self._nonfinite_rejections = 0 if math.isfinite(ratio) else self._nonfinite_rejections + 1
             if self._nonfinite_rejections >= MAX_NONFINITE_REJECTIONS:
-                raise NonFiniteValueError(
-                    f"func returned non-finite values at t={t:.6g} even with the step shrunk to "
-                    f"h={h_abs:.3g}",
-                    t=t,
-                    h=h_abs,
-                )
+                raise nonfinite_rejections_error(t, h_abs)
             h_abs *= controller.reject_factor(ratio, q)
 
     def _stiffness(self) -> float | None:
