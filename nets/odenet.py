@@ -30,6 +30,7 @@ from torch import Tensor, nn
 import stability
 from nets.classifier import ImageClassifier, check_positive_int, init_weights
 from nets.registry import register_model
+from stability import SolverOptions
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -79,26 +80,14 @@ class ODEFunc(nn.Module):
 ODENET_SOLVER = stability.SolverOptions(rtol=1e-3, atol=1e-3, max_steps=10_000)
 
 
-def solver_options(
-    options: stability.SolverOptions | None = None,
-    *,
-    method: str | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    step_size: float | None = None,
-    max_steps: int | None = None,
-    gradient: str | None = None,
-    per_sample: bool | None = None,
-    solver_options: Mapping[str, Any] | None = None,
-) -> stability.SolverOptions:
-    """``options`` (default ``ODENET_SOLVER``) with the given settings replaced; validated once, here.
+def solver_options(options: stability.SolverOptions | None = None, **settings: Any) -> SolverOptions:
+    """``options`` (default ``ODENET_SOLVER``) with ``settings`` replaced; validated once, here.
 
-    The keywords are the ODE-Net constructors' historical ones; ``solver_options`` holds any other
-    ``stability.SolverOptions`` field (e.g. ``{"adjoint_norm": "seminorm"}``)."""
-    given = dict(method=method, rtol=rtol, atol=atol, step_size=step_size, max_steps=max_steps,
-                 gradient=gradient, per_sample=per_sample)
-    changes = {name: value for name, value in given.items() if value is not None}
-    changes.update(solver_options or {})
+    ``settings`` are ``stability.SolverOptions`` fields (None: keep), as the ODE-Net constructors name them
+    (method, rtol, atol, step_size, max_steps, gradient, per_sample), plus ``solver_options``: a mapping of
+    any other field (e.g. ``{"adjoint_norm": "seminorm"}``)."""
+    extra = settings.pop("solver_options", None) or {}
+    changes = {**{name: value for name, value in settings.items() if value is not None}, **extra}
     base = ODENET_SOLVER if options is None else options
     return base.replace(**changes) if changes else base
 
