@@ -71,5 +71,7 @@ def rk_step(
         y_new = stage_input
     else:
         y_new = linear_combination(y, stages, tableau.b_plan, h)
-    error = linear_combination(None, stages, tableau.error_plan, h) if tableau.adaptive else None
-    return RKStep(y_new, error, stages)
+    if not tableau.adaptive:
+        return RKStep(y_new, None, stages)
+    with torch.no_grad():  # the error estimate only steers step control: no graph for it
+        return RKStep(y_new, linear_combination(None, stages, tableau.error_plan, h), stages)

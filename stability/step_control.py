@@ -24,20 +24,22 @@ def error_ratio(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: 
     """RMS(err / (atol + rtol·max(|y_n|, |y_{n+1}|))): the step is acceptable when this is ≤ 1.
 
     float16/bfloat16 states are measured in float32 (atol would underflow and the RMS overflow in them)."""
-    return rms(_scaled_error(error, y_old, y_new, rtol, atol))
+    return _error_ratio(error, y_old, y_new, rtol, atol, per_sample=False)
 
 
 def error_ratio_per_sample(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float) -> Tensor:
     """``error_ratio`` of every sample along dim 0 (shape [B], float64): per-sample step control's norm."""
-    return rms(_scaled_error(error, y_old, y_new, rtol, atol), per_sample=True).double()
+    return _error_ratio(error, y_old, y_new, rtol, atol, per_sample=True).double()
 
 
-def _scaled_error(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float) -> Tensor:
+def _error_ratio(error, y_old, y_new, rtol: float, atol: float, per_sample: bool) -> Tensor:
     with torch.no_grad():
         if error.dtype in LOW_PRECISION_DTYPES:
             error, y_old, y_new = error.float(), y_old.float(), y_new.float()
-        scale = torch.maximum(y_old.abs(), y_new.abs()).mul_(rtol).add_(atol)
-        return error / scale
+        scale = torch.maximum(y_old.abs(), y_new.abs())
+        if rtol > 0:  # RMS(err / (atol + rtol·m)) = RMS(err / (atol/rtol + m)) / rtol: one memory pass fewer
+            return rms(error / scale.add_(atol / rtol), per_sample) / rtol
+        return rms(error / scale.mul_(rtol).add_(atol), per_sample)
 
 
 def rms(x: Tensor, per_sample: bool = False) -> Tensor:
