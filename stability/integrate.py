@@ -84,8 +84,8 @@ class SharedStepper:
 
 def make_stepper(func: TimeVectorField, y0: Tensor, times: list[float], options: SolverOptions):
     """The stepper ``options`` ask for: per-sample adaptive control, or one ``OdeSolver`` for the state."""
-    check_state(y0)
     if options.per_sample:
+        check_state(y0)
         if y0.dim() < 1:
             raise ODEInputError("per-sample mode needs a leading batch dimension in y0")
         if not options.fixed_step:
