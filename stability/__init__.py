@@ -1,8 +1,11 @@
 """ODE solvers in PyTorch written for the analysis of deep networks as numerical schemes.
 
 Explicit Euler, Heun, classical RK4 and adaptive Dormand–Prince 5(4) share one generic Runge–Kutta stepper
-driven by Butcher tableaux; ``odeint`` follows torchdiffeq's signature, ``solve`` also returns statistics,
-and the solver classes (``Dopri5``, ``RK4``, …) offer scipy-``OdeSolver``-style stepping.
+driven by Butcher tableaux; backward Euler solves its stage equation by Newton–Krylov. ``solve`` (and the
+torchdiffeq-compatible ``odeint``) take one validated ``SolverOptions`` value or the same settings as
+keywords, and run one integration loop (``stability.integrate``) with shared, per-sample or fixed-grid step
+control and backprop, checkpointed or adjoint gradients in any combination; the solver classes (``Dopri5``,
+``RK4``, …) offer scipy-``OdeSolver``-style stepping.
 """
 
 from stability.adjoint import AdjointSolution, odeint_adjoint, solve_adjoint

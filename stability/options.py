@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -207,9 +207,9 @@ def option_keywords(function):
 def as_options(options: SolverOptions | None, keywords: dict, **implied) -> SolverOptions:
     """The entry points' merge: ``options`` (default: the defaults), then the caller's ``keywords``, then
     what the entry point implies (``solve_adjoint``: gradient="adjoint"); one validation of the result."""
-    _require(
-        options is None or isinstance(options, SolverOptions),
-        f"options must be a SolverOptions, got {type(options).__name__}",
-    )
+    if isinstance(options, Mapping):  # torchdiffeq's options=dict(step_size=...): the same keywords
+        options, keywords = None, {**options, **keywords}
+    _require(options is None or isinstance(options, SolverOptions),
+             f"options must be a SolverOptions (or a dict of its fields), got {type(options).__name__}")
     changes = {**keywords, **implied}
     return (options or _DEFAULTS).replace(**changes) if changes else (options or _DEFAULTS)

@@ -31,9 +31,10 @@ def linear_combination(y: Tensor | None, stages: Sequence[Tensor], weights, h) -
     out = None
     for j, w in weights:
         coefficient = h * w
-        if isinstance(coefficient, Tensor):  # per sample: y + k·(h w) row by row
-            term = stages[j] * column(coefficient, stages[j])
-            out = (term if y is None else y + term) if out is None else out.add_(term)
+        if isinstance(coefficient, Tensor):  # per sample: y + k·(h w) row by row, one pass per term
+            c = column(coefficient, stages[j])
+            out = (stages[j] * c if y is None else torch.addcmul(y, stages[j], c)) if out is None else (
+                out.addcmul_(stages[j], c))
         elif out is None:
             out = torch.add(y, stages[j], alpha=coefficient) if y is not None else stages[j] * coefficient
         else:

@@ -46,7 +46,9 @@ def test_options_are_frozen_validated_once_and_replaced_not_mutated():
     with pytest.raises(ODEInputError, match="unknown options .*rtoll"):
         solve(decay, Y0, [0.0, 1.0], rtoll=1e-3)
     with pytest.raises(ODEInputError, match="must be a SolverOptions"):
-        solve(decay, Y0, [0.0, 1.0], {"rtol": 1e-3})
+        solve(decay, Y0, [0.0, 1.0], [1e-3])
+    torchdiffeq_style = odeint(decay, Y0, [0.0, 1.0], method="rk4", options={"step_size": 0.1})
+    torch.testing.assert_close(torchdiffeq_style, odeint(decay, Y0, [0.0, 1.0], method="rk4", step_size=0.1))
 
 
 def test_ode_block_takes_one_value_and_overrides_through_replace():
