@@ -210,27 +210,15 @@ class BackwardEuler(OdeSolver):
         self.stats = ImplicitStats()
         self.implicit = self.options.implicit or ImplicitOptions()
         self._checked_first_evaluation()  # shape/dtype/finiteness of f, once
-        self._grid_index = 0
 
     @classmethod
     def single_step(cls, func: TimeVectorField, t: float, y: Tensor, h: float, **options) -> Tensor:
         """y_{n+1} of one backward Euler step (IFT gradients); ``options`` are ``ImplicitOptions`` fields."""
         return backward_euler_step(func, t, y, h, options=ImplicitOptions(**options) if options else None)
 
-    def step(self) -> None:
-        if self.status != "running":
-            raise RuntimeError(f"cannot step a solver whose status is '{self.status}'")
-        t_new = self._grid[self._grid_index + 1]
-        h = t_new - self.t
+    def _fixed_step(self, h: float) -> tuple[Tensor, None]:
         y_new = backward_euler_step(self._func, self.t, self.y, h, options=self.implicit, stats=self.stats)
-        self._grid_index += 1
-        self.stats.n_accepted += 1
-        self.stats.step_sizes.append(h)
-        self.stats.step_times.append(self.t)
-        self.t_old, self.y_old = self.t, self.y
-        self.t, self.y = t_new, y_new
-        if self.t == self.t_bound:
-            self.status = "finished"
+        return y_new, None
 
     def dense_output(self) -> Callable[[float], Tensor]:
         if self.y_old is None:

@@ -61,6 +61,7 @@ class OdeSolver:
         if not self.fixed_step:
             check_low_precision(y0.dtype, self.rtol)
         self._first_step = options.first_step
+        self._grid_index = 0
 
     # --- the vector field, counted -------------------------------------------------------------------
     def fun(self, t: float, y: Tensor) -> Tensor:
@@ -106,7 +107,30 @@ class OdeSolver:
 
     def step(self) -> None:
         """Advance by one accepted step; sets ``t_old``, ``y_old``, ``t``, ``y`` and possibly ``status``."""
+        if self.status != "running":
+            raise RuntimeError(f"cannot step a solver whose status is '{self.status}'")
+        if self.fixed_step:
+            self._grid_index += 1
+            t_new = self._grid[self._grid_index]
+            self._commit(t_new, t_new - self.t, *self._fixed_step(t_new - self.t))
+        else:
+            self._adaptive_step()
+        if self.t == self.t_bound:
+            self.status = "finished"
+
+    def _fixed_step(self, h: float) -> tuple[Tensor, list[Tensor] | None]:
+        """(y_{n+1}, stages) of one step of size h from (t, y)."""
         raise NotImplementedError
+
+    def _adaptive_step(self) -> None:
+        raise NotImplementedError
+
+    def _commit(self, t_new: float, h: float, y_new: Tensor, stages: list[Tensor] | None) -> None:
+        self.stats.n_accepted += 1
+        self.stats.step_sizes.append(h)
+        self.stats.step_times.append(self.t)
+        self.t_old, self.y_old, self._h_last, self._stages = self.t, self.y, h, stages
+        self.t, self.y = t_new, y_new
 
     def dense_output(self) -> Callable[[float], Tensor]:
         """An interpolant of the solution over the last accepted step [t_old, t]."""

@@ -111,9 +111,9 @@ def run(stepper) -> list[Tensor]:
     return values
 
 
-def solution(stepper, y0: Tensor, values: list[Tensor], t, times: list[float], options, ys=None) -> Solution:
+def solution(stepper, y0: Tensor, values: list[Tensor], t, times: list[float], options) -> Solution:
     """The ``Solution`` (or ``PerSampleSolution``) of a finished stepper."""
-    ys = stepper.assemble(y0, values) if ys is None else ys
+    ys = stepper.assemble(y0, values)
     t_out = t if isinstance(t, Tensor) else torch.tensor(times, dtype=y0.dtype)
     kind = PerSampleSolution if options.per_sample else Solution
     return kind(t=t_out, ys=ys, stats=stepper.statistics(), method=options.method)

@@ -52,7 +52,6 @@ class RungeKuttaSolver(OdeSolver):
         self._norm = self.options.norm or error_ratio
         self._stages: list[Tensor] | None = None
         self._first_stage: Tensor | None = self._checked_first_evaluation()
-        self._grid_index = 0
         self._previous_ratio = 1.0
         self._nonfinite_rejections = 0
         if not self.fixed_step:
@@ -84,24 +83,11 @@ class RungeKuttaSolver(OdeSolver):
 
         return rk_step(fun, float(t), y, float(h), cls.tableau).y
 
-    def step(self) -> None:
-        if self.status != "running":
-            raise RuntimeError(f"cannot step a solver whose status is '{self.status}'")
-        if self.fixed_step:
-            self._fixed_step()
-        else:
-            self._adaptive_step()
-        if self.t == self.t_bound:
-            self.status = "finished"
-
-    def _fixed_step(self) -> None:
-        t_new = self._grid[self._grid_index + 1]
-        h = t_new - self.t
+    def _fixed_step(self, h: float) -> tuple[Tensor, list[Tensor]]:
         result = rk_step(self.fun, self.t, self.y, h, self.tableau, self._first_stage)
         if not bool(torch.isfinite(result.y).all()):
             raise non_finite_step(self.t, h, self.y, result.stages, self.tableau.c)
-        self._grid_index += 1
-        self._commit(t_new, h, result.y, result.stages)
+        return result.y, result.stages
 
     def _adaptive_step(self) -> None:
         stats, controller, q = self.stats, self.controller, self.tableau.error_order
@@ -154,11 +140,7 @@ class RungeKuttaSolver(OdeSolver):
         return self._norm(error, y_old, y_new, self.rtol, self.atol)
 
     def _commit(self, t_new: float, h: float, y_new: Tensor, stages: list[Tensor]) -> None:
-        self.stats.n_accepted += 1
-        self.stats.step_sizes.append(h)
-        self.stats.step_times.append(self.t)
-        self.t_old, self.y_old, self._h_last, self._stages = self.t, self.y, h, stages
-        self.t, self.y = t_new, y_new
+        super()._commit(t_new, h, y_new, stages)
         self._first_stage = stages[-1] if self.tableau.fsal else None
 
     def _derivative_at_end(self) -> Tensor:
