@@ -55,7 +55,7 @@ class OdeSolver:
         self.status = "running"
         self.t_old: float | None = None
         self.y_old: Tensor | None = None
-        self._time_dtype = time_dtype(y0)
+        self._time_dtype, self._device = time_dtype(y0), y0.device
         self._grid = self._make_grid(options.step_size, options.grid)
         self.fixed_step = self._grid is not None
         if not self.fixed_step:
@@ -68,7 +68,7 @@ class OdeSolver:
         """f(t, y) with t given as a float; counts the evaluation and checks the output's type, shape and
         dtype (three attribute comparisons: a later wrong shape would otherwise broadcast silently)."""
         self.stats.nfe += 1
-        f = self._func(torch.full((), t, dtype=self._time_dtype, device=y.device), y)
+        f = self._func(torch.full((), t, dtype=self._time_dtype, device=self._device), y)
         if not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
             check_output(f, y, t)
         return f

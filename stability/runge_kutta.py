@@ -28,19 +28,18 @@ def linear_combination(y: Tensor | None, stages: Sequence[Tensor], weights, h) -
     (per-sample step control). Accumulates into one fresh buffer (``add_``): one allocation per combination,
     and the in-place adds are safe for autograd because addition saves no inputs for its backward.
     """
-    out = None
-    for j, w in weights:
-        coefficient = h * w
-        if isinstance(coefficient, Tensor):  # per sample: y + k·(h w) row by row, one pass per term
-            c = column(coefficient, stages[j])
-            out = (stages[j] * c if y is None else torch.addcmul(y, stages[j], c)) if out is None else (
-                out.addcmul_(stages[j], c))
-        elif out is None:
-            out = torch.add(y, stages[j], alpha=coefficient) if y is not None else stages[j] * coefficient
-        else:
-            out.add_(stages[j], alpha=coefficient)
-    if out is None:
+    if not weights:
         return y.clone() if y is not None else torch.zeros_like(stages[0])
+    (j, w), rest = weights[0], weights[1:]
+    if isinstance(h, Tensor) or isinstance(w, Tensor):  # per sample: y + k·(h w) row by row, one pass a term
+        c = column(h * w, stages[j])
+        out = stages[j] * c if y is None else torch.addcmul(y, stages[j], c)
+        for j, w in rest:
+            out.addcmul_(stages[j], column(h * w, stages[j]))
+        return out
+    out = torch.add(y, stages[j], alpha=h * w) if y is not None else stages[j] * (h * w)
+    for j, w in rest:
+        out.add_(stages[j], alpha=h * w)
     return out
 
 
@@ -74,5 +73,7 @@ def rk_step(
         y_new = linear_combination(y, stages, tableau.b_plan, h)
     if not tableau.adaptive:
         return RKStep(y_new, None, stages)
+    if not torch.is_grad_enabled():
+        return RKStep(y_new, linear_combination(None, stages, tableau.error_plan, h), stages)
     with torch.no_grad():  # the error estimate only steers step control: no graph for it
         return RKStep(y_new, linear_combination(None, stages, tableau.error_plan, h), stages)

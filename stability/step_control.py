@@ -33,21 +33,22 @@ def error_ratio_per_sample(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: fl
 
 
 def _error_ratio(error, y_old, y_new, rtol: float, atol: float, per_sample: bool) -> Tensor:
-    with torch.no_grad():
-        if error.dtype in LOW_PRECISION_DTYPES:
-            error, y_old, y_new = error.float(), y_old.float(), y_new.float()
-        scale = torch.maximum(y_old.abs(), y_new.abs())
-        if rtol > 0:  # RMS(err / (atol + rtol·m)) = RMS(err / (atol/rtol + m)) / rtol: one memory pass fewer
-            return rms(error / scale.add_(atol / rtol), per_sample) / rtol
-        return rms(error / scale.mul_(rtol).add_(atol), per_sample)
+    if error.requires_grad or y_new.requires_grad:
+        error, y_old, y_new = error.detach(), y_old.detach(), y_new.detach()
+    if error.dtype in LOW_PRECISION_DTYPES:
+        error, y_old, y_new = error.float(), y_old.float(), y_new.float()
+    scale = torch.maximum(y_old.abs(), y_new.abs())
+    if rtol > 0:  # RMS(err / (atol + rtol·m)) = RMS(err / (atol/rtol + m)) / rtol: one memory pass fewer
+        return rms(error / scale.add_(atol / rtol), per_sample, 1.0 / rtol)
+    return rms(error / scale.mul_(rtol).add_(atol), per_sample)
 
 
-def rms(x: Tensor, per_sample: bool = False) -> Tensor:
-    """Root mean square of x, or of each row x[b] (shape [B]) when ``per_sample``."""
+def rms(x: Tensor, per_sample: bool = False, factor: float = 1.0) -> Tensor:
+    """Root mean square of x (times ``factor``), or of each row x[b] (shape [B]) when ``per_sample``."""
     if per_sample:
         x = x.reshape(x.shape[0], -1)
-        return torch.linalg.vector_norm(x, dim=1) / math.sqrt(max(x.shape[1], 1))
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+        return torch.linalg.vector_norm(x, dim=1) * (factor / math.sqrt(max(x.shape[1], 1)))
+    return torch.linalg.vector_norm(x) * (factor / math.sqrt(max(x.numel(), 1)))
 
 
 @dataclass(frozen=True)
