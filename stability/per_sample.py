@@ -79,18 +79,9 @@ class PerSampleStepper:
                 raise ODEInputError(f"first_step must lie in (0, {self.span}], got {options.first_step}")
             h_abs = torch.full((batch,), float(options.first_step), **f64)
         else:
-            h_abs = initial_step(
-                lambda s, z: self._evaluate(s, z, everyone),
-                self.t0,
-                y0,
-                self.first_stage,
-                self.direction,
-                self.tableau.error_order,
-                options.rtol,
-                options.atol,
-                self.span,
-                per_sample=True,
-            )
+            h_abs = initial_step(lambda s, z: self._evaluate(s, z, everyone), self.t0, y0, self.first_stage,
+                                 self.direction, self.tableau.error_order, options.rtol, options.atol,
+                                 self.span, per_sample=True)
         self.h_abs = h_abs.clamp(max=options.max_step)
         self.known = torch.ones(batch, **flags)
         self.previous_ratio = torch.ones(batch, **f64)

@@ -27,11 +27,9 @@ from stability.runge_kutta import linear_combination, rk_step
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step
 from stability.tableau import ButcherTableau
 
-__all__ = [
-    "DEFAULT_ATOL", "DEFAULT_MAX_STEPS", "DEFAULT_RTOL", "OdeSolver", "TimeVectorField", "SOLVERS",
-    "solver_class", "check_derivative", "check_output", "check_state", "check_tolerances",
-]
-
+# Re-exported from their new homes (``base``, ``checks``) for code that imported them from here.
+__all__ = ["DEFAULT_ATOL", "DEFAULT_MAX_STEPS", "DEFAULT_RTOL", "OdeSolver", "TimeVectorField", "SOLVERS",
+           "solver_class", "check_derivative", "check_output", "check_state", "check_tolerances"]
 
 
 class RungeKuttaSolver(OdeSolver):
@@ -61,17 +59,8 @@ class RungeKuttaSolver(OdeSolver):
                     raise ODEInputError(f"first_step must lie in (0, {interval}], got {self._first_step}")
                 self.h_abs = float(self._first_step)
             else:
-                self.h_abs = initial_step(
-                    self.fun,
-                    self.t,
-                    self.y,
-                    self._first_stage,
-                    self.direction,
-                    self.tableau.error_order,
-                    self.rtol,
-                    self.atol,
-                    interval,
-                )
+                self.h_abs = initial_step(self.fun, self.t, self.y, self._first_stage, self.direction,
+                                          self.tableau.error_order, self.rtol, self.atol, interval)
             self.h_abs = min(self.h_abs, self.max_step)
 
     @classmethod
