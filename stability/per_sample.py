@@ -145,15 +145,20 @@ class PerSampleStepper:
         rows = accept.nonzero().squeeze(1)
         if rows.numel() == 0:
             return []
-        samples = active[rows]
-        t_old, h_acc = t_a.index_select(0, rows), h.index_select(0, rows)
+        if rows.numel() == self.batch:  # every sample active and accepted: no copies of the state
+            samples, t_old, h_acc, y_old, y_acc, stages = active, t_a, h, y_a, step.y, step.stages
+            self.y, self.t = y_acc, t_new
+        else:
+            samples = active[rows]
+            t_old, h_acc = t_a.index_select(0, rows), h.index_select(0, rows)
+            y_old, y_acc = y_a.index_select(0, rows), step.y.index_select(0, rows)
+            stages = [k.index_select(0, rows) for k in step.stages]
+            self.y = self.y.index_copy(0, samples, y_acc)
+            self.t = self.t.index_copy(0, samples, t_new.index_select(0, rows))
         self.step_records.append((samples, h_acc, t_old))
-        y_old, y_acc = y_a.index_select(0, rows), step.y.index_select(0, rows)
-        stages = [k.index_select(0, rows) for k in step.stages]
-        self.y = self.y.index_copy(0, samples, y_acc)
-        self.t = self.t.index_copy(0, samples, t_new.index_select(0, rows))
         if tableau.fsal:
-            self.first_stage = self.first_stage.index_copy(0, samples, stages[-1])
+            everyone = rows.numel() == self.batch
+            self.first_stage = stages[-1] if everyone else self.first_stage.index_copy(0, samples, stages[-1])
             self.known = self.known.index_fill(0, samples, True)
         else:
             self.known = self.known.index_fill(0, samples, False)
