@@ -117,6 +117,8 @@ class PerSampleStepper:
         self._check_step_budget(active, t_a, h_a)
         t_new = t_a + self.direction * h_a
         ends = self.direction * (t_new + STRETCH * self.direction * h_a - self.t_bound) >= 0
+        overshoot = self.direction * (t_new - self.t_bound) >= 0
+        ends &= overshoot | ((self.t_bound - t_a).abs() <= options.max_step)  # stretch within max_step
         t_new = torch.where(ends, torch.full_like(t_new, self.t_bound), t_new)  # clipped or stretched
         h = t_new - t_a
         h_a = h.abs()

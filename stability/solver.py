@@ -85,8 +85,10 @@ class RungeKuttaSolver(OdeSolver):
             if stats.n_steps >= self.max_steps:
                 raise max_steps_error(self.max_steps, self.t0, self.t_bound, t, h_abs, self._stiffness())
             t_new = t + self.direction * h_abs
-            if self.direction * (t_new + STRETCH * self.direction * h_abs - self.t_bound) >= 0:
-                t_new = self.t_bound  # clipped, or stretched by ≤ STRETCH·h: no sliver step at the end
+            if self.direction * (t_new + STRETCH * self.direction * h_abs - self.t_bound) >= 0 and (
+                self.direction * (t_new - self.t_bound) >= 0 or abs(self.t_bound - t) <= self.max_step
+            ):
+                t_new = self.t_bound  # clipped, or stretched by ≤ STRETCH·h (within max_step): no sliver step
             h = t_new - t
             h_abs = abs(h)
             if h_abs < 10 * abs(math.nextafter(t, self.direction * math.inf) - t):

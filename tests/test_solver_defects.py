@@ -161,3 +161,11 @@ def test_max_steps_on_a_stiff_problem_suggests_backward_euler():
     with pytest.raises(MaxStepsExceededError) as info:  # not stiff, just long: no such hint
         odeint(lambda t, y: torch.cos(10 * t) * y, Y0, [0.0, 100.0], rtol=1e-8, atol=1e-8, max_steps=5)
     assert "stiff" not in str(info.value)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_the_end_of_interval_stretch_respects_max_step(per_sample):
+    t1 = 0.095 * 11.05  # after ten steps of max_step, 1.05 max_step remain: no stretch beyond max_step
+    sol = solve(lambda t, y: -y, Y0, [0.0, t1], rtol=1e-3, atol=1e-3, max_step=0.095, per_sample=per_sample)
+    steps = sol.stats[0].step_sizes if per_sample else sol.stats.step_sizes
+    assert max(steps) <= 0.095 * (1 + 1e-12) and abs(sum(steps) - t1) < 1e-12 and len(steps) == 12
