@@ -1,16 +1,24 @@
-"""Solver benchmark: ours vs torchdiffeq vs the floor (the f evaluations alone), side by side, one run.
+"""Solver benchmark: ours vs torchdiffeq vs torchode vs the floor (the f evaluations alone), one run.
 
 (a) Neural-ODE conv field (GroupNorm-ReLU-conv3x3 twice, 64 channels, 7×7, batch 128), dopri5 at
-    rtol = atol = 1e-3 on t ∈ [0, 1]: forward and forward+backward time and NFE.
-(b) Tiny MLP field (dim 2, batch 1), dopri5 at rtol = atol = 1e-6 on t ∈ [0, 50]: time per step.
+    rtol = atol = 1e-3 on t ∈ [0, 1]: forward and forward+backward time and NFE, against the floor of the
+    same number of f evaluations (forward: on one input; forward+backward: summed and backpropagated).
+(b) Tiny MLP field (dim 2, batch 1), dopri5 at rtol = atol = 1e-6 on t ∈ [0, 50]: time per step against
+    the floor of 6 f evaluations (one DOPRI5 step, FSAL).
+(c) Per-sample vs shared step control on the conv field at 1e-3 (no grad), and torchode (per-sample
+    control by construction) on the same problem.
+(d) What checking func's output (type, shape, dtype) at every evaluation costs, per evaluation.
 
-Run:  bash bench/setup.sh && python -m bench.bench_solvers [--repeats 7] [--threads 2]
+Times are CPU-time medians of interleaved rounds (``time.process_time``, all threads of this process).
+Run:  bash bench/setup.sh && OMP_WAIT_POLICY=PASSIVE python -m bench.bench_solvers [--repeats 7]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
+import timeit
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
@@ -21,33 +29,59 @@ import stability  # noqa: E402
 from bench.fields import ConvField, TinyMLPField  # noqa: E402
 from bench.timing import interleaved_medians, print_table  # noqa: E402
 
+try:
+    import torchode  # noqa: E402
+except ImportError:  # pragma: no cover - optional peer
+    torchode = None
+
+CPU = time.process_time
+
+
+def torchode_solver(field, shape, rtol: float, atol: float):
+    """torchode's dopri5 with its integral controller on a [batch, features] view of the state."""
+    batch, rest = shape[0], shape[1:]
+    term = torchode.ODETerm(lambda t, y: field(t, y.view(batch, *rest)).reshape(batch, -1))
+    method = torchode.Dopri5(term=term)
+    controller = torchode.IntegralController(atol=atol, rtol=rtol, term=term)
+    solver = torchode.AutoDiffAdjoint(method, controller)
+
+    def solve(y0: torch.Tensor, t1: float):
+        t_eval = torch.tensor([0.0, t1]).expand(batch, 2)
+        sol = solver.solve(torchode.InitialValueProblem(y0=y0.reshape(batch, -1), t_eval=t_eval))
+        return sol.ys[:, -1].view(shape), sol.stats
+
+    return solve
+
 
 def conv_benchmark(repeats: int) -> None:
     field = ConvField()
     y0 = torch.randn(128, 64, 7, 7, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.0, 1.0])
     options = dict(rtol=1e-3, atol=1e-3)
+    tode = torchode_solver(field, y0.shape, **options) if torchode else None
 
-    def ours(backward: bool):
-        y = y0.clone().requires_grad_(backward)
-        with torch.set_grad_enabled(backward):
-            out = stability.odeint(field, y, t, method="dopri5", **options)[-1]
-            if backward:
-                out.sum().backward()
+    def contender(kind: str):
+        def run(backward: bool):
+            y = y0.clone().requires_grad_(backward)
+            with torch.set_grad_enabled(backward):
+                if kind == "stability":
+                    out = stability.odeint(field, y, t, method="dopri5", **options)[-1]
+                elif kind == "torchdiffeq":
+                    out = torchdiffeq.odeint(field, y, t, method="dopri5", **options)[-1]
+                else:
+                    out = tode(y, 1.0)[0]
+                if backward:
+                    out.sum().backward()
 
-    def peer(backward: bool):
-        y = y0.clone().requires_grad_(backward)
-        with torch.set_grad_enabled(backward):
-            out = torchdiffeq.odeint(field, y, t, method="dopri5", **options)[-1]
-            if backward:
-                out.sum().backward()
+        return run
 
-    def count(run) -> int:
+    kinds = ["stability", "torchdiffeq"] + (["torchode"] if tode else [])
+    runs = {kind: contender(kind) for kind in kinds}
+    nfe = {}
+    for kind in kinds:
         field.nfe = 0
-        run(False)
-        return field.nfe
-
-    nfe = {"stability": count(ours), "torchdiffeq": count(peer)}
+        runs[kind](False)
+        nfe[kind] = field.nfe
 
     def floor(n: int, backward: bool):
         y = y0.clone().requires_grad_(backward)
@@ -58,23 +92,17 @@ def conv_benchmark(repeats: int) -> None:
 
     rows = []
     for backward in (False, True):
-        label = "forward+backward" if backward else "forward"
-        times = interleaved_medians({
-            "stability": lambda b=backward: ours(b),
-            "torchdiffeq": lambda b=backward: peer(b),
-            "floor(ours)": lambda b=backward: floor(nfe["stability"], b),
-            "floor(peer)": lambda b=backward: floor(nfe["torchdiffeq"], b),
-        }, repeats=repeats)
-        per_nfe_ours = times["stability"] / nfe["stability"]
-        per_nfe_peer = times["torchdiffeq"] / nfe["torchdiffeq"]
-        rows.append((label, nfe["stability"], nfe["torchdiffeq"], f"{times['stability']:.3f}",
-                     f"{times['torchdiffeq']:.3f}", f"{1e3 * per_nfe_ours:.2f}", f"{1e3 * per_nfe_peer:.2f}",
-                     f"{per_nfe_ours / per_nfe_peer:.3f}", f"{times['stability'] / times['floor(ours)']:.3f}",
-                     f"{times['torchdiffeq'] / times['floor(peer)']:.3f}"))
-    title = "(a) conv field, batch 128, 64ch 7x7, dopri5 rtol=atol=1e-3, t in [0, 1]  (median seconds)"
-    print_table(title, rows,
-                ("mode", "nfe_ours", "nfe_tdq", "s_ours", "s_tdq", "ms/nfe_ours", "ms/nfe_tdq",
-                 "ours/tdq_per_nfe", "ours/floor", "tdq/floor"))
+        contenders = {kind: (lambda b=backward, k=kind: runs[k](b)) for kind in kinds}
+        for n in sorted(set(nfe.values())):
+            contenders[f"floor {n}"] = lambda b=backward, n=n: floor(n, b)
+        times = interleaved_medians(contenders, repeats=repeats, clock=CPU)
+        for kind in kinds:
+            per_nfe = times[kind] / nfe[kind]
+            rows.append(("forward+backward" if backward else "forward", kind, nfe[kind], f"{times[kind]:.3f}",
+                         f"{1e3 * per_nfe:.2f}", f"{times[kind] / times[f'floor {nfe[kind]}']:.3f}",
+                         f"{per_nfe / (times['stability'] / nfe['stability']):.2f}"))
+    print_table(f"(a) conv field, batch 128, 64ch 7x7, dopri5 rtol=atol=1e-3, t in [0, 1] (CPU-s, median of "
+                f"{repeats})", rows, ("mode", "solver", "nfe", "cpu_s", "ms/nfe", "x_floor", "per_nfe/ours"))
 
 
 def mlp_benchmark(repeats: int) -> None:
@@ -83,31 +111,76 @@ def mlp_benchmark(repeats: int) -> None:
     t = torch.tensor([0.0, 50.0])
     options = dict(rtol=1e-6, atol=1e-6)
     steps = {}
+    tode = torchode_solver(field, y0.shape, **options) if torchode else None
 
     def ours():
-        sol = stability.solve(field, y0, t, method="dopri5", **options)
-        steps["stability"] = sol.stats.n_steps
+        steps["stability"] = stability.solve(field, y0, t, method="dopri5", **options).stats.n_steps
 
     def peer():
         field.nfe = 0
         torchdiffeq.odeint(field, y0, t, method="dopri5", **options)
         steps["torchdiffeq"] = (field.nfe - 2) // 6  # f0, initial-step probe, 6 per attempted step (FSAL)
 
+    def ode():
+        steps["torchode"] = int(tode(y0, 50.0)[1]["n_steps"].max())
+
     def floor():
         for _ in range(6):
             field(t[0], y0)
 
+    contenders = {"stability": ours, "torchdiffeq": peer, "6 f-evals": floor}
+    if tode:
+        contenders["torchode"] = ode
     with torch.no_grad():
-        times = interleaved_medians({"stability": ours, "torchdiffeq": peer, "6 f-evals": floor},
-                                    repeats=repeats)
-    per_ours = times["stability"] / steps["stability"]
-    per_peer = times["torchdiffeq"] / steps["torchdiffeq"]
-    floor_time = times["6 f-evals"]
-    print_table("(b) tiny MLP field dim 2 batch 1, dopri5 rtol=atol=1e-6, t in [0, 50], no grad", [
-        ("stability", steps["stability"], f"{1e6 * per_ours:.1f}", f"{per_ours / floor_time:.2f}"),
-        ("torchdiffeq", steps["torchdiffeq"], f"{1e6 * per_peer:.1f}", f"{per_peer / floor_time:.2f}"),
-    ], ("solver", "steps", "us/step", "step/floor(6 f)"))
-    print(f"speed-up per step, torchdiffeq/stability: {per_peer / per_ours:.2f}x")
+        times = interleaved_medians(contenders, repeats=repeats, warmup=2, clock=CPU)
+    rows = []
+    for name in [n for n in contenders if n != "6 f-evals"]:
+        per_step = times[name] / steps[name]
+        rows.append((name, steps[name], f"{1e6 * per_step:.1f}", f"{per_step / times['6 f-evals']:.2f}"))
+    print_table(f"(b) tiny MLP field dim 2 batch 1, dopri5 rtol=atol=1e-6, t in [0, 50], no grad (CPU, "
+                f"median of {repeats})", rows, ("solver", "steps", "us/step", "step/floor(6 f)"))
+
+
+def per_sample_benchmark(repeats: int) -> None:
+    field = ConvField()
+    y0 = torch.randn(128, 64, 7, 7, generator=torch.Generator().manual_seed(0))
+    options = dict(rtol=1e-3, atol=1e-3)
+    tode = torchode_solver(field, y0.shape, **options) if torchode else None
+    nfe = {}
+
+    def shared():
+        nfe["shared"] = stability.solve(field, y0, [0.0, 1.0], **options).stats.nfe
+
+    def per_sample():
+        sol = stability.solve(field, y0, [0.0, 1.0], per_sample=True, **options)
+        nfe["per-sample"] = max(sol.nfe)  # batched evaluations: every sample takes part in the longest run
+        nfe["per-sample mean"] = sum(sol.nfe) / len(sol.nfe)
+
+    def ode():
+        field.nfe = 0
+        tode(y0, 1.0)
+        nfe["torchode"] = field.nfe
+
+    contenders = {"shared": shared, "per-sample": per_sample}
+    if tode:
+        contenders["torchode"] = ode
+    with torch.no_grad():
+        times = interleaved_medians(contenders, repeats=repeats, clock=CPU)
+    rows = [(name, nfe[name], f"{times[name]:.3f}", f"{times[name] / times['shared']:.3f}",
+             f"{(times[name] / nfe[name]) / (times['shared'] / nfe['shared']):.3f}") for name in contenders]
+    print_table(f"(c) step control, conv field batch 128 as drawn, dopri5 1e-3, no grad (CPU-s, median of "
+                f"{repeats}); per-sample mean NFE {nfe['per-sample mean']:.1f}", rows,
+                ("mode", "batched_nfe", "cpu_s", "time/shared", "per_nfe/shared"))
+
+
+def check_cost() -> None:
+    y = torch.randn(128, 64, 7, 7)
+    f = torch.randn(128, 64, 7, 7)
+    n = 200_000
+    seconds = timeit.timeit(
+        lambda: not isinstance(f, torch.Tensor) or f.shape != y.shape or f.dtype != y.dtype, number=n
+    ) / n
+    print(f"\n(d) output check per evaluation (isinstance + shape + dtype): {1e6 * seconds:.2f} us")
 
 
 def main() -> None:
@@ -117,11 +190,15 @@ def main() -> None:
     parser.add_argument("--skip-conv", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    peer_version = getattr(torchdiffeq, "__version__", "?")
-    print(f"torch {torch.__version__}, torchdiffeq {peer_version}, threads {torch.get_num_threads()}")
+    peers = f"torchdiffeq {getattr(torchdiffeq, '__version__', '?')}"
+    peers += f", torchode {getattr(torchode, '__version__', '?')}" if torchode else ", torchode missing"
+    print(f"torch {torch.__version__}, {peers}, threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    check_cost()
     mlp_benchmark(max(args.repeats, 5))
     if not args.skip_conv:
         conv_benchmark(args.repeats)
+        per_sample_benchmark(args.repeats)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ import time
 from collections.abc import Callable
 
 
-def interleaved_medians(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
-                        ) -> dict[str, float]:
+def interleaved_medians(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Run every contender ``warmup`` times, then ``repeats`` rounds with the order rotated each round.
 
     Rotation spreads slow phases of a shared machine over all contenders; the median resists outliers.
+    ``clock``: wall time by default; ``time.process_time`` (CPU time of this process, all threads) is
+    disturbed least by other jobs on a shared machine.
     """
     names = list(contenders)
     for name in names:
@@ -21,9 +23,9 @@ def interleaved_medians(contenders: dict[str, Callable[[], object]], repeats: in
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start = clock()
             contenders[name]()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -32,22 +32,18 @@ def solver_override(model: nn.Module, **options: Any) -> Iterator[nn.Module]:
     """Temporarily solve every ODE block of ``model`` with other settings.
 
     Keys: ``method``, ``rtol``, ``atol``, ``step_size``, ``per_sample``, ``gradient``, and ``solver_options``
-    (extra options of ``stability.solve``, e.g. ``{"gradient": "adjoint"}``; replaces the block's own).
+    (other ``stability.SolverOptions`` fields, e.g. ``{"max_steps": 10_000}``), applied with
+    ``ODEBlock.solver_override``.
     """
     unknown = set(options) - set(SOLVER_FIELDS)
     if unknown:
         raise ValueError(f"unknown solver options {sorted(unknown)}; allowed: {SOLVER_FIELDS}")
-    blocks = ode_blocks(model)
-    saved = [{name: getattr(block, name) for name in SOLVER_FIELDS} for block in blocks]
-    try:
-        for block in blocks:
-            for name, value in options.items():
-                setattr(block, name, value)
+    changes = {name: value for name, value in options.items() if name != "solver_options"}
+    changes.update(options.get("solver_options") or {})
+    with contextlib.ExitStack() as stack:
+        for block in ode_blocks(model):  # validated SolverOptions.replace, restored on exit
+            stack.enter_context(block.solver_override(**changes))
         yield model
-    finally:
-        for block, settings in zip(blocks, saved):
-            for name, value in settings.items():
-                setattr(block, name, value)
 
 
 class SurrogateSolverAttack(Attack):

@@ -5,8 +5,8 @@ The ODE block integrates with ``stability.solve`` (adaptive Dormand–Prince 5(4
 solver takes one step-size sequence for the whole batch, controlled by the RMS error norm over all samples, so
 a sample's output depends (within the tolerance) on its batch-mates; ``per_sample=True`` gives every sample
 its own step control instead. ``gradient`` is "backprop" (through the solver's steps; step-size decisions
-carry no gradient), "checkpoint" or "adjoint" (``stability``'s variants); other ``solver_options`` are
-passed to ``stability.solve`` unchanged.
+carry no gradient), "checkpoint" or "adjoint" (``stability``'s variants). All settings form one validated
+``stability.SolverOptions`` value (``block.options``), changed only through ``SolverOptions.replace``.
 
 f uses GroupNorm, never batch statistics. The ODE block counts its work and reports it through
 ``pop_solver_stats()`` (the ``nets.training`` protocol), accumulated since the previous pop: ``nfe`` (batched
@@ -17,9 +17,11 @@ adjoint mode ``backward_nfe`` (evaluations of the adjoint system in the backward
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 import stability
 from nets.classifier import ImageClassifier, check_positive_int, init_weights
 from nets.registry import register_model
+from stability import SolverOptions
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -73,8 +76,30 @@ class ODEFunc(nn.Module):
         return self.norms[-1](out)
 
 
+# ODE-Net defaults: dopri5 at rtol = atol = 1e-3, at most 10,000 steps (stability's defaults are tighter).
+ODENET_SOLVER = stability.SolverOptions(rtol=1e-3, atol=1e-3, max_steps=10_000)
+
+
+def solver_options(options: stability.SolverOptions | None = None, **settings: Any) -> SolverOptions:
+    """``options`` (default ``ODENET_SOLVER``) with ``settings`` replaced; validated once, here.
+
+    ``settings`` are ``stability.SolverOptions`` fields (None: keep), as the ODE-Net constructors name them
+    (method, rtol, atol, step_size, max_steps, gradient, per_sample), plus ``solver_options``: a mapping of
+    any other field (e.g. ``{"adjoint_norm": "seminorm"}``)."""
+    extra = settings.pop("solver_options", None) or {}
+    changes = {**{name: value for name, value in settings.items() if value is not None}, **extra}
+    base = ODENET_SOLVER if options is None else options
+    return base.replace(**changes) if changes else base
+
+
 class ODEBlock(nn.Module):
-    """y ↦ y(t1) for dy/dt = func(t, y), y(0) = y, solved by ``stability.solve`` with the given options."""
+    """y ↦ y(t1) for dy/dt = func(t, y), y(0) = y, solved by ``stability.solve`` with ``self.options``.
+
+    ``options`` is one validated ``stability.SolverOptions`` (default ``ODENET_SOLVER``); the keywords of
+    :func:`solver_options` adjust it. Read the settings as ``block.options`` (or ``block.method``,
+    ``block.rtol``, …); change them with :meth:`use_solver` or, temporarily, :meth:`solver_override` — both
+    go through ``SolverOptions.replace`` (``dataclasses.replace``), so every setting is validated.
+    """
 
     GRADIENTS = ("backprop", "checkpoint", "adjoint")
     STAT_KEYS = ("nfe", "sample_nfe", "accepted", "rejected", "solves", "samples")
@@ -83,56 +108,69 @@ class ODEBlock(nn.Module):
         self,
         func: nn.Module,
         t1: float = 1.0,
-        *,
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-3,
-        step_size: float | None = None,
-        max_steps: int = 10_000,
-        gradient: str = "backprop",
-        per_sample: bool = False,
-        solver_options: Mapping[str, Any] | None = None,
+        options: stability.SolverOptions | None = None,
+        **settings: Any,
     ) -> None:
         super().__init__()
         t1 = float(t1)
         if not (math.isfinite(t1) and t1 > 0):
             raise ValueError(f"t1 must be finite and > 0, got {t1}")
-        stability.solver.solver_class(method)
-        stability.solver.check_tolerances(rtol, atol)
-        if step_size is not None and not (math.isfinite(float(step_size)) and float(step_size) > 0):
-            raise ValueError(f"step_size must be None (adaptive) or finite and > 0, got {step_size!r}")
-        if gradient not in self.GRADIENTS:
-            raise ValueError(f"gradient must be one of {self.GRADIENTS}, got {gradient!r}")
-        self.func = func
-        self.t1, self.method, self.rtol, self.atol = t1, method, float(rtol), float(atol)
-        self.step_size = None if step_size is None else float(step_size)
-        self.max_steps = check_positive_int("max_steps", max_steps)
-        self.gradient, self.per_sample = gradient, bool(per_sample)
-        self.solver_options = dict(solver_options or {})
+        self.func, self.t1 = func, t1
+        self._options = solver_options(options, **settings)
         self._reset_stats()
+
+    @property
+    def options(self) -> stability.SolverOptions:
+        """The solver settings (a frozen value: change them with :meth:`use_solver`)."""
+        return self._options
+
+    def use_solver(
+        self, options: stability.SolverOptions | None = None, **changes: Any
+    ) -> stability.SolverOptions:
+        """Solve with ``options`` (or the current options with ``changes``, via ``SolverOptions.replace``)
+        from now on; returns the previous options, so a caller can restore them."""
+        previous = self._options
+        if options is not None and not isinstance(options, stability.SolverOptions):
+            raise TypeError(f"options must be a stability.SolverOptions, got {type(options).__name__}")
+        self._options = (options or previous).replace(**changes) if changes else (options or previous)
+        return previous
+
+    @contextlib.contextmanager
+    def solver_override(
+        self, options: stability.SolverOptions | None = None, **changes: Any
+    ) -> Iterator[None]:
+        """Temporarily solve with other settings (surrogate solvers, evaluation); restored on exit."""
+        previous = self.use_solver(options, **changes)
+        try:
+            yield
+        finally:
+            self._options = previous
+
+    method = property(lambda self: self._options.method)
+    rtol = property(lambda self: self._options.rtol)
+    atol = property(lambda self: self._options.atol)
+    step_size = property(lambda self: self._options.step_size)
+    max_steps = property(lambda self: self._options.max_steps)
+    gradient = property(lambda self: self._options.gradient)
+    per_sample = property(lambda self: self._options.per_sample)
+    _CORE = ("method", "rtol", "atol", "step_size", "max_steps", "gradient", "per_sample")
+
+    @property
+    def solver_options(self) -> dict[str, Any]:
+        """The settings beyond :func:`solver_options`' named keywords that differ from ``ODENET_SOLVER``."""
+        own = {f.name: getattr(self._options, f.name) for f in dataclasses.fields(self._options)}
+        return {
+            name: value
+            for name, value in own.items()
+            if name not in self._CORE and value is not getattr(ODENET_SOLVER, name)
+        }
 
     def _reset_stats(self) -> None:
         self._stats = dict.fromkeys(self.STAT_KEYS, 0)
         self._adjoint_stats: list[Any] = []  # filled in place by stability when a backward pass runs
 
-    def solver_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments this block passes to ``stability.solve``."""
-        kwargs: dict[str, Any] = dict(
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            step_size=self.step_size,
-            max_steps=self.max_steps,
-        )
-        if self.gradient != "backprop":  # only non-defaults, so plain solves need no optional features
-            kwargs["gradient"] = self.gradient
-        if self.per_sample:
-            kwargs["per_sample"] = True
-        kwargs.update(self.solver_options)
-        return kwargs
-
     def forward(self, y: Tensor) -> Tensor:
-        solution = stability.solve(self.func, y, [0.0, self.t1], **self.solver_kwargs())
+        solution = stability.solve(self.func, y, [0.0, self.t1], self._options)
         self._record(solution, y.shape[0])
         return solution.ys[-1]
 
@@ -196,30 +234,24 @@ class ODENet(ImageClassifier):
         conv_layers: int = 2,
         time_dependent: bool = False,
         t1: float = 1.0,
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-3,
+        options: stability.SolverOptions | None = None,
+        method: str | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
         step_size: float | None = None,
-        max_steps: int = 10_000,
-        gradient: str = "backprop",
-        per_sample: bool = False,
+        max_steps: int | None = None,
+        gradient: str | None = None,
+        per_sample: bool | None = None,
         solver_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """``options`` and the keywords after it: the ODE block's solver (see :func:`solver_options`;
+        dopri5 at rtol = atol = 1e-3 by default)."""
+        settings = dict(method=method, rtol=rtol, atol=atol, step_size=step_size, max_steps=max_steps,
+                        gradient=gradient, per_sample=per_sample, solver_options=solver_options)
         check_positive_int("in_channels", in_channels)
         check_positive_int("num_classes", num_classes)
         first, rest = downsampling_stem(in_channels, channels)
-        block = ODEBlock(
-            ODEFunc(channels, conv_layers, time_dependent),
-            t1,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            step_size=step_size,
-            max_steps=max_steps,
-            gradient=gradient,
-            per_sample=per_sample,
-            solver_options=solver_options,
-        )
+        block = ODEBlock(ODEFunc(channels, conv_layers, time_dependent), t1, options, **settings)
         head = nn.Sequential(
             group_norm(channels),
             nn.ReLU(),

@@ -1,12 +1,15 @@
 """ODE solvers in PyTorch written for the analysis of deep networks as numerical schemes.
 
 Explicit Euler, Heun, classical RK4 and adaptive Dormand–Prince 5(4) share one generic Runge–Kutta stepper
-driven by Butcher tableaux; ``odeint`` follows torchdiffeq's signature, ``solve`` also returns statistics,
-and the solver classes (``Dopri5``, ``RK4``, …) offer scipy-``OdeSolver``-style stepping.
+driven by Butcher tableaux; backward Euler solves its stage equation by Newton–Krylov. ``solve`` (and the
+torchdiffeq-compatible ``odeint``) take one validated ``SolverOptions`` value or the same settings as
+keywords, and run one integration loop (``stability.integrate``) with shared, per-sample or fixed-grid step
+control and backprop, checkpointed or adjoint gradients in any combination; the solver classes (``Dopri5``,
+``RK4``, …) offer scipy-``OdeSolver``-style stepping.
 """
 
 from stability.adjoint import AdjointSolution, odeint_adjoint, solve_adjoint
-from stability.backward_euler import BackwardEuler, ImplicitOptions, ImplicitStats, backward_euler_step
+from stability.backward_euler import BackwardEuler, ImplicitStats, backward_euler_step
 from stability.checkpointing import odeint_checkpointed, solve_checkpointed
 from stability.errors import (
     MaxStepsExceededError,
@@ -17,10 +20,10 @@ from stability.errors import (
     StepSizeUnderflowError,
 )
 from stability.memory import peak_memory
-from stability.odeint import odeint, solve
-from stability.per_sample import PerSampleSolution, odeint_per_sample, solve_per_sample
+from stability.odeint import odeint, odeint_per_sample, solve, solve_per_sample
+from stability.options import ImplicitOptions, SolverOptions
 from stability.single_step import step
-from stability.solution import Solution, SolverStats
+from stability.solution import PerSampleSolution, Solution, SolverStats
 from stability.solver import RK4, SOLVERS, Dopri5, Euler, Heun, OdeSolver, RungeKuttaSolver
 from stability.step_control import PIController
 from stability.tableau import ButcherTableau
@@ -53,6 +56,7 @@ __all__ = [
     "PIController",
     "RungeKuttaSolver",
     "Solution",
+    "SolverOptions",
     "SolverError",
     "SolverStats",
     "StepSizeUnderflowError",

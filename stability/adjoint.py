@@ -14,18 +14,20 @@ Fixed-step forwards integrate the adjoint backwards on the same grid; adaptive o
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from stability.errors import ODEInputError
-from stability.odeint import _HIT_TOLERANCE, _check_times, solve
-from stability.solution import Solution, SolverStats
-from stability.solver import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, RungeKuttaSolver, solver_class
-from stability.step_control import PIController, error_ratio
+from stability.checks import check_output, check_times, time_dtype
+from stability.errors import NonFiniteValueError, ODEInputError
+from stability.integrate import solve_backprop
+from stability.options import SolverOptions, as_options, option_keywords
+from stability.solution import HIT_TOLERANCE, Solution, SolverStats
+from stability.solver import solver_class
+from stability.step_control import error_ratio
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
 
@@ -42,25 +44,13 @@ def odeint_adjoint(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float
     return solve_adjoint(func, y0, t, **options).ys
 
 
+@option_keywords
 def solve_adjoint(
     func: TimeVectorField,
     y0: Tensor,
     t: Tensor | Sequence[float],
-    *,
-    method: str = "dopri5",
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
-    step_size: float | None = None,
-    grid: Tensor | Sequence[float] | None = None,
-    first_step: float | None = None,
-    max_step: float = math.inf,
-    max_steps: int = DEFAULT_MAX_STEPS,
-    controller: PIController | None = None,
-    adjoint_method: str | None = None,
-    adjoint_rtol: float | None = None,
-    adjoint_atol: float | None = None,
-    adjoint_params: Sequence[Tensor] | None = None,
-    adjoint_norm: str = "mixed",
+    options: SolverOptions | None = None,
+    **keywords,
 ) -> AdjointSolution:
     """Solve like ``solve``; gradients w.r.t. ``y0`` and ``adjoint_params`` come from the adjoint ODE.
 
@@ -70,76 +60,55 @@ def solve_adjoint(
     the forward ones; ``adjoint_norm`` is "mixed" (max of per-part RMS over y, a, a_θ) or "seminorm" (a_θ
     excluded from step control, Kidger et al. 2021: fewer backward steps, a_θ still integrated by them).
     """
-    adjoint_method = method if adjoint_method is None else adjoint_method
-    for name in (method, adjoint_method):
-        cls = solver_class(name)
-        if not issubclass(cls, RungeKuttaSolver):
-            raise ODEInputError(
-                f"the adjoint method needs explicit Runge–Kutta methods, got {name!r} (backward_euler's "
-                f"implicit-function-theorem backprop already stores one evaluation per step)"
-            )
-    adaptive = step_size is None and grid is None
-    if adaptive and not solver_class(adjoint_method).tableau.adaptive:
-        raise ODEInputError(
-            f"adjoint_method {adjoint_method!r} has no error estimate for the adaptive backward solve"
-        )
-    if adjoint_norm not in ("mixed", "seminorm"):
-        raise ODEInputError(f"adjoint_norm must be 'mixed' or 'seminorm', got {adjoint_norm!r}")
+    return solve_with_adjoint(func, y0, t, as_options(options, keywords, gradient="adjoint"))
+
+
+def solve_with_adjoint(
+    func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], options: SolverOptions
+):
+    """Gradient strategy "adjoint": the forward loop without a graph, the adjoint ODE in the backward pass.
+
+    With per-sample control the forward solve is per sample; the backward solve of the augmented system
+    (whose parameter adjoint sums over the samples) uses shared control at the adjoint tolerances."""
+    adjoint_params = options.adjoint_params
     if adjoint_params is None:
         adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
-    adjoint_params = tuple(adjoint_params)
-    if not all(isinstance(p, Tensor) for p in adjoint_params):
-        raise ODEInputError("adjoint_params must be a sequence of tensors")
     params = tuple(p for p in adjoint_params if p.requires_grad)
-    forward_options = dict(
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        step_size=step_size,
-        grid=grid,
-        first_step=first_step,
-        max_step=max_step,
-        max_steps=max_steps,
-        controller=controller,
-    )
-    context = _AdjointContext(
-        func=func,
-        t=t,
-        forward_options=forward_options,
-        adaptive=adaptive,
-        adjoint_method=adjoint_method,
-        adjoint_rtol=rtol if adjoint_rtol is None else adjoint_rtol,
-        adjoint_atol=atol if adjoint_atol is None else adjoint_atol,
-        max_step=max_step,
-        max_steps=max_steps,
-        controller=controller,
-        seminorm=adjoint_norm == "seminorm",
-        n_params=len(params),
-    )
+    times = check_times(t)
+    context = _AdjointContext(func=func, t=t, times=times, options=options, n_params=len(params))
     needs_grad = torch.is_grad_enabled() and (y0.requires_grad or len(params) > 0)
     if not needs_grad:
-        sol = solve(func, y0, t, **forward_options)
-        return AdjointSolution(t=sol.t, ys=sol.ys, stats=sol.stats, method=method)
+        if torch.is_grad_enabled():
+            _refuse_unlisted_gradients(func, y0, times[0], options.per_sample)
+        with torch.no_grad():  # nothing to differentiate: never a silent O(steps) backprop graph
+            sol = solve_backprop(func, y0, t, options)
+        return AdjointSolution(t=sol.t, ys=sol.ys, stats=sol.stats, method=options.method)
     ys = _AdjointFunction.apply(context, y0, *params)
     forward = context.forward_solution
     return AdjointSolution(
-        t=forward.t, ys=ys, stats=forward.stats, method=method, adjoint_stats=context.adjoint_stats
+        t=forward.t, ys=ys, stats=forward.stats, method=options.method, adjoint_stats=context.adjoint_stats
     )
+
+
+def _refuse_unlisted_gradients(func: TimeVectorField, y0: Tensor, t0: float, per_sample: bool) -> None:
+    """With nothing to differentiate (y0 without grad, no adjoint_params), a func that uses tensors requiring
+    grad would get its gradients from plain backprop, silently; raise instead (costs one evaluation)."""
+    t = torch.full((y0.shape[0],) if per_sample else (), t0, dtype=time_dtype(y0), device=y0.device)
+    f0 = func(t, y0.detach())
+    if isinstance(f0, Tensor) and f0.requires_grad:
+        raise ODEInputError(
+            "gradient='adjoint': func uses tensors requiring grad, but y0 does not require grad and "
+            "adjoint_params is empty, so the adjoint would compute no gradient for them. Pass them in "
+            "adjoint_params, or use gradient='backprop'"
+        )
 
 
 @dataclass
 class _AdjointContext:
     func: TimeVectorField
     t: Tensor | Sequence[float]
-    forward_options: dict
-    adaptive: bool
-    adjoint_method: str
-    adjoint_rtol: float
-    adjoint_atol: float
-    max_step: float
-    max_steps: int
-    controller: PIController | None
-    seminorm: bool
+    times: list[float]
+    options: SolverOptions
     n_params: int
     forward_solution: Solution | None = None
     adjoint_stats: SolverStats = field(default_factory=SolverStats)
@@ -148,7 +117,7 @@ class _AdjointContext:
 class _AdjointFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, context: _AdjointContext, y0: Tensor, *params: Tensor) -> Tensor:
-        sol = solve(context.func, y0.detach(), context.t, **context.forward_options)
+        sol = solve_backprop(context.func, y0.detach(), context.t, context.options)
         context.forward_solution = sol
         ctx.context = context
         ctx.save_for_backward(sol.ys, *params)
@@ -164,31 +133,52 @@ class _AdjointFunction(torch.autograd.Function):
 
 
 def _integrate_adjoint(context: _AdjointContext, ys: Tensor, grad_ys: Tensor, params: list[Tensor]):
-    times = _check_times(context.t)
+    times, options = context.times, context.options
     shape, n, dtype = ys.shape[1:], ys[0].numel(), ys.dtype
     sizes = [n, n] + [p.numel() for p in params]
-    system = _AugmentedSystem(context.func, shape, n, params)
-    grid = None if context.adaptive else context.forward_solution.stats.step_times + [times[-1]]
-    solver_cls = _solver_with_norm(solver_class(context.adjoint_method), sizes, context.seminorm)
+    func = context.func
+    if options.per_sample:  # func takes per-sample times; the backward solve is shared
+        batch = shape[0]
+
+        def func(s: Tensor, y: Tensor, per_sample_func=context.func) -> Tensor:
+            return per_sample_func(s.expand(batch), y)
+
+    system = _AugmentedSystem(func, shape, n, params)
+    forward_stats = context.forward_solution.stats
+    forward_stats = forward_stats[0] if isinstance(forward_stats, list) else forward_stats
+    grid = forward_stats.step_times + [times[-1]] if options.fixed_step else None
+    backward_options = SolverOptions(
+        method=options.adjoint_method or options.method,
+        rtol=options.rtol if options.adjoint_rtol is None else options.adjoint_rtol,
+        atol=options.atol if options.adjoint_atol is None else options.adjoint_atol,
+        max_step=options.max_step,
+        max_steps=options.max_steps,
+        controller=options.controller,
+        norm=functools.partial(_mixed_norm, sizes, 2 if options.adjoint_norm == "seminorm" else len(sizes)),
+        grid=(times[0], times[-1]) if grid is not None else None,
+    )
+    solver_cls = solver_class(backward_options.method)
     stats = context.adjoint_stats
     adjoint = grad_ys[-1].reshape(-1)
     param_adjoints = [torch.zeros(p.numel(), dtype=dtype, device=ys.device) for p in params]
     span = abs(times[-1] - times[0])
     for i in range(len(times) - 1, 0, -1):
         state = torch.cat([ys[i].reshape(-1), adjoint, *param_adjoints])
-        options = dict(
-            rtol=context.adjoint_rtol,
-            atol=context.adjoint_atol,
-            max_step=context.max_step,
-            max_steps=context.max_steps,
-            controller=context.controller,
-        )
+        segment = backward_options
         if grid is not None:
-            inside = [p for p in grid if _strictly_between(p, times[i - 1], times[i], _HIT_TOLERANCE * span)]
-            options["grid"] = [times[i], *reversed(inside), times[i - 1]]
-        solver = solver_cls(system, times[i], state, times[i - 1], **options)
-        while solver.status == "running":
-            solver.step()
+            inside = [p for p in grid if _strictly_between(p, times[i - 1], times[i], HIT_TOLERANCE * span)]
+            segment = backward_options.replace(grid=(times[i], *reversed(inside), times[i - 1]))
+        try:
+            solver = solver_cls(system, times[i], state, times[i - 1], segment)
+            while solver.status == "running":
+                solver.step()
+        except NonFiniteValueError as error:
+            raise NonFiniteValueError(
+                f"in the adjoint backward pass (the augmented system [f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ] integrated from "
+                f"t={times[i]:.6g} back to t={times[i - 1]:.6g}): {error}",
+                t=error.t,
+                h=error.h,
+            ) from error
         _accumulate(stats, solver.stats)
         pieces = torch.split(solver.y, sizes)
         adjoint = pieces[1] + grad_ys[i - 1].reshape(-1)
@@ -228,6 +218,8 @@ class _AugmentedSystem:
         with torch.enable_grad():
             y = state[:n].view(self.shape).detach().requires_grad_(True)
             f = self.func(t, y)
+            if not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
+                check_output(f, y, float(t))
             if not self.checked:
                 _check_graph_inputs(f, y, self.params)
                 self.checked = True
@@ -275,20 +267,10 @@ def _check_graph_inputs(output: Tensor, y: Tensor, params: Sequence[Tensor]) -> 
         )
 
 
-def _solver_with_norm(cls: type[RungeKuttaSolver], sizes: list[int], seminorm: bool) -> type:
-    """``cls`` with the error norm max_k RMS_k over the parts [y, a, a_θ1, …] (a_θ dropped for a seminorm)."""
-    controlled = 2 if seminorm else len(sizes)
-
-    class MixedNorm(cls):
-        def scaled_error(self, error: Tensor, y_old: Tensor, y_new: Tensor) -> Tensor:
-            parts = zip(
-                torch.split(error, sizes)[:controlled],
-                torch.split(y_old, sizes)[:controlled],
-                torch.split(y_new, sizes)[:controlled],
-            )
-            return torch.stack(
-                [error_ratio(e, a, b, self.rtol, self.atol) for e, a, b in parts if e.numel() > 0]
-            ).max()
-
-    MixedNorm.__name__ = MixedNorm.__qualname__ = f"{cls.__name__}MixedNorm"
-    return MixedNorm
+def _mixed_norm(
+    sizes: list[int], controlled: int, error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float
+) -> Tensor:
+    """max_k RMS_k over the parts [y, a, a_θ1, …] of the augmented state (the first ``controlled`` parts:
+    2 for a seminorm, which leaves the parameter adjoints out of step control)."""
+    parts = zip(*(torch.split(x, sizes)[:controlled] for x in (error, y_old, y_new)))
+    return torch.stack([error_ratio(e, a, b, rtol, atol) for e, a, b in parts if e.numel() > 0]).max()

@@ -11,50 +11,22 @@ Memory: one evaluation of f per step is kept for the backward pass, whatever the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from stability.errors import NonConvergenceError, ODEInputError
+from stability.base import OdeSolver
+from stability.checks import check_output
+from stability.errors import NonConvergenceError, NonFiniteValueError
 from stability.krylov import gmres
-from stability.newton_krylov import NewtonResult, default_tolerance, make_jvp, newton_krylov, rms
+from stability.newton_krylov import NewtonResult, make_jvp, newton_krylov
+from stability.options import ImplicitOptions
 from stability.solution import SolverStats
-from stability.solver import SOLVERS, OdeSolver
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class ImplicitOptions:
-    """Settings of the per-step nonlinear solve and of the adjoint linear solve of the backward pass.
-
-    ``tol``: Newton stops at ‖G(z)‖_rms ≤ tol·max(1, ‖z‖_rms) (None: 1e-10 in float64, ~1e-5 in float32);
-    the backward linear solve stops at a relative residual of ``tol``. Caps bound every loop. ``jvp``:
-    "forward" (forward-mode AD) or "reverse" (double backward) Jacobian-vector products for Newton.
-    """
-
-    tol: float | None = None
-    jvp: str = "forward"
-    max_newton: int = 12
-    max_linear: int = 60
-    restart: int = 20
-    max_fixed_point: int = 100
-
-    def __post_init__(self) -> None:
-        if self.tol is not None and not (math.isfinite(self.tol) and self.tol > 0):
-            raise ODEInputError(f"tol must be positive and finite, got {self.tol}")
-        for name in ("max_newton", "max_linear", "restart", "max_fixed_point"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ODEInputError(f"{name} must be a positive integer, got {value!r}")
-        if self.jvp not in ("forward", "reverse"):
-            raise ODEInputError(f"jvp must be 'forward' or 'reverse', got {self.jvp!r}")
-
-    def tolerance(self, dtype: torch.dtype) -> float:
-        return self.tol if self.tol is not None else default_tolerance(dtype)
 
 
 @dataclass
@@ -87,7 +59,10 @@ def backward_euler_step(
     y_detached = y.detach()
 
     def field(z: Tensor) -> Tensor:
-        return func(t_new, z)
+        f = func(t_new, z)
+        if not isinstance(f, Tensor) or f.shape != z.shape or f.dtype != z.dtype:
+            check_output(f, z, t + h)
+        return f
 
     field_jvp = make_jvp(field, options.jvp)
 
@@ -112,6 +87,16 @@ def backward_euler_step(
         )
     if stats is not None:
         _count(stats, result)
+    if not result.converged and not math.isfinite(result.residual):
+        with torch.no_grad():
+            at_start = bool(torch.isfinite(field(y_detached)).all())
+        where = "at a Newton iterate" if at_start else "already at the initial guess z = y_n"
+        raise NonFiniteValueError(
+            f"func returned non-finite values at t={t + h:.6g} {where} in the backward Euler step from "
+            f"t={t:.6g} with h={h:.6g}: no finite residual (not a convergence failure)",
+            t=t,
+            h=h,
+        )
     if not result.converged:
         raise NonConvergenceError(
             f"backward Euler step from t={t:.6g} with h={h:.6g} did not converge: scaled residual "
@@ -219,42 +204,21 @@ class BackwardEuler(OdeSolver):
     order = 1
 
     def __init__(
-        self,
-        func: TimeVectorField,
-        t0: float,
-        y0: Tensor,
-        t_bound: float,
-        *,
-        implicit: ImplicitOptions | None = None,
-        **options,
+        self, func: TimeVectorField, t0: float, y0: Tensor, t_bound: float, options=None, **keywords
     ) -> None:
-        super().__init__(func, t0, y0, t_bound, **options)
+        super().__init__(func, t0, y0, t_bound, options, **keywords)
         self.stats = ImplicitStats()
-        if not self.fixed_step:
-            raise ODEInputError("method 'backward_euler' is fixed-step: give step_size or grid")
-        self.implicit = implicit or ImplicitOptions()
+        self.implicit = self.options.implicit or ImplicitOptions()
         self._checked_first_evaluation()  # shape/dtype/finiteness of f, once
-        self._grid_index = 0
 
     @classmethod
     def single_step(cls, func: TimeVectorField, t: float, y: Tensor, h: float, **options) -> Tensor:
         """y_{n+1} of one backward Euler step (IFT gradients); ``options`` are ``ImplicitOptions`` fields."""
         return backward_euler_step(func, t, y, h, options=ImplicitOptions(**options) if options else None)
 
-    def step(self) -> None:
-        if self.status != "running":
-            raise RuntimeError(f"cannot step a solver whose status is '{self.status}'")
-        t_new = self._grid[self._grid_index + 1]
-        h = t_new - self.t
+    def _fixed_step(self, h: float) -> tuple[Tensor, None]:
         y_new = backward_euler_step(self._func, self.t, self.y, h, options=self.implicit, stats=self.stats)
-        self._grid_index += 1
-        self.stats.n_accepted += 1
-        self.stats.step_sizes.append(h)
-        self.stats.step_times.append(self.t)
-        self.t_old, self.y_old = self.t, self.y
-        self.t, self.y = t_new, y_new
-        if self.t == self.t_bound:
-            self.status = "finished"
+        return y_new, None
 
     def dense_output(self) -> Callable[[float], Tensor]:
         if self.y_old is None:
@@ -266,22 +230,3 @@ class BackwardEuler(OdeSolver):
             return torch.lerp(y_old, y_new, theta)
 
         return interpolant
-
-
-SOLVERS["backward_euler"] = BackwardEuler
-
-
-def stage_residual_norm(func: TimeVectorField, t: float, y: Tensor, h: float, z: Tensor) -> float:
-    """‖z − y − h f(t + h, z)‖_rms: how well ``z`` solves the backward Euler equation (diagnostics)."""
-    with torch.no_grad():
-        t_new = torch.full((), t + h, dtype=_time_dtype(y), device=y.device)
-        return rms(z - y - h * func(t_new, z))
-
-
-__all__: Sequence[str] = (
-    "BackwardEuler",
-    "ImplicitOptions",
-    "ImplicitStats",
-    "backward_euler_step",
-    "stage_residual_norm",
-)

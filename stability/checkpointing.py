@@ -12,19 +12,17 @@ This is diffrax's default (``RecursiveCheckpointAdjoint``) brought to the PyTorc
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
-from stability.errors import ODEInputError
-from stability.odeint import _HIT_TOLERANCE, _as_float_list, _check_finite_trajectory, start_solver
+from stability.checks import check_times
+from stability.integrate import make_stepper, solution
+from stability.options import SolverOptions, as_options, option_keywords
 from stability.solution import Solution
-from stability.solver import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, OdeSolver
-from stability.step_control import PIController
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
 
@@ -34,21 +32,13 @@ def odeint_checkpointed(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[
     return solve_checkpointed(func, y0, t, **options).ys
 
 
+@option_keywords
 def solve_checkpointed(
     func: TimeVectorField,
     y0: Tensor,
     t: Tensor | Sequence[float],
-    *,
-    method: str = "dopri5",
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
-    step_size: float | None = None,
-    grid: Tensor | Sequence[float] | None = None,
-    first_step: float | None = None,
-    max_step: float = math.inf,
-    max_steps: int = DEFAULT_MAX_STEPS,
-    controller: PIController | None = None,
-    checkpoint_every: int | None = None,
+    options: SolverOptions | None = None,
+    **keywords,
 ) -> Solution:
     """Like ``solve``; gradients equal plain backprop's, with the stored graph O(√steps) instead of O(steps).
 
@@ -56,96 +46,85 @@ def solve_checkpointed(
     ``func`` must be deterministic (the backward pass re-runs it); gradients reach y0 and every tensor func
     uses, parameters and captured tensors alike. Without grad mode this is exactly ``solve``.
     """
-    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
-        raise ODEInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
-    solver, times = start_solver(
-        func, y0, t, method=method, rtol=rtol, atol=atol, step_size=step_size, grid=grid,
-        first_step=first_step, max_step=max_step, max_steps=max_steps, controller=controller,
-    )
-    chunk_sizes = _chunk_sizes(solver, times, step_size, grid, checkpoint_every)
-    span = abs(times[-1] - times[0])
-    outputs: list[Tensor] = [y0]
+    return solve_checkpoint(func, y0, t, as_options(options, keywords, gradient="checkpoint"))
+
+
+def solve_checkpoint(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], options: SolverOptions):
+    """Gradient strategy "checkpoint": the loop of ``integrate.run`` in chunks under
+    ``torch.utils.checkpoint`` (any stepper: shared, fixed grid or per-sample)."""
+    times = check_times(t)
+    stepper = make_stepper(func, y0, times, options)
+    chunk_sizes = _chunk_sizes(options, times)
+    values: list[Tensor] = []
     checkpointing = torch.is_grad_enabled()
-    while solver.status == "running":
-        chunk = _Chunk(solver, next(chunk_sizes), times, len(outputs), span)
+    while not stepper.finished:
+        chunk = _Chunk(stepper, next(chunk_sizes))
+        state = stepper.state()
         if checkpointing:
             # No early stop: the recomputation runs to the end of the chunk, where it is checked.
             with set_checkpoint_early_stop(False):
-                produced = checkpoint(chunk, solver.y, use_reentrant=False)
+                produced = checkpoint(chunk, *state, use_reentrant=False)
         else:
-            produced = chunk(solver.y)
-        solver = chunk.solver_after
-        solver.y = produced[0]
-        outputs.extend(produced[1:])
-    ys = torch.stack(outputs)
-    if solver.fixed_step:
-        _check_finite_trajectory(ys, times)
-    t_out = t if isinstance(t, Tensor) else torch.tensor(times, dtype=y0.dtype)
-    return Solution(t=t_out, ys=ys, stats=solver.stats, method=method)
+            produced = chunk(*state)
+        stepper = chunk.after
+        stepper.set_state(tuple(produced[: len(state)]))
+        values.extend(produced[len(state) :])
+    return solution(stepper, y0, values, t, times, options)
 
 
 class _Chunk:
-    """Up to ``n_steps`` accepted steps from a snapshot of the solver; the same on every call.
+    """Up to ``n_steps`` iterations of the loop from a snapshot of the stepper; the same on every call.
 
-    The first call advances a copy of the solver (the live one afterwards); recomputations in the backward
+    The first call advances a copy of the stepper (the live one afterwards); recomputations in the backward
     pass start again from the snapshot and check that they retrace the same steps.
     """
 
-    def __init__(self, solver: OdeSolver, n_steps: int, times: list[float], first_output: int, span: float):
-        self.snapshot = copy.copy(solver)
-        # The previous step's interpolation data is not needed to continue; dropping it keeps each chunk
-        # boundary at y (and, for FSAL methods, its first stage) instead of all stages of the last step.
-        for name in ("y_old", "_stages"):
-            if hasattr(self.snapshot, name):
-                setattr(self.snapshot, name, None)
-        self.n_steps, self.times, self.first_output, self.span = n_steps, times, first_output, span
-        self.solver_after: OdeSolver | None = None
-        self.stats = None
+    def __init__(self, stepper, n_steps: int):
+        self.start, self.n_steps = stepper.snapshot(), n_steps
+        self.after = None
 
-    def __call__(self, y: Tensor) -> tuple[Tensor, ...]:
-        solver = copy.copy(self.snapshot)
-        solver.stats = copy.deepcopy(self.snapshot.stats)  # running totals: max_steps counts all chunks
-        solver.y = y
-        times, margin, index = self.times, _HIT_TOLERANCE * self.span, self.first_output
-        outputs: list[Tensor] = []
+    def __call__(self, *state: Tensor) -> tuple[Tensor, ...]:
+        stepper = self.start.snapshot()
+        stepper.set_state(state)
+        values: list[Tensor] = []
         for _ in range(self.n_steps):
-            if solver.status != "running":
+            if stepper.finished:
                 break
-            solver.step()
-            while index < len(times) and solver.direction * (times[index] - solver.t) <= margin:
-                if abs(times[index] - solver.t) <= margin:
-                    outputs.append(solver.y)
-                else:
-                    outputs.append(solver.dense_output()(times[index]))
-                index += 1
-        if self.solver_after is None:
-            self.solver_after, self.stats, self.y_end = solver, solver.stats, solver.y.detach()
-        elif solver.t != self.solver_after.t or solver.stats.n_steps != self.stats.n_steps:
+            values.extend(stepper.advance())
+        if self.after is None:
+            self.after, self.position = stepper, stepper.position()
+            self.end = [x.detach() for x in stepper.state()]
+        else:
+            self._check_replay(stepper)
+        return (*stepper.state(), *values)
+
+    def _check_replay(self, stepper) -> None:
+        position = stepper.position()
+        if position != self.position:
             raise RuntimeError(
-                f"recomputation took different steps (ended at t={solver.t!r}, not {self.solver_after.t!r}): "
+                f"recomputation took different steps (ended at {position[0]!r}, not {self.position[0]!r}): "
                 f"func must be deterministic for checkpointed gradients"
             )
-        else:
-            with torch.no_grad():  # tolerate atomics-level noise, not a different function
-                drift = float(torch.linalg.vector_norm(solver.y - self.y_end))
-                size = float(torch.linalg.vector_norm(self.y_end))
-            if not drift <= 1e-6 * size + 1e-30:
-                raise RuntimeError(
-                    f"recomputation took different steps (its state at t={solver.t!r} differs by {drift:.3g} "
-                    f"in norm): func must be deterministic for checkpointed gradients"
-                )
-        return (solver.y, *outputs)
+        with torch.no_grad():  # tolerate atomics-level noise, not a different function
+            for now, before in zip(stepper.state(), self.end):
+                drift = float(torch.linalg.vector_norm(now - before))
+                size = float(torch.linalg.vector_norm(before))
+                if not drift <= 1e-6 * size + 1e-30:
+                    raise RuntimeError(
+                        f"recomputation took different steps (its state at {position[0]!r} differs by "
+                        f"{drift:.3g} in norm): func must be deterministic for checkpointed gradients"
+                    )
 
 
-def _chunk_sizes(solver: OdeSolver, times, step_size, grid, checkpoint_every):
-    if checkpoint_every is not None:
+def _chunk_sizes(options: SolverOptions, times: list[float]) -> Iterator[int]:
+    if options.checkpoint_every is not None:
         while True:
-            yield checkpoint_every
-    if solver.fixed_step:
-        if grid is not None:
-            n = len(_as_float_list(grid, "grid")) - 1
+            yield options.checkpoint_every
+    if options.fixed_step:
+        if options.grid is not None:
+            n = len(options.grid) - 1
         else:
-            n = max(1, math.ceil(abs(times[-1] - times[0]) / float(step_size) - 1e-9))
+            n = max(1, math.ceil(abs(times[-1] - times[0]) / options.step_size - 1e-9))
         size = max(1, math.ceil(math.sqrt(n)))
         while True:
             yield size
@@ -153,4 +132,3 @@ def _chunk_sizes(solver: OdeSolver, times, step_size, grid, checkpoint_every):
     while True:
         yield size
         size += 1
-

@@ -16,23 +16,23 @@ class RungeKuttaInterpolant:
     For DOPRI5 this is Shampine's 4th-order extension (local error O(h^5)).
     """
 
-    def __init__(
-        self, tableau: ButcherTableau, t_old: float, h: float, y_old: Tensor, stages: Sequence[Tensor]
-    ):
+    def __init__(self, tableau: ButcherTableau, t_old, h, y_old: Tensor, stages: Sequence[Tensor]):
         if tableau.dense is None:
             raise ValueError(f"{tableau.name} has no dense-output coefficients")
         self.tableau, self.t_old, self.h, self.y_old, self.stages = tableau, t_old, h, y_old, stages
 
-    def __call__(self, t: float) -> Tensor:
+    def __call__(self, t) -> Tensor:
+        """y at time t: numbers, or per-sample tensors [B] (t, t_old and h alike)."""
         theta = (t - self.t_old) / self.h
         weights = []
         for i, row in enumerate(self.tableau.dense):
+            if not any(row):
+                continue
             w, power = 0.0, theta
             for coefficient in row:
-                w += coefficient * power
-                power *= theta
-            if w != 0.0:
-                weights.append((i, w))
+                w = w + coefficient * power
+                power = power * theta
+            weights.append((i, w))
         return linear_combination(self.y_old, self.stages, weights, self.h)
 
 
@@ -44,8 +44,8 @@ class HermiteInterpolant:
 
     def __init__(
         self,
-        t_old: float,
-        h: float,
+        t_old,
+        h,
         y_old: Tensor,
         y_new: Tensor,
         derivative_at_start: Tensor,
@@ -54,12 +54,10 @@ class HermiteInterpolant:
         self.t_old, self.h, self.y_old, self.y_new = t_old, h, y_old, y_new
         self.f_old, self._f_new = derivative_at_start, derivative_at_end
 
-    def __call__(self, t: float) -> Tensor:
+    def __call__(self, t) -> Tensor:
+        """y at time t: numbers, or per-sample tensors [B] (t, t_old and h alike)."""
         s = (t - self.t_old) / self.h
         h00, h10 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s
         h01, h11 = -2 * s**3 + 3 * s**2, s**3 - s**2
-        out = self.y_old * h00
-        out.add_(self.y_new, alpha=h01)
-        out.add_(self.f_old, alpha=self.h * h10)
-        out.add_(self._f_new(), alpha=self.h * h11)
-        return out
+        weights = [(0, h00), (1, h01), (2, self.h * h10), (3, self.h * h11)]
+        return linear_combination(None, [self.y_old, self.y_new, self.f_old, self._f_new()], weights, 1.0)

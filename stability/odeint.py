@@ -1,41 +1,38 @@
-"""The front door: ``odeint(func, y0, t, method=..., rtol=..., atol=...)``, torchdiffeq-compatible."""
+"""The front door: ``solve(func, y0, t, options=None, **keywords)`` and torchdiffeq-compatible ``odeint``."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor
 
-from stability.errors import NonFiniteValueError, ODEInputError
-from stability.solution import Solution
-from stability.solver import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, solver_class
-from stability.step_control import PIController
+from stability.adjoint import solve_with_adjoint
+from stability.checkpointing import solve_checkpoint
+from stability.integrate import solve_backprop
+from stability.options import SolverOptions, as_options, option_keywords
+from stability.solution import PerSampleSolution, Solution
 
-# Output times this close (relative to the span) to a step end are taken from the step, not interpolated.
-_HIT_TOLERANCE = 1e-12
+# The gradient strategies, each a function (func, y0, t, options) -> Solution around ``integrate``'s loop.
+GRADIENT_STRATEGIES = {
+    "backprop": solve_backprop,
+    "checkpoint": solve_checkpoint,
+    "adjoint": solve_with_adjoint,
+}
 
 
+@option_keywords
 def solve(
     func: Callable[[Tensor, Tensor], Tensor],
     y0: Tensor,
     t: Tensor | Sequence[float],
-    *,
-    method: str = "dopri5",
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
-    step_size: float | None = None,
-    grid: Tensor | Sequence[float] | None = None,
-    first_step: float | None = None,
-    max_step: float = math.inf,
-    max_steps: int = DEFAULT_MAX_STEPS,
-    controller: PIController | None = None,
-    gradient: str = "backprop",
-    per_sample: bool = False,
-    **gradient_options,
+    options: SolverOptions | None = None,
+    **keywords,
 ) -> Solution:
     """Solve dy/dt = func(t, y), y(t[0]) = y0, and return the solution at every time in ``t`` with statistics.
+
+    Settings come as one ``SolverOptions`` value, as torchdiffeq-style keywords (``method``, ``rtol``,
+    ``atol``, ``step_size``, ``grid``, ``first_step``, ``max_step``, ``max_steps``, ``controller``, ``norm``,
+    ``per_sample``, ``implicit``, ``gradient`` and its options), or both (keywords override ``options``).
 
     ``t`` is strictly increasing or strictly decreasing (at least 2 points). Adaptive methods step with the
     mixed error norm RMS(err / (atol + rtol·max(|y_n|, |y_{n+1}|))) ≤ 1 and reach output times by dense
@@ -47,99 +44,43 @@ def solve(
     ``"adjoint"``: adjoint-ODE gradients with memory flat in the steps (options ``adjoint_rtol``,
     ``adjoint_atol``, ``adjoint_method``, ``adjoint_params``, ``adjoint_norm``; see ``stability.adjoint``).
     ``per_sample=True``: independent step control for each sample along dim 0 (func then receives t of shape
-    [B]; ``stats`` becomes a list per sample; see ``stability.per_sample``).
+    [B]; ``stats`` becomes a list per sample; see ``stability.per_sample``), with any ``gradient``.
+    ``implicit``: ``ImplicitOptions`` for ``method="backward_euler"``.
     """
-    if gradient != "backprop" or per_sample or gradient_options:
-        options = dict(method=method, rtol=rtol, atol=atol, step_size=step_size, grid=grid,
-                       first_step=first_step, max_step=max_step, max_steps=max_steps, controller=controller)
-        return _solve_variant(func, y0, t, gradient, per_sample, gradient_options, options)
-    solver, times = start_solver(
-        func, y0, t, method=method, rtol=rtol, atol=atol, step_size=step_size, grid=grid,
-        first_step=first_step, max_step=max_step, max_steps=max_steps, controller=controller,
-    )
-    span = abs(times[-1] - times[0])
-    outputs = [y0]
-    index = 1
-    while index < len(times):
-        solver.step()
-        while index < len(times) and solver.direction * (times[index] - solver.t) <= _HIT_TOLERANCE * span:
-            if abs(times[index] - solver.t) <= _HIT_TOLERANCE * span:
-                outputs.append(solver.y)
-            else:
-                outputs.append(solver.dense_output()(times[index]))
-            index += 1
-    ys = torch.stack(outputs)
-    if solver.fixed_step:
-        _check_finite_trajectory(ys, times)
-    t_out = t if isinstance(t, Tensor) else torch.tensor(times, dtype=y0.dtype)
-    return Solution(t=t_out, ys=ys, stats=solver.stats, method=method)
+    options = as_options(options, keywords)
+    return GRADIENT_STRATEGIES[options.gradient](func, y0, t, options)
 
 
+@option_keywords
 def odeint(
-    func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t: Tensor | Sequence[float], **options
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    options: SolverOptions | None = None,
+    **keywords,
 ) -> Tensor:
     """The solution at every time in ``t``, shape ``[len(t), *y0.shape]`` (see ``solve`` for the options)."""
-    return solve(func, y0, t, **options).ys
+    return solve(func, y0, t, options, **keywords).ys
 
 
-def _solve_variant(func, y0, t, gradient: str, per_sample: bool, extra: dict, options: dict) -> Solution:
-    """Dispatch to the gradient / step-control variants (imported lazily: they build on this module)."""
-    if gradient not in ("backprop", "checkpoint", "adjoint"):
-        raise ODEInputError(f"gradient must be 'backprop', 'checkpoint' or 'adjoint', got {gradient!r}")
-    if per_sample:
-        if gradient != "backprop" or extra:
-            raise ODEInputError("per_sample=True supports gradient='backprop' only (no extra options)")
-        from stability.per_sample import solve_per_sample
+@option_keywords
+def solve_per_sample(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    options: SolverOptions | None = None,
+    **keywords,
+) -> PerSampleSolution:
+    """Solve the B problems y0[b] (B = y0.shape[0]), each with its own adaptive steps; options as ``solve``.
 
-        return solve_per_sample(func, y0, t, **options)
-    if gradient == "adjoint":
-        from stability.adjoint import solve_adjoint
-
-        return solve_adjoint(func, y0, t, **options, **extra)
-    if gradient == "checkpoint":
-        from stability.checkpointing import solve_checkpointed
-
-        return solve_checkpointed(func, y0, t, **options, **extra)
-    raise ODEInputError(f"unknown options for gradient='backprop': {', '.join(sorted(extra))}")
+    Sample b's solution and statistics equal those of ``solve(func, y0[b:b+1], t, ...)`` up to round-off.
+    ``max_steps`` applies to each sample. Gradients (any ``gradient``) flow to y0 and func's parameters.
+    """
+    return solve(func, y0, t, as_options(options, keywords, per_sample=True))
 
 
-
-def start_solver(func, y0: Tensor, t: Tensor | Sequence[float], *, method: str, grid=None, **options):
-    """The solver of ``method`` over [t[0], t[-1]] and the checked output times (shared by variants)."""
-    times = _check_times(t)
-    grid = None if grid is None else _as_float_list(grid, "grid")
-    return solver_class(method)(func, times[0], y0, times[-1], grid=grid, **options), times
-
-
-def _as_float_list(values: Tensor | Sequence[float], name: str) -> list[float]:
-    if isinstance(values, Tensor):
-        if values.dim() != 1:
-            raise ODEInputError(f"{name} must be one-dimensional, got shape {tuple(values.shape)}")
-        return values.detach().double().cpu().tolist()
-    try:
-        return [float(x) for x in values]
-    except (TypeError, ValueError):
-        raise ODEInputError(f"{name} must be a 1-D tensor or a sequence of numbers") from None
-
-
-def _check_times(t: Tensor | Sequence[float]) -> list[float]:
-    times = _as_float_list(t, "t")
-    if len(times) < 2:
-        raise ODEInputError(f"t needs at least 2 points (start and end), got {len(times)}")
-    if not all(math.isfinite(x) for x in times):
-        raise ODEInputError("t contains NaN or infinite values")
-    steps = [b - a for a, b in zip(times, times[1:])]
-    if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
-        raise ODEInputError("t must be strictly increasing or strictly decreasing")
-    return times
-
-
-def _check_finite_trajectory(ys: Tensor, times: list[float]) -> None:
-    finite = torch.isfinite(ys.detach()).flatten(1).all(dim=1)
-    if not bool(finite.all()):
-        first = int((~finite).nonzero()[0])
-        raise NonFiniteValueError(
-            f"the solution is non-finite at t={times[first]:.6g} (output {first}): the scheme blew up; "
-            f"a smaller step size may help",
-            t=times[first],
-        )
+def odeint_per_sample(
+    func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t: Tensor | Sequence[float], **keywords
+) -> Tensor:
+    """``odeint`` with independent step control per sample (leading dimension); see ``solve_per_sample``."""
+    return solve_per_sample(func, y0, t, **keywords).ys

@@ -21,32 +21,43 @@ class RKStep(NamedTuple):
     stages: list[Tensor]
 
 
-def linear_combination(y: Tensor | None, stages: Sequence[Tensor], weights, h: float) -> Tensor:
+def linear_combination(y: Tensor | None, stages: Sequence[Tensor], weights, h) -> Tensor:
     """y + h Σ_j w_j k_j for sparse ``weights`` given as (j, w_j) pairs; ``y=None`` means 0.
 
-    Accumulates into one fresh buffer (``add_`` with ``alpha``): one allocation per combination, and the
-    in-place adds are safe for autograd because addition saves no inputs for its backward.
+    ``h`` (and the w_j) are numbers, or float64 tensors of shape [B] with one value per sample along dim 0
+    (per-sample step control). Accumulates into one fresh buffer (``add_``): one allocation per combination,
+    and the in-place adds are safe for autograd because addition saves no inputs for its backward.
     """
-    out = None
-    for j, w in weights:
-        if out is None:
-            out = torch.add(y, stages[j], alpha=h * w) if y is not None else stages[j] * (h * w)
-        else:
-            out.add_(stages[j], alpha=h * w)
-    if out is None:
+    if not weights:
         return y.clone() if y is not None else torch.zeros_like(stages[0])
+    (j, w), rest = weights[0], weights[1:]
+    if isinstance(h, Tensor) or isinstance(w, Tensor):  # per sample: y + k·(h w) row by row, one pass a term
+        c = column(h * w, stages[j])
+        out = stages[j] * c if y is None else torch.addcmul(y, stages[j], c)
+        for j, w in rest:
+            out.addcmul_(stages[j], column(h * w, stages[j]))
+        return out
+    out = torch.add(y, stages[j], alpha=h * w) if y is not None else stages[j] * (h * w)
+    for j, w in rest:
+        out.add_(stages[j], alpha=h * w)
     return out
+
+
+def column(values: Tensor, like: Tensor) -> Tensor:
+    """Per-sample scalars [B] (float64) as a column of ``like``'s dtype broadcasting against [B, ...]."""
+    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
 def rk_step(
     func: VectorField,
-    t: float,
+    t: float | Tensor,
     y: Tensor,
-    h: float,
+    h: float | Tensor,
     tableau: ButcherTableau,
     first_stage: Tensor | None = None,
 ) -> RKStep:
-    """One step of the explicit RK method ``tableau`` from (t, y) with step h (signed).
+    """One step of the explicit RK method ``tableau`` from (t, y) with step h (signed); t and h are numbers,
+    or tensors [B] of per-sample times and steps.
 
     ``first_stage`` is f(t, y) when already known (FSAL or a previous interpolation), saving one evaluation.
     For an FSAL tableau the last stage is f(t + h, y_{n+1}): the next step's ``first_stage``.
@@ -60,5 +71,9 @@ def rk_step(
         y_new = stage_input
     else:
         y_new = linear_combination(y, stages, tableau.b_plan, h)
-    error = linear_combination(None, stages, tableau.error_plan, h) if tableau.adaptive else None
-    return RKStep(y_new, error, stages)
+    if not tableau.adaptive:
+        return RKStep(y_new, None, stages)
+    if not torch.is_grad_enabled():
+        return RKStep(y_new, linear_combination(None, stages, tableau.error_plan, h), stages)
+    with torch.no_grad():  # the error estimate only steers step control: no graph for it
+        return RKStep(y_new, linear_combination(None, stages, tableau.error_plan, h), stages)

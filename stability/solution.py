@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+# Output times this close (relative to the span) to a step end are taken from the step, not interpolated.
+HIT_TOLERANCE = 1e-12
+
 
 @dataclass
 class SolverStats:
@@ -30,3 +33,14 @@ class Solution:
     ys: Tensor
     stats: SolverStats
     method: str
+
+
+@dataclass
+class PerSampleSolution(Solution):
+    """``ys[i, b]`` is sample b at ``t[i]``; ``stats[b]`` describes sample b's own integration."""
+
+    stats: list[SolverStats]
+
+    @property
+    def nfe(self) -> list[int]:
+        return [s.nfe for s in self.stats]

@@ -1,0 +1,162 @@
+"""Input checks shared by every entry point: the state, the tolerances, the output of ``func``, the time grid,
+and the errors that name where a solve stopped."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from stability.errors import (
+    MaxStepsExceededError,
+    NonFiniteValueError,
+    ODEInputError,
+    SolverError,
+    StepSizeUnderflowError,
+)
+
+# Relative resolution below which an adaptive rtol is refused for float16 / bfloat16 states.
+LOW_PRECISION = {torch.float16: 1e-2, torch.bfloat16: 1e-1}
+
+
+def time_dtype(y: Tensor) -> torch.dtype:
+    """The dtype in which ``func`` receives t: y's for float32/float64 states, float32 below that."""
+    return y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def check_state(y0: Tensor) -> None:
+    if not isinstance(y0, Tensor):
+        raise ODEInputError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
+    if not y0.is_floating_point():
+        raise ODEInputError(f"y0 must have a floating dtype, got {y0.dtype}")
+    if y0.numel() == 0:
+        raise ODEInputError("y0 is empty")
+    if not bool(torch.isfinite(y0).all()):
+        raise ODEInputError("y0 contains NaN or infinite values")
+
+
+def check_tolerances(rtol: float, atol: float) -> None:
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ODEInputError(f"{name} must be a finite non-negative number, got {value!r}")
+    if rtol == 0 and atol == 0:
+        raise ODEInputError("rtol and atol cannot both be zero")
+
+
+def check_output(f, y: Tensor, t) -> None:
+    """Raise unless ``f`` is a tensor of y's shape and dtype (called on every evaluation that looks wrong)."""
+    if not isinstance(f, Tensor):
+        raise ODEInputError(f"func must return a torch.Tensor, got {type(f).__name__}")
+    where = f"t={t}" if isinstance(t, float) else "t=[per-sample times]"
+    if f.shape != y.shape:
+        raise ODEInputError(
+            f"func returned shape {tuple(f.shape)} at {where}, expected {tuple(y.shape)} like y0"
+        )
+    if f.dtype != y.dtype:
+        raise ODEInputError(f"func returned dtype {f.dtype} at {where}, expected {y.dtype} like y0")
+
+
+def check_derivative(f: Tensor, y: Tensor, t: float) -> None:
+    check_output(f, y, t)
+    if not bool(torch.isfinite(f).all()):
+        raise NonFiniteValueError(
+            f"func returned non-finite values at t={t} (the first evaluation, at the start)",
+            t=t,
+        )
+
+
+def check_low_precision(dtype: torch.dtype, rtol: float) -> None:
+    """Adaptive control in float16/bfloat16 needs rtol above the state's resolution (the error norm and the
+    controller themselves run in float32)."""
+    floor = LOW_PRECISION.get(dtype)
+    if floor is not None and rtol < floor:
+        raise ODEInputError(
+            f"rtol={rtol:g} is below what a {dtype} state resolves (eps = {torch.finfo(dtype).eps:.2g}): "
+            f"use rtol >= {floor:g} for adaptive steps in {dtype}, fixed steps (step_size=...), or a "
+            f"float32 state"
+        )
+
+
+def non_finite_step(t: float, h: float, y: Tensor, stages, c) -> NonFiniteValueError:
+    """The error for a fixed step whose result is non-finite, naming the first non-finite stage."""
+    for i, k in enumerate(stages):
+        if not bool(torch.isfinite(k).all()):
+            return NonFiniteValueError(
+                f"func returned non-finite values at t={t + c[i] * h:.6g} (stage {i + 1} of the step from "
+                f"t={t:.6g} with h={h:.3g}): the solution blew up or func is undefined there; a smaller step "
+                f"size may help",
+                t=t,
+                h=h,
+            )
+    return NonFiniteValueError(
+        f"the solution became non-finite in the step from t={t:.6g} with h={h:.3g}: the scheme blew up; "
+        f"a smaller step size may help",
+        t=t,
+        h=h,
+    )
+
+
+def underflow_error(t: float, h: float, direction: float, nonfinite: bool, sample: str = "") -> SolverError:
+    """The step shrank below the resolution of t: behind non-finite values of func, or a singularity."""
+    if nonfinite:
+        return NonFiniteValueError(
+            f"{sample}func returned non-finite values at t={t + direction * h:.6g}: the step shrank to "
+            f"h={h:.3g} at t={t!r} without getting past them",
+            t=t,
+            h=h,
+        )
+    return StepSizeUnderflowError(
+        f"{sample}step size underflow: h={h:.3g} at t={t!r} is below the resolution of t (the problem is "
+        f"probably stiff or singular there)",
+        t=t,
+        h=h,
+    )
+
+
+def nonfinite_rejections_error(t: float, h: float, sample: str = "") -> NonFiniteValueError:
+    message = f"{sample}func returned non-finite values at t={t:.6g} even with the step shrunk to h={h:.3g}"
+    return NonFiniteValueError(message, t=t, h=h)
+
+
+def max_steps_error(max_steps: int, t0: float, t_bound: float, t: float, h: float, stiffness: float | None,
+                    sample: str = "") -> MaxStepsExceededError:
+    """``MaxStepsExceededError`` naming how far the solve got and, when the step size collapsed relative to
+    the span while sitting at the stability limit (h·|λ| ≳ 1), that the problem looks stiff."""
+    span = abs(t_bound - t0)
+    done = abs(t - t0) / span
+    message = (
+        f"{sample}max_steps={max_steps} exceeded at t={t:.6g} ({100 * done:.1f}% of [{t0:g}, {t_bound:g}]) "
+        f"with step size h={h:.3g}"
+    )
+    if h < 1e-3 * span and stiffness is not None and stiffness >= 1.0:
+        message += (
+            f"; the step size collapsed to {h / span:.2g} of the span with h·|∂f/∂y| ≈ {stiffness:.2g} "
+            f"(steps limited by stability, not accuracy): the problem looks stiff — "
+            f"method='backward_euler' with a step_size solves stiff problems"
+        )
+    return MaxStepsExceededError(message, t=t, h=h)
+
+
+def as_float_list(values: Tensor | Sequence[float], name: str) -> list[float]:
+    if isinstance(values, Tensor):
+        if values.dim() != 1:
+            raise ODEInputError(f"{name} must be one-dimensional, got shape {tuple(values.shape)}")
+        return values.detach().double().cpu().tolist()
+    try:
+        return [float(x) for x in values]
+    except (TypeError, ValueError):
+        raise ODEInputError(f"{name} must be a 1-D tensor or a sequence of numbers") from None
+
+
+def check_times(t: Tensor | Sequence[float]) -> list[float]:
+    times = as_float_list(t, "t")
+    if len(times) < 2:
+        raise ODEInputError(f"t needs at least 2 points (start and end), got {len(times)}")
+    if not all(math.isfinite(x) for x in times):
+        raise ODEInputError("t contains NaN or infinite values")
+    steps = [b - a for a, b in zip(times, times[1:])]
+    if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
+        raise ODEInputError("t must be strictly increasing or strictly decreasing")
+    return times

@@ -1,0 +1,126 @@
+"""The one integration loop that every entry point uses.
+
+A *stepper* holds the state of an integration and knows its step-size control: ``SharedStepper`` (one step
+sequence for the whole state: an ``OdeSolver`` — adaptive, or a fixed grid) or ``per_sample.PerSampleStepper``
+(t and h of shape [B]). The loop ``run`` only calls ``advance()`` until the stepper has passed every output
+time; each call returns the outputs it produced (the step end, or dense output). The gradient strategies —
+backprop (here), ``checkpointing`` and ``adjoint`` — are functions of (func, y0, t, options) around the same
+loop and the same steppers, so every step-control mode works with every gradient strategy.
+
+Stepper protocol: ``finished``; ``advance() -> list[Tensor]``; ``state()`` / ``set_state(tensors)`` (the
+differentiable carried state); ``snapshot()`` (a copy that can re-run from here); ``position()`` (what a
+deterministic re-run must reproduce); ``assemble(y0, values) -> ys``; ``statistics()``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from stability.checks import check_state, check_times
+from stability.errors import ODEInputError
+from stability.options import SolverOptions
+from stability.per_sample import PerSampleStepper
+from stability.solution import HIT_TOLERANCE, PerSampleSolution, Solution, SolverStats
+from stability.solver import OdeSolver, solver_class
+
+TimeVectorField = Callable[[Tensor, Tensor], Tensor]
+
+
+class SharedStepper:
+    """One step-size sequence for the whole state: an ``OdeSolver`` and the output times it passes.
+
+    ``replicas``: in per-sample mode with fixed steps every sample takes the same steps, so one solve serves
+    all and its statistics are reported once per sample."""
+
+    def __init__(self, solver: OdeSolver, times: list[float], replicas: int | None = None) -> None:
+        self.solver, self.times, self.index, self.replicas = solver, times, 1, replicas
+        self.margin = HIT_TOLERANCE * abs(times[-1] - times[0])
+
+    @property
+    def finished(self) -> bool:
+        return self.index >= len(self.times)
+
+    def advance(self) -> list[Tensor]:
+        solver, times, margin = self.solver, self.times, self.margin
+        solver.step()
+        produced = []
+        while self.index < len(times) and solver.direction * (times[self.index] - solver.t) <= margin:
+            target = times[self.index]
+            produced.append(solver.y if abs(target - solver.t) <= margin else solver.dense_output()(target))
+            self.index += 1
+        return produced
+
+    def state(self) -> tuple[Tensor, ...]:
+        return (self.solver.y,)
+
+    def set_state(self, state: tuple[Tensor, ...]) -> None:
+        (self.solver.y,) = state
+
+    def snapshot(self) -> SharedStepper:
+        other = copy.copy(self)
+        other.solver = solver = copy.copy(self.solver)
+        solver.stats = copy.deepcopy(self.solver.stats)  # running totals: max_steps counts every chunk
+        # The previous step's interpolation data is not needed to continue; dropping it keeps a chunk boundary
+        # at y (and, for FSAL methods, its first stage) instead of all stages of the last step.
+        solver.y_old = None
+        if hasattr(solver, "_stages"):
+            solver._stages = None
+        return other
+
+    def position(self) -> tuple:
+        return self.solver.t, self.solver.stats.n_steps
+
+    def assemble(self, y0: Tensor, values: list[Tensor]) -> Tensor:
+        return torch.stack([y0, *values])
+
+    def statistics(self) -> SolverStats | list[SolverStats]:
+        stats = self.solver.stats
+        return stats if self.replicas is None else [copy.deepcopy(stats) for _ in range(self.replicas)]
+
+
+def make_stepper(func: TimeVectorField, y0: Tensor, times: list[float], options: SolverOptions):
+    """The stepper ``options`` ask for: per-sample adaptive control, or one ``OdeSolver`` for the state."""
+    if options.per_sample:
+        check_state(y0)
+        if y0.dim() < 1:
+            raise ODEInputError("per-sample mode needs a leading batch dimension in y0")
+        if not options.fixed_step:
+            return PerSampleStepper(func, y0, times, options)
+        batch = y0.shape[0]  # fixed steps are the same for every sample: one solve, t expanded to [B]
+        shared_func = func
+
+        def func(s: Tensor, y: Tensor) -> Tensor:
+            return shared_func(s.expand(batch), y)
+
+        replicas = batch
+    else:
+        replicas = None
+    solver = solver_class(options.method)(func, times[0], y0, times[-1], options)
+    return SharedStepper(solver, times, replicas)
+
+
+def run(stepper) -> list[Tensor]:
+    """The loop: advance until every output time is passed; the output values in the order produced."""
+    values: list[Tensor] = []
+    while not stepper.finished:
+        values.extend(stepper.advance())
+    return values
+
+
+def solution(stepper, y0: Tensor, values: list[Tensor], t, times: list[float], options) -> Solution:
+    """The ``Solution`` (or ``PerSampleSolution``) of a finished stepper."""
+    ys = stepper.assemble(y0, values)
+    t_out = t if isinstance(t, Tensor) else torch.tensor(times, dtype=y0.dtype)
+    kind = PerSampleSolution if options.per_sample else Solution
+    return kind(t=t_out, ys=ys, stats=stepper.statistics(), method=options.method)
+
+
+def solve_backprop(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], options: SolverOptions):
+    """Gradient strategy "backprop": the graph of every step is kept (the exact discrete gradient)."""
+    times = check_times(t)
+    stepper = make_stepper(func, y0, times, options)
+    return solution(stepper, y0, run(stepper), t, times, options)
