@@ -58,7 +58,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or action.const is True:
+        default = action.default
+        if "%(default)" in text or default is None or default is False or default is argparse.SUPPRESS \
+                or default == [] or isinstance(action, argparse._HelpAction):
             return text
         return super()._get_help_string(action)
 
@@ -181,7 +183,7 @@ def run(main: Callable[..., Any], argv: Sequence[str] | None = None, *, stream=N
         what = one_line(error)
         if not usage:
             what = f"{type(error).__name__}: {what}"
-        tail = f" ({hint})" if hint else ""
+        tail = f"; {hint}" if hint else ""
         more = "" if usage else " [rerun with --debug for the traceback]"
         print(f"error: {what}{tail}{more}", file=stream, flush=True)
         if outputs.paths:

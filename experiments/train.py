@@ -67,19 +67,19 @@ def _model_arg(text: str) -> tuple[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("python -m experiments.train", __doc__)
     parser.add_argument("--model", required=True, help="registered model name (see nets.available_models())")
-    parser.add_argument("--dataset", required=True, choices=sorted(DATASET_INFO))
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASET_INFO), help="dataset to train on")
     add_data_arguments(parser)
     parser.add_argument(
         "--out", required=True, help="run directory for checkpoint.pt, results.json, model.pt"
     )
-    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--epochs", type=int, required=True, help="epochs to train (in total, when resuming)")
     parser.add_argument("--batch-size", type=int, default=128, help="per process; global = this x world size")
-    parser.add_argument("--eval-batch-size", type=int, default=1000)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    parser.add_argument("--eval-batch-size", type=int, default=1000, help="test-set batch size")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimizer")
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate (onecycle: its maximum)")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="L2 (sgd, adam) or decoupled (adamw)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant", help="learning-rate schedule")
     parser.add_argument("--milestones", type=int, nargs="*", default=[],
                         help="epochs at which multistep multiplies the lr by --gamma (default: 50%% and 75%% "
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gamma", type=float, default=0.1, help="multistep factor")
     parser.add_argument("--grad-clip-norm", type=float, default=None, help="clip the gradient norm to this")
     parser.add_argument("--drop-last", action="store_true", help="drop the last incomplete batch")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and RNGs")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
     parser.add_argument("--limit-train", type=int, default=None, help="use only the first N training samples")
     parser.add_argument("--limit-test", type=int, default=None, help="use only the first N test samples")
