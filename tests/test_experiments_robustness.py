@@ -215,3 +215,24 @@ def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_p
     assert cli.run(robustness.main, argv) == 0
     stdout = capsys.readouterr().out
     assert f"resumed {len(complete)} complete record(s)" in stdout
+
+
+def test_main_job_trains_exactly_like_the_readme_training_command(tmp_path, capsys):
+    """The cached ResNet equals `python -m experiments.train` with the README's flags (same seed, data)."""
+    from experiments import train as train_command
+
+    write_mnist(tmp_path / "data", n_train=64, n_test=16)
+    assert cli.run(robustness.main, smoke_argv(tmp_path)) == 0
+    (cached,) = (tmp_path / "out" / "models").glob("mnist_resnet_small-*")
+    train_command.main(["--model", "mnist_resnet_small", "--dataset", "mnist", "--data-dir",
+                        str(tmp_path / "data"), "--no-verify", "--epochs", "1", "--batch-size", "128",
+                        "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--nesterov",
+                        "--weight-decay", "5e-4", "--schedule", "onecycle", "--seed", "0",
+                        "--limit-train", "32", "--model-arg", "width=2", "--device", "cpu", "--no-progress",
+                        "--out", str(tmp_path / "readme_run")])
+    capsys.readouterr()
+    ours = torch.load(cached / "model.pt", weights_only=True)
+    readme = torch.load(tmp_path / "readme_run" / "model.pt", weights_only=True)
+    assert ours["config"] == readme["config"] and ours["model_spec"] == readme["model_spec"]
+    for name, tensor in readme["model"].items():
+        assert torch.equal(ours["model"][name], tensor), name
