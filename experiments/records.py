@@ -102,13 +102,18 @@ class RecordStore:
         self.written.append(path)
         return path
 
-    def summary(self) -> list[str]:
-        """Lines saying what was resumed and what was recomputed because its configuration changed."""
+    def summary(self, first: Any = None) -> list[str]:
+        """Lines saying what was resumed and what was recomputed because its configuration changed (only
+        keys starting with ``first`` if given)."""
+        def chosen(key: tuple[Any, ...]) -> bool:
+            return first is None or key[:1] == (first,)
+
         lines = []
-        if self.resumed:
-            lines.append(f"resumed {len(self.resumed)} complete record(s) from {self.directory}: "
-                         + ", ".join(_describe(k) for k in self.resumed))
-        stale = {k: v for k, v in self.stale.items() if k in self.computed}
+        resumed = [k for k in self.resumed if chosen(k)]
+        if resumed:
+            lines.append(f"resumed {len(resumed)} complete record(s) from {self.directory}: "
+                         + ", ".join(_describe(k) for k in resumed))
+        stale = {k: v for k, v in self.stale.items() if k in self.computed and chosen(k)}
         if stale:
             changes = list(dict.fromkeys(change for v in stale.values() for change in v))
             lines.append(f"recomputed {len(stale)} record(s) whose configuration changed "

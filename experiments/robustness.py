@@ -497,6 +497,8 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
         else:
             model = ensure_trained(plan, args, outputs)
             record = evaluate_model(model, plan, x, y, args, eps, store, outputs)
+            for line in store.summary(plan.label):
+                print(f"[{plan.label}] {line}", flush=True)
             summary_config["weights_sha256"] = _file_sha256(weights)
             record.update({"registry_name": plan.name, "samples": n, "eps": eps, "dataset": args.dataset,
                            "config_hash": config_hash(summary_config)})
@@ -506,8 +508,6 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
         models[plan.label] = {"name": plan.name, "run_dir": str(plan.run_dir),
                               "recipe": plan.recipe.to_dict(), "kwargs": dict(plan.kwargs),
                               "test_accuracy": _trained_accuracy(plan.run_dir)}
-    for line in store.summary():
-        print(line, flush=True)
     rows = [{"model": label, **row} for label, record in records.items() for row in record["rows"]]
     ResultTable(rows).to_csv(out / "results.csv", digits=4)
     atomic_write_text(out / "results.json", json.dumps(records, indent=2) + "\n")

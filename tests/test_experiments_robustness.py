@@ -156,11 +156,11 @@ def test_smoke_main_job_report_files_model_cache_and_recomputation(tmp_path, cap
         # Another PGD setting: PGD records are recomputed and said so; FGSM / DI2-FGSM / Boundary resumed.
         assert cli.run(robustness.main, [*argv, "--pgd-steps", "3"]) == 0
         stdout = capsys.readouterr().out
-        recomputed = next(line for line in stdout.splitlines() if line.startswith("recomputed"))
+        recomputed = next(line for line in stdout.splitlines() if line.startswith("[resnet] recomputed"))
         assert "settings.steps: 2 -> 3" in recomputed and "resnet PGD 0.1" in recomputed
         assert "FGSM" not in recomputed.partition("):")[2]
-        resumed = next(line for line in stdout.splitlines() if line.startswith("resumed"))
-        assert "resnet FGSM 0.1" in resumed and "odenet Boundary" in resumed
+        resumed = [line for line in stdout.splitlines() if line.split("] ")[-1].startswith("resumed")]
+        assert "resnet FGSM 0.1" in resumed[0] and "odenet Boundary" in resumed[1]
         stored = json.loads((out / "records" / "resnet__PGD__0.1.json").read_text())
         assert stored["config"]["settings"]["steps"] == 3
         assert stored["record"]["row"]["samples"] == 4
@@ -214,7 +214,9 @@ def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_p
         assert "robust" in record or "rows" in record or "deployed" in record
     assert cli.run(robustness.main, argv) == 0
     stdout = capsys.readouterr().out
-    assert f"resumed {len(complete)} complete record(s)" in stdout
+    for label in ("resnet", "odenet"):
+        count = len([p for p in complete if p.name.startswith(f"{label}__")])
+        assert not count or f"[{label}] resumed {count} complete record(s)" in stdout
 
 
 def test_main_job_trains_exactly_like_the_readme_training_command(tmp_path, capsys):
