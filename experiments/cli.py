@@ -189,7 +189,8 @@ def run(main: Callable[..., Any], argv: Sequence[str] | None = None, *, stream=N
         if outputs.paths:
             print(outputs.line(), file=stream, flush=True)
         return EXIT_USAGE if usage else EXIT_FAILURE
-    print(outputs.line(), flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
+        print(outputs.line(), flush=True)
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
