@@ -59,8 +59,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default is None or default is False or default is argparse.SUPPRESS \
-                or default == [] or isinstance(action, argparse._HelpAction):
+        stated = "%(default)" in text or "default:" in text  # the help already says it
+        if stated or default is None or default is False or default is argparse.SUPPRESS or default == [] \
+                or isinstance(action, argparse._HelpAction):
             return text
         return super()._get_help_string(action)
 

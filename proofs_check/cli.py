@@ -75,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheme",
         type=_schemes,
         default=[*EXPLICIT_SCHEMES, "backward_euler"],
-        help="comma-separated schemes (random network only)",
+        help="comma-separated schemes, random network only (default: euler,heun,rk4,dopri5,backward_euler)",
     )
-    parser.add_argument("--h", type=_floats, default=[1.0, 0.1, 0.01], help="step sizes, e.g. 1,0.1,0.01")
+    parser.add_argument("--h", type=_floats, default=[1.0, 0.1, 0.01],
+                        help="comma-separated step sizes (default: 1,0.1,0.01)")
     parser.add_argument("--steps", type=int, default=20, help="steps per run (random network)")
     parser.add_argument("--samples", type=int, default=8, help="inputs per run")
     parser.add_argument("--epsilon", type=float, default=1e-3, help="|ε| relative to |y0| per sample")
