@@ -220,6 +220,10 @@ def _file_sha256(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- attacks
+# Another attack suite plugs in here: attack_suite() lists the eps-bounded attacks of a model and
+# attacks_at_eps() is everything run for one model at one eps (one resumable record per attack, through
+# Session.store); evaluate_model() calls it once per eps, then the model-level units (Boundary, gradient
+# agreement).
 
 
 @dataclass(frozen=True)
