@@ -180,11 +180,12 @@ def run(main: Callable[..., Any], argv: Sequence[str] | None = None, *, stream=N
         if debug:
             raise
         usage = _is_usage_error(error)
-        hint = _hint(error)
         what = one_line(error)
+        hint = "" if "--download" in what or "--data-dir" in what else _hint(error)  # it says so already
         if not usage:
             what = f"{type(error).__name__}: {what}"
         tail = f"; {hint}" if hint else ""
+        what = what.rstrip(".") if hint else what
         more = "" if usage else " [rerun with --debug for the traceback]"
         print(f"error: {what}{tail}{more}", file=stream, flush=True)
         if outputs.paths:
