@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ from attacks import (
     evaluate_attack,
 )
 from attacks.table import atomic_write_text
+from experiments.cli import Outputs, add_data_arguments, make_parser, positive_int, run, setup
 
 METHODS = ("natural", "pgd-at", "trades", "yopo")
 
@@ -77,32 +79,31 @@ def loss_for(method: str, args: argparse.Namespace) -> Callable:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.adversarial_training",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default=None, help="data directory (default: $NR_DATA_DIR)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--limit-train", type=int, default=20_000)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser = make_parser("python -m experiments.adversarial_training", __doc__)
+    add_data_arguments(parser)
+    parser.add_argument("--out", required=True, help="folder for one subfolder per method and the summary")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and attacks")
+    parser.add_argument("--epochs", type=positive_int, default=2, help="training epochs per method")
+    parser.add_argument("--limit-train", type=positive_int, default=20_000, help="first N training images")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--eps", type=float, default=0.3)
+    parser.add_argument("--eps", type=float, default=0.3, help="L-inf budget of training and evaluation")
     parser.add_argument("--at-steps", type=int, default=10, help="PGD steps of PGD-AT and TRADES")
     parser.add_argument("--beta", type=float, default=6.0, help="TRADES beta")
-    parser.add_argument("--yopo-m", type=int, default=5)
-    parser.add_argument("--yopo-n", type=int, default=3)
+    parser.add_argument("--yopo-m", type=int, default=5, help="YOPO outer steps m")
+    parser.add_argument("--yopo-n", type=int, default=3, help="YOPO inner steps n")
     parser.add_argument("--yopo-alpha", type=float, default=None, help="default 2.5 eps / (m n)")
     parser.add_argument("--warmup-epochs", type=float, default=0.0,
                         help="ramp eps linearly over this many epochs (adversarial methods)")
-    parser.add_argument("--eval-samples", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--eval-samples", type=positive_int, default=1000, help="test images evaluated")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
-def run_method(method: str, args: argparse.Namespace, train_set, test_set) -> dict:
+def run_method(method: str, args: argparse.Namespace, train_set, test_set,
+               outputs: Outputs | None = None) -> dict:
     from nets.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint, train
 
     out = Path(args.out) / method
@@ -146,20 +147,24 @@ def run_method(method: str, args: argparse.Namespace, train_set, test_set) -> di
         "fgsm": rows[0],
     }
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    if outputs is not None:
+        for path in (out / CHECKPOINT_NAME, out / "results.json", out / "model.pt", report_path):
+            outputs.add(path)
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> ResultTable:
+def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> ResultTable:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
+    setup(args)
     from nets.datasets import load_dataset
 
-    train_set = load_dataset("mnist", "train", args.data_dir, progress=False).subset(args.limit_train)
-    test_set = load_dataset("mnist", "test", args.data_dir, progress=False)
+    options = {"verify": not args.no_verify, "download": args.download, "progress": False}
+    train_set = load_dataset("mnist", "train", args.data_dir, **options).subset(args.limit_train)
+    test_set = load_dataset("mnist", "test", args.data_dir, **options)
     summary = []
     for method in args.methods:
         start = time.perf_counter()
-        report = run_method(method, args, train_set, test_set)
+        report = run_method(method, args, train_set, test_set, outputs)
         summary.append({key: report[key] for key in ("method", "loss_fn", "train_time_s", "clean_accuracy",
                                                      "fgsm_accuracy", "pgd40_accuracy", "eps")})
         print(f"{method:8s} clean {100 * report['clean_accuracy']:6.2f}%  "
@@ -167,10 +172,13 @@ def main(argv: Sequence[str] | None = None) -> ResultTable:
               f"(train {report['train_time_s']:.0f} s, "
               f"total {time.perf_counter() - start:.0f} s)", flush=True)
     table = ResultTable(summary)
-    table.to_csv(Path(args.out) / "summary.csv")
+    table.to_csv(Path(args.out) / "summary.csv", digits=4)
     table.to_json(Path(args.out) / "summary.json")
+    if outputs is not None:
+        outputs.add(Path(args.out) / "summary.csv")
+        outputs.add(Path(args.out) / "summary.json")
     return table
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

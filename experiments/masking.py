@@ -10,7 +10,7 @@ white-box number overstates robustness.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -77,21 +77,30 @@ def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 def gradient_agreement(model: nn.Module, x: Tensor, y: Tensor, reference_options: dict[str, Any],
-                       other_options: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+                       other_options: dict[str, dict[str, Any]], *,
+                       on_progress: Callable[[int], object] | None = None) -> dict[str, dict[str, float]]:
     """Per-sample cosine similarity and relative error of input gradients against a reference solve.
 
     Returns, for the deployed solver and each entry of ``other_options``, the median and minimum cosine
     similarity and the median relative L2 error to the gradient under ``reference_options``.
+    ``on_progress(len(x))`` is called after each of the ``2 + len(other_options)`` gradient passes.
     """
+    def done() -> None:
+        if on_progress is not None:
+            on_progress(x.shape[0])
+
     was_training = model.training
     model.eval()
     try:
         with solver_override(model, **reference_options):
             reference = input_gradient(model, x, y).flatten(1)
+        done()
         candidates = {"deployed": input_gradient(model, x, y)}
+        done()
         for name, options in other_options.items():
             with solver_override(model, **options):
                 candidates[name] = input_gradient(model, x, y)
+            done()
     finally:
         model.train(was_training)
     report = {}

@@ -3,138 +3,450 @@ Dormand–Prince), measured honestly.
 
     python -m experiments.robustness --data-dir DIR --out runs/robustness
 
-For each model: train it first if its run directory holds no ``model.pt`` (resumable, via
-``experiments.train``), then attack the first ``--samples`` test images with FGSM, PGD and DI²-FGSM at every
-``--eps`` (L∞) and with the decision-based Boundary Attack (thresholded at the same L∞ budgets, median L2
-reported). For models with ODE blocks, gradient-masking diagnostics follow: agreement of input gradients with
-a tight-tolerance solve, and PGD crafted through surrogate solvers (tight dopri5, fixed-step RK4) and
-evaluated on the deployed model. Each model's record is written atomically when complete and reused on the
-next run (``--force`` redoes it); ``results.csv``/``results.json`` hold every row.
+1. Models. Each model is trained with its recipe (RECIPES below: the README's training commands; change it
+   with --resnet-train/--odenet-train KEY=VALUE or a --recipes JSON file) unless the model cache already
+   holds it. The cache (--models, else $NR_MODELS_DIR, else OUT/models) keys a model by registry name +
+   a hash of everything it was trained with, so any working directory reuses it and another recipe trains
+   another model. --resnet-run/--odenet-run use a given run directory instead.
+2. Attacks. The first --samples test images are attacked with FGSM, PGD and DI²-FGSM at every --eps (L∞),
+   with a per-eps worst case over the three, and with the decision-based Boundary Attack (one run,
+   thresholded at the same L∞ budgets). For models with ODE blocks, gradient-masking diagnostics follow:
+   agreement of input gradients with a tight-tolerance solve, and PGD crafted through surrogate solvers
+   (tight dopri5, fixed-step RK4) and evaluated on the deployed model.
+3. Resume. Every (model, attack, eps) result is a record in OUT/records, written atomically when complete
+   and stamped with its configuration (model weights, samples, eps, attack settings). A rerun reuses the
+   records whose configuration is unchanged, recomputes the others, and says which; Ctrl-C keeps every
+   complete record. --force recomputes everything.
+4. Output in OUT: results.csv (every row, 4 decimals), results.json, <model>.json per model, and
+   report.md (the table, the verdicts, the configuration and the command).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from attacks import DI2FGSM, FGSM, PGD, BoundaryAttack, ResultTable, gradient_masking_warnings, sweep
+from attacks import DI2FGSM, FGSM, PGD, Attack, BoundaryAttack, ResultTable, gradient_masking_warnings, sweep
+from attacks.evaluation import evaluate_attack
 from attacks.table import atomic_write_text
-from experiments import train as train_command
+from experiments.cli import (
+    Outputs,
+    UsageError,
+    add_data_arguments,
+    make_parser,
+    positive_int,
+    run,
+    setup,
+)
 from experiments.masking import SurrogateSolverAttack, gradient_agreement, ode_blocks
+from experiments.records import RecordStore, config_hash
+from experiments.train import TrainJob, _model_arg, model_kwargs_for, run_training
 from nets.datasets import load_dataset
-from nets.training import load_trained_model
+from nets.training import MODEL_NAME, TrainConfig, load_trained_model
 
 DEFAULT_EPS = {"mnist": [0.05, 0.1, 0.2, 0.3], "cifar10": [1 / 255, 2 / 255, 4 / 255, 8 / 255]}
 DEFAULT_MODELS = {
     "mnist": {"resnet": "mnist_resnet_small", "odenet": "odenet_mnist_small"},
     "cifar10": {"resnet": "resnet20", "odenet": "odenet_cifar_small"},
 }
+MODELS_DIR_ENV = "NR_MODELS_DIR"
+
+# The README's training commands (section "Architectures as schemes and training"); --seed replaces seed.
+RECIPES: dict[str, TrainConfig] = {
+    "mnist_resnet_small": TrainConfig(epochs=2, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
+                                      nesterov=True, weight_decay=5e-4, schedule="onecycle"),
+    "odenet_mnist_small": TrainConfig(epochs=2, batch_size=128, optimizer="adam", lr=3e-3,
+                                      schedule="onecycle"),
+    "resnet20": TrainConfig(epochs=12, batch_size=128, optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True,
+                            weight_decay=5e-4, schedule="onecycle"),
+}
+FALLBACK_RECIPE = TrainConfig(epochs=2, batch_size=128, optimizer="adam", lr=1e-3, schedule="onecycle")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.robustness",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", choices=sorted(DEFAULT_EPS), default="mnist")
-    parser.add_argument("--data-dir", default=None, help="data directory (default: $NR_DATA_DIR)")
-    parser.add_argument("--out", default="runs/robustness")
-    parser.add_argument("--runs", default="runs", help="where the trained models' run directories live")
+    parser = make_parser("python -m experiments.robustness", __doc__)
+    parser.add_argument("--dataset", choices=sorted(DEFAULT_EPS), default="mnist", help="dataset")
+    add_data_arguments(parser)
+    parser.add_argument("--out", default="runs/robustness", help="folder for the records and results")
+    parser.add_argument("--models", "--runs", dest="models", default=None,
+                        help=f"model cache folder (default: ${MODELS_DIR_ENV}, else OUT/models)")
     parser.add_argument("--resnet-model", default=None, help="registry name (default depends on --dataset)")
     parser.add_argument("--odenet-model", default=None, help="registry name (default depends on --dataset)")
-    parser.add_argument("--resnet-run", default=None, help="run directory (default: RUNS/<registry name>)")
-    parser.add_argument("--odenet-run", default=None, help="run directory (default: RUNS/<registry name>)")
-    parser.add_argument("--resnet-arg", type=train_command._model_arg, action="append", default=[],
-                        metavar="KEY=VALUE")
-    parser.add_argument("--odenet-arg", type=train_command._model_arg, action="append", default=[],
-                        metavar="KEY=VALUE")
-    parser.add_argument("--train-epochs", type=int, default=2, help="epochs when a model must be trained")
-    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N images only")
-    parser.add_argument("--eps", type=float, nargs="+", default=None, help="L-inf budgets")
-    parser.add_argument("--samples", type=int, default=200, help="test images attacked")
-    parser.add_argument("--pgd-steps", type=int, default=20)
-    parser.add_argument("--difgsm-steps", type=int, default=10)
-    parser.add_argument("--boundary-samples", type=int, default=50)
-    parser.add_argument("--boundary-queries", type=int, default=1000)
-    parser.add_argument("--diagnostic-samples", type=int, default=100, help="images for gradient agreement")
+    parser.add_argument("--resnet-run", default=None,
+                        help="use this run directory for the ResNet instead of the model cache")
+    parser.add_argument("--odenet-run", default=None,
+                        help="use this run directory for the ODE-Net instead of the model cache")
+    parser.add_argument("--resnet-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                        help="model keyword argument of the ResNet; repeatable")
+    parser.add_argument("--odenet-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                        help="model keyword argument of the ODE-Net; repeatable")
+    parser.add_argument("--resnet-train", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                        help="change one setting of the ResNet's training recipe (a TrainConfig field, e.g. "
+                             "lr=0.05); repeatable")
+    parser.add_argument("--odenet-train", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                        help="change one setting of the ODE-Net's training recipe; repeatable")
+    parser.add_argument("--recipes", default=None, metavar="FILE",
+                        help='JSON file {"registry name": {TrainConfig fields}} replacing recipes (the '
+                             "flags above still apply on top)")
+    parser.add_argument("--train-epochs", type=positive_int, default=None,
+                        help="epochs when a model must be trained (default: the recipe's)")
+    parser.add_argument("--train-limit", type=positive_int, default=None,
+                        help="train on the first N images only")
+    parser.add_argument("--eps", type=float, nargs="+", default=None,
+                        help="L-inf budgets (default: 0.05 0.1 0.2 0.3 for MNIST, 1/255 2/255 4/255 "
+                             "8/255 for CIFAR-10)")
+    parser.add_argument("--samples", type=positive_int, default=200, help="test images attacked")
+    parser.add_argument("--pgd-steps", type=positive_int, default=20,
+                        help="PGD steps (random start, alpha = 2.5 eps / steps)")
+    parser.add_argument("--difgsm-steps", type=positive_int, default=10, help="DI²-FGSM steps")
+    parser.add_argument("--boundary-samples", type=positive_int, default=50,
+                        help="images for the Boundary Attack")
+    parser.add_argument("--boundary-queries", type=positive_int, default=1000,
+                        help="Boundary Attack queries per image (initialisation counted)")
+    parser.add_argument("--diagnostic-samples", type=positive_int, default=100,
+                        help="images for the gradient-agreement diagnostic")
     parser.add_argument("--reference-tol", type=float, default=1e-6,
                         help="rtol = atol of the accurate dopri5 solve (gradient reference, surrogate)")
-    parser.add_argument("--fixed-steps", type=int, default=20, help="steps of the fixed-step RK4 surrogate")
-    parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--force", action="store_true", help="recompute records that already exist")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--fixed-steps", type=positive_int, default=20,
+                        help="steps of the fixed-step RK4 surrogate")
+    parser.add_argument("--batch-size", type=positive_int, default=250, help="attack batch size")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training recipes and of the attacks")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:K or auto")
+    parser.add_argument("--force", action="store_true", help="recompute every record, even unchanged ones")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
-def ensure_trained(label: str, name: str, run_dir: Path, args: argparse.Namespace,
-                   extra: Sequence[tuple[str, Any]]) -> torch.nn.Module:
-    """Load ``run_dir/model.pt``; train the model there first (resumable) when it is missing."""
-    if not (run_dir / "model.pt").is_file():
-        print(f"[{label}] no trained model in {run_dir}: training {name} for {args.train_epochs} epochs")
-        argv = ["--model", name, "--dataset", args.dataset, "--epochs", str(args.train_epochs),
-                "--optimizer", "adam", "--lr", "1e-3", "--schedule", "onecycle", "--out", str(run_dir),
-                "--seed", str(args.seed), "--resume", "--device", args.device]
-        if args.data_dir:
-            argv += ["--data-dir", args.data_dir]
-        if args.train_limit:
-            argv += ["--limit-train", str(args.train_limit)]
-        if args.no_progress:
-            argv += ["--no-progress"]
-        for key, value in extra:
-            argv += ["--model-arg", f"{key}={value!r}"]
-        train_command.main(argv)
-    return load_trained_model(run_dir, device=_device(args.device))
+# ------------------------------------------------------------------------------------------------ models
 
 
-def evaluate_model(model: torch.nn.Module, label: str, x: torch.Tensor, y: torch.Tensor,
-                   args: argparse.Namespace, eps: list[float]) -> dict[str, Any]:
-    """All attacks and (for ODE models) the masking diagnostics for one model."""
-    progress = not args.no_progress
-    started = time.perf_counter()
-    white_box = {
-        "FGSM": lambda e: FGSM(e, seed=args.seed),
-        "PGD": lambda e: PGD(e, steps=args.pgd_steps, seed=args.seed),
-        "DI2-FGSM": lambda e: DI2FGSM(e, steps=args.difgsm_steps, seed=args.seed),
-    }
-    table = sweep(model, white_box, eps, (x, y), batch_size=args.batch_size, progress=progress)
-    nb = min(args.boundary_samples, x.shape[0])
-    boundary = sweep(model, {"Boundary": lambda e: BoundaryAttack(max_queries=args.boundary_queries,
-                                                                  seed=args.seed)},
-                     eps, (x[:nb], y[:nb]), batch_size=args.batch_size, progress=progress)
-    rows = table.rows + boundary.rows
-    record: dict[str, Any] = {"model": label, "rows": rows}
+def recipe_for(name: str, args: argparse.Namespace, overrides: Sequence[tuple[str, Any]]) -> TrainConfig:
+    """The training recipe of registry model ``name``: RECIPES (or --recipes), then --seed, --train-epochs
+    and the KEY=VALUE ``overrides``; validated (an invalid setting is a UsageError naming it)."""
+    recipes: Mapping[str, Any] = RECIPES
+    if args.recipes:
+        path = Path(args.recipes)
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UsageError(f"--recipes file {str(path)!r} does not exist") from None
+        except ValueError as error:
+            raise UsageError(f"--recipes file {str(path)!r} is not valid JSON: {error}") from None
+        recipes = {**RECIPES, **loaded}
+    base = recipes.get(name, FALLBACK_RECIPE)
+    changes: dict[str, Any] = {"seed": args.seed}
+    if args.train_epochs is not None:
+        changes["epochs"] = args.train_epochs
+    changes.update(dict(overrides))
+    try:
+        base = base if isinstance(base, TrainConfig) else FALLBACK_RECIPE.replace(**base)
+        return base.replace(**changes)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"invalid training recipe for {name}: {error}") from None
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model of the job: what it is, how it is trained and where it lives."""
+
+    label: str
+    name: str
+    kwargs: Mapping[str, Any]
+    recipe: TrainConfig
+    run_dir: Path
+    cached: bool  # run_dir is the model cache's entry (named by cache_key), not a user-given run directory
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs), "recipe": self.recipe.to_dict()}
+
+
+def cache_key(name: str, identity: Mapping[str, Any]) -> str:
+    """``<registry name>-<hash of name, model kwargs, dataset, training recipe, train limit>``."""
+    return f"{name}-{config_hash(identity)[:10]}"
+
+
+def plan_models(args: argparse.Namespace, out: Path) -> list[ModelPlan]:
+    names = DEFAULT_MODELS[args.dataset]
+    models_dir = Path(args.models or os.environ.get(MODELS_DIR_ENV) or out / "models").expanduser()
+    plans = []
+    for label, name, extra, overrides, run_dir in (
+        ("resnet", args.resnet_model or names["resnet"], args.resnet_arg, args.resnet_train, args.resnet_run),
+        ("odenet", args.odenet_model or names["odenet"], args.odenet_arg, args.odenet_train, args.odenet_run),
+    ):
+        name = name.lower()
+        from nets.registry import available_models
+
+        if name not in available_models():
+            raise UsageError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        kwargs = model_kwargs_for(name, args.dataset, None, extra)
+        recipe = recipe_for(name, args, overrides)
+        identity = {"name": name, "kwargs": kwargs, "dataset": args.dataset, "recipe": recipe.to_dict(),
+                    "train_limit": args.train_limit}
+        directory = Path(run_dir) if run_dir else models_dir / cache_key(name, identity)
+        plans.append(ModelPlan(label, name, kwargs, recipe, directory, cached=not run_dir))
+    return plans
+
+
+def ensure_trained(plan: ModelPlan, args: argparse.Namespace, outputs: Outputs | None) -> torch.nn.Module:
+    """Load ``plan.run_dir/model.pt``; train the model there first (resumable) when it is missing."""
+    if (plan.run_dir / MODEL_NAME).is_file():
+        print(f"[{plan.label}] using the trained {plan.name} in {plan.run_dir}", flush=True)
+    else:
+        r = plan.recipe
+        print(f"[{plan.label}] no trained model in {plan.run_dir}: training {plan.name} ({r.epochs} epochs, "
+              f"{r.optimizer} lr {r.lr:g}, {r.schedule}, batch {r.batch_size})", flush=True)
+        job = TrainJob(model=plan.name, dataset=args.dataset, out=plan.run_dir, config=plan.recipe,
+                       data_dir=args.data_dir, model_kwargs=plan.kwargs, limit_train=args.train_limit,
+                       device=args.device, resume=True, verify=not args.no_verify, download=args.download,
+                       progress=not args.no_progress)
+        run_training(job, outputs)
+    return load_trained_model(plan.run_dir, device=_device(args.device))
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- attacks
+# Another attack suite plugs in here: attack_suite() lists the eps-bounded attacks of a model and
+# attacks_at_eps() is everything run for one model at one eps (one resumable record per attack, through
+# Session.store); evaluate_model() calls it once per eps, then the model-level units (Boundary, gradient
+# agreement).
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One eps-bounded attack of the suite: ``factory(eps)`` builds it; ``settings`` is everything its result
+    depends on besides the model, the images and eps (stamped on its records); ``worst_case``: counted in
+    the per-eps worst-case row."""
+
+    name: str
+    factory: Callable[[float], Attack]
+    settings: Mapping[str, Any]
+    worst_case: bool = True
+
+
+def attack_suite(model: torch.nn.Module, args: argparse.Namespace) -> list[AttackSpec]:
+    """The eps-bounded attacks run on ``model`` at every eps: FGSM, PGD, DI²-FGSM, and for ODE models PGD
+    crafted through surrogate solvers (transfer attacks; not in the worst case)."""
+    seed, steps = args.seed, args.pgd_steps
+    specs = [
+        AttackSpec("FGSM", lambda e: FGSM(e, seed=seed), {"seed": seed}),
+        AttackSpec("PGD", lambda e: PGD(e, steps=steps, seed=seed), {"steps": steps, "seed": seed}),
+        AttackSpec("DI2-FGSM", lambda e: DI2FGSM(e, steps=args.difgsm_steps, seed=seed),
+                   {"steps": args.difgsm_steps, "seed": seed}),
+    ]
     blocks = ode_blocks(model)
     if blocks:
-        t1, method = blocks[0].t1, blocks[0].method
-        tol, steps = args.reference_tol, args.fixed_steps
-        tight = {"method": "dopri5", "rtol": tol, "atol": tol, "step_size": None}
-        fixed = {"method": "rk4", "step_size": t1 / steps}
-        nd = min(args.diagnostic_samples, x.shape[0])
-        adjoint = {"solver_options": {**blocks[0].solver_options, "gradient": "adjoint"}}
-        record["gradient_agreement"] = gradient_agreement(
-            model, x[:nd], y[:nd], tight, {f"rk4_{steps}_steps": fixed, "deployed_adjoint": adjoint})
-        surrogates = {
-            f"PGD via dopri5 tol {tol:g}": lambda e: SurrogateSolverAttack(
-                PGD(e, steps=args.pgd_steps, seed=args.seed), **tight),
-            f"PGD via rk4 {steps} steps": lambda e: SurrogateSolverAttack(
-                PGD(e, steps=args.pgd_steps, seed=args.seed), **fixed),
-        }
-        transfer = sweep(model, surrogates, eps, (x, y), batch_size=args.batch_size, progress=progress)
-        record["rows"] += [row for row in transfer.rows if row["attack"] != "worst-case"]
-        record["deployed_solver"] = {"method": method, "rtol": blocks[0].rtol, "atol": blocks[0].atol,
-                                     "step_size": blocks[0].step_size, "t1": t1}
+        tight, fixed = _surrogates(blocks[0], args)
+        tol, n = args.reference_tol, args.fixed_steps
+        specs += [
+            AttackSpec(f"PGD via dopri5 tol {tol:g}",
+                       lambda e: SurrogateSolverAttack(PGD(e, steps=steps, seed=seed), **tight),
+                       {"steps": steps, "seed": seed, "solver": tight}, worst_case=False),
+            AttackSpec(f"PGD via rk4 {n} steps",
+                       lambda e: SurrogateSolverAttack(PGD(e, steps=steps, seed=seed), **fixed),
+                       {"steps": steps, "seed": seed, "solver": fixed}, worst_case=False),
+        ]
+    return specs
+
+
+def _surrogates(block, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    tol = args.reference_tol
+    tight = {"method": "dopri5", "rtol": tol, "atol": tol, "step_size": None}
+    fixed = {"method": "rk4", "step_size": block.t1 / args.fixed_steps}
+    return tight, fixed
+
+
+class _Observed(Attack):
+    """Runs ``inner`` unchanged and reports each batch (inputs, labels, adversarials) to ``on_batch``."""
+
+    def __init__(self, inner: Attack, on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]):
+        super().__init__(targeted=inner.targeted, seed=inner.seed)
+        self.inner, self.on_batch = inner, on_batch
+        self.minimizes = inner.minimizes
+        self.eps = getattr(inner, "eps", None)
+
+    def _attack(self, model, x, y):
+        x_adv = self.inner(model, x, y)
+        self.last_stats = self.inner.last_stats
+        self.on_batch(x, y, x_adv)
+        return x_adv
+
+
+@dataclass
+class Session:
+    """What the evaluation of one model shares: its label and identity, the data, the record store, the
+    progress bar and the options."""
+
+    label: str
+    model_identity: Mapping[str, Any]
+    x: torch.Tensor
+    y: torch.Tensor
+    store: RecordStore
+    args: argparse.Namespace
+    bar: Any = None
+    outputs: Outputs | None = None
+
+    def config(self, what: str, eps: float | Sequence[float] | None, settings: Mapping[str, Any],
+               samples: int) -> dict[str, Any]:
+        return {"dataset": self.args.dataset, "model": dict(self.model_identity), "samples": samples,
+                "what": what, "eps": eps, "settings": dict(settings), "batch_size": self.args.batch_size}
+
+    def advance(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def put(self, key: tuple, config: Mapping[str, Any], record: Mapping[str, Any]) -> None:
+        path = self.store.put(key, config, record)
+        if self.outputs is not None:
+            self.outputs.add(path)
+
+
+def run_attack(model: torch.nn.Module, attack: Attack, name: str, eps: float, session: Session) -> dict:
+    """One attack at one eps on the session's images: its report row and which images stayed robust."""
+    adversarials: list[torch.Tensor] = []
+
+    def on_batch(x, y, x_adv):
+        adversarials.append(x_adv)
+        session.advance(x.shape[0])
+
+    observed = _Observed(attack, on_batch)
+    row = evaluate_attack(model, observed, (session.x, session.y), eps=eps, name=name,
+                          batch_size=session.args.batch_size)
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        clean = torch.cat([model(x).argmax(1) for x in session.x.split(session.args.batch_size)])
+        adversarial = torch.cat([model(x).argmax(1) for x in adversarials])
+        model.train(was_training)
+    robust = (clean == session.y) & (adversarial == session.y)
+    return {"row": row, "robust": "".join("1" if r else "0" for r in robust.tolist())}
+
+
+def attacks_at_eps(model: torch.nn.Module, eps: float, specs: Sequence[AttackSpec],
+                   session: Session) -> list[dict[str, Any]]:
+    """Every attack of ``specs`` on one model at one eps (each result a resumable record), then the per-eps
+    worst case over the specs marked ``worst_case``: a sample counts robust only if it survives all of
+    them. Returns the report rows."""
+    n = session.x.shape[0]
+    rows, masks = [], []
+    for spec in specs:
+        key = (session.label, spec.name, eps)
+        config = session.config(spec.name, eps, spec.settings, n)
+        record = session.store.get(key, config)
+        if record is None:
+            record = run_attack(model, spec.factory(eps), spec.name, eps, session)
+            session.put(key, config, record)
+        else:
+            session.advance(n)
+        rows.append(record["row"])
+        if spec.worst_case:
+            masks.append(record["robust"])
+    if len(masks) > 1:
+        robust = [all(mask[i] == "1" for mask in masks) for i in range(n)]
+        rows.append({"attack": "worst-case", "eps": eps, "norm": "linf", "samples": n,
+                     "clean_accuracy": rows[0]["clean_accuracy"], "robust_accuracy": sum(robust) / n})
+    return rows
+
+
+def boundary_rows(model: torch.nn.Module, eps: list[float], session: Session) -> list[dict[str, Any]]:
+    """The Boundary Attack: one run on the first --boundary-samples images, thresholded at every eps."""
+    args = session.args
+    nb = min(args.boundary_samples, session.x.shape[0])
+    key = (session.label, "Boundary")
+    config = session.config("Boundary", eps, {"queries": args.boundary_queries, "seed": args.seed}, nb)
+    record = session.store.get(key, config)
+    if record is None:
+        attack = _Observed(BoundaryAttack(max_queries=args.boundary_queries, seed=args.seed),
+                           lambda x, y, x_adv: session.advance(x.shape[0]))
+        table = sweep(model, {"Boundary": lambda e: attack}, eps, (session.x[:nb], session.y[:nb]),
+                      batch_size=args.batch_size, progress=False)
+        record = {"rows": table.rows}
+        session.put(key, config, record)
+    else:
+        session.advance(nb)
+    return record["rows"]
+
+
+def agreement_record(model: torch.nn.Module, session: Session) -> dict[str, Any]:
+    """Input-gradient agreement of the deployed solver (and of RK4 and adjoint gradients) with a tight
+    dopri5 solve, on the first --diagnostic-samples images."""
+    args = session.args
+    block = ode_blocks(model)[0]
+    tight, fixed = _surrogates(block, args)
+    nd = min(args.diagnostic_samples, session.x.shape[0])
+    others = {f"rk4_{args.fixed_steps}_steps": fixed,
+              "deployed_adjoint": {"solver_options": {**block.solver_options, "gradient": "adjoint"}}}
+    key = (session.label, "gradient agreement")
+    config = session.config("gradient agreement", None, {"reference": tight, "others": others}, nd)
+    record = session.store.get(key, config)
+    if record is None:
+        record = gradient_agreement(model, session.x[:nd], session.y[:nd], tight, others,
+                                    on_progress=session.advance)
+        session.put(key, config, record)
+    return record
+
+
+def evaluate_model(model: torch.nn.Module, plan: ModelPlan, x: torch.Tensor, y: torch.Tensor,
+                   args: argparse.Namespace, eps: list[float], store: RecordStore,
+                   outputs: Outputs | None = None) -> dict[str, Any]:
+    """All attacks and (for ODE models) the masking diagnostics for one model, resuming from ``store``."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    identity = {**plan.identity, "weights_sha256": _file_sha256(plan.run_dir / MODEL_NAME)}
+    session = Session(plan.label, identity, x, y, store, args, outputs=outputs)
+    specs = attack_suite(model, args)
+    n, nb = x.shape[0], min(args.boundary_samples, x.shape[0])
+    show = not args.no_progress
+    session.bar = tqdm(total=n * len(specs) * len(eps) + nb, desc=f"[{plan.label}] attacks x eps",
+                       unit="img", disable=not show, file=sys.stderr, dynamic_ncols=True)
+    try:
+        by_eps = [attacks_at_eps(model, e, specs, session) for e in eps]
+        boundary = boundary_rows(model, eps, session)
+    finally:
+        session.bar.close()
+    record: dict[str, Any] = {"model": plan.label, "rows": _ordered(by_eps, boundary, specs)}
+    blocks = ode_blocks(model)
+    if blocks:
+        nd = min(args.diagnostic_samples, n)
+        session.bar = tqdm(total=4 * nd, desc=f"[{plan.label}] gradient agreement", unit="img",
+                           disable=not show, file=sys.stderr, dynamic_ncols=True)
+        try:
+            record["gradient_agreement"] = agreement_record(model, session)
+        finally:
+            session.bar.close()
+        b = blocks[0]
+        record["deployed_solver"] = {"method": b.method, "rtol": b.rtol, "atol": b.atol,
+                                     "step_size": b.step_size, "t1": b.t1}
     warnings = gradient_masking_warnings(ResultTable(record["rows"]))
     warnings += surrogate_warnings(record["rows"])
     record["warnings"] = warnings
     record["time_s"] = time.perf_counter() - started
     return record
+
+
+def _ordered(by_eps: list[list[dict]], boundary: list[dict], specs: Sequence[AttackSpec]) -> list[dict]:
+    """Rows grouped by attack (direct attacks, worst case, Boundary, surrogate transfers), eps ascending."""
+    names = [s.name for s in specs if s.worst_case] + ["worst-case"]
+    rows = [row for name in names for group in by_eps for row in group if row["attack"] == name]
+    rows += boundary
+    rows += [row for s in specs if not s.worst_case for group in by_eps for row in group
+             if row["attack"] == s.name]
+    return rows
 
 
 def surrogate_warnings(rows: list[dict[str, Any]], tolerance: float = 0.01) -> list[str]:
@@ -153,70 +465,143 @@ def _device(name: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+# ----------------------------------------------------------------------------------------------- the job
+
+
+def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    setup(args)
+    outputs = outputs if outputs is not None else Outputs()
+    started = time.perf_counter()
     torch.manual_seed(args.seed)
-    eps = args.eps or DEFAULT_EPS[args.dataset]
+    eps = [float(e) for e in (args.eps or DEFAULT_EPS[args.dataset])]
+    if any(not (0 <= e <= 1) for e in eps):
+        raise UsageError(f"--eps values must lie in [0, 1] (images are in [0, 1]), got {eps}")
     out = Path(args.out)
-    names = DEFAULT_MODELS[args.dataset]
-    models = {"resnet": (args.resnet_model or names["resnet"], args.resnet_arg, args.resnet_run),
-              "odenet": (args.odenet_model or names["odenet"], args.odenet_arg, args.odenet_run)}
-    test = load_dataset(args.dataset, "test", args.data_dir, progress=not args.no_progress)
+    plans = plan_models(args, out)
+    test = load_dataset(args.dataset, "test", args.data_dir, verify=not args.no_verify,
+                        download=args.download, progress=not args.no_progress)
     n = min(args.samples, len(test.labels))
     x = test.images[:n].float().div(255).to(_device(args.device))
     y = test.labels[:n].to(_device(args.device))
-    records = {}
-    for label, (name, extra, run_dir) in models.items():
-        path = out / f"{label}.json"
-        if path.is_file() and not args.force:
-            records[label] = json.loads(path.read_text())
-            print(f"[{label}] reusing {path} (use --force to recompute)")
-            continue
-        model = ensure_trained(label, name, Path(run_dir or Path(args.runs) / name), args, extra)
-        record = evaluate_model(model, label, x, y, args, eps)
-        record.update({"registry_name": name, "samples": n, "eps": eps, "dataset": args.dataset})
-        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-        records[label] = record
+    store = RecordStore(out / "records", force=args.force)
+    records: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for plan in plans:
+        path = out / f"{plan.label}.json"
+        weights = plan.run_dir / MODEL_NAME
+        summary_config = {"plan": plan.identity, "dataset": args.dataset, "samples": n, "eps": eps,
+                          "settings": _settings(args), "run_dir": str(plan.run_dir),
+                          "weights_sha256": _file_sha256(weights) if weights.is_file() else None}
+        reused = _reuse_summary(path, summary_config, args.force) if weights.is_file() else None
+        if reused is not None:
+            records[plan.label] = reused
+            print(f"[{plan.label}] reusing the complete {path} (same configuration; --force recomputes)")
+        else:
+            model = ensure_trained(plan, args, outputs)
+            record = evaluate_model(model, plan, x, y, args, eps, store, outputs)
+            for line in store.summary(plan.label):
+                print(f"[{plan.label}] {line}", flush=True)
+            summary_config["weights_sha256"] = _file_sha256(weights)
+            record.update({"registry_name": plan.name, "samples": n, "eps": eps, "dataset": args.dataset,
+                           "config_hash": config_hash(summary_config)})
+            atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+            outputs.add(path)
+            records[plan.label] = record
+        models[plan.label] = {"name": plan.name, "run_dir": str(plan.run_dir),
+                              "recipe": plan.recipe.to_dict(), "kwargs": dict(plan.kwargs),
+                              "test_accuracy": _trained_accuracy(plan.run_dir)}
     rows = [{"model": label, **row} for label, record in records.items() for row in record["rows"]]
-    table = ResultTable(rows)
-    table.to_csv(out / "results.csv")
+    ResultTable(rows).to_csv(out / "results.csv", digits=4)
     atomic_write_text(out / "results.json", json.dumps(records, indent=2) + "\n")
-    print_summary(records, eps)
+    table = summary_lines(records, eps)
+    print("\n" + "\n".join(table))
+    command = "python -m experiments.robustness " + " ".join(shlex.quote(a) for a in argv)
+    report = report_markdown(records, eps, table, models, args, n, command, time.perf_counter() - started)
+    atomic_write_text(out / "report.md", report)
+    for name in ("results.csv", "results.json", "report.md"):
+        outputs.add(out / name)
     return records
 
 
-def print_summary(records: dict[str, Any], eps: list[float]) -> None:
-    attacks = []
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in ("pgd_steps", "difgsm_steps", "boundary_samples",
+                                                "boundary_queries", "diagnostic_samples", "reference_tol",
+                                                "fixed_steps", "batch_size", "seed")}
+
+
+def _reuse_summary(path: Path, config: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
+    if force or not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return stored if stored.get("config_hash") == config_hash(config) else None
+
+
+def _trained_accuracy(run_dir: Path) -> float | None:
+    try:
+        return json.loads((run_dir / "results.json").read_text())["final"]["test_accuracy"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def summary_lines(records: Mapping[str, Any], eps: list[float]) -> list[str]:
+    """The robust-accuracy table and the verdict lines, as printed and as written to report.md."""
+    attacks: list[str] = []
     for record in records.values():
         for row in record["rows"]:
             if row["attack"] not in attacks:
                 attacks.append(row["attack"])
-    print("\nrobust accuracy (L-inf eps; Boundary thresholded at the same eps)")
+    lines = ["robust accuracy (L-inf eps; Boundary thresholded at the same eps)"]
     header = ["model", "attack", "clean"] + [f"{e:g}" for e in eps]
-    lines = [header]
+    cells = [header]
     for label, record in records.items():
         for attack in attacks:
             by_eps = {row["eps"]: row for row in record["rows"] if row["attack"] == attack}
             if not by_eps:
                 continue
             clean = next(iter(by_eps.values()))["clean_accuracy"]
-            lines.append([label, attack, f"{clean:.3f}"] + [
+            cells.append([label, attack, f"{clean:.3f}"] + [
                 f"{by_eps[e]['robust_accuracy']:.3f}" if e in by_eps else "-" for e in eps])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    lines += ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in cells]
     for label, record in records.items():
         if "gradient_agreement" in record:
-            print(f"\n[{label}] input-gradient agreement with an accurate dopri5 solve:")
+            lines.append(f"[{label}] input-gradient agreement with an accurate dopri5 solve:")
             for name, stats in record["gradient_agreement"].items():
-                print(f"  {name:14s} median cos {stats['median_cosine']:.4f}  "
-                      f"min cos {stats['min_cosine']:.4f}  "
-                      f"median rel. error {stats['median_relative_error']:.3g}")
+                lines.append(f"  {name:18s} median cos {stats['median_cosine']:.4f}  "
+                             f"min cos {stats['min_cosine']:.4f}  "
+                             f"median rel. error {stats['median_relative_error']:.3g}")
         for warning in record["warnings"]:
-            print(f"[{label}] WARNING {warning}")
+            lines.append(f"[{label}] WARNING {warning}")
         if not record["warnings"]:
-            print(f"[{label}] no gradient-masking symptom found")
+            lines.append(f"[{label}] no gradient-masking symptom found")
+    return lines
+
+
+def print_summary(records: Mapping[str, Any], eps: list[float]) -> None:
+    print("\n".join(summary_lines(records, eps)))
+
+
+def report_markdown(records: Mapping[str, Any], eps: list[float], table: list[str], models: Mapping[str, Any],
+                    args: argparse.Namespace, samples: int, command: str, seconds: float) -> str:
+    """report.md: the table and verdicts as printed, the models, the configuration and the command."""
+    lines = ["# Robustness report", "", "```text", *table, "```", "", "## Models", ""]
+    lines += ["| label | registry name | test accuracy | run directory | training recipe |",
+              "| --- | --- | --- | --- | --- |"]
+    for label, info in models.items():
+        accuracy = "-" if info["test_accuracy"] is None else f"{100 * info['test_accuracy']:.2f}%"
+        recipe = ", ".join(f"{k}={v}" for k, v in info["recipe"].items())
+        lines.append(f"| {label} | `{info['name']}` | {accuracy} | `{info['run_dir']}` | {recipe} |")
+    settings = {"dataset": args.dataset, "samples": samples, "eps": eps, **_settings(args)}
+    lines += ["", "## Configuration", "", *[f"- {key}: {value}" for key, value in settings.items()]]
+    lines += ["", "## Command", "", "```bash", command, "```", "",
+              f"Wall time of this run: {seconds:.0f} s (records resumed from earlier runs not included).", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run(main))

@@ -21,19 +21,34 @@ import ast
 import importlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from experiments.cli import (
+    Outputs,
+    UsageError,
+    UsageExit,
+    add_data_arguments,
+    make_parser,
+    run,
+    setup,
+)
 from nets.datasets import DATASET_INFO, default_augmentation, load_dataset
 from nets.registry import accepted_kwargs, available_models, build_model
 from nets.training import (
+    CHECKPOINT_NAME,
+    MODEL_NAME,
     OPTIMIZERS,
+    RESULTS_NAME,
     SCHEDULES,
     TrainConfig,
     init_distributed,
     seed_everything,
+    shutdown_distributed,
     train,
 )
 
@@ -50,37 +65,38 @@ def _model_arg(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="registered model name")
-    parser.add_argument("--dataset", required=True, choices=sorted(DATASET_INFO))
-    parser.add_argument("--data-dir", default=None, help="data directory (default: $NR_DATA_DIR)")
+    parser = make_parser("python -m experiments.train", __doc__)
+    parser.add_argument("--model", required=True, help="registered model name (see nets.available_models())")
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASET_INFO), help="dataset to train on")
+    add_data_arguments(parser)
     parser.add_argument(
         "--out", required=True, help="run directory for checkpoint.pt, results.json, model.pt"
     )
-    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--epochs", type=int, required=True, help="epochs to train (in total, when resuming)")
     parser.add_argument("--batch-size", type=int, default=128, help="per process; global = this x world size")
-    parser.add_argument("--eval-batch-size", type=int, default=1000)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--nesterov", action="store_true")
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--schedule", choices=SCHEDULES, default="constant")
-    parser.add_argument("--milestones", type=int, nargs="*", default=[], help="epochs (multistep)")
+    parser.add_argument("--eval-batch-size", type=int, default=1000, help="test-set batch size")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimizer")
+    parser.add_argument("--lr", type=float, default=0.1, help="learning rate (onecycle: its maximum)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="L2 (sgd, adam) or decoupled (adamw)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant", help="learning-rate schedule")
+    parser.add_argument("--milestones", type=int, nargs="*", default=[],
+                        help="epochs at which multistep multiplies the lr by --gamma (default: 50%% and 75%% "
+                             "of the epochs)")
     parser.add_argument("--gamma", type=float, default=0.1, help="multistep factor")
-    parser.add_argument("--grad-clip-norm", type=float, default=None)
-    parser.add_argument("--drop-last", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grad-clip-norm", type=float, default=None, help="clip the gradient norm to this")
+    parser.add_argument("--drop-last", action="store_true", help="drop the last incomplete batch")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and RNGs")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
     parser.add_argument("--limit-train", type=int, default=None, help="use only the first N training samples")
     parser.add_argument("--limit-test", type=int, default=None, help="use only the first N test samples")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:K or auto")
     parser.add_argument("--step-size", type=float, default=None, help="passed to the model as step_size")
-    parser.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                        help="extra model keyword argument (value parsed as a Python literal); repeatable")
     parser.add_argument("--no-augment", action="store_true", help="disable CIFAR-10 crop+flip augmentation")
-    parser.add_argument("--no-verify", action="store_true", help="skip dataset checksum verification")
-    parser.add_argument("--download", action="store_true", help="download missing dataset files")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--find-unused-parameters",
         action="store_true",
@@ -95,6 +111,66 @@ def build_parser() -> argparse.ArgumentParser:
         help="import MODULE first (e.g. one registering extra models)",
     )
     return parser
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one training run needs, validated: which model on which data, where, and how
+    (:class:`~nets.training.TrainConfig`). :func:`run_training` runs it; ``experiments.train``'s command
+    line and the main job (``experiments.robustness``) both build one."""
+
+    model: str
+    dataset: str
+    out: Path
+    config: TrainConfig
+    data_dir: str | None = None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    limit_train: int | None = None
+    limit_test: int | None = None
+    augment: bool = True
+    device: str = "auto"
+    resume: bool = False
+    verify: bool = True
+    download: bool = False
+    progress: bool = True
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model.lower() not in available_models():
+            raise UsageError(
+                f"unknown model {self.model!r}; available: {', '.join(available_models()) or '(none)'}"
+            )
+        if self.dataset not in DATASET_INFO:
+            raise UsageError(f"unknown dataset {self.dataset!r}; available: {sorted(DATASET_INFO)}")
+        for name in ("limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "model", self.model.lower())
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The validated :class:`TrainConfig` of parsed command-line options (an invalid value: UsageError)."""
+    try:
+        return TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            momentum=args.momentum,
+            nesterov=args.nesterov,
+            weight_decay=args.weight_decay,
+            schedule=args.schedule,
+            milestones=tuple(args.milestones),
+            gamma=args.gamma,
+            seed=args.seed,
+            drop_last=args.drop_last,
+            eval_batch_size=args.eval_batch_size,
+            grad_clip_norm=args.grad_clip_norm,
+        )
+    except ValueError as error:
+        raise UsageError(f"invalid training setting: {error}") from None
 
 
 def model_kwargs_for(
@@ -118,94 +194,107 @@ def model_kwargs_for(
     return kwargs
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
+    setup(args)
     for module in args.imports:
         importlib.import_module(module)
     if args.model.lower() not in available_models():
-        raise SystemExit(
+        raise UsageExit(
             f"unknown model {args.model!r}; available: {', '.join(available_models()) or '(none)'}"
         )
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    job = TrainJob(
+        model=args.model,
+        dataset=args.dataset,
+        out=Path(args.out),
+        config=config_from_args(args),
+        data_dir=args.data_dir,
+        model_kwargs=model_kwargs_for(args.model, args.dataset, args.step_size, args.model_arg),
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        augment=not args.no_augment,
+        device=args.device,
+        resume=args.resume,
+        verify=not args.no_verify,
+        download=args.download,
+        progress=not args.no_progress,
+        find_unused_parameters=args.find_unused_parameters,
+    )
+    return run_training(job, outputs)
+
+
+def run_training(job: TrainJob, outputs: Outputs | None = None) -> dict[str, Any]:
+    """Train ``job.model`` on ``job.dataset`` into ``job.out`` (data-parallel under ``torchrun``) and return a
+    summary (test accuracy, times, world size). The process group is left in order at the end."""
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if job.device == "auto" else job.device
     context, device = init_distributed(device_name)
+    finished = False
     try:
         start = time.perf_counter()
-        progress = not args.no_progress and context.is_main
-        train_set, test_set = _load_splits(args, context, progress)
-        if args.limit_train is not None:
-            train_set = train_set.subset(args.limit_train)
-        if args.limit_test is not None:
-            test_set = test_set.subset(args.limit_test)
-        config = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            optimizer=args.optimizer,
-            lr=args.lr,
-            momentum=args.momentum,
-            nesterov=args.nesterov,
-            weight_decay=args.weight_decay,
-            schedule=args.schedule,
-            milestones=tuple(args.milestones),
-            gamma=args.gamma,
-            seed=args.seed,
-            drop_last=args.drop_last,
-            eval_batch_size=args.eval_batch_size,
-            grad_clip_norm=args.grad_clip_norm,
-        )
-        kwargs = model_kwargs_for(args.model, args.dataset, args.step_size, args.model_arg)
-        seed_everything(args.seed)  # identical initial weights on every process
-        model = build_model(args.model, **kwargs)
-        augment = None if args.no_augment else default_augmentation(args.dataset)
+        progress = job.progress and context.is_main
+        train_set, test_set = _load_splits(job, context, progress)
+        if job.limit_train is not None:
+            train_set = train_set.subset(job.limit_train)
+        if job.limit_test is not None:
+            test_set = test_set.subset(job.limit_test)
+        kwargs = dict(job.model_kwargs)
+        seed_everything(job.config.seed)  # identical initial weights on every process
+        model = build_model(job.model, **kwargs)
+        augment = default_augmentation(job.dataset) if job.augment else None
         result = train(
             model,
             train_set,
             test_set,
-            config,
-            args.out,
+            job.config,
+            job.out,
             augment=augment,
             device=device,
-            resume=args.resume,
-            model_spec={"name": args.model.lower(), "kwargs": kwargs},
+            resume=job.resume,
+            model_spec={"name": job.model, "kwargs": kwargs},
             progress=progress,
-            find_unused_parameters=args.find_unused_parameters,
+            find_unused_parameters=job.find_unused_parameters,
         )
+        if outputs is not None and context.is_main:
+            for name in (CHECKPOINT_NAME, RESULTS_NAME, MODEL_NAME):
+                outputs.add(job.out / name)
         summary = {
-            "model": args.model,
-            "dataset": args.dataset,
-            "epochs": args.epochs,
+            "model": job.model,
+            "dataset": job.dataset,
+            "epochs": job.config.epochs,
             "world_size": context.world_size,
-            "global_batch_size": args.batch_size * context.world_size,
+            "global_batch_size": job.config.batch_size * context.world_size,
             "test_accuracy": result.test_accuracy,
             "test_loss": result.test_loss,
             "train_time_s": result.train_time_s,
             "wall_time_s": time.perf_counter() - start,
-            "out": args.out,
+            "out": str(job.out),
         }
         if context.is_main:
             print("FINAL " + " ".join(f"{key}={_fmt(value)}" for key, value in summary.items()), flush=True)
+        finished = True
         return summary
     finally:
         if context.enabled:
-            torch.distributed.destroy_process_group()
+            shutdown_distributed(synchronize=finished)
 
 
-def _load_splits(args: argparse.Namespace, context, progress: bool):
+def _load_splits(job: TrainJob, context, progress: bool):
     """Both splits; with --download rank 0 fetches first while the other ranks wait, then they read."""
 
     def load():
         return tuple(
             load_dataset(
-                args.dataset,
+                job.dataset,
                 split,
-                args.data_dir,
-                verify=not args.no_verify,
-                download=args.download and context.is_main,
+                job.data_dir,
+                verify=job.verify,
+                download=job.download and context.is_main,
                 progress=progress,
             )
             for split in ("train", "test")
         )
 
-    if not (args.download and context.enabled):
+    if not (job.download and context.enabled):
         return load()
     splits = load() if context.is_main else None
     torch.distributed.barrier()
@@ -217,4 +306,4 @@ def _fmt(value: Any) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run(main))

@@ -2,6 +2,7 @@
 
 import sys
 
+from experiments.cli import run
 from proofs_check.cli import main
 
-sys.exit(main())
+sys.exit(run(main))

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 import stability
+from attacks.table import atomic_write_text
+from experiments.cli import Outputs, UsageExit, make_parser, setup
 from proofs_check.lipschitz import lipschitz_upper
 from proofs_check.lower_bounds import lipschitz_lower
 from proofs_check.operator_norms import NotCertifiableError
@@ -63,70 +67,125 @@ def _schemes(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m proofs_check",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = make_parser("python -m proofs_check", __doc__)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="a nets registry name (random initialisation, seeded)")
     source.add_argument("--checkpoint", help="a trained run directory or model.pt (nets.training)")
     parser.add_argument(
-        "--scheme", type=_schemes, default=[*EXPLICIT_SCHEMES, "backward_euler"], help="random network only"
+        "--scheme",
+        type=_schemes,
+        default=[*EXPLICIT_SCHEMES, "backward_euler"],
+        help="comma-separated schemes, random network only (default: euler,heun,rk4,dopri5,backward_euler)",
     )
-    parser.add_argument("--h", type=_floats, default=[1.0, 0.1, 0.01], help="step sizes, e.g. 1,0.1,0.01")
+    parser.add_argument("--h", type=_floats, default=[1.0, 0.1, 0.01],
+                        help="comma-separated step sizes (default: 1,0.1,0.01)")
     parser.add_argument("--steps", type=int, default=20, help="steps per run (random network)")
     parser.add_argument("--samples", type=int, default=8, help="inputs per run")
     parser.add_argument("--epsilon", type=float, default=1e-3, help="|ε| relative to |y0| per sample")
-    parser.add_argument("--direction", choices=("jacobian", "random"), default="jacobian")
+    parser.add_argument("--direction", choices=("jacobian", "random"), default="jacobian",
+                        help="direction of ε: the fastest-growing Jacobian direction, or random")
     parser.add_argument("--lipschitz", type=float, default=1.0, help="certified K of the random F")
     parser.add_argument("--channels", type=int, default=4, help="random network: channels C")
     parser.add_argument("--size", type=int, default=8, help="random network: spatial size S")
     parser.add_argument("--t1", type=float, default=5.0, help="adaptive dopri5 on [0, t1]")
     parser.add_argument("--rtol", type=float, default=1e-5, help="adaptive dopri5 (random network)")
-    parser.add_argument("--atol", type=float, default=1e-8)
-    parser.add_argument("--image-size", type=int, default=None, help="model inputs (default 28 MNIST, 32)")
-    parser.add_argument("--norm-layers", choices=("refuse", "worst_case"), default="refuse")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--atol", type=float, default=1e-8, help="adaptive dopri5 (random network)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="model input size (default: 28 for 1-channel models, 32 otherwise)")
+    parser.add_argument("--norm-layers", choices=("refuse", "worst_case"), default="refuse",
+                        help="GroupNorm/LayerNorm: refuse to certify, or accept their worst case")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random network, inputs and ε")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--out", required=True, help="output directory")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, outputs: Outputs | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    setup(args)
     for name in ("steps", "samples", "channels", "size"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name} must be ≥ 1")
+            raise UsageExit(f"--{name} must be ≥ 1, got {getattr(args, name)}")
     if not (math.isfinite(args.epsilon) and args.epsilon > 0):
-        raise SystemExit("--epsilon must be positive and finite")
+        raise UsageExit(f"--epsilon must be positive and finite, got {args.epsilon}")
+    outputs = outputs if outputs is not None else Outputs()
+    started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    summary: dict = {
-        "command": " ".join(["python -m proofs_check", *(argv if argv is not None else sys.argv[1:])])
-    }
+    command = " ".join(["python -m proofs_check", *(shlex.quote(a) for a in argv)])
+    summary: dict = {"command": command}
     try:
         runs = (
-            _run_model(args, out, summary)
+            _run_model(args, out, summary, outputs)
             if (args.model or args.checkpoint)
-            else _run_random(args, out, summary)
+            else _run_random(args, out, summary, outputs)
         )
     except NotCertifiableError as error:
-        print(f"cannot certify a Lipschitz constant: {error}", file=sys.stderr)
+        print(f"error: cannot certify a Lipschitz constant: {error}", file=sys.stderr)
         return 2
     summary["runs"] = {run: result.summary() for run, result in runs}
-    write_csv(runs, out / "results.csv")
-    write_json(summary, out / "summary.json")
-    print(summary_table(runs))
+    outputs.add(write_csv(runs, out / "results.csv"))
+    outputs.add(write_json(summary, out / "summary.json"))
+    table = summary_table(runs)
+    verdicts = verdict_lines(runs)
+    print(table)
     violated = [(run, r) for run, r in runs if r.covered and r.violated]
     for run, result in violated:
         print(f"!!! BOUND VIOLATED in {run} ({result.label}): {result.violations(limit=3)}", file=sys.stderr)
-    print(f"wrote {out / 'results.csv'}, {out / 'summary.json'} and figures to {out}")
+    print("\n".join(verdicts))
+    report = [
+        "# Stability-bound verification (proofs_check)",
+        "",
+        "```text",
+        table,
+        "```",
+        "",
+        *[f"- {line}" for line in verdicts],
+        "",
+        "## Configuration",
+        "",
+        *[f"- {key}: {value}" for key, value in sorted(vars(args).items())],
+        *[f"- {key}: {summary[key]:.6g}" for key in ("lipschitz_upper", "lipschitz_lower") if key in summary],
+        "",
+        "## Command",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Wall time: {time.perf_counter() - started:.0f} s with {torch.get_num_threads()} thread(s).",
+        "",
+    ]
+    outputs.add(atomic_write_text(out / "report.md", "\n".join(report)))
     return 1 if violated else 0
 
 
-def _run_random(args, out: Path, summary: dict) -> list[tuple[str, Verification]]:
+def verdict_lines(runs: list[tuple[str, Verification]]) -> list[str]:
+    """One line per kind of outcome: violations of covered bounds, and what uncovered runs mean."""
+    covered = [(run, r) for run, r in runs if r.covered]
+    violated = [run for run, r in covered if r.violated]
+    lines = []
+    if violated:
+        lines.append(
+            f"BOUND VIOLATED in {len(violated)} of {len(covered)} covered run(s): {', '.join(violated)}"
+        )
+    else:
+        lines.append(f"no violation in the {len(covered)} run(s) covered by the theorems")
+    uncovered = [(run, r) for run, r in runs if not r.covered]
+    exceeded = [run for run, r in uncovered if r.violated]
+    if uncovered:
+        lines.append(
+            f"{len(uncovered)} run(s) marked (not covered) compare two inputs solved with their own adaptive "
+            f"steps, which no theorem bounds (the step selection is not Lipschitz); {len(exceeded)} of them "
+            "exceed the bound of the unperturbed steps — a measurement, not a failed proof (exit status 0)"
+        )
+    return lines
+
+
+def _run_random(args, out: Path, summary: dict, outputs: Outputs) -> list[tuple[str, Verification]]:
     dtype = torch.float64
     residual, shape = random_conv_residual(
         args.channels, args.size, lipschitz=args.lipschitz, seed=args.seed, dtype=dtype
@@ -150,9 +209,11 @@ def _run_random(args, out: Path, summary: dict) -> list[tuple[str, Verification]
         return residual(y)
 
     runs: list[tuple[str, Verification]] = []
+    bar = _bar(args, len(args.scheme) * len(args.h), "bound verification (scheme x h)")
     for scheme in args.scheme:
         results = []
         for h in args.h:
+            bar.update(1)
             if scheme == "backward_euler" and h * k > MAX_IMPLICIT_CONTRACTION:
                 print(
                     f"skipping backward_euler at h={h:g}: its bound 1/(1 − hK) needs hK < 1 and is vacuous "
@@ -166,13 +227,22 @@ def _run_random(args, out: Path, summary: dict) -> list[tuple[str, Verification]
             runs.append((f"{scheme}_h{h:g}", result))
         if results:
             title = f"{scheme}: random F = conv-ReLU-conv on {shape}, K = {k:.3g}, ε along {args.direction}"
-            plot_runs(results, out / f"{scheme}.png", title)
+            outputs.add(plot_runs(results, out / f"{scheme}.png", title))
+    bar.close()
     if "dopri5" in args.scheme:
-        runs += _adaptive(field, y0, k, args, out, f"random F on {shape}, K = {k:.3g}")
+        runs += _adaptive(field, y0, k, args, out, f"random F on {shape}, K = {k:.3g}", outputs)
     return runs
 
 
-def _adaptive(field, y0, k: float, args, out: Path, what: str) -> list[tuple[str, Verification]]:
+def _bar(args, total: int, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, disable=args.no_progress, leave=False, file=sys.stderr)
+
+
+def _adaptive(
+    field, y0, k: float, args, out: Path, what: str, outputs: Outputs
+) -> list[tuple[str, Verification]]:
     """dopri5 with step control on [0, t1] at the chosen ε, then pairs of inputs |ε| apart straddling a
     point where the step selection switches (found by bisection): there the adaptive map jumps."""
     options = {"lipschitz": k, "t_span": (0.0, args.t1), "rtol": args.rtol, "atol": args.atol}
@@ -180,7 +250,9 @@ def _adaptive(field, y0, k: float, args, out: Path, what: str) -> list[tuple[str
     grid = list(probe.stats.step_times) + [args.t1]
     steps = solver_steps(field, "dopri5", grid, k)
     unit = perturbation(y0, 1.0, direction=args.direction, steps=steps, seed=args.seed)
+    bar = _bar(args, 2 + len(SWEEP_SIZES), "adaptive dopri5 (reference, switch search, ε sweep)")
     reference = verify_adaptive(field, y0, unit * args.epsilon, **options)
+    bar.update(1)
     runs = [("dopri5_adaptive_shared", reference.shared_grid), ("dopri5_adaptive_own", reference.independent)]
     switch = None
     for criterion in SWITCH_CRITERIA:
@@ -189,6 +261,7 @@ def _adaptive(field, y0, k: float, args, out: Path, what: str) -> list[tuple[str
         )
         if switch is not None:
             break
+    bar.update(1)
     sweep: list[AdaptiveVerification] = []
     if switch is None:
         print("no step-selection switch found along ε in [0, |y0|]; the ε sweep is skipped")
@@ -200,14 +273,16 @@ def _adaptive(field, y0, k: float, args, out: Path, what: str) -> list[tuple[str
         for size in SWEEP_SIZES:
             start = y0 + (middle - size / 2) * unit
             sweep.append(verify_adaptive(field, start, unit * size, on_violation="ignore", **options))
+            bar.update(1)
             runs.append((f"dopri5_switch_own_eps{size:g}", sweep[-1].independent))
         sweep_title = f"input pairs centred on a step switch ({what_changes})"
     title = f"dopri5 ODE block (rtol={args.rtol:g}, atol={args.atol:g}) on [0, {args.t1:g}]: {what}"
-    plot_adaptive(reference, sweep, out / "dopri5_adaptive.png", title, sweep_title)
+    bar.close()
+    outputs.add(plot_adaptive(reference, sweep, out / "dopri5_adaptive.png", title, sweep_title))
     return runs
 
 
-def _run_model(args, out: Path, summary: dict) -> list[tuple[str, Verification]]:
+def _run_model(args, out: Path, summary: dict, outputs: Outputs) -> list[tuple[str, Verification]]:
     import nets
     from nets.odenet import ODEBlock
     from nets.schemes import set_step_size
@@ -244,11 +319,13 @@ def _run_model(args, out: Path, summary: dict) -> list[tuple[str, Verification]]
         print(f"empirical lower bound K ≥ {lower.value:.6g}")
         args.t1, args.rtol, args.atol = block.t1, block.rtol, block.atol
         return _adaptive(
-            block.func, y0, certificate.upper, args, out, f"{name} (K = {certificate.upper:.3g})"
+            block.func, y0, certificate.upper, args, out, f"{name} (K = {certificate.upper:.3g})", outputs
         )
     runs: list[tuple[str, Verification]] = []
     results = []
+    bar = _bar(args, len(args.h), "bound verification (h)")
     for h in args.h:
+        bar.update(1)
         set_step_size(model, h)
         steps, kinds = body_steps(model.body, y0.shape[1:], norm_layers=args.norm_layers, seed=args.seed)
         epsilon = perturbation(y0, args.epsilon, direction=args.direction, steps=steps, seed=args.seed)
@@ -260,5 +337,6 @@ def _run_model(args, out: Path, summary: dict) -> list[tuple[str, Verification]]
         runs.append((f"{name}_h{h:g}", result))
     origin = "trained checkpoint" if args.checkpoint else f"random init, seed {args.seed}"
     title = f"{name} ({origin}): body blocks as steps, bound Π(certified factors), ε along {args.direction}"
-    plot_runs(results, out / f"{name}.png", title)
+    bar.close()
+    outputs.add(plot_runs(results, out / f"{name}.png", title))
     return runs

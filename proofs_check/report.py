@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attacks.table import atomic_write, atomic_write_text
 from proofs_check.verify import AdaptiveVerification, Verification
 
 CSV_FIELDS = (
@@ -74,17 +75,6 @@ def write_csv(results: Sequence[tuple[str, Verification]], path: str | os.PathLi
 
 def write_json(obj: object, path: str | os.PathLike[str]) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _json_default(value: object) -> object:
@@ -223,27 +213,28 @@ def _save(fig, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` atomically as a 64-colour palette PNG (the plots use a handful; ~3.5× smaller)."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=90)
-        compress_png(tmp)
-        os.replace(tmp, path)
+        fig.savefig(buffer, dpi=90, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    buffer.seek(0)
+    compressed = io.BytesIO()
+    compress_png(buffer, target=compressed)
+    data = compressed.getvalue()
+    return atomic_write(path, lambda handle: handle.write(data))
 
 
-def compress_png(path: str | os.PathLike[str], colours: int = 64) -> None:
-    """Re-save a PNG in place with a ``colours``-entry palette (median cut, no dithering)."""
+def compress_png(path, colours: int = 64, target=None) -> None:
+    """Re-save a PNG (a path or a binary file) with a ``colours``-entry palette (median cut, no dithering),
+    in place or into ``target``."""
     from PIL import Image
 
     with Image.open(path) as image:
         palette = image.convert("RGB").quantize(
             colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
         )
-    palette.save(path, format="PNG", optimize=True)
+    palette.save(path if target is None else target, format="PNG", optimize=True)
 
 
 def summary_table(results: Sequence[tuple[str, Verification]]) -> str:

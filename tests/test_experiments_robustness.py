@@ -1,11 +1,19 @@
 """The main job end to end on tiny MNIST-format files, and its masking diagnostics."""
 
+import csv
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import torch
 
 from attacks import PGD
-from experiments import robustness
+from experiments import cli, robustness
 from experiments.masking import SurrogateSolverAttack, gradient_agreement, solver_override
 from nets.datasets import mnist as mnist_module
 from nets.registry import build_model
@@ -90,3 +98,143 @@ def test_surrogate_warning_flags_a_stronger_transfer_attack():
             {"attack": "PGD via dopri5 tol 1e-6", "eps": 0.1, "robust_accuracy": 0.595}]
     warnings = robustness.surrogate_warnings(rows)
     assert len(warnings) == 1 and "rk4" in warnings[0] and "masks gradients" in warnings[0]
+
+
+# --- the command line: report, closing line, model cache, resume, Ctrl-C, errors ----------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smoke_argv(tmp_path: Path, *extra: str, odenet_arg: str = "channels=2") -> list[str]:
+    return ["--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(tmp_path / "out"),
+            "--train-epochs", "1", "--train-limit", "32", "--samples", "4", "--eps", "0.1", "0.3",
+            "--pgd-steps", "2", "--difgsm-steps", "2", "--boundary-samples", "2", "--boundary-queries", "12",
+            "--diagnostic-samples", "2", "--reference-tol", "1e-3", "--fixed-steps", "2",
+            "--resnet-arg", "width=2", "--odenet-arg", odenet_arg, "--batch-size", "8", "--no-progress",
+            "--device", "cpu", "--threads", "1", *extra]
+
+
+def closing_paths(stdout: str) -> list[Path]:
+    line = stdout.strip().splitlines()[-1]
+    assert line.startswith("wrote ")
+    return [Path(p) for p in line[len("wrote "):].split(", ")]
+
+
+def test_smoke_main_job_report_files_model_cache_and_recomputation(tmp_path, capsys, monkeypatch):
+    write_mnist(tmp_path / "data", n_train=64, n_test=16)
+    old_umask = os.umask(0o022)
+    try:
+        for folder in ("first", "second"):
+            (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / "first")
+        argv = smoke_argv(tmp_path)
+        assert cli.run(robustness.main, argv) == 0
+        stdout = capsys.readouterr().out
+        written = closing_paths(stdout)
+        out = tmp_path / "out"
+        expected = {out / "report.md", out / "results.csv", out / "results.json", out / "odenet.json"}
+        assert expected <= set(written)
+        assert any(p.parent.parent == out / "models" and p.name == "model.pt" for p in written)
+        for path in written:
+            assert path.is_file() and stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        assert not list((tmp_path / "first").iterdir())  # nothing lands in the working directory
+        report = (out / "report.md").read_text()
+        table = stdout[stdout.index("robust accuracy"):stdout.index("wrote ")].strip()
+        assert table in report and "## Configuration" in report and "pgd_steps: 2" in report
+        assert "python -m experiments.robustness --data-dir" in report and "lr=0.1" in report
+        assert "[odenet] no gradient-masking symptom found" in report or "[odenet] WARNING" in report
+        for row in csv.DictReader((out / "results.csv").open()):
+            for value in row.values():
+                assert len(value.partition(".")[2]) <= 4 or "e" in value or not value[:1].isdigit(), value
+
+        # Another working directory: the cached models and complete records are reused, nothing trained.
+        monkeypatch.chdir(tmp_path / "second")
+        assert cli.run(robustness.main, argv) == 0
+        stdout = capsys.readouterr().out
+        assert "training" not in stdout and stdout.count("reusing the complete") == 2
+
+        # Another PGD setting: PGD records are recomputed and said so; FGSM / DI2-FGSM / Boundary resumed.
+        assert cli.run(robustness.main, [*argv, "--pgd-steps", "3"]) == 0
+        stdout = capsys.readouterr().out
+        recomputed = next(line for line in stdout.splitlines() if line.startswith("[resnet] recomputed"))
+        assert "settings.steps: 2 -> 3" in recomputed and "resnet PGD 0.1" in recomputed
+        assert "FGSM" not in recomputed.partition("):")[2]
+        resumed = [line for line in stdout.splitlines() if line.split("] ")[-1].startswith("resumed")]
+        assert "resnet FGSM 0.1" in resumed[0] and "odenet Boundary" in resumed[1]
+        stored = json.loads((out / "records" / "resnet__PGD__0.1.json").read_text())
+        assert stored["config"]["settings"]["steps"] == 3
+        assert stored["record"]["row"]["samples"] == 4
+
+        # Another recipe: another model in the cache, trained with it.
+        assert cli.run(robustness.main, [*argv, "--resnet-train", "lr=0.05"]) == 0
+        assert "training mnist_resnet_small (1 epochs, sgd lr 0.05" in capsys.readouterr().out
+        assert len(list((out / "models").glob("mnist_resnet_small-*"))) == 2
+    finally:
+        os.umask(old_umask)
+
+
+def test_missing_data_dir_is_one_line_and_exit_status_2(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.pop("NR_DATA_DIR", None)
+    command = [sys.executable, "-m", "experiments.robustness", "--data-dir", str(tmp_path / "absent"),
+               "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: data directory") and "absent" in line and "--download" in line
+
+
+def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_path, capsys):
+    write_mnist(tmp_path / "data", n_train=64, n_test=32)
+    # Both labels get the small ResNet (one cached model) so that the rerun below finishes quickly.
+    eps = [f"{e / 100:g}" for e in range(1, 11)]
+    argv = smoke_argv(tmp_path, "--samples", "32", "--pgd-steps", "20", "--difgsm-steps", "20",
+                      "--odenet-model", "mnist_resnet_small", "--eps", *eps, odenet_arg="width=2")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "experiments.robustness", *argv], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = tmp_path / "out" / "records"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(records.glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process.poll() is None, "the job ended before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("interrupted") and "rerun the same command to resume" in line
+    complete = sorted(records.glob("*.json"))
+    assert complete and not [p for p in records.iterdir() if p.suffix != ".json"]
+    for path in complete:
+        record = json.loads(path.read_text())["record"]
+        assert "robust" in record or "rows" in record or "deployed" in record
+    assert cli.run(robustness.main, argv) == 0
+    stdout = capsys.readouterr().out
+    for label in ("resnet", "odenet"):
+        count = len([p for p in complete if p.name.startswith(f"{label}__")])
+        assert not count or f"[{label}] resumed {count} complete record(s)" in stdout
+
+
+def test_main_job_trains_exactly_like_the_readme_training_command(tmp_path, capsys):
+    """The cached ResNet equals `python -m experiments.train` with the README's flags (same seed, data)."""
+    from experiments import train as train_command
+
+    write_mnist(tmp_path / "data", n_train=64, n_test=16)
+    assert cli.run(robustness.main, smoke_argv(tmp_path)) == 0
+    (cached,) = (tmp_path / "out" / "models").glob("mnist_resnet_small-*")
+    train_command.main(["--model", "mnist_resnet_small", "--dataset", "mnist", "--data-dir",
+                        str(tmp_path / "data"), "--no-verify", "--epochs", "1", "--batch-size", "128",
+                        "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--nesterov",
+                        "--weight-decay", "5e-4", "--schedule", "onecycle", "--seed", "0",
+                        "--limit-train", "32", "--model-arg", "width=2", "--device", "cpu", "--no-progress",
+                        "--out", str(tmp_path / "readme_run")])
+    capsys.readouterr()
+    ours = torch.load(cached / "model.pt", weights_only=True)
+    readme = torch.load(tmp_path / "readme_run" / "model.pt", weights_only=True)
+    assert ours["config"] == readme["config"] and ours["model_spec"] == readme["model_spec"]
+    for name, tensor in readme["model"].items():
+        assert torch.equal(ours["model"][name], tensor), name

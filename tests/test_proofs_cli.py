@@ -67,3 +67,28 @@ def test_bad_arguments_exit(tmp_path, args):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         main(["--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path)])
+
+
+def test_report_md_has_the_table_verdicts_configuration_and_command(tmp_path, capsys):
+    args = ["--out", str(tmp_path), "--scheme", "euler", "--h", "0.1", "--steps", "2", "--samples", "1",
+            "--channels", "2", "--size", "4", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    report = (tmp_path / "report.md").read_text()
+    assert "euler_h0.1" in report and "no violation in the 1 run(s) covered by the theorems" in report
+    assert "no violation in the 1 run(s) covered by the theorems" in printed
+    assert "## Configuration" in report and "- steps: 2" in report
+    assert "python -m proofs_check --out" in report
+
+
+def test_uncovered_runs_are_explained():
+    from proofs_check.cli import verdict_lines
+
+    class Run:
+        def __init__(self, covered, violated):
+            self.covered, self.violated = covered, violated
+
+    lines = verdict_lines([("a", Run(True, False)), ("b", Run(False, True)), ("c", Run(False, False))])
+    assert lines[0] == "no violation in the 1 run(s) covered by the theorems"
+    assert "2 run(s) marked (not covered)" in lines[1] and "1 of them exceed" in lines[1]
+    assert "not a failed proof" in lines[1]

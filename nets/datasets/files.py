@@ -46,10 +46,13 @@ def download_file(
 ) -> Path:
     """Download the first URL that works to ``destination``, verified and written atomically.
 
-    Each candidate is streamed to a temporary file next to ``destination``; only when its MD5 equals ``md5``
-    (if given) is it moved into place with ``os.replace``, so an interrupted or corrupt download never leaves
-    a half-written file under the final name. Raises :class:`DatasetDownloadError` listing every attempt.
+    Each candidate is streamed through the project's atomic writer (:func:`attacks.table.atomic_write`);
+    only when its MD5 equals ``md5`` (if given) is it moved into place, so an interrupted or corrupt download
+    never leaves a half-written file under the final name. Raises :class:`DatasetDownloadError` listing every
+    attempt.
     """
+    from attacks.table import atomic_write
+
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -58,10 +61,10 @@ def download_file(
         ) from error
     attempts: list[str] = []
     for url in urls:
-        tmp = destination.with_name(f".{destination.name}.{os.getpid()}.part")
-        try:
+
+        def fetch(out, url=url) -> None:
             hasher = hashlib.md5(usedforsecurity=False)
-            with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
                 total = response.headers.get("Content-Length") if hasattr(response, "headers") else None
                 bar = _progress_bar(destination.name, int(total) if total else None, progress)
                 while chunk := response.read(1 << 20):
@@ -69,22 +72,25 @@ def download_file(
                     hasher.update(chunk)
                     bar.update(len(chunk))
                 bar.close()
-                out.flush()
-                os.fsync(out.fileno())
             if md5 is not None and hasher.hexdigest() != md5:
-                attempts.append(f"{url}: MD5 {hasher.hexdigest()} != expected {md5}")
-                continue
-            os.replace(tmp, destination)
+                raise _ChecksumMismatch(f"MD5 {hasher.hexdigest()} != expected {md5}")
+
+        try:
+            atomic_write(destination, fetch)
             return destination
+        except _ChecksumMismatch as mismatch:
+            attempts.append(f"{url}: {mismatch}")
         except (urllib.error.URLError, OSError, ValueError) as error:
             attempts.append(f"{url}: {error}")
-        finally:
-            tmp.unlink(missing_ok=True)
     raise DatasetDownloadError(
         f"could not download {destination.name} to {str(destination.parent)!r} (offline?). Attempts:\n  "
         + "\n  ".join(attempts)
         + "\nPlace the file there by hand and retry without download."
     )
+
+
+class _ChecksumMismatch(Exception):
+    """A downloaded file's checksum differs from the reference (the attempt is discarded)."""
 
 
 def _progress_bar(name: str, total: int | None, enabled: bool):

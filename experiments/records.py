@@ -1,0 +1,147 @@
+"""A resumable store of result records: one JSON file per key, each stamped with the configuration that
+produced it.
+
+    store = RecordStore(out / "records")
+    record = store.get(key, config)           # None unless stored *and* made with an equal configuration
+    if record is None:
+        record = compute()
+        store.put(key, config, record)        # atomic: an interrupted run never leaves half a record
+
+``key`` is a tuple of plain values (e.g. ``("odenet", "PGD", 0.1)``); ``config`` is a JSON-serialisable
+mapping of everything the result depends on (eps, samples, attack settings, the model's identity). A stored
+record whose configuration differs is *stale*: :meth:`RecordStore.get` returns None for it, so the caller
+recomputes it and :meth:`RecordStore.put` replaces it, and :meth:`RecordStore.summary` says which settings
+changed. Nothing is reused silently: :meth:`RecordStore.summary` reports what was resumed and what was
+recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from attacks.table import atomic_write_text
+
+__all__ = ["RecordStore", "config_hash"]
+
+FORMAT = "natural-robustness record v1"
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 (16 hex digits) of the configuration as sorted JSON."""
+    text = json.dumps(_canonical(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _slug(part: Any) -> str:
+    text = f"{part:g}" if isinstance(part, float) else str(part)
+    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_") or "_"
+
+
+class RecordStore:
+    """Records under ``directory``, one ``<key parts joined by __>.json`` file per key."""
+
+    def __init__(self, directory: str | Path, *, force: bool = False) -> None:
+        self.directory = Path(directory)
+        self.force = force
+        self.resumed: list[tuple[Any, ...]] = []
+        self.computed: list[tuple[Any, ...]] = []
+        self.stale: dict[tuple[Any, ...], list[str]] = {}
+        self.written: list[Path] = []
+
+    def path(self, key: Sequence[Any]) -> Path:
+        return self.directory / ("__".join(_slug(part) for part in key) + ".json")
+
+    def _read(self, key: Sequence[Any]) -> dict[str, Any] | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # unreadable: recomputed (and replaced) like a missing record
+        return stored if isinstance(stored, dict) and stored.get("format") == FORMAT else None
+
+    def get(self, key: Sequence[Any], config: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The stored record for ``key`` if it was made with ``config`` (and ``force`` is off), else None."""
+        key = tuple(key)
+        stored = self._read(key)
+        if stored is None:
+            return None
+        if self.force:
+            self.stale[key] = ["--force"]
+            return None
+        if stored.get("config_hash") != config_hash(config):
+            self.stale[key] = _differences(stored.get("config", {}), _canonical(config))
+            return None
+        self.resumed.append(key)
+        return stored["record"]
+
+    def put(self, key: Sequence[Any], config: Mapping[str, Any], record: Mapping[str, Any]) -> Path:
+        """Store ``record`` for ``key`` made with ``config`` (atomically, replacing any older one)."""
+        key = tuple(key)
+        payload = {"format": FORMAT, "key": list(_canonical(key)), "config": _canonical(config),
+                   "config_hash": config_hash(config), "record": record}
+        path = atomic_write_text(self.path(key), json.dumps(payload, indent=2, default=_json_default) + "\n")
+        self.computed.append(key)
+        self.written.append(path)
+        return path
+
+    def summary(self, first: Any = None) -> list[str]:
+        """Lines saying what was resumed and what was recomputed because its configuration changed (only
+        keys starting with ``first`` if given)."""
+        def chosen(key: tuple[Any, ...]) -> bool:
+            return first is None or key[:1] == (first,)
+
+        lines = []
+        resumed = [k for k in self.resumed if chosen(k)]
+        if resumed:
+            lines.append(f"resumed {len(resumed)} complete record(s) from {self.directory}: "
+                         + ", ".join(_describe(k) for k in resumed))
+        stale = {k: v for k, v in self.stale.items() if k in self.computed and chosen(k)}
+        if stale:
+            changes = list(dict.fromkeys(change for v in stale.values() for change in v))
+            lines.append(f"recomputed {len(stale)} record(s) whose configuration changed "
+                         f"({'; '.join(changes)}): " + ", ".join(_describe(k) for k in stale))
+        return lines
+
+
+def _describe(key: Sequence[Any]) -> str:
+    return " ".join(f"{part:g}" if isinstance(part, float) else str(part) for part in key)
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    found = _changed(old, new, "")
+    return found or ["configuration"]
+
+
+def _changed(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str) -> list[str]:
+    found = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            found += _changed(a, b, f"{prefix}{name}.")
+        elif a != b:
+            found.append(f"{prefix}{name}: {json.dumps(a)} -> {json.dumps(b)}")
+    return found
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
