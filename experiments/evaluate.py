@@ -26,21 +26,15 @@ from typing import Any
 
 import torch
 
-from experiments.honest import PRESET_NAMES, EvaluationConfig, RecordStore, evaluate, write_outputs
+from experiments.cli import Outputs, UsageError, add_data_arguments, make_parser, positive_int, run, setup
+from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
+from experiments.records import RecordStore
 
 DEFAULT_EPS = {"mnist": [0.1, 0.2, 0.3, 0.4], "cifar10": [2 / 255, 4 / 255, 8 / 255, 16 / 255]}
 
 
-class UsageError(Exception):
-    """A problem the user can fix: printed as one line, exit code 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.evaluate",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = make_parser("python -m experiments.evaluate", __doc__)
     parser.add_argument(
         "--checkpoint", required=True, help="run directory (or model.pt) of the model to evaluate"
     )
@@ -65,20 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="standard = AutoAttack (APGD-CE, APGD-T, Square-5000); quick = 50 iterations, "
         "3 targets, 1000 queries; ode/ode-quick add the solver-aware attacks",
     )
-    parser.add_argument("--steps", type=int, default=None, help="override the preset's APGD iterations")
     parser.add_argument(
-        "--target-classes", type=int, default=None, help="override the preset's APGD-T targets"
+        "--steps", type=positive_int, default=None, help="override the preset's APGD iterations"
     )
-    parser.add_argument("--queries", type=int, default=None, help="override the preset's Square queries")
-    parser.add_argument("--samples", type=int, default=200, help="first N test images")
+    parser.add_argument(
+        "--target-classes",
+        type=positive_int,
+        default=None,
+        help="override the preset's APGD-T target classes",
+    )
+    parser.add_argument(
+        "--queries", type=positive_int, default=None, help="override the preset's Square queries"
+    )
+    parser.add_argument("--samples", type=positive_int, default=200, help="first N test images")
     parser.add_argument("--out", default="runs/evaluate", help="output directory")
-    parser.add_argument("--data-dir", default=None, help="data directory (default: $NR_DATA_DIR)")
-    parser.add_argument("--download", action="store_true", help="download missing dataset files")
+    add_data_arguments(parser)
     parser.add_argument(
         "--dataset", default=None, help="dataset (default: the one the checkpoint was trained on)"
     )
     parser.add_argument("--norm", choices=("linf", "l2"), default="linf", help="threat model")
-    parser.add_argument("--batch-size", type=int, default=250, help="samples per attack batch")
+    parser.add_argument("--batch-size", type=positive_int, default=250, help="samples per attack batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of every attack")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument(
@@ -93,11 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="rtol = atol of the tight dopri5 surrogate (ode presets)",
     )
     parser.add_argument(
-        "--fixed-steps", type=int, default=20, help="steps of the RK4 surrogate (ode presets)"
+        "--fixed-steps", type=positive_int, default=20, help="steps of the RK4 surrogate (ode presets)"
     )
     parser.add_argument(
         "--convergence-steps",
-        type=int,
+        type=positive_int,
         nargs="+",
         default=[20, 100, 1000],
         help="PGD iteration counts of the convergence check",
@@ -105,10 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--convergence-samples", type=int, default=20, help="samples of the convergence check"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--force", action="store_true", help="recompute records even if they exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="show the traceback on errors")
     return parser
 
 
@@ -120,8 +118,8 @@ def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, str | 
     """The trained model and the dataset it was trained on."""
     from nets.training import MODEL_NAME, load_checkpoint, load_trained_model
 
-    run = Path(path)
-    file = run / MODEL_NAME if run.is_dir() else run
+    run_dir = Path(path)
+    file = run_dir / MODEL_NAME if run_dir.is_dir() else run_dir
     if not file.is_file():
         raise UsageError(
             f"no trained model at {path!r} (expected a run directory with {MODEL_NAME}); "
@@ -142,9 +140,11 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), world
 
 
-def run(args: argparse.Namespace) -> list[Path]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    setup(args)
+    outputs = outputs if outputs is not None else Outputs()
     rank, world = _distributed()
     device = _device(args.device)
     if world > 1 and device.type == "cuda":
@@ -162,15 +162,13 @@ def run(args: argparse.Namespace) -> list[Path]:
         against[Path(path).name if Path(path).is_dir() else Path(path).parent.name] = source
     from nets.datasets import load_dataset
 
-    try:
-        test = load_dataset(dataset, "test", args.data_dir, download=args.download, progress=False)
-    except FileNotFoundError as error:
-        raise UsageError(f"{error}; pass --data-dir DIR (or set NR_DATA_DIR), or add --download") from error
+    test = load_dataset(
+        dataset, "test", args.data_dir, download=args.download, verify=not args.no_verify, progress=False
+    )
     n = min(args.samples, len(test.labels))
     x, y = test.images[:n].float().div(255), test.labels[:n].long()
-    eps = tuple(args.eps or DEFAULT_EPS.get(dataset, [0.1]))
     config = EvaluationConfig(
-        eps=eps,
+        eps=tuple(args.eps or DEFAULT_EPS.get(dataset, [0.1])),
         preset=args.preset,
         norm=args.norm,
         samples=n,
@@ -192,7 +190,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         "against": sorted(_file_digest(p) for p in args.against),
         "dataset": dataset,
     }
-    store = RecordStore(out / "records", identity if not args.force else {**identity, "forced": time.time()})
+    records = RecordStore(out / "records", force=args.force)
     started = time.perf_counter()
     evaluation = evaluate(
         model,
@@ -200,14 +198,16 @@ def run(args: argparse.Namespace) -> list[Path]:
         y,
         config,
         against=against,
-        store=store,
+        store=SuiteStore(records, identity, ("suite",)),
         progress=not args.no_progress,
         rank=rank,
         world_size=world,
     )
     if rank != 0:
-        return []
-    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in args.argv)
+        return 0
+    for line in records.summary():
+        print(line)
+    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in argv)
     extra = {
         "dataset": dataset,
         "checkpoint": str(args.checkpoint),
@@ -221,9 +221,10 @@ def run(args: argparse.Namespace) -> list[Path]:
         },
         "wall_seconds": time.perf_counter() - started,
     }
-    written = write_outputs({Path(args.checkpoint).name: evaluation}, out, command, extra)
+    for path in write_outputs({Path(args.checkpoint).name: evaluation}, out, command, extra):
+        outputs.add(path)
     print(summary_line(evaluation))
-    return written
+    return 0
 
 
 def summary_line(evaluation: Any) -> str:
@@ -242,27 +243,5 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else str(path)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    try:
-        written = run(args)
-    except KeyboardInterrupt:
-        print(
-            "interrupted: completed (attack, eps) records are kept; rerun the same command to resume",
-            file=sys.stderr,
-        )
-        return 130
-    except (UsageError, FileNotFoundError, ValueError, RuntimeError) as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if written:
-        print("wrote " + ", ".join(str(p) for p in written))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(main))

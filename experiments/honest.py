@@ -16,7 +16,6 @@ Used by ``python -m experiments.evaluate`` and by the main job. For a model with
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import time
@@ -33,10 +32,11 @@ from attacks.checks import batch_dependence
 from attacks.suite import PRESETS, batch_seed, predict
 from attacks.table import ResultTable, atomic_write_text
 from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
+from experiments.records import RecordStore
 
 __all__ = [
     "EvaluationConfig",
-    "RecordStore",
+    "SuiteStore",
     "evaluate",
     "solver_aware_attacks",
     "PRESET_NAMES",
@@ -81,19 +81,18 @@ class EvaluationConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def _hash(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+class SuiteStore:
+    """A model's (attack, eps) suite records in the project's :class:`experiments.records.RecordStore`, under
+    keys ``prefix + (attack, eps)``, each stamped with ``identity`` (model, data, the whole evaluation
+    configuration: in a cascade a record depends on every attack before it). Written atomically, so an
+    interrupted run loses at most the record in progress; another configuration is recomputed."""
 
+    def __init__(self, store: RecordStore, identity: Mapping[str, Any], prefix: tuple[Any, ...] = ()) -> None:
+        self.store, self.identity, self.prefix = store, dict(identity), tuple(prefix)
+        self.folder = store.directory
 
-class RecordStore:
-    """One JSON file per (attack, eps) under ``folder``, valid only for the configuration hash it was written
-    with; written atomically, so an interrupted run loses at most the record in progress."""
-
-    def __init__(self, folder: Path, identity: Mapping[str, Any]) -> None:
-        self.folder, self.key = Path(folder), _hash(identity)
-
-    def _path(self, attack: str, eps: float) -> Path:
-        return self.folder / f"{_hash([attack, eps])}.json"
+    def _config(self, attack: str) -> dict[str, Any]:
+        return {**self.identity, "attack": attack}
 
     def load(
         self, names: Sequence[str], eps: Sequence[float], n: int
@@ -101,21 +100,14 @@ class RecordStore:
         found = {}
         for name in names:
             for e in eps:
-                path = self._path(name, e)
-                if not path.is_file():
-                    continue
-                try:
-                    data = json.loads(path.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue  # a damaged record is recomputed
-                if data.get("identity") == self.key:
-                    found[(name, e)] = AttackRecord.from_json(data["record"], n)
+                stored = self.store.get((*self.prefix, name, e), self._config(name))
+                if stored is not None:
+                    found[(name, e)] = AttackRecord.from_json(stored, n)
         return found
 
-    def save(self, record: AttackRecord) -> None:
-        atomic_write_text(
-            self._path(record.attack, record.eps),
-            json.dumps({"identity": self.key, "record": record.to_json()}) + "\n",
+    def save(self, record: AttackRecord) -> Path:
+        return self.store.put(
+            (*self.prefix, record.attack, record.eps), self._config(record.attack), record.to_json()
         )
 
 
@@ -232,7 +224,7 @@ def evaluate(
     config: EvaluationConfig,
     *,
     against: Mapping[str, nn.Module] | None = None,
-    store: RecordStore | None = None,
+    store: SuiteStore | None = None,
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
@@ -304,8 +296,9 @@ def evaluate(
     return Evaluation(config, report, protocol, seconds, attacks, solver)
 
 
-def _shared_control_dependence(model: nn.Module, x: Tensor, report: SuiteReport,
-                               config: EvaluationConfig) -> None:
+def _shared_control_dependence(
+    model: nn.Module, x: Tensor, report: SuiteReport, config: EvaluationConfig
+) -> None:
     """What per-sample control avoided: batch dependence of the same inputs under the deployed shared step
     control, added to the ``batch-dependence`` flag's numbers (the flag judges the evaluated model)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

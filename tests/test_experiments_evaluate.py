@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from experiments import evaluate
+from experiments.cli import run
 from nets.datasets import mnist as mnist_module
 from nets.registry import build_model
 from nets.training import atomic_torch_save
@@ -44,7 +45,7 @@ def argv(tmp_path, checkpoint, *extra):
 
 def test_ode_preset_writes_every_file_with_its_columns_and_resumes(setup, capsys) -> None:
     tmp_path, ode, resnet = setup
-    assert evaluate.main(argv(tmp_path, ode, "--preset", "ode-quick", "--against", resnet)) == 0
+    assert run(evaluate.main, argv(tmp_path, ode, "--preset", "ode-quick", "--against", resnet)) == 0
     out = tmp_path / "out"
     for name in ("report.md", "results.json", "results.csv", "per_sample.csv", "robustness.png"):
         assert (out / name).is_file() and (out / name).stat().st_mode & 0o777 == 0o644
@@ -66,6 +67,8 @@ def test_ode_preset_writes_every_file_with_its_columns_and_resumes(setup, capsys
     assert len(per_sample) == 4 and "fooled_by@0.1" in per_sample[0]
     first = capsys.readouterr().out
     assert "worst-case robust accuracy" in first
+    closing = first.strip().splitlines()[-1]
+    assert closing.startswith("wrote ") and all(name in closing for name in ("report.md", "robustness.png"))
     # rerun: every record is reused, the numbers are identical
     records = sorted((out / "records").glob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in records]
@@ -80,11 +83,11 @@ def test_ode_preset_writes_every_file_with_its_columns_and_resumes(setup, capsys
 
 def test_errors_are_one_line_with_exit_code_2(setup, capsys) -> None:
     tmp_path, ode, _ = setup
-    assert evaluate.main(argv(tmp_path, str(tmp_path / "missing"))) == 2
+    assert run(evaluate.main, argv(tmp_path, str(tmp_path / "missing"))) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "no trained model" in error
     bad = argv(tmp_path, ode)
     bad[bad.index("--data-dir") + 1] = str(tmp_path / "nowhere")
-    assert evaluate.main(bad) == 2
+    assert run(evaluate.main, bad) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "--data-dir" in error
