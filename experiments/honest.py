@@ -355,6 +355,7 @@ def result_rows(evaluation: Evaluation, model_label: str = "model") -> list[dict
                     "eps": e,
                     "norm": evaluation.config.norm,
                     "samples": evaluation.report.samples,
+                "clean_accuracy": _round(float(evaluation.report.clean_correct.float().mean())),
                     "robust_accuracy": _round(value),
                 }
             )

@@ -8,11 +8,13 @@ Dormand–Prince), measured honestly.
    holds it. The cache (--models, else $NR_MODELS_DIR, else OUT/models) keys a model by registry name +
    a hash of everything it was trained with, so any working directory reuses it and another recipe trains
    another model. --resnet-run/--odenet-run use a given run directory instead.
-2. Attacks. The first --samples test images are attacked with FGSM, PGD and DI²-FGSM at every --eps (L∞),
-   with a per-eps worst case over the three, and with the decision-based Boundary Attack (one run,
-   thresholded at the same L∞ budgets). For models with ODE blocks, gradient-masking diagnostics follow:
-   agreement of input gradients with a tight-tolerance solve, and PGD crafted through surrogate solvers
-   (tight dopri5, fixed-step RK4) and evaluated on the deployed model.
+2. Attacks. The first --samples test images: the paper's FGSM and DI²-FGSM at every --eps (L∞, each
+   standalone) and its decision-based Boundary Attack (one run, thresholded at the same L∞ budgets); then the
+   evaluation suite (experiments.honest, --preset): APGD-CE, APGD-T and Square as a cascade, for ODE models
+   (evaluated with per-sample step control) also APGD crafted through surrogate solvers (RK4, tight dopri5),
+   through adjoint gradients and on the ResNet (transfer); the per-example worst case over all of them, the
+   paper-protocol PGD-40 (alpha 0.01) number beside it, and the suite's flags with their verdicts. For
+   models with ODE blocks the input-gradient agreement with a tight-tolerance solve is reported too.
 3. Resume. Every (model, attack, eps) result is a record in OUT/records, written atomically when complete
    and stamped with its configuration (model weights, samples, eps, attack settings). A rerun reuses the
    records whose configuration is unchanged, recomputes the others, and says which; Ctrl-C keeps every
@@ -37,7 +39,7 @@ from typing import Any
 
 import torch
 
-from attacks import DI2FGSM, FGSM, PGD, Attack, BoundaryAttack, ResultTable, gradient_masking_warnings, sweep
+from attacks import DI2FGSM, FGSM, Attack, BoundaryAttack, ResultTable, sweep
 from attacks.evaluation import evaluate_attack
 from attacks.table import atomic_write_text
 from experiments.cli import (
@@ -49,7 +51,8 @@ from experiments.cli import (
     run,
     setup,
 )
-from experiments.masking import SurrogateSolverAttack, gradient_agreement, ode_blocks
+from experiments.honest import PRESET_NAMES, Evaluation, EvaluationConfig, SuiteStore, evaluate, result_rows
+from experiments.masking import gradient_agreement, ode_blocks
 from experiments.records import RecordStore, config_hash
 from experiments.train import TrainJob, _model_arg, model_kwargs_for, run_training
 from nets.datasets import load_dataset
@@ -107,8 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="L-inf budgets (default: 0.05 0.1 0.2 0.3 for MNIST, 1/255 2/255 4/255 "
                              "8/255 for CIFAR-10)")
     parser.add_argument("--samples", type=positive_int, default=200, help="test images attacked")
-    parser.add_argument("--pgd-steps", type=positive_int, default=20,
-                        help="PGD steps (random start, alpha = 2.5 eps / steps)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="ode-quick",
+                        help="evaluation-suite preset (experiments.evaluate); the ode presets add, for ODE "
+                             "models, the solver-aware attacks and transfer from the ResNet")
+    parser.add_argument("--suite-steps", type=positive_int, default=None,
+                        help="override the preset's APGD iterations")
+    parser.add_argument("--suite-targets", type=positive_int, default=None,
+                        help="override the preset's APGD-T target classes")
+    parser.add_argument("--suite-queries", type=positive_int, default=None,
+                        help="override the preset's Square queries per image")
+    parser.add_argument("--convergence-steps", type=positive_int, nargs="+", default=[20, 100, 1000],
+                        help="PGD iteration counts of the suite's convergence check")
+    parser.add_argument("--convergence-samples", type=int, default=20,
+                        help="images of the suite's convergence check")
     parser.add_argument("--difgsm-steps", type=positive_int, default=10, help="DI²-FGSM steps")
     parser.add_argument("--boundary-samples", type=positive_int, default=50,
                         help="images for the Boundary Attack")
@@ -239,28 +253,14 @@ class AttackSpec:
 
 
 def attack_suite(model: torch.nn.Module, args: argparse.Namespace) -> list[AttackSpec]:
-    """The eps-bounded attacks run on ``model`` at every eps: FGSM, PGD, DI²-FGSM, and for ODE models PGD
-    crafted through surrogate solvers (transfer attacks; not in the worst case)."""
-    seed, steps = args.seed, args.pgd_steps
-    specs = [
-        AttackSpec("FGSM", lambda e: FGSM(e, seed=seed), {"seed": seed}),
-        AttackSpec("PGD", lambda e: PGD(e, steps=steps, seed=seed), {"steps": steps, "seed": seed}),
+    """The paper's eps-bounded attacks, each standalone on every image: FGSM and DI²-FGSM (the paper-protocol
+    PGD-40 comes with the evaluation suite). Not in the worst case: the suite's worst case is the number."""
+    seed = args.seed
+    return [
+        AttackSpec("FGSM", lambda e: FGSM(e, seed=seed), {"seed": seed}, worst_case=False),
         AttackSpec("DI2-FGSM", lambda e: DI2FGSM(e, steps=args.difgsm_steps, seed=seed),
-                   {"steps": args.difgsm_steps, "seed": seed}),
+                   {"steps": args.difgsm_steps, "seed": seed}, worst_case=False),
     ]
-    blocks = ode_blocks(model)
-    if blocks:
-        tight, fixed = _surrogates(blocks[0], args)
-        tol, n = args.reference_tol, args.fixed_steps
-        specs += [
-            AttackSpec(f"PGD via dopri5 tol {tol:g}",
-                       lambda e: SurrogateSolverAttack(PGD(e, steps=steps, seed=seed), **tight),
-                       {"steps": steps, "seed": seed, "solver": tight}, worst_case=False),
-            AttackSpec(f"PGD via rk4 {n} steps",
-                       lambda e: SurrogateSolverAttack(PGD(e, steps=steps, seed=seed), **fixed),
-                       {"steps": steps, "seed": seed, "solver": fixed}, worst_case=False),
-        ]
-    return specs
 
 
 def _surrogates(block, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -400,9 +400,41 @@ def agreement_record(model: torch.nn.Module, session: Session) -> dict[str, Any]
     return record
 
 
+def suite_evaluation(model: torch.nn.Module, session: Session, eps: list[float],
+                     against: Mapping[str, torch.nn.Module]) -> Evaluation:
+    """The evaluation suite on the session's images (experiments.honest): the preset's attacks (plus, for ODE
+    models, the solver-aware ones and transfer from ``against``), the per-example worst case, the flags and
+    the paper-protocol PGD-40 number; one resumable record per (attack, eps)."""
+    args = session.args
+    config = EvaluationConfig(eps=tuple(eps), preset=args.preset, samples=int(session.x.shape[0]),
+                              seed=args.seed, batch_size=args.batch_size, reference_tol=args.reference_tol,
+                              fixed_steps=args.fixed_steps, convergence_steps=tuple(args.convergence_steps),
+                              convergence_samples=args.convergence_samples, steps=args.suite_steps,
+                              target_classes=args.suite_targets, queries=args.suite_queries)
+    identity = {"dataset": args.dataset, "model": dict(session.model_identity), "config": config.to_dict(),
+                "against": {label: _weights_digest(m) for label, m in against.items()}}
+    suite_store = SuiteStore(session.store, identity, (session.label, "suite"))
+    evaluation = evaluate(model, session.x.cpu(), session.y.cpu(), config, against=against, store=suite_store,
+                          progress=not args.no_progress)
+    if session.outputs is not None:
+        for key in session.store.computed:
+            if key[:2] == (session.label, "suite"):
+                session.outputs.add(session.store.path(key))
+    return evaluation
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def evaluate_model(model: torch.nn.Module, plan: ModelPlan, x: torch.Tensor, y: torch.Tensor,
                    args: argparse.Namespace, eps: list[float], store: RecordStore,
-                   outputs: Outputs | None = None) -> dict[str, Any]:
+                   outputs: Outputs | None = None,
+                   against: Mapping[str, torch.nn.Module] | None = None) -> dict[str, Any]:
     """All attacks and (for ODE models) the masking diagnostics for one model, resuming from ``store``."""
     from tqdm.auto import tqdm
 
@@ -432,9 +464,11 @@ def evaluate_model(model: torch.nn.Module, plan: ModelPlan, x: torch.Tensor, y: 
         b = blocks[0]
         record["deployed_solver"] = {"method": b.method, "rtol": b.rtol, "atol": b.atol,
                                      "step_size": b.step_size, "t1": b.t1}
-    warnings = gradient_masking_warnings(ResultTable(record["rows"]))
-    warnings += surrogate_warnings(record["rows"])
-    record["warnings"] = warnings
+    evaluation = suite_evaluation(model, session, eps, dict(against or {}) if blocks else {})
+    record["rows"] += [{k: v for k, v in row.items() if k != "model"} for row in result_rows(evaluation)]
+    record["flags"] = [flag.to_json() for flag in evaluation.report.flags]
+    record["suite_seconds"] = evaluation.seconds
+    record["warnings"] = [f"{flag.name}: {flag.verdict}" for flag in evaluation.report.flags if flag.fired]
     record["time_s"] = time.perf_counter() - started
     return record
 
@@ -447,18 +481,6 @@ def _ordered(by_eps: list[list[dict]], boundary: list[dict], specs: Sequence[Att
     rows += [row for s in specs if not s.worst_case for group in by_eps for row in group
              if row["attack"] == s.name]
     return rows
-
-
-def surrogate_warnings(rows: list[dict[str, Any]], tolerance: float = 0.01) -> list[str]:
-    """A surrogate-solver transfer attack beating the direct PGD means the deployed solver masks gradients."""
-    direct = {row["eps"]: row["robust_accuracy"] for row in rows if row["attack"] == "PGD"}
-    found = []
-    for row in rows:
-        if str(row["attack"]).startswith("PGD via") and row["eps"] in direct:
-            if row["robust_accuracy"] < direct[row["eps"]] - tolerance:
-                found.append(f"eps={row['eps']:g}: {row['attack']} ({row['robust_accuracy']:.3f}) beats "
-                             f"direct PGD ({direct[row['eps']]:.3f}): the deployed solver masks gradients")
-    return found
 
 
 def _device(name: str) -> torch.device:
@@ -488,6 +510,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
     store = RecordStore(out / "records", force=args.force)
     records: dict[str, Any] = {}
     models: dict[str, Any] = {}
+    loaded: dict[str, torch.nn.Module] = {}
     for plan in plans:
         path = out / f"{plan.label}.json"
         weights = plan.run_dir / MODEL_NAME
@@ -497,10 +520,13 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
         reused = _reuse_summary(path, summary_config, args.force) if weights.is_file() else None
         if reused is not None:
             records[plan.label] = reused
+            loaded[plan.label] = ensure_trained(plan, args, outputs)  # (loaded: a transfer source)
             print(f"[{plan.label}] reusing the complete {path} (same configuration; --force recomputes)")
         else:
             model = ensure_trained(plan, args, outputs)
-            record = evaluate_model(model, plan, x, y, args, eps, store, outputs)
+            against = {label: m for label, m in loaded.items() if not ode_blocks(m)}
+            record = evaluate_model(model, plan, x, y, args, eps, store, outputs, against)
+            loaded[plan.label] = model
             for line in store.summary(plan.label):
                 print(f"[{plan.label}] {line}", flush=True)
             summary_config["weights_sha256"] = _file_sha256(weights)
@@ -526,7 +552,9 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in ("pgd_steps", "difgsm_steps", "boundary_samples",
+    return {key: getattr(args, key) for key in ("preset", "suite_steps", "suite_targets", "suite_queries",
+                                                "convergence_steps", "convergence_samples",
+                                                "difgsm_steps", "boundary_samples",
                                                 "boundary_queries", "diagnostic_samples", "reference_tol",
                                                 "fixed_steps", "batch_size", "seed")}
 

@@ -27,7 +27,8 @@ def test_main_job_trains_attacks_writes_and_resumes(tmp_path, monkeypatch):
     argv = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
             "--runs", str(tmp_path / "runs"),
             "--train-epochs", "1", "--train-limit", "32", "--samples", "4", "--eps", "0.3",
-            "--pgd-steps", "2",
+            "--suite-steps", "2", "--suite-targets", "1", "--suite-queries", "3",
+            "--convergence-steps", "1", "2", "--convergence-samples", "2",
             "--difgsm-steps", "2", "--boundary-samples", "2", "--boundary-queries", "12",
             "--diagnostic-samples", "2",
             "--reference-tol", "1e-3", "--fixed-steps", "2",
@@ -36,7 +37,9 @@ def test_main_job_trains_attacks_writes_and_resumes(tmp_path, monkeypatch):
     records = robustness.main(argv)
     assert set(records) == {"resnet", "odenet"}
     attacks = {row["attack"] for row in records["odenet"]["rows"]}
-    expected = {"FGSM", "PGD", "DI2-FGSM", "Boundary", "PGD via dopri5 tol 0.001", "PGD via rk4 2 steps"}
+    expected = {"FGSM", "DI2-FGSM", "Boundary", "APGD-CE-2", "APGD-T-2x1", "Square-3", "worst-case",
+                "PGD-40 (paper protocol)", "APGD-CE via dopri5 tol 0.001", "APGD-CE via rk4 2 steps",
+                "APGD-CE via adjoint gradients", "APGD-CE transfer from resnet"}
     assert expected <= attacks
     for record in records.values():
         for row in record["rows"]:
@@ -92,14 +95,6 @@ def test_surrogate_attack_crafts_under_the_surrogate_solver():
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
 
 
-def test_surrogate_warning_flags_a_stronger_transfer_attack():
-    rows = [{"attack": "PGD", "eps": 0.1, "robust_accuracy": 0.60},
-            {"attack": "PGD via rk4 20 steps", "eps": 0.1, "robust_accuracy": 0.20},
-            {"attack": "PGD via dopri5 tol 1e-6", "eps": 0.1, "robust_accuracy": 0.595}]
-    warnings = robustness.surrogate_warnings(rows)
-    assert len(warnings) == 1 and "rk4" in warnings[0] and "masks gradients" in warnings[0]
-
-
 # --- the command line: report, closing line, model cache, resume, Ctrl-C, errors ----------------------------
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +103,9 @@ REPO = Path(__file__).resolve().parents[1]
 def smoke_argv(tmp_path: Path, *extra: str, odenet_arg: str = "channels=2") -> list[str]:
     return ["--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(tmp_path / "out"),
             "--train-epochs", "1", "--train-limit", "32", "--samples", "4", "--eps", "0.1", "0.3",
-            "--pgd-steps", "2", "--difgsm-steps", "2", "--boundary-samples", "2", "--boundary-queries", "12",
+            "--suite-steps", "2", "--suite-targets", "1", "--suite-queries", "3",
+            "--convergence-steps", "1", "2", "--convergence-samples", "2",
+            "--difgsm-steps", "2", "--boundary-samples", "2", "--boundary-queries", "12",
             "--diagnostic-samples", "2", "--reference-tol", "1e-3", "--fixed-steps", "2",
             "--resnet-arg", "width=2", "--odenet-arg", odenet_arg, "--batch-size", "8", "--no-progress",
             "--device", "cpu", "--threads", "1", *extra]
@@ -140,7 +137,7 @@ def test_smoke_main_job_report_files_model_cache_and_recomputation(tmp_path, cap
         assert not list((tmp_path / "first").iterdir())  # nothing lands in the working directory
         report = (out / "report.md").read_text()
         table = stdout[stdout.index("robust accuracy"):stdout.index("wrote ")].strip()
-        assert table in report and "## Configuration" in report and "pgd_steps: 2" in report
+        assert table in report and "## Configuration" in report and "suite_steps: 2" in report
         assert "python -m experiments.robustness --data-dir" in report and "lr=0.1" in report
         assert "[odenet] no gradient-masking symptom found" in report or "[odenet] WARNING" in report
         for row in csv.DictReader((out / "results.csv").open()):
@@ -153,15 +150,15 @@ def test_smoke_main_job_report_files_model_cache_and_recomputation(tmp_path, cap
         stdout = capsys.readouterr().out
         assert "training" not in stdout and stdout.count("reusing the complete") == 2
 
-        # Another PGD setting: PGD records are recomputed and said so; FGSM / DI2-FGSM / Boundary resumed.
-        assert cli.run(robustness.main, [*argv, "--pgd-steps", "3"]) == 0
+        # Another DI²-FGSM setting: its records are recomputed and said so; FGSM / Boundary / suite resumed.
+        assert cli.run(robustness.main, [*argv, "--difgsm-steps", "3"]) == 0
         stdout = capsys.readouterr().out
         recomputed = next(line for line in stdout.splitlines() if line.startswith("[resnet] recomputed"))
-        assert "settings.steps: 2 -> 3" in recomputed and "resnet PGD 0.1" in recomputed
-        assert "FGSM" not in recomputed.partition("):")[2]
+        assert "settings.steps: 2 -> 3" in recomputed and "resnet DI2-FGSM 0.1" in recomputed
+        assert "resnet FGSM" not in recomputed.partition("):")[2]
         resumed = [line for line in stdout.splitlines() if line.split("] ")[-1].startswith("resumed")]
         assert "resnet FGSM 0.1" in resumed[0] and "odenet Boundary" in resumed[1]
-        stored = json.loads((out / "records" / "resnet__PGD__0.1.json").read_text())
+        stored = json.loads((out / "records" / "resnet__DI2-FGSM__0.1.json").read_text())
         assert stored["config"]["settings"]["steps"] == 3
         assert stored["record"]["row"]["samples"] == 4
 
@@ -188,7 +185,7 @@ def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_p
     write_mnist(tmp_path / "data", n_train=64, n_test=32)
     # Both labels get the small ResNet (one cached model) so that the rerun below finishes quickly.
     eps = [f"{e / 100:g}" for e in range(1, 11)]
-    argv = smoke_argv(tmp_path, "--samples", "32", "--pgd-steps", "20", "--difgsm-steps", "20",
+    argv = smoke_argv(tmp_path, "--samples", "32", "--difgsm-steps", "20",
                       "--odenet-model", "mnist_resnet_small", "--eps", *eps, odenet_arg="width=2")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     process = subprocess.Popen([sys.executable, "-m", "experiments.robustness", *argv], cwd=tmp_path, env=env,
@@ -211,7 +208,7 @@ def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_p
     assert complete and not [p for p in records.iterdir() if p.suffix != ".json"]
     for path in complete:
         record = json.loads(path.read_text())["record"]
-        assert "robust" in record or "rows" in record or "deployed" in record
+        assert "robust" in record or "rows" in record or "deployed" in record or "fooled" in record
     assert cli.run(robustness.main, argv) == 0
     stdout = capsys.readouterr().out
     for label in ("resnet", "odenet"):
