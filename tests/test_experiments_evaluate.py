@@ -37,9 +37,10 @@ def setup(tmp_path, monkeypatch):
 
 def argv(tmp_path, checkpoint, *extra):
     return ["--checkpoint", checkpoint, "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
-            "--eps", "0.1", "0.5", "--samples", "4", "--steps", "2", "--target-classes", "1", "--queries", "3",
-            "--convergence-steps", "1", "2", "--convergence-samples", "2", "--fixed-steps", "2",
-            "--reference-tol", "1e-3", "--batch-size", "3", "--no-progress", "--device", "cpu", *extra]
+            "--eps", "0.1", "0.5", "--samples", "4", "--steps", "2", "--target-classes", "1",
+            "--queries", "3", "--convergence-steps", "1", "2", "--convergence-samples", "2",
+            "--fixed-steps", "2", "--reference-tol", "1e-3", "--batch-size", "3", "--no-progress",
+            "--device", "cpu", *extra]
 
 
 def test_ode_preset_writes_every_file_with_its_columns_and_resumes(setup, capsys) -> None:
@@ -73,7 +74,8 @@ def test_ode_preset_writes_every_file_with_its_columns_and_resumes(setup, capsys
     assert [p.stat().st_mtime_ns for p in records] == stamps
     assert list(csv.DictReader((out / "results.csv").open())) == rows
     # another configuration is recomputed, never reused
-    assert evaluate.main(argv(tmp_path, ode, "--preset", "ode-quick", "--against", resnet, "--seed", "1")) == 0
+    again = argv(tmp_path, ode, "--preset", "ode-quick", "--against", resnet, "--seed", "1")
+    assert evaluate.main(again) == 0
     assert len(list((out / "records").glob("*.json"))) == len(records)
     assert [p.stat().st_mtime_ns for p in records] != stamps
 
