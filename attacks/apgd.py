@@ -88,13 +88,21 @@ def _per_sample_norm(v: Tensor, norm: str) -> Tensor:
     return value.view(-1, *([1] * (v.dim() - 1)))
 
 
-def _project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
-    """Projection onto ``B(x, eps) cap [0, 1]^d`` (exact for L-inf; AutoAttack's radial-then-clip for L2)."""
+def _projection(x: Tensor, eps: float, norm: str) -> Callable[[Tensor], Tensor]:
+    """Projection onto ``B(x, eps) cap [0, 1]^d`` (exact for L-inf; AutoAttack's radial-then-clip for L2).
+
+    L-inf: the box ``[max(x - eps, 0), min(x + eps, 1)]`` is formed once; clamping to it equals clamping to
+    the ball and then to [0, 1] bit for bit (min / max are exact and the two intervals intersect)."""
     if norm == "linf":
-        return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
-    delta = x_adv - x
-    scale = torch.clamp(eps / (_per_sample_norm(delta, "l2") + _TINY), max=1.0)
-    return (x + delta * scale).clamp_(0.0, 1.0)
+        lower, upper = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
+        return lambda x_adv: torch.clamp(x_adv, lower, upper)
+
+    def project_l2(x_adv: Tensor) -> Tensor:
+        delta = x_adv - x
+        scale = torch.clamp(eps / (_per_sample_norm(delta, "l2") + _TINY), max=1.0)
+        return (x + delta * scale).clamp_(0.0, 1.0)
+
+    return project_l2
 
 
 class _Objective:
@@ -167,15 +175,18 @@ def apgd_run(
     loss_best_at_check = loss_best.clone()
     halved_at_check = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     x_previous = x_adv.clone()
+    project = _projection(x, eps, norm)
     for k in range(steps):
         a = 1.0 if k == 0 else momentum
         with torch.no_grad():
+            # in place on fresh temporaries, in the order of the formulas (the same roundings)
             direction = (
                 gradient.sign() if norm == "linf" else gradient / (_per_sample_norm(gradient, "l2") + _TINY)
             )
-            z = _project(x_adv + step_size.view(shape) * direction, x, eps, norm)
-            x_next = _project(x_adv + a * (z - x_adv) + (1.0 - a) * (x_adv - x_previous), x, eps, norm)
-            x_previous, x_adv = x_adv, x_next
+            z = project(direction.mul_(step_size.view(shape)).add_(x_adv))  # x + eta s(g)
+            change = z.sub_(x_adv).mul_(a).add_(x_adv)  # x + a (z - x)
+            change.add_((x_adv - x_previous).mul_(1.0 - a))  # ... + (1 - a)(x - x_prev)
+            x_previous, x_adv = x_adv, project(change)
         loss, gradient, fooled = objective(x_adv)
         with torch.no_grad():
             new_adv = fooled & ~ever_fooled
@@ -184,7 +195,8 @@ def apgd_run(
             increases += (loss > loss_previous).float()
             loss_previous = loss
             improved = loss > loss_best
-            x_best[improved], gradient_best[improved] = x_adv[improved], gradient[improved]
+            torch.where(improved.view(shape), x_adv, x_best, out=x_best)  # in place, no gather / scatter
+            torch.where(improved.view(shape), gradient, gradient_best, out=gradient_best)
             loss_best = torch.where(improved, loss, loss_best)
             if k + 1 in checkpoints:
                 window = k + 1 - last_checkpoint

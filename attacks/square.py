@@ -80,6 +80,18 @@ def _window_index(
     return batch, (top[:, None] + offsets).view(n, s, 1), (left[:, None] + offsets).view(n, 1, s)
 
 
+def _window_mask(
+    n: int, s: int, h: int, w: int, generator: torch.Generator, device: torch.device
+) -> Tensor:
+    """The windows of :func:`_window_index` (the same random draws) as a boolean mask ``[n, 1, h, w]``."""
+    top = torch.randint(0, h - s + 1, (n,), generator=generator, device=device)
+    left = torch.randint(0, w - s + 1, (n,), generator=generator, device=device)
+    rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + s)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + s)
+    return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
+
+
 def _read(tensor: Tensor, index: tuple[Tensor, Tensor, Tensor]) -> Tensor:
     """The ``[n, c, s, s]`` windows of a ``[n, c, h, w]`` tensor."""
     batch, rows, cols = index
@@ -214,11 +226,10 @@ class Square(Attack):
 
     def _linf_candidate(self, x: Tensor, best: Tensor, s: int, generator: torch.Generator) -> Tensor:
         n, c = x.shape[:2]
-        index = _window_index(n, s, x.shape[2], x.shape[3], generator, x.device)
-        candidate = best.clone()
+        # dense ops with a window mask: on small images much cheaper than gathering and scattering windows
+        window = _window_mask(n, s, x.shape[2], x.shape[3], generator, x.device)
         sign = _random_sign((n, c, 1, 1), generator, x.device, x.dtype)
-        _write(candidate, index, (_read(x, index) + self.eps * sign).clamp(0.0, 1.0))
-        return candidate
+        return torch.where(window, (x + self.eps * sign).clamp(0.0, 1.0), best)
 
     def _l2_candidate(self, x: Tensor, best: Tensor, s: int, generator: torch.Generator) -> Tensor:
         n, c, h, w = x.shape

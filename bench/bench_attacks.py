@@ -95,8 +95,16 @@ def pgd_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: i
     }, repeats)
 
 
-def replay(model: nn.Module, batch_sizes: list[int], shape: tuple[int, ...]) -> Callable[[], None]:
-    inputs = {size: torch.rand(size, *shape) for size in set(batch_sizes)}
+def replay(model: nn.Module, batch_sizes: list[int], shape: tuple[int, ...],
+           points: torch.Tensor | None = None) -> Callable[[], None]:
+    """Bare ``no_grad`` forward passes of the given batch sizes, on the first rows of ``points`` (inputs like
+    the attack's own: the cost of a pass is data dependent) or, without them, on uniform noise."""
+    def rows(size: int) -> torch.Tensor:
+        if points is None or size > points.shape[0]:
+            return torch.rand(size, *shape)
+        return points[:size].clone()
+
+    inputs = {size: rows(size) for size in set(batch_sizes)}
 
     def run() -> None:
         with torch.no_grad():

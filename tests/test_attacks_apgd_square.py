@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attacks import APGD, APGDT, PGD, NonFiniteLogitsError, Square
-from attacks.apgd import apgd_checkpoints, dlr_loss, dlr_loss_targeted
-from attacks.square import square_p_schedule
+from attacks.apgd import _projection, apgd_checkpoints, dlr_loss, dlr_loss_targeted
+from attacks.square import _window_index, _window_mask, square_p_schedule
 from tests.test_attacks_support import linear_binary, random_images, small_cnn
 
 
@@ -80,6 +80,28 @@ def test_apgd_t_targets_the_top_classes_and_needs_four() -> None:
     assert [int(t) for t in targets] == [1, 2, 3, 4]
     with pytest.raises(ValueError, match="4 classes"):
         attack(linear_binary(torch.ones(1, 2, 2)), torch.rand(2, 1, 2, 2), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5, 2.0])
+def test_linf_projection_is_the_ball_then_the_box_bit_for_bit(eps: float) -> None:
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(8, 2, 5, 5, generator=generator)
+    x[0] = 0.0
+    x[1] = 1.0
+    v = 4.0 * torch.rand(x.shape, generator=generator) - 1.5
+    expected = torch.minimum(torch.maximum(v, x - eps), x + eps).clamp(0.0, 1.0)
+    assert torch.equal(_projection(x, eps, "linf")(v), expected)
+
+
+@pytest.mark.parametrize("s", [1, 2, 5, 7])
+def test_square_window_mask_is_the_window_index_with_the_same_draws(s: int) -> None:
+    h, w = 7, 9
+    mask = _window_mask(6, s, h, w, torch.Generator().manual_seed(s), torch.device("cpu"))
+    batch, rows, cols = _window_index(6, s, h, w, torch.Generator().manual_seed(s), torch.device("cpu"))
+    expected = torch.zeros(6, 1, h, w, dtype=torch.bool)
+    expected[batch, :, rows, cols] = True
+    assert torch.equal(mask, expected)
+    assert bool((mask.flatten(1).sum(1) == s * s).all())
 
 
 def test_square_schedule_halves_p_at_the_papers_breakpoints() -> None:
