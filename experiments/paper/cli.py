@@ -50,10 +50,14 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown scale {args.scale!r}: choose one of {', '.join(SCALES)}")
     data_dir = args.data_dir or os.environ.get("NR_DATA_DIR")
     if not data_dir:
-        raise UsageError("no data directory: pass --data-dir DIR (holding MNIST and CIFAR-10) or set NR_DATA_DIR")
+        raise UsageError(
+            "no data directory: pass --data-dir DIR (holding MNIST and CIFAR-10) or set NR_DATA_DIR"
+        )
     if not Path(data_dir).is_dir():
-        raise UsageError(f"data directory {data_dir!r} does not exist: pass --data-dir DIR holding the MNIST "
-                         "*-ubyte.gz files and CIFAR-10's cifar-10-batches-py/")
+        raise UsageError(
+            f"data directory {data_dir!r} does not exist: pass --data-dir DIR holding the MNIST "
+            "*-ubyte.gz files and CIFAR-10's cifar-10-batches-py/"
+        )
     args.data_dir = data_dir
 
 
@@ -69,8 +73,13 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     names = list(ARTEFACTS) if args.artefact == "all" else [args.artefact]
     plans = {name: ARTEFACTS[name].plan(args.scale) for name in names}
-    ctx = Context(Path(args.out), args.data_dir, torch.device(device), progress=not args.no_progress,
-                  verify_data=all(p.verify_data for p in plans.values()))
+    ctx = Context(
+        Path(args.out),
+        args.data_dir,
+        torch.device(device),
+        progress=not args.no_progress,
+        verify_data=all(p.verify_data for p in plans.values()),
+    )
     written = []
     for name, plan in plans.items():
         started = time.perf_counter()

@@ -15,23 +15,37 @@ from experiments.paper.runtime import Context
 from experiments.paper.specs import Plan
 
 TITLE = "Figure 2: DI²-FGSM robust accuracy vs ε, ResNet vs ODE-net"
-PAPER_NOTE = ("The paper gives Figure 2 as curves only, with no numbers in its text, so the paper "
-              "column is empty: compare the shapes with the paper's figure (its claim: the ODE-net stays "
-              "above the ResNet at every ε).")
+PAPER_NOTE = (
+    "The paper gives Figure 2 as curves only, with no numbers in its text, so the paper "
+    "column is empty: compare the shapes with the paper's figure (its claim: the ODE-net stays "
+    "above the ResNet at every ε)."
+)
 
 
 def plan(scale: str) -> Plan:
     steps = scales.budget(scale, 10, 2)
     notes = (f"DI²-FGSM {steps} iterations, α = ε/{steps}, diversity probability 0.5",)
-    return curves.plan("fig2", scale, {"attack": "DI2-FGSM", "steps": steps, "diversity_prob": 0.5,
-                                       "decay": 0.0}, notes)
+    return curves.plan(
+        "fig2", scale, {"attack": "DI2-FGSM", "steps": steps, "diversity_prob": 0.5, "decay": 0.0}, notes
+    )
 
 
 def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
     from attacks import DI2FGSM
 
     params = plan.param_map
-    return curves.run(ctx, plan, "DI2-FGSM",
-                      lambda e: DI2FGSM(e, steps=params["steps"], diversity_prob=params["diversity_prob"],
-                                        decay=params["decay"], seed=plan.evaluation.seed),
-                      TITLE, PAPER_NOTE, command)
+    return curves.run(
+        ctx,
+        plan,
+        "DI2-FGSM",
+        lambda e: DI2FGSM(
+            e,
+            steps=params["steps"],
+            diversity_prob=params["diversity_prob"],
+            decay=params["decay"],
+            seed=plan.evaluation.seed,
+        ),
+        TITLE,
+        PAPER_NOTE,
+        command,
+    )

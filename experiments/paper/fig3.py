@@ -15,23 +15,39 @@ from experiments.paper.runtime import Context
 from experiments.paper.specs import Plan
 
 TITLE = "Figure 3: Boundary Attack robust accuracy vs ε, ResNet vs ODE-net"
-PAPER_NOTE = ("The paper gives Figure 3 as curves only, with no numbers in its text, so the paper "
-              "column is empty: compare the shapes with the paper's figure (its claim: the ODE-net stays "
-              "above the ResNet at every ε).")
+PAPER_NOTE = (
+    "The paper gives Figure 3 as curves only, with no numbers in its text, so the paper "
+    "column is empty: compare the shapes with the paper's figure (its claim: the ODE-net stays "
+    "above the ResNet at every ε)."
+)
 
 
 def plan(scale: str) -> Plan:
     queries = scales.budget(scale, 1000, 5)
     notes = (f"Boundary Attack {queries} queries per image, spherical and source steps 0.1, L∞ threshold",)
-    return curves.plan("fig3", scale, {"attack": "Boundary", "queries": queries, "spherical_step": 0.1,
-                                       "source_step": 0.1, "norm": "linf"}, notes)
+    return curves.plan(
+        "fig3",
+        scale,
+        {"attack": "Boundary", "queries": queries, "spherical_step": 0.1, "source_step": 0.1, "norm": "linf"},
+        notes,
+    )
 
 
 def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
     from attacks import BoundaryAttack
 
     params = plan.param_map
-    return curves.run(ctx, plan, "Boundary",
-                      lambda e: BoundaryAttack(max_queries=params["queries"], spherical_step=params["spherical_step"],
-                                               source_step=params["source_step"], seed=plan.evaluation.seed),
-                      TITLE, PAPER_NOTE, command)
+    return curves.run(
+        ctx,
+        plan,
+        "Boundary",
+        lambda e: BoundaryAttack(
+            max_queries=params["queries"],
+            spherical_step=params["spherical_step"],
+            source_step=params["source_step"],
+            seed=plan.evaluation.seed,
+        ),
+        TITLE,
+        PAPER_NOTE,
+        command,
+    )

@@ -34,15 +34,34 @@ def protocol(
     from attacks import sweep
 
     x, y = data
-    identity = {"model": entry.spec.key(), "eps": list(eps), "samples": int(x.shape[0]),
-                "attacks": {name: description for name, (_, description) in attacks.items()}}
+    identity = {
+        "model": entry.spec.key(),
+        "eps": list(eps),
+        "samples": int(x.shape[0]),
+        "attacks": {name: description for name, (_, description) in attacks.items()},
+    }
 
     def compute() -> list[dict[str, Any]]:
-        table = sweep(entry.model, {name: factory for name, (factory, _) in attacks.items()}, list(eps),
-                      (x, y), batch_size=batch_size, progress=ctx.progress)
-        return [{"model": entry.label, "attack": row["attack"], "eps": float(row["eps"]),
-                 "clean_accuracy": float(row["clean_accuracy"]), "robust_accuracy": float(row["robust_accuracy"]),
-                 "samples": int(x.shape[0])} for row in table.rows if row["attack"] != "worst-case"]
+        table = sweep(
+            entry.model,
+            {name: factory for name, (factory, _) in attacks.items()},
+            list(eps),
+            (x, y),
+            batch_size=batch_size,
+            progress=ctx.progress,
+        )
+        return [
+            {
+                "model": entry.label,
+                "attack": row["attack"],
+                "eps": float(row["eps"]),
+                "clean_accuracy": float(row["clean_accuracy"]),
+                "robust_accuracy": float(row["robust_accuracy"]),
+                "samples": int(x.shape[0]),
+            }
+            for row in table.rows
+            if row["attack"] != "worst-case"
+        ]
 
     return run.part(f"protocol {entry.label}", identity, compute)
 
@@ -66,15 +85,26 @@ def honest(
     against = dict(against or {})
     x, y = data
     config = spec.config(tuple(eps), ode=entry.is_ode)
-    identity = {"model": entry.spec.key(), "against": {k: v.spec.key() for k, v in against.items()},
-                "config": config.to_dict(), "samples": int(x.shape[0])}
+    identity = {
+        "model": entry.spec.key(),
+        "against": {k: v.spec.key() for k, v in against.items()},
+        "config": config.to_dict(),
+        "samples": int(x.shape[0]),
+    }
 
     def compute() -> dict[str, Any]:
         store = RecordStore(folder / "records", identity)
-        evaluation = evaluate(entry.model, x, y, config, against={k: v.model for k, v in against.items()},
-                              store=store, progress=ctx.progress)
+        evaluation = evaluate(
+            entry.model,
+            x,
+            y,
+            config,
+            against={k: v.model for k, v in against.items()},
+            store=store,
+            progress=ctx.progress,
+        )
         report = evaluation.report
-        (name, numbers), = evaluation.protocol.items()
+        ((name, numbers),) = evaluation.protocol.items()
         flags = [{"name": f.name, "fired": bool(f.fired), "verdict": f.verdict} for f in report.flags]
         return {
             "eps": [float(e) for e in eps],

@@ -26,8 +26,16 @@ def environment() -> dict[str, Any]:
     import numpy
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     cuda = torch.cuda.is_available()
@@ -65,10 +73,13 @@ def flags_section(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
     lines = ["## Flags of the honest evaluation", ""]
     for label, summary in summaries.items():
         fired = summary["fired"]
-        lines.append(f"**{label}** ({summary['preset']} preset, {summary['samples']} images): "
-                     + (f"fired: {', '.join(f'`{n}`' for n in fired)}" if fired else "no flag fired"))
-        lines += [f"- {'**FIRED**' if f['fired'] else 'ok'} `{f['name']}`: {f['verdict']}"
-                  for f in summary["flags"]]
+        lines.append(
+            f"**{label}** ({summary['preset']} preset, {summary['samples']} images): "
+            + (f"fired: {', '.join(f'`{n}`' for n in fired)}" if fired else "no flag fired")
+        )
+        lines += [
+            f"- {'**FIRED**' if f['fired'] else 'ok'} `{f['name']}`: {f['verdict']}" for f in summary["flags"]
+        ]
         lines.append("")
     return lines
 
@@ -117,10 +128,20 @@ def write(
     written = [atomic_write_text(folder / "report.md", "\n".join(markdown) + "\n")]
     ResultTable([dict(row) for row in rows]).to_csv(folder / "results.csv")
     written.append(folder / "results.csv")
-    document = {"artefact": plan.artefact, "scale": plan.scale, "command": command, "plan_key": plan.key(),
-                "plan": plan.to_dict(), "notes": list(plan.notes), "environment": environment(), **payload,
-                "rows": [dict(row) for row in rows]}
-    written.append(atomic_write_text(folder / "results.json", json.dumps(document, indent=2, default=str) + "\n"))
+    document = {
+        "artefact": plan.artefact,
+        "scale": plan.scale,
+        "command": command,
+        "plan_key": plan.key(),
+        "plan": plan.to_dict(),
+        "notes": list(plan.notes),
+        "environment": environment(),
+        **payload,
+        "rows": [dict(row) for row in rows],
+    }
+    written.append(
+        atomic_write_text(folder / "results.json", json.dumps(document, indent=2, default=str) + "\n")
+    )
     for name, draw in figures.items():
         written.append(draw(folder / name))
     return written

@@ -66,8 +66,9 @@ class Context:
         from nets.datasets import load_dataset
 
         if (name, split) not in self._data:
-            self._data[(name, split)] = load_dataset(name, split, self.data_dir, verify=self.verify_data,
-                                                     progress=False)
+            self._data[(name, split)] = load_dataset(
+                name, split, self.data_dir, verify=self.verify_data, progress=False
+            )
         return self._data[(name, split)]
 
     def test_tensors(self, name: str, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,12 +107,24 @@ class Context:
                 test_set = test_set.subset(slice(0, test_samples))
             torch.manual_seed(spec.train.seed)
             if self.progress:
-                print(f"[{label}] training {spec.name} on {spec.dataset} for {spec.train.epochs} epochs "
-                      f"-> {folder}", flush=True)
-            train(spec.build(), train_set, test_set, spec.train.train_config(), folder,
-                  loss_fn=spec.train.loss_fn(), augment=RandomCropFlip() if spec.train.augment else None,
-                  device=self.device, resume=True, progress=self.progress,
-                  model_spec={"name": spec.name, "kwargs": spec.arguments})
+                print(
+                    f"[{label}] training {spec.name} on {spec.dataset} for {spec.train.epochs} epochs "
+                    f"-> {folder}",
+                    flush=True,
+                )
+            train(
+                spec.build(),
+                train_set,
+                test_set,
+                spec.train.train_config(),
+                folder,
+                loss_fn=spec.train.loss_fn(),
+                augment=RandomCropFlip() if spec.train.augment else None,
+                device=self.device,
+                resume=True,
+                progress=self.progress,
+                model_spec={"name": spec.name, "kwargs": spec.arguments},
+            )
         trained_model = load_trained_model(folder, device=self.device)
         info = _training_info(folder)
         entry = TrainedModel(label, spec, trained_model, folder, info)
@@ -146,14 +159,16 @@ def solver_nfe(model: nn.Module, x: torch.Tensor, batch_size: int = 250) -> dict
     solves = 0
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            model(x[start:start + batch_size])
+            model(x[start : start + batch_size])
             solves += 1
     stats = pop_solver_stats(model)
     if not stats.get("solves"):
         return None
-    return {"nfe_per_solve": stats["nfe"] / stats["solves"],
-            "nfe_per_sample": stats["sample_nfe"] / max(stats["samples"], 1),
-            "batch_size": batch_size}
+    return {
+        "nfe_per_solve": stats["nfe"] / stats["solves"],
+        "nfe_per_sample": stats["sample_nfe"] / max(stats["samples"], 1),
+        "batch_size": batch_size,
+    }
 
 
 # ------------------------------------------------------------------------------------------ run directory
@@ -172,15 +187,19 @@ class RunDirectory:
             if owner.get("key") != plan.key():
                 raise RunDirectoryMismatch(
                     f"{self.folder} holds a run of another configuration (scale "
-                    f"{owner.get('plan', {}).get('scale', '?')}, key {owner.get('key')}) than this one (scale "
-                    f"{plan.scale}, key {plan.key()}): pass another --out or delete that directory"
+                    f"{owner.get('plan', {}).get('scale', '?')}, key {owner.get('key')}) than this one "
+                    f"(scale {plan.scale}, key {plan.key()}): pass another --out or delete that directory"
                 )
         else:
-            atomic_write_text(marker, json.dumps({"key": plan.key(), "plan": plan.to_dict()}, indent=2) + "\n")
+            atomic_write_text(
+                marker, json.dumps({"key": plan.key(), "plan": plan.to_dict()}, indent=2) + "\n"
+            )
 
     def part(self, name: str, identity: Any, compute: Callable[[], Any]) -> tuple[Any, float]:
         """``compute()`` once per (name, identity); returns (value, seconds it took when computed)."""
-        return cached_json(self.folder / "parts" / f"{digest([name, identity])}.json", name, identity, compute)
+        return cached_json(
+            self.folder / "parts" / f"{digest([name, identity])}.json", name, identity, compute
+        )
 
 
 def cached_json(path: Path, name: str, identity: Any, compute: Callable[[], Any]) -> tuple[Any, float]:
@@ -196,6 +215,9 @@ def cached_json(path: Path, name: str, identity: Any, compute: Callable[[], Any]
     started = time.perf_counter()
     value = compute()
     seconds = time.perf_counter() - started
-    atomic_write_text(path, json.dumps({"name": name, "identity": identity, "value": value,
-                                        "seconds": seconds}, default=str) + "\n")
+    atomic_write_text(
+        path,
+        json.dumps({"name": name, "identity": identity, "value": value, "seconds": seconds}, default=str)
+        + "\n",
+    )
     return value, seconds

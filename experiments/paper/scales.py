@@ -39,25 +39,61 @@ def smoke_training(seed: int = 0, **loss) -> TrainSpec:
 def he_et_al(*, augment: bool, seed: int = 0) -> TrainSpec:
     """He et al. 2016, CIFAR-10: SGD 0.1, momentum 0.9, wd 1e-4, batch 128, ÷10 at 32k and 48k of 64k
     iterations (epochs 82 and 123 of 164 at 391 iterations per epoch)."""
-    return TrainSpec(epochs=164, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
-                     schedule="multistep", milestones=(82, 123), gamma=0.1, augment=augment, seed=seed)
+    return TrainSpec(
+        epochs=164,
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="multistep",
+        milestones=(82, 123),
+        gamma=0.1,
+        augment=augment,
+        seed=seed,
+    )
 
 
 def appendix_a(dataset: str) -> TrainSpec:
     """Appendix A: Adam, batch 32, lr halved every 50 epochs; MNIST 100 epochs at 1e-3, CIFAR 200 at 1e-4."""
     if dataset == "mnist":
-        return TrainSpec(epochs=100, batch_size=32, optimizer="adam", lr=1e-3, schedule="multistep",
-                         milestones=(50,), gamma=0.5)
-    return TrainSpec(epochs=200, batch_size=32, optimizer="adam", lr=1e-4, schedule="multistep",
-                     milestones=(50, 100, 150), gamma=0.5, augment=True)
+        return TrainSpec(
+            epochs=100,
+            batch_size=32,
+            optimizer="adam",
+            lr=1e-3,
+            schedule="multistep",
+            milestones=(50,),
+            gamma=0.5,
+        )
+    return TrainSpec(
+        epochs=200,
+        batch_size=32,
+        optimizer="adam",
+        lr=1e-4,
+        schedule="multistep",
+        milestones=(50, 100, 150),
+        gamma=0.5,
+        augment=True,
+    )
 
 
-def cpu_training(epochs: int, limit: int, *, lr: float = 1e-3, augment: bool = False, seed: int = 0,
-                 **loss) -> TrainSpec:
+def cpu_training(
+    epochs: int, limit: int, *, lr: float = 1e-3, augment: bool = False, seed: int = 0, **loss
+) -> TrainSpec:
     """The CPU recipe: Adam with a one-cycle schedule (converges in few epochs), batch 128, a training
     subset of ``limit`` images."""
-    return TrainSpec(epochs=epochs, batch_size=128, optimizer="adam", lr=lr, schedule="onecycle",
-                     limit_train=limit, augment=augment, seed=seed, **loss)
+    return TrainSpec(
+        epochs=epochs,
+        batch_size=128,
+        optimizer="adam",
+        lr=lr,
+        schedule="onecycle",
+        limit_train=limit,
+        augment=augment,
+        seed=seed,
+        **loss,
+    )
 
 
 # -------------------------------------------------------------------------------------- shared models
@@ -68,8 +104,14 @@ def table1_models(scale: str, dataset: str) -> dict[str, ModelSpec]:
     short = "mnist" if dataset == "mnist" else "cifar"
     if scale == "smoke":
         return {
-            "resnet": model("mnist_resnet_small", dataset, smoke_training(), in_channels=channels, width=2,
-                            blocks_per_stage=1),
+            "resnet": model(
+                "mnist_resnet_small",
+                dataset,
+                smoke_training(),
+                in_channels=channels,
+                width=2,
+                blocks_per_stage=1,
+            ),
             "odenet": model(f"odenet_{short}_small", dataset, smoke_training(), channels=2),
         }
     if scale == "cpu":
@@ -83,8 +125,9 @@ def table1_models(scale: str, dataset: str) -> dict[str, ModelSpec]:
             "odenet": model("odenet_cifar_small", dataset, cpu_training(3, 20_000, lr=3e-3, augment=True)),
         }
     return {
-        "resnet": model("resnet", dataset, he_et_al(augment=dataset == "cifar10"), depth=50,
-                        in_channels=channels),
+        "resnet": model(
+            "resnet", dataset, he_et_al(augment=dataset == "cifar10"), depth=50, in_channels=channels
+        ),
         "odenet": model(f"odenet_{short}_paper", dataset, appendix_a(dataset)),
     }
 
@@ -93,13 +136,24 @@ def evaluation(scale: str) -> EvalSpec:
     """The honest evaluation's budget and the attacked subset at ``scale``."""
     check_scale(scale)
     if scale == "smoke":
-        return EvalSpec(samples=4, steps=2, target_classes=1, queries=3, protocol_steps=2,
-                        convergence_steps=(1, 2), convergence_samples=2, dependence_samples=2, fixed_steps=2,
-                        reference_tol=1e-3, batch_size=4)
+        return EvalSpec(
+            samples=4,
+            steps=2,
+            target_classes=1,
+            queries=3,
+            protocol_steps=2,
+            convergence_steps=(1, 2),
+            convergence_samples=2,
+            dependence_samples=2,
+            fixed_steps=2,
+            reference_tol=1e-3,
+            batch_size=4,
+        )
     if scale == "cpu":
         return EvalSpec(samples=100, test_samples=1000)
-    return EvalSpec(samples=10_000, preset="standard", ode_preset="ode", convergence_samples=50,
-                    dependence_samples=100)
+    return EvalSpec(
+        samples=10_000, preset="standard", ode_preset="ode", convergence_samples=50, dependence_samples=100
+    )
 
 
 def budget(scale: str, paper_value: int, smoke_value: int) -> int:
@@ -110,6 +164,6 @@ def budget(scale: str, paper_value: int, smoke_value: int) -> int:
 SHRINKAGE = {
     "smoke": "2-channel models, 1 epoch, 4 attacked images, suite/PGD/DI²/Boundary budgets of 2-5 steps",
     "cpu": "small models (see each report), 2-4 epochs on 20k training images (Adam + one-cycle), "
-           "100 attacked test images, 1000 for per-epoch accuracy; the attack protocols unchanged",
+    "100 attacked test images, 1000 for per-epoch accuracy; the attack protocols unchanged",
     "paper": "none: Appendix A / He et al. 2016, full test sets",
 }

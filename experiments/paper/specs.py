@@ -98,8 +98,9 @@ class TrainSpec:
         if self.loss == "pgd-at":
             return PGDAdversarialLoss(self.loss_eps, self.loss_alpha, steps=self.loss_steps, seed=self.seed)
         if self.loss == "trades":
-            return TRADESLoss(self.loss_eps, self.loss_alpha, steps=self.loss_steps, beta=self.beta,
-                              seed=self.seed)
+            return TRADESLoss(
+                self.loss_eps, self.loss_alpha, steps=self.loss_steps, beta=self.beta, seed=self.seed
+            )
         return YOPOLoss(self.loss_eps, m=self.yopo_m, n=self.yopo_n, alpha=self.loss_alpha, seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,8 +141,12 @@ class ModelSpec:
         return build_model(self.name, **self.arguments)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dataset": self.dataset, "kwargs": self.arguments,
-                "train": self.train.to_dict()}
+        return {
+            "name": self.name,
+            "dataset": self.dataset,
+            "kwargs": self.arguments,
+            "train": self.train.to_dict(),
+        }
 
     def key(self) -> str:
         return digest(self.to_dict())
