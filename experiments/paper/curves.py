@@ -20,7 +20,7 @@ MODEL_NOTES = {
     "smoke": ("plumbing test on tiny data: numbers are meaningless",),
     "cpu": (
         "the models are Table 1's at cpu scale (shared cache): `mnist_resnet_small` / `resnet20` and "
-        "`odenet_mnist_small` / `odenet_cifar_small`, 2–4 epochs on 20k training images",
+        "`odenet_mnist_small` / `odenet_cifar_small`, 2–3 epochs on 20k–60k training images",
         "attacked: the first 100 test images",
     ),
     "paper": ("the models are Table 1's (ResNet50 read as CIFAR ResNet-50; Appendix A ODE-nets)",),

@@ -82,7 +82,7 @@ def cpu_training(
     epochs: int, limit: int, *, lr: float = 1e-3, augment: bool = False, seed: int = 0, **loss
 ) -> TrainSpec:
     """The CPU recipe: Adam with a one-cycle schedule (converges in few epochs), batch 128, a training
-    subset of ``limit`` images."""
+    subset of ``limit`` images (None: all)."""
     return TrainSpec(
         epochs=epochs,
         batch_size=128,
@@ -115,14 +115,14 @@ def table1_models(scale: str, dataset: str) -> dict[str, ModelSpec]:
             "odenet": model(f"odenet_{short}_small", dataset, smoke_training(), channels=2),
         }
     if scale == "cpu":
-        if dataset == "mnist":
+        if dataset == "mnist":  # the ODE-net: the project's measured recipe (98.6% in 2 epochs, README)
             return {
                 "resnet": model("mnist_resnet_small", dataset, cpu_training(2, 20_000)),
-                "odenet": model("odenet_mnist_small", dataset, cpu_training(2, 20_000)),
+                "odenet": model("odenet_mnist_small", dataset, cpu_training(2, None, lr=3e-3)),
             }
         return {
-            "resnet": model("resnet20", dataset, cpu_training(4, 20_000, lr=3e-3, augment=True)),
-            "odenet": model("odenet_cifar_small", dataset, cpu_training(3, 20_000, lr=3e-3, augment=True)),
+            "resnet": model("resnet20", dataset, cpu_training(3, 20_000, lr=3e-3, augment=True)),
+            "odenet": model("odenet_cifar_small", dataset, cpu_training(2, 20_000, lr=3e-3, augment=True)),
         }
     return {
         "resnet": model(
@@ -163,7 +163,7 @@ def budget(scale: str, paper_value: int, smoke_value: int) -> int:
 
 SHRINKAGE = {
     "smoke": "2-channel models, 1 epoch, 4 attacked images, suite/PGD/DI²/Boundary budgets of 2-5 steps",
-    "cpu": "small models (see each report), 2-4 epochs on 20k training images (Adam + one-cycle), "
+    "cpu": "small models (see each report), 2-3 epochs on 10k-60k training images (Adam + one-cycle), "
     "100 attacked test images, 1000 for per-epoch accuracy; the attack protocols unchanged",
     "paper": "none: Appendix A / He et al. 2016, full test sets",
 }

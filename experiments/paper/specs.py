@@ -29,7 +29,7 @@ def digest(value: Any) -> str:
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((str(k), v) for k, v in (mapping or {}).items()))
+    return tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in (mapping or {}).items()))
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,12 @@ class ModelSpec:
 
 
 def model(name: str, dataset: str, train: TrainSpec, **kwargs: Any) -> ModelSpec:
-    return ModelSpec(name, dataset, train, _frozen(kwargs))
+    """``name`` on ``dataset`` with the dataset-derived arguments ``experiments.train`` passes (in_channels,
+    num_classes, mean, std — those the factory accepts); ``kwargs`` win over them."""
+    from experiments.train import model_kwargs_for
+
+    arguments = model_kwargs_for(name, dataset, None, list(kwargs.items()))
+    return ModelSpec(name, dataset, train, _frozen(arguments))
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ NOTES = {
         "ODE-net: `odenet_mnist_small` (32 ch, 2 conv, t1 = 1) and `odenet_cifar_small` (64 ch, 2 conv, "
         "t1 = 1) instead of Appendix A's 4 × 128 (t1 = 100) and 5 × 256 (t1 = 500); dopri5 at "
         "rtol = atol = 1e-3",
-        "training: Adam + one-cycle, batch 128, first 20k training images; MNIST 2 epochs, CIFAR-10 "
-        "ResNet 4 / ODE-net 3 epochs (crop + flip) instead of 100 / 200 epochs",
+        "training: Adam + one-cycle, batch 128, 2 epochs; MNIST ResNet on the first 20k training images "
+        "(lr 1e-3), MNIST ODE-net on all 60k (lr 3e-3); CIFAR-10 on the first 20k (lr 3e-3, crop + flip), "
+        "ResNet 3 / ODE-net 2 epochs; instead of 100 / 200 epochs on the full sets",
         "attacked: the first 100 test images (paper: the full test set); FGSM and PGD-40 exactly as the "
         "paper",
     ),

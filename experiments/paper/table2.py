@@ -32,7 +32,7 @@ NOTES = {
         "channels) instead of PreAct-ResNet18 (64…512 channels), same training attacks",
         "training: Adam + one-cycle (lr 3e-3), batch 128, 2 epochs on the first 10k training images "
         "(crop + flip) instead of 100 epochs of SGD on 50k",
-        "the ODE-net: Table 1's cpu-scale `odenet_cifar_small` (3 epochs on 20k images)",
+        "the ODE-net: Table 1's cpu-scale `odenet_cifar_small` (2 epochs on 20k images)",
         "attacked: the first 100 test images; PGD-20 exactly as stated above",
     ),
     "paper": (
