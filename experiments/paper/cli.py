@@ -80,6 +80,8 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
         progress=not args.no_progress,
         verify_data=all(p.verify_data for p in plans.values()),
     )
+    for dataset in sorted({d for plan in plans.values() for d in plan.eps_map}):
+        ctx.dataset(dataset, "test")  # fail fast on missing or corrupt data, before any training
     written = []
     for name, plan in plans.items():
         started = time.perf_counter()
