@@ -1,0 +1,5 @@
+import sys
+
+from experiments.paper.cli import main
+
+sys.exit(main())

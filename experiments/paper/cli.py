@@ -1,0 +1,114 @@
+"""``python -m experiments.paper ARTEFACT --data-dir DIR --scale SCALE --out DIR`` (console script
+``experiments-paper``). Every failure is one line on stderr and exit code 2; ``--debug`` shows the traceback.
+
+All command-line plumbing of the package lives here, so it can adopt the project's shared conventions in one
+place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from experiments.paper.specs import SCALES
+
+PROG = "python -m experiments.paper"
+CHOICES = ("table1", "fig2", "fig3", "table2", "fig1", "all")
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise UsageError(f"{message} (see {PROG} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Reproduce one artefact of the paper (or all of them).")
+    parser.add_argument("artefact", help=f"one of {', '.join(CHOICES)}")
+    parser.add_argument("--data-dir", default=None, help="MNIST / CIFAR-10 files (default: $NR_DATA_DIR)")
+    parser.add_argument("--scale", default="cpu", help=f"one of {', '.join(SCALES)} (default cpu)")
+    parser.add_argument("--out", required=True, help="output directory (models/, evaluations/, <artefact>/)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.artefact not in CHOICES:
+        raise UsageError(f"unknown artefact {args.artefact!r}: choose one of {', '.join(CHOICES)}")
+    if args.scale not in SCALES:
+        raise UsageError(f"unknown scale {args.scale!r}: choose one of {', '.join(SCALES)}")
+    data_dir = args.data_dir or os.environ.get("NR_DATA_DIR")
+    if not data_dir:
+        raise UsageError(
+            "no data directory: pass --data-dir DIR (holding MNIST and CIFAR-10) or set NR_DATA_DIR"
+        )
+    if not Path(data_dir).is_dir():
+        raise UsageError(
+            f"data directory {data_dir!r} does not exist: pass --data-dir DIR holding the MNIST "
+            "*-ubyte.gz files and CIFAR-10's cifar-10-batches-py/"
+        )
+    args.data_dir = data_dir
+
+
+def run(args: argparse.Namespace, command: str) -> list[Path]:
+    """Run the artefact(s) named by ``args``; returns the files written."""
+    import torch
+
+    from experiments.paper import ARTEFACTS
+    from experiments.paper.runtime import Context
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    names = list(ARTEFACTS) if args.artefact == "all" else [args.artefact]
+    plans = {name: ARTEFACTS[name].plan(args.scale) for name in names}
+    ctx = Context(
+        Path(args.out),
+        args.data_dir,
+        torch.device(device),
+        progress=not args.no_progress,
+        verify_data=all(p.verify_data for p in plans.values()),
+    )
+    for dataset in sorted({d for plan in plans.values() for d in plan.eps_map}):
+        ctx.dataset(dataset, "test")  # fail fast on missing or corrupt data, before any training
+    written = []
+    for name, plan in plans.items():
+        started = time.perf_counter()
+        paths = ARTEFACTS[name].run(ctx, plan, command)
+        written += paths
+        print(f"{name}: {paths[0]} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    command = " ".join([PROG, *map(shlex.quote, argv)])
+    try:
+        args = build_parser().parse_args(argv)
+        _check(args)
+        run(args, command)
+        return 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    except Exception as error:  # noqa: BLE001 - the one-line contract
+        if debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = "" if isinstance(error, UsageError) else " (rerun with --debug for the traceback)"
+        print(f"{PROG}: error: {message}{hint}", file=sys.stderr)
+        return 2

@@ -1,0 +1,126 @@
+"""The two kinds of measurement every artefact makes, each cached as a part of its run directory:
+
+* :func:`protocol` — the paper's own attacks (FGSM, PGD-40, DI²-FGSM, Boundary, transfer), via
+  ``attacks.sweep``: robust accuracy per (attack, ε);
+* :func:`honest` — ``experiments.honest.evaluate``: the suite's per-example worst case, the paper-protocol
+  PGD-40 number and the named flags (ε-sanity, masking, ...), its records and summary under
+  ``OUT/evaluations/<key>/`` (shared by every artefact that asks for the same evaluation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from experiments.paper.runtime import Context, RunDirectory, TrainedModel, cached_json, solver_nfe
+from experiments.paper.specs import EvalSpec, digest
+
+
+def protocol(
+    run: RunDirectory,
+    ctx: Context,
+    entry: TrainedModel,
+    attacks: Mapping[str, tuple[Callable[[float], Any], dict[str, Any]]],
+    eps: Sequence[float],
+    data: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+) -> tuple[list[dict[str, Any]], float]:
+    """Robust accuracy of ``entry`` under each ``attacks[name] = (factory, description)`` at every ε.
+
+    Returns rows ``{model, attack, eps, clean_accuracy, robust_accuracy, samples}`` and the seconds spent.
+    """
+    from attacks import sweep
+
+    x, y = data
+    identity = {
+        "model": entry.spec.key(),
+        "eps": list(eps),
+        "samples": int(x.shape[0]),
+        "attacks": {name: description for name, (_, description) in attacks.items()},
+    }
+
+    def compute() -> list[dict[str, Any]]:
+        table = sweep(
+            entry.model,
+            {name: factory for name, (factory, _) in attacks.items()},
+            list(eps),
+            (x, y),
+            batch_size=batch_size,
+            progress=ctx.progress,
+        )
+        return [
+            {
+                "model": entry.label,
+                "attack": row["attack"],
+                "eps": float(row["eps"]),
+                "clean_accuracy": float(row["clean_accuracy"]),
+                "robust_accuracy": float(row["robust_accuracy"]),
+                "samples": int(x.shape[0]),
+            }
+            for row in table.rows
+            if row["attack"] != "worst-case"
+        ]
+
+    return run.part(f"protocol {entry.label}", identity, compute)
+
+
+def honest(
+    ctx: Context,
+    entry: TrainedModel,
+    eps: Sequence[float],
+    spec: EvalSpec,
+    data: tuple[torch.Tensor, torch.Tensor],
+    against: Mapping[str, TrainedModel] | None = None,
+) -> tuple[dict[str, Any], float]:
+    """The honest evaluation of ``entry`` at ``eps`` on ``data``: a summary dict and the seconds spent.
+
+    Summary: ``clean``, ``worst_case`` and ``protocol`` (lists aligned with ``eps``), ``protocol_name``,
+    ``flags`` (name, fired, verdict), ``fired`` (names of fired flags), ``nfe`` (ODE forward NFE),
+    ``preset``, ``samples``.
+    """
+    from experiments.honest import RecordStore, evaluate
+
+    against = dict(against or {})
+    x, y = data
+    config = spec.config(tuple(eps), ode=entry.is_ode)
+    identity = {
+        "model": entry.spec.key(),
+        "against": {k: v.spec.key() for k, v in against.items()},
+        "config": config.to_dict(),
+        "samples": int(x.shape[0]),
+    }
+
+    def compute() -> dict[str, Any]:
+        store = RecordStore(folder / "records", identity)
+        evaluation = evaluate(
+            entry.model,
+            x,
+            y,
+            config,
+            against={k: v.model for k, v in against.items()},
+            store=store,
+            progress=ctx.progress,
+        )
+        report = evaluation.report
+        ((name, numbers),) = evaluation.protocol.items()
+        flags = [{"name": f.name, "fired": bool(f.fired), "verdict": f.verdict} for f in report.flags]
+        return {
+            "eps": [float(e) for e in eps],
+            "clean": float(report.clean_correct.float().mean()),
+            "worst_case": [float(report.worst_case_accuracy(e)) for e in eps],
+            "protocol": [float(numbers[e]) for e in eps],
+            "protocol_name": name,
+            "attacks": list(report.attack_names),
+            "flags": flags,
+            "fired": [f["name"] for f in flags if f["fired"]],
+            "nfe": solver_nfe(entry.model, x, spec.batch_size),
+            "solver": evaluation.solver,
+            "preset": config.preset,
+            "samples": int(x.shape[0]),
+            "seconds": evaluation.seconds,
+        }
+
+    folder = ctx.out / "evaluations" / digest(identity)
+    return cached_json(folder / "summary.json", f"honest {entry.label}", identity, compute)

@@ -1,0 +1,147 @@
+"""Writing an artefact: ``report.md`` (paper vs ours with the difference, the worst case, the flags),
+``results.csv`` / ``results.json`` (plan, seeds, versions, hardware, timings, NFE), PNG figures — every file
+written atomically (temporary file, then ``os.replace``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attacks.table import ResultTable, atomic_write_text
+from experiments.paper.specs import Plan
+
+OUTPUT_FILES = ("report.md", "results.csv", "results.json")
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware of this run."""
+    import numpy
+
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "git_commit": commit,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+    }
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
+
+
+def diff(ours: float | None, paper: float | None) -> str:
+    if ours is None or paper is None:
+        return "—"
+    return f"{100 * ours - paper:+.2f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def flags_section(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The honest evaluation's flags per model, fired first."""
+    lines = ["## Flags of the honest evaluation", ""]
+    for label, summary in summaries.items():
+        fired = summary["fired"]
+        lines.append(
+            f"**{label}** ({summary['preset']} preset, {summary['samples']} images): "
+            + (f"fired: {', '.join(f'`{n}`' for n in fired)}" if fired else "no flag fired")
+        )
+        lines += [
+            f"- {'**FIRED**' if f['fired'] else 'ok'} `{f['name']}`: {f['verdict']}" for f in summary["flags"]
+        ]
+        lines.append("")
+    return lines
+
+
+def header(plan: Plan, title: str, command: str) -> list[str]:
+    lines = [f"# {title}", "", f"Scale `{plan.scale}`, plan key `{plan.key()}`.", ""]
+    if command:
+        lines += ["Command:", "", "```bash", command, "```", ""]
+    if plan.notes:
+        lines += ["How this run differs from the paper:", ""] + [f"- {note}" for note in plan.notes] + [""]
+    return lines
+
+
+def save_figure(figure, path: Path) -> Path:
+    """``figure.savefig`` to a temporary file, then ``os.replace``."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write(
+    folder: Path,
+    plan: Plan,
+    *,
+    markdown: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    payload: Mapping[str, Any],
+    figures: Mapping[str, Callable[[Path], Path]] = {},  # noqa: B006 - read only
+    command: str = "",
+) -> list[Path]:
+    """Write report.md, results.csv, results.json and each ``figures[name](path)`` PNG into ``folder``."""
+    written = [atomic_write_text(folder / "report.md", "\n".join(markdown) + "\n")]
+    ResultTable([dict(row) for row in rows]).to_csv(folder / "results.csv")
+    written.append(folder / "results.csv")
+    document = {
+        "artefact": plan.artefact,
+        "scale": plan.scale,
+        "command": command,
+        "plan_key": plan.key(),
+        "plan": plan.to_dict(),
+        "notes": list(plan.notes),
+        "environment": environment(),
+        **payload,
+        "rows": [dict(row) for row in rows],
+    }
+    written.append(
+        atomic_write_text(folder / "results.json", json.dumps(document, indent=2, default=str) + "\n")
+    )
+    for name, draw in figures.items():
+        written.append(draw(folder / name))
+    return written

@@ -1,0 +1,223 @@
+"""What every artefact run shares: the data, the model cache, cached result parts and the run directory.
+
+Layout under ``--out``::
+
+    models/<registry name>-<model key>/   one training run per ModelSpec (nets.training; resumable),
+                                          shared by every artefact that asks for the same spec
+    evaluations/<key>/                    the honest evaluation's per-(attack, ε) records and its summary
+    <artefact>/plan.json                  the Plan that owns this directory (another Plan is refused)
+    <artefact>/parts/<key>.json           finished measurements (a rerun reuses them)
+    <artefact>/report.md, results.{csv,json}, *.png
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks.table import atomic_write_text
+from experiments.paper.specs import ModelSpec, Plan, digest
+
+
+class PaperError(Exception):
+    """A failure the command reports in one line (exit code 2)."""
+
+
+class RunDirectoryMismatch(PaperError):
+    pass
+
+
+@dataclass
+class TrainedModel:
+    label: str
+    spec: ModelSpec
+    model: nn.Module
+    folder: Path
+    info: dict[str, Any]
+
+    @property
+    def is_ode(self) -> bool:
+        from experiments.masking import ode_blocks
+
+        return bool(ode_blocks(self.model))
+
+
+@dataclass
+class Context:
+    """One command's shared state: where to write, which device, the loaded datasets and models."""
+
+    out: Path
+    data_dir: str | None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    progress: bool = True
+    verify_data: bool = True
+    _data: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _models: dict[str, TrainedModel] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------------------------------- data
+    def dataset(self, name: str, split: str):
+        from nets.datasets import load_dataset
+
+        if (name, split) not in self._data:
+            self._data[(name, split)] = load_dataset(
+                name, split, self.data_dir, verify=self.verify_data, progress=False
+            )
+        return self._data[(name, split)]
+
+    def test_tensors(self, name: str, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``samples`` test images as floats in [0, 1] and their labels, on the device."""
+        test = self.dataset(name, "test")
+        n = min(samples, len(test))
+        return test.images[:n].float().div(255).to(self.device), test.labels[:n].to(self.device)
+
+    def bar(self, total: int, description: str):
+        """A progress bar with ETA over an artefact's units (a no-op object without ``progress``)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=description, unit="unit", dynamic_ncols=True, disable=not self.progress)
+
+    # -------------------------------------------------------------------------------------- models
+    def trained(self, label: str, spec: ModelSpec, test_samples: int | None = None) -> TrainedModel:
+        """The model of ``spec``: loaded from the cache, or trained there first (resumable)."""
+        from nets.datasets import RandomCropFlip
+        from nets.training import MODEL_NAME, load_trained_model, train
+
+        key = spec.key()
+        if key in self._models:
+            cached = self._models[key]
+            return TrainedModel(label, spec, cached.model, cached.folder, cached.info)
+        folder = self.out / "models" / f"{spec.name}-{key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        spec_path = folder / "spec.json"
+        if not spec_path.is_file():
+            atomic_write_text(spec_path, json.dumps(spec.to_dict(), indent=2) + "\n")
+        if not (folder / MODEL_NAME).is_file():
+            train_set = self.dataset(spec.dataset, "train")
+            if spec.train.limit_train is not None:
+                train_set = train_set.subset(slice(0, spec.train.limit_train))
+            test_set = self.dataset(spec.dataset, "test")
+            if test_samples is not None:
+                test_set = test_set.subset(slice(0, test_samples))
+            torch.manual_seed(spec.train.seed)
+            if self.progress:
+                print(
+                    f"[{label}] training {spec.name} on {spec.dataset} for {spec.train.epochs} epochs "
+                    f"-> {folder}",
+                    flush=True,
+                )
+            train(
+                spec.build(),
+                train_set,
+                test_set,
+                spec.train.train_config(),
+                folder,
+                loss_fn=spec.train.loss_fn(),
+                augment=RandomCropFlip() if spec.train.augment else None,
+                device=self.device,
+                resume=True,
+                progress=self.progress,
+                model_spec={"name": spec.name, "kwargs": spec.arguments},
+            )
+        trained_model = load_trained_model(folder, device=self.device)
+        info = _training_info(folder)
+        entry = TrainedModel(label, spec, trained_model, folder, info)
+        self._models[key] = entry
+        return entry
+
+
+def _training_info(folder: Path) -> dict[str, Any]:
+    from nets.training import RESULTS_NAME
+
+    try:
+        results = json.loads((folder / RESULTS_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    history = results.get("history") or []
+    last = history[-1] if history else {}
+    return {
+        "train_time_s": results.get("train_time_s"),
+        "epochs": results.get("epochs_done"),
+        "final_test_accuracy": (results.get("final") or {}).get("test_accuracy"),
+        "train_solver_stats_last_epoch": last.get("train_solver_stats"),
+    }
+
+
+def solver_nfe(model: nn.Module, x: torch.Tensor, batch_size: int = 250) -> dict[str, float] | None:
+    """Forward NFE of a model's ODE blocks on ``x`` (shared step control): per solve and per sample."""
+    from nets.training import pop_solver_stats
+
+    if not hasattr(model, "pop_solver_stats"):
+        return None
+    pop_solver_stats(model)
+    solves = 0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            model(x[start : start + batch_size])
+            solves += 1
+    stats = pop_solver_stats(model)
+    if not stats.get("solves"):
+        return None
+    return {
+        "nfe_per_solve": stats["nfe"] / stats["solves"],
+        "nfe_per_sample": stats["sample_nfe"] / max(stats["samples"], 1),
+        "batch_size": batch_size,
+    }
+
+
+# ------------------------------------------------------------------------------------------ run directory
+class RunDirectory:
+    """``OUT/<artefact>``: owned by one Plan; finished parts stored as JSON and reused."""
+
+    def __init__(self, out: Path, plan: Plan) -> None:
+        self.plan, self.folder = plan, Path(out) / plan.artefact
+        self.folder.mkdir(parents=True, exist_ok=True)
+        marker = self.folder / "plan.json"
+        if marker.is_file():
+            try:
+                owner = json.loads(marker.read_text())
+            except (OSError, json.JSONDecodeError):
+                owner = {}
+            if owner.get("key") != plan.key():
+                raise RunDirectoryMismatch(
+                    f"{self.folder} holds a run of another configuration (scale "
+                    f"{owner.get('plan', {}).get('scale', '?')}, key {owner.get('key')}) than this one "
+                    f"(scale {plan.scale}, key {plan.key()}): pass another --out or delete that directory"
+                )
+        else:
+            atomic_write_text(
+                marker, json.dumps({"key": plan.key(), "plan": plan.to_dict()}, indent=2) + "\n"
+            )
+
+    def part(self, name: str, identity: Any, compute: Callable[[], Any]) -> tuple[Any, float]:
+        """``compute()`` once per (name, identity); returns (value, seconds it took when computed)."""
+        return cached_json(
+            self.folder / "parts" / f"{digest([name, identity])}.json", name, identity, compute
+        )
+
+
+def cached_json(path: Path, name: str, identity: Any, compute: Callable[[], Any]) -> tuple[Any, float]:
+    """The value stored at ``path`` for ``identity``, or ``compute()`` stored there atomically first;
+    returns (value, seconds the computation took)."""
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+            if stored["identity"] == json.loads(json.dumps(identity, default=str)):
+                return stored["value"], stored["seconds"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass  # damaged or foreign: recompute
+    started = time.perf_counter()
+    value = compute()
+    seconds = time.perf_counter() - started
+    atomic_write_text(
+        path,
+        json.dumps({"name": name, "identity": identity, "value": value, "seconds": seconds}, default=str)
+        + "\n",
+    )
+    return value, seconds

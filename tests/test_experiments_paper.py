@@ -1,0 +1,266 @@
+"""``python -m experiments.paper``: every artefact at smoke scale on tiny random MNIST/CIFAR-10 files (files,
+columns, model cache, resume), one-line errors, and the paper-scale configurations built without training."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from experiments.paper import ARTEFACTS, cli, fig1, fig2, fig3, table1, table2
+from experiments.paper.specs import Plan
+from nets.training import build_optimizer, build_scheduler
+from tests.test_data import make_cifar, write_cifar_dir, write_mnist
+
+COLUMNS = {
+    "table1": {
+        "dataset",
+        "model",
+        "architecture",
+        "attack",
+        "eps",
+        "paper",
+        "ours",
+        "difference",
+        "worst_case",
+        "flags_fired",
+    },
+    "fig2": {
+        "dataset",
+        "model",
+        "attack",
+        "eps",
+        "paper",
+        "ours",
+        "worst_case",
+        "protocol_pgd",
+        "flags_fired",
+    },
+    "fig3": {
+        "dataset",
+        "model",
+        "attack",
+        "eps",
+        "paper",
+        "ours",
+        "worst_case",
+        "protocol_pgd",
+        "flags_fired",
+    },
+    "table2": {
+        "method",
+        "paper_clean",
+        "ours_clean",
+        "paper_pgd20",
+        "ours_pgd20",
+        "protocol_pgd40",
+        "worst_case",
+        "flags_fired",
+    },
+    "fig1": {"h", "curve", "eps", "paper", "ours", "worst_case", "flags_fired"},
+}
+FIGURES = {
+    "table1": [],
+    "fig2": ["fig2.png"],
+    "fig3": ["fig3.png"],
+    "table2": ["table2.png"],
+    "fig1": ["fig1.png"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paper")
+    write_mnist(root / "data", n_train=8, n_test=6)
+    write_cifar_dir(root / "data", make_cifar(n_per_batch=4))
+    torch.set_num_threads(1)
+    argv = [
+        "all",
+        "--data-dir",
+        str(root / "data"),
+        "--scale",
+        "smoke",
+        "--out",
+        str(root / "out"),
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
+    code = cli.main(argv)
+    return root, argv, code
+
+
+def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
+    root, _, code = smoke_run
+    assert code == 0
+    for name in ARTEFACTS:
+        folder = root / "out" / name
+        for file in ("report.md", "results.csv", "results.json", "plan.json", *FIGURES[name]):
+            assert (folder / file).is_file(), f"{name}/{file}"
+        rows = list(csv.DictReader((folder / "results.csv").open()))
+        assert rows and COLUMNS[name] <= set(rows[0]), name
+        results = json.loads((folder / "results.json").read_text())
+        assert results["scale"] == "smoke" and results["plan"]["artefact"] == name
+        assert {"torch", "python", "cpu_count", "git_commit"} <= set(results["environment"])
+        assert results["wall_s"] > 0 and results["timings_s"]
+        for summary in results["honest"].values():  # the honest column and its flags, for every model
+            assert len(summary["worst_case"]) == len(summary["eps"])
+            assert {"eps-sanity", "batch-dependence"} <= {flag["name"] for flag in summary["flags"]}
+        report = (folder / "report.md").read_text()
+        assert "worst case" in report and "Flags of the honest evaluation" in report and "Command:" in report
+    # the paper's numbers beside ours, with the difference
+    table = list(csv.DictReader((root / "out" / "table1" / "results.csv").open()))
+    fgsm = [r for r in table if r["dataset"] == "mnist" and r["model"] == "odenet" and r["attack"] == "FGSM"]
+    assert [float(r["paper"]) for r in fgsm] == [97.50, 97.46, 97.52, 97.48]
+    assert all(abs(float(r["ours"]) - float(r["paper"]) - float(r["difference"])) < 0.02 for r in fgsm)
+    ode = json.loads((root / "out" / "table1" / "results.json").read_text())["honest"]["mnist odenet"]
+    assert ode["nfe"]["nfe_per_sample"] > 0  # NFE of the ODE models recorded
+    fig1_rows = list(csv.DictReader((root / "out" / "fig1" / "results.csv").open()))
+    assert {r["curve"] for r in fig1_rows} == {"clean", "FGSM ε=0.1", "FGSM ε=0.3", "FGSM ε=0.5"}
+
+
+def test_models_are_cached_by_configuration_and_reused(smoke_run) -> None:
+    root, argv, _ = smoke_run
+    keys = {spec.key() for module in ARTEFACTS.values() for _, spec in module.plan("smoke").models}
+    folders = sorted((root / "out" / "models").iterdir())
+    assert len(folders) == len(keys)  # Table 1's models serve Figures 2, 3 and Table 2's ODE-net
+    assert {folder.name.rsplit("-", 1)[1] for folder in folders} == keys
+    # a rerun reuses every model, evaluation and part: nothing is rewritten but the reports
+    stored = sorted(
+        p for p in (root / "out").rglob("*.json") if "parts" in p.parts or "evaluations" in p.parts
+    )
+    stored += sorted((root / "out" / "models").rglob("model.pt"))
+    stamps = [p.stat().st_mtime_ns for p in stored]
+    assert cli.main(["table1", *argv[1:]]) == 0
+    assert [p.stat().st_mtime_ns for p in stored] == stamps
+
+
+def test_failures_are_one_line_with_exit_code_2(smoke_run, tmp_path, capsys) -> None:
+    root, argv, _ = smoke_run
+    data = ["--data-dir", str(root / "data")]
+    cases = [
+        (["table9", *data, "--out", str(tmp_path)], "unknown artefact"),
+        (["table1", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path)], "does not exist"),
+        (["table1", *data, "--scale", "huge", "--out", str(tmp_path)], "unknown scale"),
+        (["table1", *data, "--scale", "smoke"], "--out"),
+    ]
+    for case, expected in cases:
+        assert cli.main(case) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and expected in error, error
+    # a run directory written by another configuration is refused, never mixed
+    other = tmp_path / "other"
+    (other / "table1").mkdir(parents=True)
+    (other / "table1" / "plan.json").write_text(json.dumps({"key": "0123", "plan": {"scale": "cpu"}}))
+    assert cli.main(["table1", *data, "--scale", "smoke", "--out", str(other), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "another configuration" in error and "--out" in error
+    with pytest.raises(Exception, match="another configuration"):
+        cli.main(["table1", *data, "--scale", "smoke", "--out", str(other), "--no-progress", "--debug"])
+
+
+# ------------------------------------------------------------------------------ paper scale, built untrained
+def _lr_after(spec, epochs: int) -> float:
+    optimizer = build_optimizer(torch.nn.Linear(1, 1).parameters(), spec.train.train_config())
+    scheduler = build_scheduler(optimizer, spec.train.train_config(), steps_per_epoch=1)
+    for _ in range(epochs):
+        optimizer.step()
+        scheduler.step()
+    return optimizer.param_groups[0]["lr"]
+
+
+def _check_appendix_a(spec, dataset: str) -> None:
+    channels, layers, t1, epochs, lr = (
+        (128, 4, 100.0, 100, 1e-3) if dataset == "mnist" else (256, 5, 500.0, 200, 1e-4)
+    )
+    built = spec.build()
+    block = built.ode_block
+    assert (block.t1, block.method) == (t1, "dopri5")
+    assert len(block.func.convs) == layers and all(c.out_channels == channels for c in block.func.convs)
+    train = spec.train
+    assert (train.optimizer, train.lr, train.epochs, train.batch_size) == ("adam", lr, epochs, 32)
+    assert train.limit_train is None
+    # lr halved every 50 epochs
+    for epoch in range(0, epochs, 50):
+        assert _lr_after(spec, epoch) == pytest.approx(lr * 0.5 ** (epoch // 50))
+
+
+def _check_he_et_al(spec) -> None:
+    train = spec.train
+    assert (train.optimizer, train.lr, train.momentum, train.weight_decay, train.batch_size) == (
+        "sgd",
+        0.1,
+        0.9,
+        1e-4,
+        128,
+    )
+    assert (train.epochs, train.milestones, train.gamma, train.limit_train) == (164, (82, 123), 0.1, None)
+    assert _lr_after(spec, 82) == pytest.approx(0.01) and _lr_after(spec, 123) == pytest.approx(0.001)
+
+
+def test_paper_scale_table1_and_figures_2_3_use_appendix_a_and_the_full_test_set() -> None:
+    plans = [table1.plan("paper"), fig2.plan("paper"), fig3.plan("paper")]
+    for plan in plans:
+        assert isinstance(plan, Plan) and plan.evaluation.samples >= 10_000 and plan.verify_data
+        assert plan.evaluation.protocol_steps == 40 and plan.evaluation.preset == "standard"
+        assert plan.evaluation.ode_preset == "ode"
+        models = plan.model_map
+        for dataset in ("mnist", "cifar10"):
+            _check_appendix_a(models[f"{dataset} odenet"], dataset)
+            resnet = models[f"{dataset} resnet"]
+            assert resnet.name == "resnet" and resnet.arguments["depth"] == 50
+            _check_he_et_al(resnet)
+    assert plans[0].model_map == plans[1].model_map == plans[2].model_map  # one cache entry each
+    assert plans[0].eps_map["mnist"] == (0.2, 0.3, 0.4, 0.5)
+    assert [round(e * 255) for e in plans[0].eps_map["cifar10"]] == [8, 12, 16, 20]
+    assert max(plans[1].eps_map["mnist"]) == 0.5 and round(max(plans[1].eps_map["cifar10"]) * 255) == 50
+    assert 0.0 in plans[1].eps_map["mnist"]
+    assert plans[1].param_map["steps"] == 10
+    assert (
+        plans[2].param_map["queries"],
+        plans[2].param_map["spherical_step"],
+        plans[2].param_map["source_step"],
+    ) == (1000, 0.1, 0.1)
+
+
+def test_paper_scale_figure1_is_eleven_resnet56_with_he_et_al() -> None:
+    plan = fig1.plan("paper")
+    targets = [(label, spec) for label, spec in plan.models if label != "source"]
+    assert [spec.arguments["step_size"] for _, spec in targets] == [10.0**-k for k in range(11)]
+    for _, spec in targets:
+        assert spec.name == "resnet56" and spec.dataset == "cifar10" and spec.train.augment
+        _check_he_et_al(spec)
+    built = targets[-1][1].build()
+    steps = [m.step_size for m in built.modules() if hasattr(m, "step_size")]
+    assert len(steps) == 27 and set(steps) == {1e-10}  # 9 residual blocks per stage, every one y + h f(y)
+    source = plan.model_map["source"]
+    assert source.name == "resnet8" and source.train.seed != targets[0][1].train.seed
+    assert sum(1 for m in source.build().modules() if hasattr(m, "step_size")) == 3  # three residual blocks
+    assert plan.eps_map["cifar10"] == (0.1, 0.3, 0.5)
+
+
+def test_paper_scale_table2_is_preact_resnet18_with_the_three_trainings() -> None:
+    plan = table2.plan("paper")
+    models = plan.model_map
+    assert list(models) == ["pgd-at", "trades", "yopo", "odenet"]
+    losses = {m: models[m].train for m in ("pgd-at", "trades", "yopo")}
+    assert all(models[m].name == "preact_resnet18" for m in losses)
+    assert (losses["pgd-at"].loss, losses["pgd-at"].loss_steps) == ("pgd-at", 10)
+    assert (losses["trades"].loss, losses["trades"].loss_steps, losses["trades"].beta) == ("trades", 10, 6.0)
+    assert (losses["yopo"].loss, losses["yopo"].yopo_m, losses["yopo"].yopo_n) == ("yopo", 5, 3)
+    assert all(t.loss_eps == pytest.approx(8 / 255) and t.limit_train is None for t in losses.values())
+    assert models["odenet"] == table1.plan("paper").model_map["cifar10 odenet"]
+    _check_appendix_a(models["odenet"], "cifar10")
+    assert sum(p.numel() for p in models["pgd-at"].build().parameters()) > 11_000_000
+    assert plan.param_map["pgd_steps"] == 20 and plan.eps_map["cifar10"] == (8 / 255,)
+    assert plan.evaluation.samples >= 10_000
+
+
+def test_cpu_scale_keeps_every_attack_protocol() -> None:
+    for name, module in ARTEFACTS.items():
+        cpu, paper = module.plan("cpu"), module.plan("paper")
+        assert cpu.params == paper.params and cpu.eps == paper.eps, name
+        assert cpu.evaluation.protocol_steps == 40 and cpu.key() != paper.key()
+        assert cpu.notes, name  # every shrinkage is written into the report
