@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -462,6 +462,17 @@ def _attack_batch(
     return x_adv, (logits.argmax(dim=1) != yb).cpu() | bad, bad
 
 
+def _shard(batches: list[range], targets: Tensor, rank: int, world_size: int) -> Iterator[tuple[int, Tensor]]:
+    """This process's batches (every ``world_size``-th), as indices of the samples to attack in each."""
+    for b_index, rows in enumerate(batches):
+        if b_index % world_size != rank:
+            continue
+        index = torch.tensor(list(rows))
+        index = index[targets[index]]
+        if index.numel():
+            yield b_index, index
+
+
 def _run_bounded(
     model: nn.Module,
     x: Tensor,
@@ -482,13 +493,7 @@ def _run_bounded(
     sums: dict[str, float] = {}
     started = time.perf_counter()
     found_index, found_x = [], []
-    for b_index, rows in enumerate(batches):
-        if b_index % world_size != rank:
-            continue
-        index = torch.tensor(list(rows))
-        index = index[targets[index]]
-        if index.numel() == 0:
-            continue
+    for b_index, index in _shard(batches, targets, rank, world_size):
         attack = entry.factory(e)
         attack.reseed(batch_seed(seeds[0], seeds[1], seeds[2], b_index))
         xb, yb = x[index].to(device), y[index].to(device)
@@ -533,13 +538,7 @@ def _run_minimizer(
     distance = torch.full((n,), -1.0, dtype=torch.float64)
     sums: dict[str, float] = {}
     started = time.perf_counter()
-    for b_index, rows in enumerate(batches):
-        if b_index % world_size != rank:
-            continue
-        index = torch.tensor(list(rows))
-        index = index[targets[index]]
-        if index.numel() == 0:
-            continue
+    for b_index, index in _shard(batches, targets, rank, world_size):
         attack = entry.factory(0.0)
         attack.reseed(batch_seed(seed, a_index, -1, b_index))
         xb, yb = x[index].to(device), y[index].to(device)
