@@ -80,7 +80,8 @@ def honest(
     ``flags`` (name, fired, verdict), ``fired`` (names of fired flags), ``nfe`` (ODE forward NFE),
     ``preset``, ``samples``.
     """
-    from experiments.honest import RecordStore, evaluate
+    from experiments.honest import SuiteStore, evaluate
+    from experiments.records import RecordStore
 
     against = dict(against or {})
     x, y = data
@@ -93,7 +94,7 @@ def honest(
     }
 
     def compute() -> dict[str, Any]:
-        store = RecordStore(folder / "records", identity)
+        store = SuiteStore(RecordStore(folder / "records"), identity, ("suite",))
         evaluation = evaluate(
             entry.model,
             x,
