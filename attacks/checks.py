@@ -378,7 +378,8 @@ def _convergence(
     if not steps or samples <= 0:
         return Flag("more-iterations-help", False, "not run")
     # the eps whose worst case is closest to 50%: where iteration count matters most
-    eps = min(report.eps, key=lambda e: abs(report.worst_case_accuracy(e) - 0.5))
+    candidates = [e for e in report.eps if e > 0] or report.eps  # eps = 0 has nothing to converge
+    eps = min(candidates, key=lambda e: abs(report.worst_case_accuracy(e) - 0.5))
     chosen = report.clean_correct.nonzero().squeeze(1)[:samples]
     if chosen.numel() == 0:
         return Flag("more-iterations-help", False, "not run: no correctly classified sample")
