@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["Attack", "NonFiniteLogitsError", "check_finite_logits", "eval_mode", "check_inputs",
-           "check_labels_in_range", "require_nonnegative"]
+           "check_labels_in_range", "model_device", "perturbation_size", "require_nonnegative"]
 
 
 class NonFiniteLogitsError(ValueError):
@@ -43,6 +43,19 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, was_training in modes:
             module.training = was_training
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a parameter-free model)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def perturbation_size(delta: Tensor, norm: str) -> Tensor:
+    """Per-sample ``||delta||_inf`` (``norm="linf"``) or ``||delta||_2`` (``"l2"``) over all but dim 0."""
+    flat = delta.flatten(1)
+    return flat.abs().amax(dim=1) if norm == "linf" else torch.linalg.vector_norm(flat, dim=1)
 
 
 def require_nonnegative(name: str, value: float) -> float:

@@ -21,14 +21,14 @@ al. 2019 ("On evaluating adversarial robustness"), Tramèr et al. 2020 and AutoA
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .base import NonFiniteLogitsError, eval_mode
+from .base import NonFiniteLogitsError, model_device, perturbation_size
 from .pgd import PGD
 from .suite import SuiteReport, batch_seed, predict
 
@@ -39,6 +39,7 @@ __all__ = [
     "batch_dependence",
     "randomness",
     "iteration_convergence",
+    "pgd_robust",
     "report_flags",
 ]
 
@@ -184,29 +185,16 @@ def constant_image_cap(
     and the model predicts another class there (a verified adversarial at no cost)."""
     shape = x.shape[1:]
     images = torch.stack([torch.full(shape, g, dtype=x.dtype) for g in grays])
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    predicted = predict(model, images.to(device), batch_size).argmax(dim=1).cpu()
+    predicted = predict(model, images.to(model_device(model)), batch_size).argmax(dim=1).cpu()
     possible = torch.ones(x.shape[0], dtype=torch.bool)
     covering = torch.zeros(x.shape[0], dtype=torch.bool)
+    every = []  # the grays inside every sample's ball
     for g, label in zip(grays, predicted):
-        delta = (x - g).flatten(1)
-        distance = delta.abs().amax(dim=1) if norm == "linf" else torch.linalg.vector_norm(delta, dim=1)
-        inside = distance <= eps
+        inside = perturbation_size(x - g, norm) <= eps
         covering |= inside
         possible &= ~(inside & (y != label))
-    every = [
-        g
-        for g in grays
-        if bool(
-            (
-                (x - g).flatten(1).abs().amax(1)
-                if norm == "linf"
-                else torch.linalg.vector_norm((x - g).flatten(1), dim=1)
-            )
-            .le(eps)
-            .all()
-        )
-    ]
+        if bool(inside.all()):
+            every.append(g)
     info = {
         "covered_fraction": float(covering.float().mean()),
         "gray_in_every_ball": every[len(every) // 2] if every else None,
@@ -277,6 +265,34 @@ def randomness(model: nn.Module, inputs: Tensor, batch_size: int = 250) -> dict[
     }
 
 
+def pgd_robust(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int,
+    seed_of: Callable[[int, int], int],
+    alpha: float | None = None,
+    batch_size: int = 250,
+) -> Tensor:
+    """Per-sample robustness of ``(x, y)`` under L-inf PGD (``steps`` steps of ``alpha``, random start), in
+    batches; ``seed_of(batch index, first sample)`` seeds each batch. A sample whose batch hits NaN/inf logits
+    inside the ball counts as not robust (as in the suite)."""
+    robust = []
+    device = model_device(model)
+    for b, start in enumerate(range(0, x.shape[0], batch_size)):
+        attack = PGD(eps, alpha=alpha, steps=steps, seed=seed_of(b, start))
+        xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
+        try:
+            x_adv = attack(model, xb, yb)
+        except NonFiniteLogitsError:
+            robust.append(torch.zeros(xb.shape[0], dtype=torch.bool))
+            continue
+        logits = predict(model, x_adv, batch_size)
+        robust.append(((logits.argmax(1) == yb) & torch.isfinite(logits).all(1)).cpu())
+    return torch.cat(robust)
+
+
 def iteration_convergence(
     model: nn.Module,
     x: Tensor,
@@ -287,23 +303,8 @@ def iteration_convergence(
     batch_size: int = 250,
 ) -> dict[int, Tensor]:
     """Per-sample robustness of ``(x, y)`` under L-inf PGD with each iteration count in ``steps``."""
-    out = {}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    for k in steps:
-        robust = []
-        for start in range(0, x.shape[0], batch_size):
-            attack = PGD(eps, steps=k, seed=batch_seed(seed, k, start))
-            xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-            try:
-                x_adv = attack(model, xb, yb)
-            except NonFiniteLogitsError:  # NaN inside the ball: not robust (as in the suite)
-                robust.append(torch.zeros(xb.shape[0], dtype=torch.bool))
-                continue
-            with eval_mode(model), torch.no_grad():
-                logits = model(x_adv)
-            robust.append(((logits.argmax(1) == yb) & torch.isfinite(logits).all(1)).cpu())
-        out[k] = torch.cat(robust)
-    return out
+    return {k: pgd_robust(model, x, y, eps, k, lambda b, start, k=k: batch_seed(seed, k, start),
+                          batch_size=batch_size) for k in steps}
 
 
 def run_checks(
@@ -328,7 +329,7 @@ def run_checks(
     flags.append(
         _convergence(model, x, y, report, tolerance, convergence_steps, convergence_samples, seed, batch_size)
     )
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     subset = x[:dependence_samples].to(device)
     adversarial = [xa for (_, _), (_, xa) in report.adversarials.items()]
     adversarial_inputs = torch.cat(adversarial)[:dependence_samples].to(device) if adversarial else subset[:0]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, eval_mode
+from .base import Attack, eval_mode, model_device
 from .table import ResultTable
 
 __all__ = ["evaluate_attack", "gradient_masking_warnings", "iterate_batches", "sweep"]
@@ -56,12 +56,6 @@ def iterate_batches(data: Data, batch_size: int = 256, max_samples: int | None =
 def _norms(delta: Tensor) -> dict[str, Tensor]:
     flat = delta.flatten(1)
     return {"linf": flat.abs().amax(dim=1), "l2": torch.linalg.vector_norm(flat, dim=1)}
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 class _Accumulator:
@@ -99,7 +93,7 @@ class _Accumulator:
 
 def _run(model: nn.Module, attack: Attack, data: Data, device: torch.device | None, batch_size: int,
          max_samples: int | None, progress: bool, description: str) -> _Accumulator:
-    device = _model_device(model) if device is None else torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     batches = iterate_batches(data, batch_size, max_samples)
     if progress:
         from tqdm.auto import tqdm

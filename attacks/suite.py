@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .apgd import APGD, APGDT
-from .base import Attack, NonFiniteLogitsError, check_inputs, eval_mode
+from .base import Attack, NonFiniteLogitsError, check_inputs, eval_mode, model_device, perturbation_size
 from .square import Square
 
 __all__ = ["AttackRecord", "SuiteAttack", "SuiteReport", "preset", "PRESETS", "run_suite", "transfer"]
@@ -293,8 +293,7 @@ def batch_seed(seed: int, *parts: int) -> int:
 
 
 def _within_budget(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
-    delta = (x_adv - x).flatten(1)
-    distance = delta.abs().amax(dim=1) if norm == "linf" else torch.linalg.vector_norm(delta, dim=1)
+    distance = perturbation_size(x_adv - x, norm)
     in_box = (x_adv.flatten(1) >= 0).all(dim=1) & (x_adv.flatten(1) <= 1).all(dim=1)
     return (distance <= eps * (1 + 1e-5) + 1e-7) & in_box
 
@@ -367,7 +366,7 @@ def run_suite(
         raise ValueError(f"attack names must be distinct, got {names}")
     if not attacks:
         raise ValueError("the suite needs at least one attack")
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else model_device(model)
     x, y = x.detach().cpu(), y.detach().cpu().long()
     n = x.shape[0]
     logits = predict(model, x.to(device), batch_size).cpu()
@@ -547,10 +546,7 @@ def _run_minimizer(
         if x_adv is None:
             distance[index] = 0.0
         else:
-            delta = (x_adv - xb).flatten(1).cpu().double()
-            distance[index] = (
-                delta.abs().amax(1) if norm == "linf" else torch.linalg.vector_norm(delta, dim=1)
-            )
+            distance[index] = perturbation_size((x_adv - xb).cpu().double(), norm)
             _accumulate(sums, attack.last_stats, index.numel())
         if progress is not None:
             progress(index.numel())
@@ -599,9 +595,3 @@ def _accumulate(sums: dict[str, float], stats: Mapping[str, Any], count: int) ->
     if curve:
         sums["objective_start"] = sums.get("objective_start", 0.0) + float(curve[0]) * count
         sums["objective_end"] = sums.get("objective_end", 0.0) + float(curve[-1]) * count
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")

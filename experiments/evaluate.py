@@ -28,7 +28,7 @@ import torch
 
 from experiments.cli import Outputs, UsageError, add_data_arguments, make_parser, positive_int, run, setup
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
-from experiments.records import RecordStore
+from experiments.records import RecordStore, file_sha256
 
 DEFAULT_EPS = {"mnist": [0.1, 0.2, 0.3, 0.4], "cifar10": [2 / 255, 4 / 255, 8 / 255, 16 / 255]}
 
@@ -235,12 +235,11 @@ def summary_line(evaluation: Any) -> str:
 
 
 def _file_digest(path: str) -> str:
-    import hashlib
-
+    """The weights' digest of a run directory or ``model.pt`` (the path itself when there is no file)."""
     from nets.training import MODEL_NAME
 
     file = Path(path) / MODEL_NAME if Path(path).is_dir() else Path(path)
-    return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else str(path)
+    return file_sha256(file) if file.is_file() else str(path)
 
 
 if __name__ == "__main__":

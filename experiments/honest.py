@@ -27,9 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attacks import APGD, PGD, AttackRecord, SuiteAttack, SuiteReport, preset, run_checks, run_suite, transfer
-from attacks.checks import batch_dependence
-from attacks.suite import PRESETS, batch_seed, predict
+from attacks import APGD, AttackRecord, SuiteAttack, SuiteReport, preset, run_checks, run_suite, transfer
+from attacks.base import model_device
+from attacks.checks import batch_dependence, pgd_robust
+from attacks.suite import PRESETS, batch_seed
 from attacks.table import ResultTable, atomic_write_text
 from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
 from experiments.records import RecordStore
@@ -197,23 +198,11 @@ def protocol_numbers(model: nn.Module, x: Tensor, y: Tensor, config: EvaluationC
     """The paper's protocol: L-inf PGD, ``protocol_steps`` steps of ``protocol_alpha`` from a uniform random
     start, standalone on every sample (robust accuracy per eps)."""
     out = {}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for e_index, e in enumerate(config.eps):
-        robust = []
-        for b, start in enumerate(range(0, x.shape[0], config.batch_size)):
-            xb, yb = (
-                x[start : start + config.batch_size].to(device),
-                y[start : start + config.batch_size].to(device),
-            )
-            attack = PGD(
-                e,
-                alpha=config.protocol_alpha if e > 0 else None,
-                steps=config.protocol_steps,
-                seed=batch_seed(config.seed, -2, e_index, b),
-            )
-            x_adv = attack(model, xb, yb)
-            robust.append((predict(model, x_adv, config.batch_size).argmax(1) == yb).cpu())
-        out[e] = float(torch.cat(robust).float().mean())
+        robust = pgd_robust(model, x, y, e, config.protocol_steps,
+                            lambda b, start, e_index=e_index: batch_seed(config.seed, -2, e_index, b),
+                            alpha=config.protocol_alpha if e > 0 else None, batch_size=config.batch_size)
+        out[e] = float(robust.float().mean())
     return out
 
 
@@ -301,7 +290,7 @@ def _shared_control_dependence(
 ) -> None:
     """What per-sample control avoided: batch dependence of the same inputs under the deployed shared step
     control, added to the ``batch-dependence`` flag's numbers (the flag judges the evaluated model)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     inputs = {"clean": x[: config.dependence_samples].to(device)}
     adversarial = [xa for (_, xa) in report.adversarials.values()]
     if adversarial:

@@ -27,7 +27,7 @@ from typing import Any
 
 from attacks.table import atomic_write_text
 
-__all__ = ["RecordStore", "config_hash"]
+__all__ = ["RecordStore", "config_hash", "file_sha256"]
 
 FORMAT = "natural-robustness record v1"
 
@@ -46,6 +46,11 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """SHA-256 (16 hex digits) of the configuration as sorted JSON."""
     text = json.dumps(_canonical(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (16 hex digits) of a file's bytes: the identity of a model's weights in a configuration."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _slug(part: Any) -> str:

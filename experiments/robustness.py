@@ -53,7 +53,7 @@ from experiments.cli import (
 )
 from experiments.honest import PRESET_NAMES, Evaluation, EvaluationConfig, SuiteStore, evaluate, result_rows
 from experiments.masking import gradient_agreement, ode_blocks
-from experiments.records import RecordStore, config_hash
+from experiments.records import RecordStore, config_hash, file_sha256
 from experiments.train import TrainJob, _model_arg, model_kwargs_for, run_training
 from nets.datasets import load_dataset
 from nets.training import MODEL_NAME, TrainConfig, load_trained_model
@@ -227,10 +227,6 @@ def ensure_trained(plan: ModelPlan, args: argparse.Namespace, outputs: Outputs |
                        progress=not args.no_progress)
         run_training(job, outputs)
     return load_trained_model(plan.run_dir, device=_device(args.device))
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------- attacks
@@ -439,7 +435,7 @@ def evaluate_model(model: torch.nn.Module, plan: ModelPlan, x: torch.Tensor, y: 
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    identity = {**plan.identity, "weights_sha256": _file_sha256(plan.run_dir / MODEL_NAME)}
+    identity = {**plan.identity, "weights_sha256": file_sha256(plan.run_dir / MODEL_NAME)}
     session = Session(plan.label, identity, x, y, store, args, outputs=outputs)
     specs = attack_suite(model, args)
     n, nb = x.shape[0], min(args.boundary_samples, x.shape[0])
@@ -516,7 +512,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
         weights = plan.run_dir / MODEL_NAME
         summary_config = {"plan": plan.identity, "dataset": args.dataset, "samples": n, "eps": eps,
                           "settings": _settings(args), "run_dir": str(plan.run_dir),
-                          "weights_sha256": _file_sha256(weights) if weights.is_file() else None}
+                          "weights_sha256": file_sha256(weights) if weights.is_file() else None}
         reused = _reuse_summary(path, summary_config, args.force) if weights.is_file() else None
         if reused is not None:
             records[plan.label] = reused
@@ -529,7 +525,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
             loaded[plan.label] = model
             for line in store.summary(plan.label):
                 print(f"[{plan.label}] {line}", flush=True)
-            summary_config["weights_sha256"] = _file_sha256(weights)
+            summary_config["weights_sha256"] = file_sha256(weights)
             record.update({"registry_name": plan.name, "samples": n, "eps": eps, "dataset": args.dataset,
                            "config_hash": config_hash(summary_config)})
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")
