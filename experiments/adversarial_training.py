@@ -43,8 +43,8 @@ from attacks import (
     YOPOLoss,
     evaluate_attack,
 )
-from attacks.table import atomic_write_text
 from experiments.cli import Outputs, add_data_arguments, make_parser, positive_int, run, setup
+from nets.atomic import atomic_write_text
 
 METHODS = ("natural", "pgd-at", "trades", "yopo")
 

@@ -1,4 +1,4 @@
-"""Command-line conventions shared by every ``experiments`` command and ``python -m proofs_check``.
+"""Command-line conventions shared by every ``experiments`` command.
 
 * ``--help`` shows every option's full description and its default (:func:`make_parser`).
 * An error is one line on stderr naming what went wrong and what to do; exit status 2 for usage and data

@@ -31,9 +31,10 @@ from attacks import APGD, AttackRecord, SuiteAttack, SuiteReport, preset, run_ch
 from attacks.base import model_device
 from attacks.checks import batch_dependence, pgd_robust
 from attacks.suite import PRESETS, batch_seed
-from attacks.table import ResultTable, atomic_write_text
+from attacks.table import ResultTable
 from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
 from experiments.records import RecordStore
+from nets.atomic import atomic_write_text
 
 __all__ = [
     "EvaluationConfig",

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from attacks.table import atomic_write_text
+from nets.atomic import atomic_write_text
 
 __all__ = ["RecordStore", "config_hash", "file_sha256"]
 

@@ -41,7 +41,6 @@ import torch
 
 from attacks import DI2FGSM, FGSM, Attack, BoundaryAttack, ResultTable, sweep
 from attacks.evaluation import evaluate_attack
-from attacks.table import atomic_write_text
 from experiments.cli import (
     Outputs,
     UsageError,
@@ -55,6 +54,7 @@ from experiments.honest import PRESET_NAMES, Evaluation, EvaluationConfig, Suite
 from experiments.masking import gradient_agreement, ode_blocks
 from experiments.records import RecordStore, config_hash, file_sha256
 from experiments.train import TrainJob, _model_arg, model_kwargs_for, run_training
+from nets.atomic import atomic_write_text
 from nets.datasets import load_dataset
 from nets.training import MODEL_NAME, TrainConfig, load_trained_model
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks.table import atomic_write, atomic_write_text
+from nets.atomic import atomic_write, atomic_write_text
 from proofs_check.verify import AdaptiveVerification, Verification
 
 CSV_FIELDS = (

@@ -11,14 +11,14 @@ import stat
 import pytest
 import torch
 
-from attacks.table import atomic_write, atomic_write_text
 from experiments import cli
 from experiments.records import RecordStore
+from nets.atomic import atomic_write, atomic_write_text
 from nets.datasets import DatasetNotFoundError
 from nets.training import TrainConfig, atomic_torch_save, atomic_write_json
 
 COMMANDS = ("experiments.train", "experiments.robustness", "experiments.adversarial_training",
-            "proofs_check.cli")
+            "experiments.bounds")
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from attacks.table import ResultTable, atomic_write_text
+from attacks.table import ResultTable
 from experiments.paper.specs import Plan
+from nets.atomic import atomic_write_text
 
 OUTPUT_FILES = ("report.md", "results.csv", "results.json")
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.table import atomic_write_text
 from experiments.paper.specs import ModelSpec, Plan, digest
+from nets.atomic import atomic_write_text
 
 
 class PaperError(Exception):

@@ -1,4 +1,4 @@
-"""``python -m proofs_check``: figures + CSV + summary for a random network and for a trained checkpoint."""
+"""``python -m experiments.bounds``: figures + CSV + summary for a random network and a trained checkpoint."""
 
 import csv
 import json
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nets
-from proofs_check.cli import main
+from experiments.bounds import main
 
 
 def read_rows(path):
@@ -28,7 +28,7 @@ def test_random_network_writes_figures_csv_and_summary(tmp_path, capsys):
     assert len(rows) == 3 * 4 and all(row["violations"] == "0" for row in rows)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["lipschitz_lower"] <= summary["lipschitz_upper"] == pytest.approx(2.0, rel=1e-9)
-    assert summary["command"].startswith("python -m proofs_check --out")
+    assert summary["command"].startswith("python -m experiments.bounds --out")
     assert summary["runs"]["euler_h1"]["violations"] == 0
 
 
@@ -78,11 +78,11 @@ def test_report_md_has_the_table_verdicts_configuration_and_command(tmp_path, ca
     assert "euler_h0.1" in report and "no violation in the 1 run(s) covered by the theorems" in report
     assert "no violation in the 1 run(s) covered by the theorems" in printed
     assert "## Configuration" in report and "- steps: 2" in report
-    assert "python -m proofs_check --out" in report
+    assert "python -m experiments.bounds --out" in report
 
 
 def test_uncovered_runs_are_explained():
-    from proofs_check.cli import verdict_lines
+    from experiments.bounds import verdict_lines
 
     class Run:
         def __init__(self, covered, violated):

@@ -1,4 +1,5 @@
-"""``python -m proofs_check``: verify the stability bounds on a random residual network or a ``nets`` model.
+"""``python -m experiments.bounds``: verify the stability bounds on a random residual network or a
+``nets`` model.
 
 Random network (default): F = conv → ReLU → conv on (C, S, S), seeded, rescaled to certified K = --lipschitz;
 each --scheme runs --steps steps of every --h from y0 and y0 + ε. ``dopri5`` also runs adaptively on
@@ -23,8 +24,9 @@ from pathlib import Path
 import torch
 
 import stability
-from attacks.table import atomic_write_text
+from experiments import cli
 from experiments.cli import Outputs, UsageExit, make_parser, setup
+from nets.atomic import atomic_write_text
 from proofs_check.lipschitz import lipschitz_upper
 from proofs_check.lower_bounds import lipschitz_lower
 from proofs_check.operator_norms import NotCertifiableError
@@ -67,7 +69,7 @@ def _schemes(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser("python -m proofs_check", __doc__)
+    parser = make_parser("python -m experiments.bounds", __doc__)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="a nets registry name (random initialisation, seeded)")
     source.add_argument("--checkpoint", help="a trained run directory or model.pt (nets.training)")
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None, outputs: Outputs | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    command = " ".join(["python -m proofs_check", *(shlex.quote(a) for a in argv)])
+    command = " ".join(["python -m experiments.bounds", *(shlex.quote(a) for a in argv)])
     summary: dict = {"command": command}
     try:
         runs = (
@@ -340,3 +342,7 @@ def _run_model(args, out: Path, summary: dict, outputs: Outputs) -> list[tuple[s
     bar.close()
     outputs.add(plot_runs(results, out / f"{name}.png", title))
     return runs
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
