@@ -1,6 +1,6 @@
 """CUDA: solvers, ODE-nets, the attack suite and training run on the GPU and agree with the CPU.
 
-Skipped without a CUDA device (CI has none); run on a GPU machine with ``python -m pytest tests/test_cuda.py``.
+Skipped without a CUDA device (CI has none); on a GPU machine: ``python -m pytest tests/test_cuda.py``.
 """
 
 import pytest
@@ -28,11 +28,12 @@ def test_cuda_solve_and_gradients_match_cpu(gradient, per_sample):
         field = _field().to(device)
         y0 = torch.linspace(-1, 1, 24, dtype=torch.float64, device=device).reshape(4, 6).requires_grad_()
         extra = {"adjoint_params": tuple(field.parameters())} if gradient == "adjoint" else {}
-        solution = stability.solve(lambda t, y: field(y), y0, [0.0, 1.5], rtol=1e-8, atol=1e-9,
+        solution = stability.solve(lambda t, y, f=field: f(y), y0, [0.0, 1.5], rtol=1e-8, atol=1e-9,
                                    gradient=gradient, per_sample=per_sample, **extra)
         assert solution.ys.device.type == device
         solution.ys[-1].pow(2).sum().backward()
-        results[device] = (solution.ys.detach().cpu(), y0.grad.cpu(), [p.grad.cpu() for p in field.parameters()])
+        grads = [p.grad.cpu() for p in field.parameters()]
+        results[device] = (solution.ys.detach().cpu(), y0.grad.cpu(), grads)
     tolerance = 1e-6 if gradient == "adjoint" else 1e-9
     torch.testing.assert_close(results["cuda"][0], results["cpu"][0], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(results["cuda"][1], results["cpu"][1], rtol=tolerance, atol=tolerance)

@@ -25,6 +25,7 @@ COLUMNS = {
         "ours",
         "difference",
         "worst_case",
+        "cap",
         "flags_fired",
     },
     "fig2": {
@@ -36,6 +37,7 @@ COLUMNS = {
         "ours",
         "worst_case",
         "protocol_pgd",
+        "cap",
         "flags_fired",
     },
     "fig3": {
@@ -47,6 +49,7 @@ COLUMNS = {
         "ours",
         "worst_case",
         "protocol_pgd",
+        "cap",
         "flags_fired",
     },
     "table2": {
@@ -59,7 +62,7 @@ COLUMNS = {
         "worst_case",
         "flags_fired",
     },
-    "fig1": {"h", "curve", "eps", "paper", "ours", "worst_case", "flags_fired"},
+    "fig1": {"h", "curve", "eps", "paper", "ours", "worst_case", "cap", "flags_fired"},
 }
 FIGURES = {
     "table1": [],
@@ -110,6 +113,8 @@ def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
             assert {"eps-sanity", "batch-dependence"} <= {flag["name"] for flag in summary["flags"]}
         report = (folder / "report.md").read_text()
         assert "worst case" in report and "Flags of the honest evaluation" in report and "Command:" in report
+        if name != "table2":  # ε = 8/255 only: no constant image lies in any ball
+            assert "ε-sanity of the paper attacks' numbers" in report
     # the paper's numbers beside ours, with the difference
     table = list(csv.DictReader((root / "out" / "table1" / "results.csv").open()))
     fgsm = [r for r in table if r["dataset"] == "mnist" and r["model"] == "odenet" and r["attack"] == "FGSM"]
@@ -264,3 +269,25 @@ def test_cpu_scale_keeps_every_attack_protocol() -> None:
         assert cpu.params == paper.params and cpu.eps == paper.eps, name
         assert cpu.evaluation.protocol_steps == 40 and cpu.key() != paper.key()
         assert cpu.notes, name  # every shrinkage is written into the report
+
+
+class _MeanBrightness(torch.nn.Module):
+    """Class 0 when the image's mean pixel exceeds 0.5, class 1 otherwise."""
+
+    def forward(self, x):
+        mean = x.flatten(1).mean(1, keepdim=True)
+        return torch.cat([mean - 0.5, 0.5 - mean], dim=1) * 10
+
+
+def test_paper_attack_numbers_above_the_constant_image_cap_are_flagged() -> None:
+    from types import SimpleNamespace
+
+    from experiments.paper.measure import above_cap, constant_image_caps
+
+    x = torch.cat([torch.full((3, 1, 4, 4), 0.23), torch.full((3, 1, 4, 4), 0.77)])
+    y = torch.tensor([1, 1, 1, 0, 0, 0])
+    entry = SimpleNamespace(model=_MeanBrightness())
+    tiny, large = constant_image_caps(entry, (x, y), [1e-4, 0.5], batch_size=4)
+    assert tiny is None  # no gray (multiples of 0.05) within 1e-4 of 0.23 or 0.77: no bound
+    assert large == 0.0  # a gray on the other side of 0.5 lies in every ball
+    assert above_cap(0.34, large) and not above_cap(0.0, large) and not above_cap(0.9, tiny)

@@ -9,8 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from experiments.paper import scales
-from experiments.paper.measure import honest, protocol
-from experiments.paper.report import flags_section, header, markdown_table, pyplot, save_figure, write
+from experiments.paper.measure import above_cap, constant_image_caps, honest, protocol
+from experiments.paper.report import (
+    flags_section,
+    header,
+    markdown_table,
+    pyplot,
+    sanity_section,
+    save_figure,
+    write,
+)
 from experiments.paper.runtime import Context, RunDirectory
 from experiments.paper.specs import Plan
 
@@ -60,6 +68,7 @@ def run(
     rows: list[dict[str, Any]] = []
     summaries: dict[str, dict[str, Any]] = {}
     timings: dict[str, float] = {}
+    failures: list[str] = []
     bar = ctx.bar(2 * len(DATASETS), f"{plan.artefact} models")
     for dataset in DATASETS:
         eps = plan.eps_map[dataset]
@@ -74,8 +83,15 @@ def run(
             summary, seconds = honest(ctx, entry, eps, spec, data, against)
             timings[f"{entry.label} honest"] = seconds
             summaries[entry.label] = summary
+            caps = constant_image_caps(entry, data, eps, spec.batch_size)
             for i, e in enumerate(eps):
                 ours = curve[i]["clean_accuracy"] if e == 0 else curve[i]["robust_accuracy"]
+                fired = list(summary["fired"])
+                if e > 0 and above_cap(ours, caps[i]):
+                    fired.append(f"eps-sanity({attack_name})")
+                    failures.append(
+                        f"{entry.label} {attack_name} {100 * ours:.2f} > cap {100 * caps[i]:.2f} at ε {e:g}"
+                    )
                 rows.append(
                     {
                         "dataset": dataset,
@@ -88,7 +104,8 @@ def run(
                         "ours": round(100 * ours, 2),
                         "worst_case": round(100 * summary["worst_case"][i], 2),
                         "protocol_pgd": round(100 * summary["protocol"][i], 2),
-                        "flags_fired": " ".join(summary["fired"]),
+                        "cap": None if caps[i] is None else round(100 * caps[i], 2),
+                        "flags_fired": " ".join(fired),
                     }
                 )
             bar.update(1)
@@ -104,6 +121,7 @@ def run(
                 f"{r['ours']:.2f}",
                 f"{r['protocol_pgd']:.2f}",
                 f"{r['worst_case']:.2f}",
+                "—" if r["cap"] is None else f"{r['cap']:.2f}",
                 r["flags_fired"] or "none",
             ]
             for r in rows
@@ -117,15 +135,17 @@ def run(
                 f"ours ({attack_name})",
                 "PGD-40 (paper protocol)",
                 "worst case",
+                "ε-sanity cap",
                 "flags fired",
             ],
             table,
         )
-    lines += flags_section(summaries)
+    lines += sanity_section(failures) + flags_section(summaries)
     payload = {
         "wall_s": time.perf_counter() - started,
         "timings_s": timings,
         "honest": summaries,
+        "eps_sanity_failures": failures,
         "models": {
             label: {"spec": s.to_dict(), "training": ctx.trained(label, s).info}
             for label, s in models.items()

@@ -14,8 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from experiments.paper import scales
-from experiments.paper.measure import honest, protocol
-from experiments.paper.report import flags_section, header, markdown_table, pyplot, save_figure, write
+from experiments.paper.measure import above_cap, constant_image_caps, honest, protocol
+from experiments.paper.report import (
+    flags_section,
+    header,
+    markdown_table,
+    pyplot,
+    sanity_section,
+    save_figure,
+    write,
+)
 from experiments.paper.runtime import Context, RunDirectory
 from experiments.paper.specs import Plan, model
 
@@ -90,6 +98,7 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
     rows: list[dict[str, Any]] = []
     summaries: dict[str, dict[str, Any]] = {}
     timings: dict[str, float] = {}
+    failures: list[str] = []
     targets = [(label, s) for label, s in plan.models if label != "source"]
     bar = ctx.bar(len(targets), "fig1 step sizes")
     for label, target_spec in targets:
@@ -107,12 +116,14 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
         summary, seconds = honest(ctx, entry, eps, spec, data, {"source": source})
         timings[f"{label} honest"] = seconds
         summaries[label] = summary
+        caps = constant_image_caps(entry, data, eps, spec.batch_size)
         h = dict(target_spec.kwargs)["step_size"]
         base = {
             "h": h,
             "architecture": target_spec.name,
             "paper": None,
             "flags_fired": " ".join(summary["fired"]),
+            "cap": None,
         }
         rows.append(
             {
@@ -124,13 +135,21 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
             }
         )
         for i, e in enumerate(eps):
+            ours = curve[i]["robust_accuracy"]
+            fired = base["flags_fired"]
+            if above_cap(ours, caps[i]):
+                fired = f"{fired} eps-sanity(FGSM transfer)".strip()
+                failures.append(f"{label} FGSM transfer {100 * ours:.2f} > cap {100 * caps[i]:.2f} at ε {e:g}"
+                                )
             rows.append(
                 {
                     **base,
                     "curve": f"FGSM ε={e:g}",
                     "eps": e,
-                    "ours": round(100 * curve[i]["robust_accuracy"], 2),
+                    "ours": round(100 * ours, 2),
                     "worst_case": round(100 * summary["worst_case"][i], 2),
+                    "cap": None if caps[i] is None else round(100 * caps[i], 2),
+                    "flags_fired": fired,
                 }
             )
         bar.update(1)
@@ -149,22 +168,25 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
             "—",
             f"{r['ours']:.2f}",
             "—" if r["worst_case"] is None else f"{r['worst_case']:.2f}",
+            "—" if r["cap"] is None else f"{r['cap']:.2f}",
             r["flags_fired"] or "none",
         ]
         for r in rows
     ]
-    lines += markdown_table(["h", "curve", "paper", "ours", "worst case", "flags fired"], table)
+    columns = ["h", "curve", "paper", "ours", "worst case", "ε-sanity cap", "flags fired"]
+    lines += markdown_table(columns, table)
     source_summary = ctx.trained("source", models["source"]).info
     lines += [
         f"Source `{source.spec.name}`: final test accuracy during training "
         f"{source_summary.get('final_test_accuracy')}.",
         "",
     ]
-    lines += flags_section(summaries)
+    lines += sanity_section(failures) + flags_section(summaries)
     payload = {
         "wall_s": time.perf_counter() - started,
         "timings_s": timings,
         "honest": summaries,
+        "eps_sanity_failures": failures,
         "models": {
             label: {"spec": s.to_dict(), "training": ctx.trained(label, s).info}
             for label, s in models.items()

@@ -125,3 +125,26 @@ def honest(
 
     folder = ctx.out / "evaluations" / digest(identity)
     return cached_json(folder / "summary.json", f"honest {entry.label}", identity, compute)
+
+
+def constant_image_caps(
+    entry: TrainedModel, data: tuple[torch.Tensor, torch.Tensor], eps: Sequence[float], batch_size: int
+) -> list[float | None]:
+    """Per ε, the ε-sanity cap of ``attacks.checks``: the fraction of ``data`` classified correctly and not
+    misclassified by any constant gray image inside its L∞ ball — no attack can leave more robust, so a
+    number above it is an evaluation failure. ``None`` where no gray lies in any ball (no bound)."""
+    from attacks.checks import constant_image_cap
+    from attacks.suite import predict
+
+    x, y = data
+    correct = predict(entry.model, x, batch_size).argmax(dim=1).cpu() == y.cpu()
+    caps: list[float | None] = []
+    for e in eps:
+        possible, info = constant_image_cap(entry.model, x, y, e, "linf", batch_size)
+        caps.append(float((possible & correct).float().mean()) if info["covered_fraction"] > 0 else None)
+    return caps
+
+
+def above_cap(value: float | None, cap: float | None) -> bool:
+    """True where a robust accuracy exceeds its ε-sanity cap (both fractions; a missing bound never fires)."""
+    return value is not None and cap is not None and value > cap + 1e-9

@@ -85,6 +85,22 @@ def flags_section(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def sanity_section(failures: Sequence[str]) -> list[str]:
+    """The ε-sanity test applied to the paper attacks' own numbers (``measure.constant_image_caps``)."""
+    lines = [
+        "## ε-sanity of the paper attacks' numbers",
+        "",
+        "The cap at ε is the fraction of the attacked images that are classified correctly and that no "
+        "constant gray image inside their ε-ball misclassifies (such a gray image is an adversarial at no "
+        "cost); no robust accuracy can exceed it. A paper-attack number above it is an evaluation failure "
+        "(flag `eps-sanity(<attack>)` in the tables), not robustness.",
+        "",
+    ]
+    fired = [f"- **FIRED** {failure}" for failure in failures]
+    lines += fired or ["- every paper-attack number is under its cap"]
+    return lines + [""]
+
+
 def header(plan: Plan, title: str, command: str) -> list[str]:
     lines = [f"# {title}", "", f"Scale `{plan.scale}`, plan key `{plan.key()}`.", ""]
     if command:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments.paper import scales
-from experiments.paper.measure import honest, protocol
-from experiments.paper.report import diff, flags_section, header, markdown_table, pct, write
+from experiments.paper.measure import above_cap, constant_image_caps, honest, protocol
+from experiments.paper.report import diff, flags_section, header, markdown_table, pct, sanity_section, write
 from experiments.paper.runtime import Context, RunDirectory
 from experiments.paper.specs import Plan
 
@@ -75,6 +75,7 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
     rows: list[dict[str, Any]] = []
     summaries: dict[str, dict[str, Any]] = {}
     timings: dict[str, float] = {}
+    failures: list[str] = []
     bar = ctx.bar(2 * len(DATASETS), "table1 models")
     for dataset in DATASETS:
         eps = plan.eps_map[dataset]
@@ -97,44 +98,33 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
             timings[f"{entry.label} honest"] = seconds
             summaries[entry.label] = summary
             paper = PAPER[dataset][kind]
+            caps = constant_image_caps(entry, data, eps, spec.batch_size)
             fired = " ".join(summary["fired"])
             rows.append(
                 _row(dataset, kind, entry, "clean", 0.0, paper["clean"], summary["clean"], None, fired)
             )
             for i, e in enumerate(eps):
-                rows.append(
-                    _row(
-                        dataset,
-                        kind,
-                        entry,
-                        "FGSM",
-                        e,
-                        paper["FGSM"][i],
-                        fgsm[i]["robust_accuracy"],
-                        summary["worst_case"][i],
-                        fired,
-                    )
-                )
-                rows.append(
-                    _row(
-                        dataset,
-                        kind,
-                        entry,
-                        summary["protocol_name"],
-                        e,
-                        paper["PGD"][i],
-                        summary["protocol"][i],
-                        summary["worst_case"][i],
-                        fired,
-                    )
-                )
+                for attack, paper_value, ours in (
+                    ("FGSM", paper["FGSM"][i], fgsm[i]["robust_accuracy"]),
+                    (summary["protocol_name"], paper["PGD"][i], summary["protocol"][i]),
+                ):
+                    row_fired = fired
+                    if above_cap(ours, caps[i]):
+                        row_fired = f"{fired} eps-sanity({attack})".strip()
+                        failures.append(f"{entry.label} {attack} {100 * ours:.2f} > cap {100 * caps[i]:.2f} "
+                                        f"at ε {e:g}")
+                    row = _row(dataset, kind, entry, attack, e, paper_value, ours, summary["worst_case"][i],
+                               row_fired)
+                    rows.append({**row, "cap": None if caps[i] is None else round(100 * caps[i], 2)})
             bar.update(1)
     bar.close()
-    markdown = header(plan, TITLE, command) + _tables(rows, summaries, models) + flags_section(summaries)
+    markdown = header(plan, TITLE, command) + _tables(rows, summaries, models) + sanity_section(failures)
+    markdown += flags_section(summaries)
     payload = {
         "wall_s": time.perf_counter() - started,
         "timings_s": timings,
         "honest": summaries,
+        "eps_sanity_failures": failures,
         "models": {
             label: {"spec": s.to_dict(), "training": ctx.trained(label, s).info}
             for label, s in models.items()
@@ -179,6 +169,7 @@ def _tables(rows, summaries, models) -> list[str]:
                 else (f"{row['eps']:g}" if dataset == "mnist" else f"{row['eps_255']:g}/255")
             )
             worst = "—" if row["worst_case"] is None else f"{row['worst_case']:.2f}"
+            cap = "—" if row.get("cap") is None else f"{row['cap']:.2f}"
             table.append(
                 [
                     row["model"],
@@ -188,11 +179,14 @@ def _tables(rows, summaries, models) -> list[str]:
                     f"{row['ours']:.2f}",
                     diff(row["ours"] / 100, row["paper"]),
                     worst,
+                    cap,
                     row["flags_fired"] or "none",
                 ]
             )
         lines += markdown_table(
-            ["model", "attack", "ε", "paper", "ours", "ours − paper", "worst case", "flags fired"], table
+            ["model", "attack", "ε", "paper", "ours", "ours − paper", "worst case", "ε-sanity cap"]
+            + ["flags fired"],
+            table,
         )
         for label in (f"{dataset} resnet", f"{dataset} odenet"):
             summary = summaries[label]
