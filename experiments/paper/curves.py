@@ -141,25 +141,18 @@ def run(
             table,
         )
     lines += sanity_section(failures) + flags_section(summaries)
-    payload = {
-        "wall_s": time.perf_counter() - started,
-        "timings_s": timings,
-        "honest": summaries,
-        "eps_sanity_failures": failures,
-        "models": {
-            label: {"spec": s.to_dict(), "training": ctx.trained(label, s).info}
-            for label, s in models.items()
-        },
-    }
-    name = f"{plan.artefact}.png"
     return write(
         run_dir.folder,
         plan,
         markdown=lines,
         rows=rows,
-        payload=payload,
+        started=started,
+        timings=timings,
+        honest=summaries,
+        models=ctx.model_records(models),
         command=command,
-        figures={name: lambda path: _figure(rows, attack_name, title, path)},
+        figures={f"{plan.artefact}.png": lambda path: _figure(rows, attack_name, title, path)},
+        eps_sanity_failures=failures,
     )
 
 

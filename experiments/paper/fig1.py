@@ -182,22 +182,16 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
         "",
     ]
     lines += sanity_section(failures) + flags_section(summaries)
-    payload = {
-        "wall_s": time.perf_counter() - started,
-        "timings_s": timings,
-        "honest": summaries,
-        "eps_sanity_failures": failures,
-        "models": {
-            label: {"spec": s.to_dict(), "training": ctx.trained(label, s).info}
-            for label, s in models.items()
-        },
-    }
     return write(
         run_dir.folder,
         plan,
         markdown=lines,
         rows=rows,
-        payload=payload,
+        started=started,
+        timings=timings,
+        honest=summaries,
+        models=ctx.model_records(models),
+        eps_sanity_failures=failures,
         command=command,
         figures={"fig1.png": lambda path: _figure(rows, path)},
     )

@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,11 +138,19 @@ def write(
     *,
     markdown: Sequence[str],
     rows: Sequence[Mapping[str, Any]],
-    payload: Mapping[str, Any],
+    started: float,
+    timings: Mapping[str, float],
+    honest: Mapping[str, Any],
+    models: Mapping[str, Mapping[str, Any]],
     figures: Mapping[str, Callable[[Path], Path]] = {},  # noqa: B006 - read only
     command: str = "",
+    **extra: Any,
 ) -> list[Path]:
-    """Write report.md, results.csv, results.json and each ``figures[name](path)`` PNG into ``folder``."""
+    """Write report.md, results.csv, results.json and each ``figures[name](path)`` PNG into ``folder``.
+
+    results.json: the plan, the environment, ``wall_s`` (since ``started``, a ``time.perf_counter()``),
+    ``timings_s``, the ``honest`` summaries, the ``models`` (spec and training record per label), ``extra``
+    and the rows."""
     written = [atomic_write_text(folder / "report.md", "\n".join(markdown) + "\n")]
     ResultTable([dict(row) for row in rows]).to_csv(folder / "results.csv")
     written.append(folder / "results.csv")
@@ -153,7 +162,11 @@ def write(
         "plan": plan.to_dict(),
         "notes": list(plan.notes),
         "environment": environment(),
-        **payload,
+        "wall_s": time.perf_counter() - started,
+        "timings_s": dict(timings),
+        "honest": dict(honest),
+        "models": dict(models),
+        **extra,
         "rows": [dict(row) for row in rows],
     }
     written.append(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,11 @@ class Context:
         test = self.dataset(name, "test")
         n = min(samples, len(test))
         return test.images[:n].float().div(255).to(self.device), test.labels[:n].to(self.device)
+
+    def model_records(self, models: Mapping[str, ModelSpec]) -> dict[str, dict[str, Any]]:
+        """Per label: the model's spec and its training record (for results.json)."""
+        return {label: {"spec": spec.to_dict(), "training": self.trained(label, spec).info}
+                for label, spec in models.items()}
 
     def bar(self, total: int, description: str):
         """A progress bar with ETA over an artefact's units (a no-op object without ``progress``)."""

@@ -120,17 +120,18 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
     bar.close()
     markdown = header(plan, TITLE, command) + _tables(rows, summaries, models) + sanity_section(failures)
     markdown += flags_section(summaries)
-    payload = {
-        "wall_s": time.perf_counter() - started,
-        "timings_s": timings,
-        "honest": summaries,
-        "eps_sanity_failures": failures,
-        "models": {
-            label: {"spec": s.to_dict(), "training": ctx.trained(label, s).info}
-            for label, s in models.items()
-        },
-    }
-    return write(run_dir.folder, plan, markdown=markdown, rows=rows, payload=payload, command=command)
+    return write(
+        run_dir.folder,
+        plan,
+        markdown=markdown,
+        rows=rows,
+        started=started,
+        timings=timings,
+        honest=summaries,
+        models=ctx.model_records(models),
+        command=command,
+        eps_sanity_failures=failures,
+    )
 
 
 def _row(dataset, kind, entry, attack, eps, paper, ours, worst, fired) -> dict[str, Any]:

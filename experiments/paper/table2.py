@@ -194,18 +194,15 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
         table,
     )
     lines += flags_section(summaries)
-    payload = {
-        "wall_s": time.perf_counter() - started,
-        "timings_s": timings,
-        "honest": summaries,
-        "models": {m: {"spec": s.to_dict(), "training": entries[m].info} for m, s in plan.models},
-    }
     return write(
         run_dir.folder,
         plan,
         markdown=lines,
         rows=rows,
-        payload=payload,
+        started=started,
+        timings=timings,
+        honest=summaries,
+        models=ctx.model_records(plan.model_map),
         command=command,
         figures={"table2.png": lambda path: _figure(rows, name, path)},
     )
