@@ -10,6 +10,7 @@ control and backprop, checkpointed or adjoint gradients in any combination; the 
 
 from stability.adjoint import AdjointSolution, odeint_adjoint, solve_adjoint
 from stability.backward_euler import BackwardEuler, ImplicitStats, backward_euler_step
+from stability.base import OdeSolver
 from stability.checkpointing import odeint_checkpointed, solve_checkpointed
 from stability.errors import (
     MaxStepsExceededError,
@@ -22,9 +23,8 @@ from stability.errors import (
 from stability.memory import peak_memory
 from stability.odeint import odeint, odeint_per_sample, solve, solve_per_sample
 from stability.options import ImplicitOptions, SolverOptions
-from stability.single_step import step
 from stability.solution import PerSampleSolution, Solution, SolverStats
-from stability.solver import RK4, SOLVERS, Dopri5, Euler, Heun, OdeSolver, RungeKuttaSolver
+from stability.solver import RK4, SOLVERS, Dopri5, Euler, Heun, RungeKuttaSolver, step
 from stability.step_control import PIController
 from stability.tableau import ButcherTableau
 

@@ -15,12 +15,14 @@ Fixed-step forwards integrate the adjoint backwards on the same grid; adaptive o
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from stability.base import TimeVectorField
 from stability.checks import check_output, check_times, time_dtype
 from stability.errors import NonFiniteValueError, ODEInputError
 from stability.integrate import solve_backprop
@@ -28,8 +30,6 @@ from stability.options import SolverOptions, as_options, option_keywords
 from stability.solution import HIT_TOLERANCE, Solution, SolverStats
 from stability.solver import solver_class
 from stability.step_control import error_ratio
-
-TimeVectorField = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -269,8 +269,9 @@ def _check_graph_inputs(output: Tensor, y: Tensor, params: Sequence[Tensor]) -> 
 
 def _mixed_norm(
     sizes: list[int], controlled: int, error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float
-) -> Tensor:
+) -> float:
     """max_k RMS_k over the parts [y, a, a_θ1, …] of the augmented state (the first ``controlled`` parts:
     2 for a seminorm, which leaves the parameter adjoints out of step control)."""
     parts = zip(*(torch.split(x, sizes)[:controlled] for x in (error, y_old, y_new)))
-    return torch.stack([error_ratio(e, a, b, rtol, atol) for e, a, b in parts if e.numel() > 0]).max()
+    ratios = [error_ratio(e, a, b, rtol, atol) for e, a, b in parts if e.numel() > 0]
+    return math.nan if any(math.isnan(r) for r in ratios) else max(ratios)

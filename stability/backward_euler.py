@@ -18,15 +18,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from stability.base import OdeSolver
-from stability.checks import check_output
+from stability.base import OdeSolver, TimeVectorField
+from stability.checks import check_output, time_dtype
 from stability.errors import NonConvergenceError, NonFiniteValueError
 from stability.krylov import gmres
 from stability.newton_krylov import NewtonResult, make_jvp, newton_krylov
 from stability.options import ImplicitOptions
 from stability.solution import SolverStats
-
-TimeVectorField = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -54,7 +52,7 @@ def backward_euler_step(
     """
     options = options or ImplicitOptions()
     t, h = float(t), float(h)
-    t_new = torch.full((), t + h, dtype=_time_dtype(y), device=y.device)
+    t_new = torch.full((), t + h, dtype=time_dtype(y), device=y.device)
     tol = options.tolerance(y.dtype)
     y_detached = y.detach()
 
@@ -117,10 +115,6 @@ def backward_euler_step(
         return z_star
     context = _ImplicitContext(func, t_new, h, z_star, tol, options, t)
     return _ImplicitFunctionGradient.apply(explicit, context)
-
-
-def _time_dtype(y: Tensor) -> torch.dtype:
-    return y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def _count(stats: ImplicitStats, result: NewtonResult) -> None:

@@ -13,18 +13,17 @@ This is diffrax's default (``RecursiveCheckpointAdjoint``) brought to the PyTorc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
+from stability.base import TimeVectorField
 from stability.checks import check_times
 from stability.integrate import make_stepper, solution
 from stability.options import SolverOptions, as_options, option_keywords
 from stability.solution import Solution
-
-TimeVectorField = Callable[[Tensor, Tensor], Tensor]
 
 
 def odeint_checkpointed(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], **options) -> Tensor:

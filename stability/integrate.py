@@ -1,11 +1,10 @@
 """The one integration loop that every entry point uses.
 
-A *stepper* holds the state of an integration and knows its step-size control: ``SharedStepper`` (one step
-sequence for the whole state: an ``OdeSolver`` — adaptive, or a fixed grid) or ``per_sample.PerSampleStepper``
-(t and h of shape [B]). The loop ``run`` only calls ``advance()`` until the stepper has passed every output
-time; each call returns the outputs it produced (the step end, or dense output). The gradient strategies —
-backprop (here), ``checkpointing`` and ``adjoint`` — are functions of (func, y0, t, options) around the same
-loop and the same steppers, so every step-control mode works with every gradient strategy.
+A *stepper* holds the state of an integration and its step-size control: ``SharedStepper`` (one step
+sequence for the whole state: an ``OdeSolver``, adaptive or on a fixed grid) or ``PerSampleStepper`` (t and h
+of shape [B]). The loop ``run`` calls ``advance()`` until every output time is passed; each call
+returns the outputs it produced. The gradient strategies (backprop here, ``checkpointing``, ``adjoint``) are
+functions of (func, y0, t, options) around the same loop and steppers: every step control × every gradient.
 
 Stepper protocol: ``finished``; ``advance() -> list[Tensor]``; ``state()`` / ``set_state(tensors)`` (the
 differentiable carried state); ``snapshot()`` (a copy that can re-run from here); ``position()`` (what a
@@ -15,19 +14,18 @@ deterministic re-run must reproduce); ``assemble(y0, values) -> ys``; ``statisti
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from stability.base import OdeSolver, TimeVectorField
 from stability.checks import check_state, check_times
 from stability.errors import ODEInputError
 from stability.options import SolverOptions
 from stability.per_sample import PerSampleStepper
 from stability.solution import HIT_TOLERANCE, PerSampleSolution, Solution, SolverStats
-from stability.solver import OdeSolver, solver_class
-
-TimeVectorField = Callable[[Tensor, Tensor], Tensor]
+from stability.solver import solver_class
 
 
 class SharedStepper:
@@ -66,9 +64,7 @@ class SharedStepper:
         solver.stats = copy.deepcopy(self.solver.stats)  # running totals: max_steps counts every chunk
         # The previous step's interpolation data is not needed to continue; dropping it keeps a chunk boundary
         # at y (and, for FSAL methods, its first stage) instead of all stages of the last step.
-        solver.y_old = None
-        if hasattr(solver, "_stages"):
-            solver._stages = None
+        solver.y_old = solver._stages = None
         return other
 
     def position(self) -> tuple:
