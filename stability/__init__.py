@@ -8,10 +8,9 @@ control and backprop, checkpointed or adjoint gradients in any combination; the 
 ``RK4``, …) offer scipy-``OdeSolver``-style stepping.
 """
 
-from stability.adjoint import AdjointSolution, odeint_adjoint, solve_adjoint
+from stability.adjoint import AdjointSolution
 from stability.backward_euler import BackwardEuler, ImplicitStats, backward_euler_step
 from stability.base import OdeSolver
-from stability.checkpointing import odeint_checkpointed, solve_checkpointed
 from stability.errors import (
     MaxStepsExceededError,
     NonConvergenceError,
@@ -21,7 +20,16 @@ from stability.errors import (
     StepSizeUnderflowError,
 )
 from stability.memory import peak_memory
-from stability.odeint import odeint, odeint_per_sample, solve, solve_per_sample
+from stability.odeint import (
+    odeint,
+    odeint_adjoint,
+    odeint_checkpointed,
+    odeint_per_sample,
+    solve,
+    solve_adjoint,
+    solve_checkpointed,
+    solve_per_sample,
+)
 from stability.options import ImplicitOptions, SolverOptions
 from stability.solution import PerSampleSolution, Solution, SolverStats
 from stability.solver import RK4, SOLVERS, Dopri5, Euler, Heun, RungeKuttaSolver, step

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from stability.base import TimeVectorField
+from stability.base import Times, TimeVectorField
 from stability.checks import check_output, check_times, time_dtype
 from stability.errors import NonFiniteValueError, ODEInputError
 from stability.integrate import solve_backprop
-from stability.options import SolverOptions, as_options, option_keywords
+from stability.options import SolverOptions
 from stability.solution import HIT_TOLERANCE, Solution, SolverStats
 from stability.solver import solver_class
 from stability.step_control import error_ratio
@@ -39,32 +39,8 @@ class AdjointSolution(Solution):
     adjoint_stats: SolverStats = field(default_factory=SolverStats)
 
 
-def odeint_adjoint(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], **options) -> Tensor:
-    """``odeint`` with adjoint-method gradients; see ``solve_adjoint`` for the options."""
-    return solve_adjoint(func, y0, t, **options).ys
-
-
-@option_keywords
-def solve_adjoint(
-    func: TimeVectorField,
-    y0: Tensor,
-    t: Tensor | Sequence[float],
-    options: SolverOptions | None = None,
-    **keywords,
-) -> AdjointSolution:
-    """Solve like ``solve``; gradients w.r.t. ``y0`` and ``adjoint_params`` come from the adjoint ODE.
-
-    ``adjoint_params`` defaults to the parameters of ``func`` when it is an ``nn.Module``. Tensors that
-    ``func`` uses with ``requires_grad`` but that are not listed raise an error in the backward pass (rather
-    than silently receiving no gradient). ``adjoint_method`` / ``adjoint_rtol`` / ``adjoint_atol`` default to
-    the forward ones; ``adjoint_norm`` is "mixed" (max of per-part RMS over y, a, a_θ) or "seminorm" (a_θ
-    excluded from step control, Kidger et al. 2021: fewer backward steps, a_θ still integrated by them).
-    """
-    return solve_with_adjoint(func, y0, t, as_options(options, keywords, gradient="adjoint"))
-
-
 def solve_with_adjoint(
-    func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], options: SolverOptions
+    func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions
 ):
     """Gradient strategy "adjoint": the forward loop without a graph, the adjoint ODE in the backward pass.
 
@@ -106,7 +82,7 @@ def _refuse_unlisted_gradients(func: TimeVectorField, y0: Tensor, t0: float, per
 @dataclass
 class _AdjointContext:
     func: TimeVectorField
-    t: Tensor | Sequence[float]
+    t: Times
     times: list[float]
     options: SolverOptions
     n_params: int

@@ -14,6 +14,7 @@ from stability.options import SolverOptions, as_options
 from stability.solution import SolverStats
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
+Times = Tensor | Sequence[float]  # output times: strictly monotone, at least 2
 
 
 class OdeSolver:

@@ -13,42 +13,19 @@ This is diffrax's default (``RecursiveCheckpointAdjoint``) brought to the PyTorc
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
-from stability.base import TimeVectorField
+from stability.base import Times, TimeVectorField
 from stability.checks import check_times
 from stability.integrate import make_stepper, solution
-from stability.options import SolverOptions, as_options, option_keywords
-from stability.solution import Solution
+from stability.options import SolverOptions
 
 
-def odeint_checkpointed(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], **options) -> Tensor:
-    """``odeint`` whose backward pass recomputes chunks of steps; see ``solve_checkpointed``."""
-    return solve_checkpointed(func, y0, t, **options).ys
-
-
-@option_keywords
-def solve_checkpointed(
-    func: TimeVectorField,
-    y0: Tensor,
-    t: Tensor | Sequence[float],
-    options: SolverOptions | None = None,
-    **keywords,
-) -> Solution:
-    """Like ``solve``; gradients equal plain backprop's, with the stored graph O(√steps) instead of O(steps).
-
-    ``checkpoint_every``: steps per chunk (default ⌈√N⌉ for fixed steps, growing 1, 2, 3, … when adaptive).
-    ``func`` must be deterministic (the backward pass re-runs it); gradients reach y0 and every tensor func
-    uses, parameters and captured tensors alike. Without grad mode this is exactly ``solve``.
-    """
-    return solve_checkpoint(func, y0, t, as_options(options, keywords, gradient="checkpoint"))
-
-
-def solve_checkpoint(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], options: SolverOptions):
+def solve_checkpoint(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions):
     """Gradient strategy "checkpoint": the loop of ``integrate.run`` in chunks under
     ``torch.utils.checkpoint`` (any stepper: shared, fixed grid or per-sample)."""
     times = check_times(t)

@@ -14,12 +14,11 @@ deterministic re-run must reproduce); ``assemble(y0, values) -> ys``; ``statisti
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from stability.base import OdeSolver, TimeVectorField
+from stability.base import OdeSolver, Times, TimeVectorField
 from stability.checks import check_state, check_times
 from stability.errors import ODEInputError
 from stability.options import SolverOptions
@@ -115,7 +114,7 @@ def solution(stepper, y0: Tensor, values: list[Tensor], t, times: list[float], o
     return kind(t=t_out, ys=ys, stats=stepper.statistics(), method=options.method)
 
 
-def solve_backprop(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], options: SolverOptions):
+def solve_backprop(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions):
     """Gradient strategy "backprop": the graph of every step is kept (the exact discrete gradient)."""
     times = check_times(t)
     stepper = make_stepper(func, y0, times, options)
