@@ -17,6 +17,11 @@ TimeVectorField = Callable[[Tensor, Tensor], Tensor]
 Times = Tensor | Sequence[float]  # output times: strictly monotone, at least 2
 
 
+def shared_time(func: TimeVectorField, batch: int) -> TimeVectorField:
+    """A per-sample func (t of shape [B]) as a func of one time t, expanded to [B]: for one shared solve."""
+    return lambda t, y: func(t.expand(batch), y)
+
+
 class OdeSolver:
     """Base class: integrates dy/dt = func(t, y) from t0 towards t_bound one ``step()`` at a time.
 

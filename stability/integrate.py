@@ -18,7 +18,7 @@ import copy
 import torch
 from torch import Tensor
 
-from stability.base import OdeSolver, Times, TimeVectorField
+from stability.base import OdeSolver, Times, TimeVectorField, shared_time
 from stability.checks import check_state, check_times
 from stability.errors import ODEInputError
 from stability.options import SolverOptions
@@ -85,13 +85,7 @@ def make_stepper(func: TimeVectorField, y0: Tensor, times: list[float], options:
             raise ODEInputError("per-sample mode needs a leading batch dimension in y0")
         if not options.fixed_step:
             return PerSampleStepper(func, y0, times, options)
-        batch = y0.shape[0]  # fixed steps are the same for every sample: one solve, t expanded to [B]
-        shared_func = func
-
-        def func(s: Tensor, y: Tensor) -> Tensor:
-            return shared_func(s.expand(batch), y)
-
-        replicas = batch
+        func, replicas = shared_time(func, y0.shape[0]), y0.shape[0]  # fixed steps: one solve serves all
     else:
         replicas = None
     solver = solver_class(options.method)(func, times[0], y0, times[-1], options)
