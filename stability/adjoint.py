@@ -205,8 +205,8 @@ def _check_graph_inputs(output: Tensor, y: Tensor, params: Sequence[Tensor]) -> 
     if unlisted:
         shapes = ", ".join(str(tuple(v.shape)) for v in unlisted[:5])
         raise ODEInputError(f"func uses {len(unlisted)} tensor(s) requiring grad that are not in "
-                            f"adjoint_params (shapes {shapes}); the adjoint would give them no gradient. Pass "
-                            f"them in adjoint_params (or make func an nn.Module owning them)")
+                            f"adjoint_params (shapes {shapes}); the adjoint would give them no gradient. "
+                            f"Pass them in adjoint_params (or make func an nn.Module owning them)")
 
 
 def _mixed_norm(sizes: list[int], controlled: int, error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float,
