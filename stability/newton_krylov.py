@@ -44,28 +44,21 @@ def default_tolerance(dtype: torch.dtype) -> float:
     return max(1e-10, 100 * torch.finfo(dtype).eps)
 
 
-def newton_krylov(
-    residual: Callable[[Tensor], Tensor],
-    jvp: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
-    z0: Tensor,
-    *,
-    tol: float,
-    max_newton: int = 12,
-    max_linear: int = 60,
-    restart: int = 20,
-    max_fixed_point: int = 100,
-) -> NewtonResult:
+def newton_krylov(residual: Callable[[Tensor], Tensor], jvp: Callable[[Tensor, Tensor], tuple],
+                  z0: Tensor, tol: float, limits) -> NewtonResult:
     """Find z with ‖G(z)‖_rms ≤ tol·max(1, ‖z‖_rms).
 
-    ``residual(z)`` is G(z); ``jvp(z, v)`` returns (G(z), G'(z) v). Runs under ``torch.no_grad``; never
-    raises on non-convergence (``converged`` says), so the caller can name its own context (t, h).
+    ``residual(z)`` is G(z); ``jvp(z, v)`` returns (G(z), G'(z) v); ``limits`` caps the iterations
+    (``max_newton``, ``max_linear``, ``restart``, ``max_fixed_point``: an ``ImplicitOptions``). Runs under
+    ``torch.no_grad``; never raises on non-convergence (``converged`` says), so the caller can name its own
+    context (t, h).
     """
     with torch.no_grad():
-        result = _newton(residual, jvp, z0, tol, max_newton, max_linear, restart)
+        result = _newton(residual, jvp, z0, tol, limits.max_newton, limits.max_linear, limits.restart)
         if result.converged:
             return result
         start = result.z if math.isfinite(result.residual) else z0
-        fallback = _fixed_point(residual, start, tol, max_fixed_point)
+        fallback = _fixed_point(residual, start, tol, limits.max_fixed_point)
         fallback.newton_iterations = result.newton_iterations
         fallback.residual_evaluations += result.residual_evaluations
         fallback.jvp_evaluations = result.jvp_evaluations
