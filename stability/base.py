@@ -54,9 +54,9 @@ class OdeSolver:
         self._h_last: float | None = None
         self._time_dtype, self._device = time_dtype(y0), y0.device
         self._t_last, self._t_tensor = None, None
-        self._grid = self._make_grid(options.step_size, options.grid)
+        self.grid = self._make_grid(options.step_size, options.grid)
         self._grid_index = 0
-        self.fixed_step = self._grid is not None
+        self.fixed_step = self.grid is not None
         if not self.fixed_step:
             check_low_precision(y0.dtype, self.rtol)
 
@@ -102,7 +102,7 @@ class OdeSolver:
             raise RuntimeError(f"cannot step a solver whose status is '{self.status}'")
         if self.fixed_step:
             self._grid_index += 1
-            t_new = self._grid[self._grid_index]
+            t_new = self.grid[self._grid_index]
             self._commit(t_new, t_new - self.t, *self._fixed_step(t_new - self.t))
         else:
             self._adaptive_step()

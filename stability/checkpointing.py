@@ -12,6 +12,7 @@ This is diffrax's default (``RecursiveCheckpointAdjoint``) brought to the PyTorc
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -30,7 +31,7 @@ def solve_checkpoint(func: TimeVectorField, y0: Tensor, t: Times, options: Solve
     ``torch.utils.checkpoint`` (any stepper: shared, fixed grid or per-sample)."""
     times = check_times(t)
     stepper = make_stepper(func, y0, times, options)
-    chunk_sizes = _chunk_sizes(options, times)
+    chunk_sizes = _chunk_sizes(options, stepper)
     values: list[Tensor] = []
     checkpointing = torch.is_grad_enabled()
     while not stepper.finished:
@@ -77,34 +78,23 @@ class _Chunk:
     def _check_replay(self, stepper) -> None:
         position = stepper.position()
         if position != self.position:
-            raise RuntimeError(
-                f"recomputation took different steps (ended at {position[0]!r}, not {self.position[0]!r}): "
-                f"func must be deterministic for checkpointed gradients"
-            )
+            raise RuntimeError(f"recomputation took different steps (ended at {position[0]!r}, not "
+                               f"{self.position[0]!r}): func must be deterministic for checkpointed "
+                               f"gradients")
         with torch.no_grad():  # tolerate atomics-level noise, not a different function
             for now, before in zip(stepper.state(), self.end):
                 drift = float(torch.linalg.vector_norm(now - before))
                 size = float(torch.linalg.vector_norm(before))
                 if not drift <= 1e-6 * size + 1e-30:
-                    raise RuntimeError(
-                        f"recomputation took different steps (its state at {position[0]!r} differs by "
-                        f"{drift:.3g} in norm): func must be deterministic for checkpointed gradients"
-                    )
+                    raise RuntimeError(f"recomputation took different steps (its state at {position[0]!r} "
+                                       f"differs by {drift:.3g} in norm): func must be deterministic for "
+                                       f"checkpointed gradients")
 
 
-def _chunk_sizes(options: SolverOptions, times: list[float]) -> Iterator[int]:
+def _chunk_sizes(options: SolverOptions, stepper) -> Iterator[int]:
+    """Steps per chunk: ``checkpoint_every``; ⌈√N⌉ for N fixed steps; 1, 2, 3, … when adaptive."""
     if options.checkpoint_every is not None:
-        while True:
-            yield options.checkpoint_every
+        return itertools.repeat(options.checkpoint_every)
     if options.fixed_step:
-        if options.grid is not None:
-            n = len(options.grid) - 1
-        else:
-            n = max(1, math.ceil(abs(times[-1] - times[0]) / options.step_size - 1e-9))
-        size = max(1, math.ceil(math.sqrt(n)))
-        while True:
-            yield size
-    size = 1
-    while True:
-        yield size
-        size += 1
+        return itertools.repeat(max(1, math.ceil(math.sqrt(len(stepper.solver.grid) - 1))))
+    return itertools.count(1)
