@@ -102,8 +102,8 @@ class SolverOptions:
         if self.grid is not None:
             object.__setattr__(self, "grid", tuple(as_float_list(self.grid, "grid")))
         adaptive = self.fixed_step or (self.method in TABLEAUX and TABLEAUX[self.method].adaptive)
-        misplaced = sorted(name for name, gradient in _GRADIENT_OPTIONS.items()
-                           if gradient != self.gradient and getattr(self, name) != _FIELD_DEFAULTS[name])
+        misplaced = sorted(name for name, default in _FIELD_DEFAULTS.items() if _gradient_of(name) not in
+                           (None, self.gradient) and getattr(self, name) != default)
         for ok, message in (
             (self.step_size is None or (math.isfinite(self.step_size) and self.step_size > 0),
              f"step_size must be positive and finite, got {self.step_size}"),
@@ -162,14 +162,11 @@ class SolverOptions:
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(SolverOptions))
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolverOptions)}
-_GRADIENT_OPTIONS = {
-    "checkpoint_every": "checkpoint",
-    "adjoint_norm": "adjoint",
-    "adjoint_method": "adjoint",
-    "adjoint_rtol": "adjoint",
-    "adjoint_atol": "adjoint",
-    "adjoint_params": "adjoint",
-}
+
+
+def _gradient_of(option: str) -> str | None:
+    """The gradient strategy an option belongs to (``adjoint_*``, ``checkpoint_*``), None for all others."""
+    return next((gradient for gradient in GRADIENTS if option.startswith(gradient + "_")), None)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -182,10 +179,8 @@ def _positive_int(value) -> bool:
 
 
 def _known_method(method: str) -> None:
-    _require(
-        isinstance(method, str) and method in METHOD_NAMES,
-        f"unknown method {method!r}; available: {', '.join(sorted(METHOD_NAMES))}",
-    )
+    _require(isinstance(method, str) and method in METHOD_NAMES,
+             f"unknown method {method!r}; available: {', '.join(sorted(METHOD_NAMES))}")
 
 
 _DEFAULTS = SolverOptions()
@@ -196,10 +191,9 @@ def option_keywords(function):
     ``help()``, IDEs and ``inspect.signature`` show the keywords an entry point accepts (defined once)."""
     signature = inspect.signature(function)
     parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    parameters += [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-        for f in dataclasses.fields(SolverOptions)
-    ]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    parameters += [inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
+                   for f in dataclasses.fields(SolverOptions)]
     function.__signature__ = signature.replace(parameters=parameters)
     return function
 

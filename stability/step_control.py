@@ -84,9 +84,7 @@ class PIController:
         if not (0 < self.safety <= 1 and 0 < self.min_factor < 1 < self.max_factor and 0 <= self.beta < 0.2):
             raise ValueError(f"invalid controller settings: {self}")
 
-    def accept_factor(
-        self, ratio: float, previous_ratio: float, error_order: int, after_reject: bool
-    ) -> float:
+    def accept_factor(self, ratio: float, previous_ratio: float, error_order: int, after_reject: bool):
         alpha = 1.0 / (error_order + 1) - 0.75 * self.beta
         if ratio == 0.0:
             factor = self.max_factor
@@ -101,9 +99,7 @@ class PIController:
         alpha = 1.0 / (error_order + 1) - 0.75 * self.beta
         return min(1.0, max(self.min_factor, self.safety * ratio ** (-alpha)))
 
-    def factors(
-        self, ratio: Tensor, previous_ratio: Tensor, error_order: int, after_reject: Tensor
-    ) -> Tensor:
+    def factors(self, ratio: Tensor, previous_ratio: Tensor, error_order: int, after_reject: Tensor):
         """``accept_factor`` where ratio ≤ 1 and ``reject_factor`` elsewhere, for tensors of per-sample
         ratios (the same formulas as the scalar methods, which the shared loop calls to avoid tensor ops)."""
         alpha = 1.0 / (error_order + 1) - 0.75 * self.beta
@@ -116,18 +112,9 @@ class PIController:
         return torch.where(ratio <= 1.0, grow, shrink)
 
 
-def initial_step(
-    func: Callable[[float | Tensor, Tensor], Tensor],
-    t0: float,
-    y0: Tensor,
-    f0: Tensor,
-    direction: float,
-    order: int,
-    rtol: float,
-    atol: float,
-    interval: float,
-    per_sample: bool = False,
-) -> float | Tensor:
+def initial_step(func: Callable[[float | Tensor, Tensor], Tensor], t0: float, y0: Tensor, f0: Tensor,
+                 direction: float, order: int, rtol: float, atol: float, interval: float,
+                 per_sample: bool = False) -> float | Tensor:
     """Unsigned first step by Hairer–Nørsett–Wanner I, II.4 (as scipy's ``select_initial_step``).
 
     h0 = 0.01·‖y0‖/‖f0‖, one explicit Euler trial step gives ‖f'‖ ≈ ‖f(t0+h0, y1) − f0‖/h0, and
@@ -150,15 +137,9 @@ def initial_step(
         y1 = y0 + column(step, y0) * f0 if per_sample else torch.add(y0, f0, alpha=float(step))
         f1 = func(t0 + step if per_sample else t0 + float(step), y1)
         d2 = rms((f1 - f0) / scale, per_sample).double() / h0
-        h1 = torch.where(
-            ~torch.isfinite(d2),
-            h0 * 1e-3,
-            torch.where(
-                (d1 <= 1e-15) & (d2 <= 1e-15),
-                torch.clamp(h0 * 1e-3, min=1e-6),
-                (0.01 / torch.maximum(d1, d2).clamp(min=1e-300)) ** (1.0 / (order + 1)),
-            ),
-        )
+        h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15), torch.clamp(h0 * 1e-3, min=1e-6),
+                         (0.01 / torch.maximum(d1, d2).clamp(min=1e-300)) ** (1.0 / (order + 1)))
+        h1 = torch.where(~torch.isfinite(d2), h0 * 1e-3, h1)
         h = torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, interval))
     return h if per_sample else float(h)
 
