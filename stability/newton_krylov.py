@@ -74,21 +74,12 @@ def _scaled(g: Tensor, z: Tensor) -> float:
 
 
 def _newton(residual, jvp, z, tol, max_newton, max_linear, restart) -> NewtonResult:
-    out = NewtonResult(z=z, residual=math.inf, converged=False, method="newton")
     g = residual(z)
-    out.residual_evaluations += 1
     norm = _scaled(g, z)
-    out.residual = norm
+    out = NewtonResult(z=z, residual=norm, converged=False, method="newton", residual_evaluations=1)
     previous_norm = None
     forcing = 0.1  # first linear solve loose; Eisenstat–Walker tightens it as Newton converges
-    while True:
-        if not math.isfinite(norm):
-            return out
-        if norm <= tol:
-            out.converged = True
-            return out
-        if out.newton_iterations >= max_newton:
-            return out
+    while math.isfinite(norm) and norm > tol and out.newton_iterations < max_newton:
         out.newton_iterations += 1
         if previous_norm is not None:  # Eisenstat–Walker choice 2, safeguarded
             forcing = min(0.1, 0.9 * (norm / previous_norm) ** 2)
@@ -103,31 +94,28 @@ def _newton(residual, jvp, z, tol, max_newton, max_linear, restart) -> NewtonRes
         linear = gmres(matvec, -g, rtol=forcing, restart=restart, max_matvecs=max_linear)
         delta = linear.x
         if not bool(torch.isfinite(delta).all()):
-            return out
-        # Backtracking line search on ‖G‖ (Armijo with slope taken from the linear model).
+            break
         step = 1.0
-        accepted = False
-        for _ in range(6):
+        for _ in range(6):  # backtracking line search on ‖G‖ (Armijo, slope from the linear model)
             trial = z + step * delta
             g_trial = residual(trial)
             out.residual_evaluations += 1
             trial_norm = _scaled(g_trial, trial)
             if math.isfinite(trial_norm) and trial_norm <= (1 - 1e-4 * step) * norm:
-                accepted = True
                 break
             step *= 0.5
-        if not accepted:
-            return out
+        else:
+            break  # no decrease along the Newton direction
         previous_norm, norm, z, g = norm, trial_norm, trial, g_trial
         out.z, out.residual = z, norm
+    out.converged = norm <= tol
+    return out
 
 
 def _fixed_point(residual, z, tol, max_iterations) -> NewtonResult:
-    out = NewtonResult(z=z, residual=math.inf, converged=False, method="fixed_point")
     g = residual(z)
-    out.residual_evaluations += 1
     norm = _scaled(g, z)
-    out.residual = norm
+    out = NewtonResult(z=z, residual=norm, converged=False, method="fixed_point", residual_evaluations=1)
     while math.isfinite(norm) and norm > tol and out.fixed_point_iterations < max_iterations:
         out.fixed_point_iterations += 1
         candidate = z - g
