@@ -5,11 +5,9 @@ The forward solve keeps only the outputs ys. Backwards, between consecutive outp
     dy/dt = f(t, y),   da/dt = −aᵀ ∂f/∂y,   da_θ/dt = −aᵀ ∂f/∂θ
 
 is integrated from t_i to t_{i−1} with y(t_i) = ys[i] and a(t_i) = a + ∂L/∂ys[i]; at t_0, a = ∂L/∂y0 and
-a_θ = ∂L/∂θ. This is the gradient of the *exact* flow, evaluated with a second numerical solve (and y rebuilt
-backwards), so it differs from the gradient of the forward discretisation (plain backprop or checkpointing)
-by O(tolerance) for adaptive methods and O(h^p) for fixed steps — the comparison that exposes adjoint error.
-Fixed-step forwards integrate the adjoint backwards on the same grid; adaptive ones with ``adjoint_rtol`` /
-``adjoint_atol`` under a mixed error norm (the largest RMS over y, a and a_θ, or a seminorm without a_θ).
+a_θ = ∂L/∂θ: the gradient of the exact flow, O(tolerance) (adaptive) or O(h^p) (fixed steps, integrated back
+on the same grid) from backprop's. Adaptive backward solves use ``adjoint_rtol``/``adjoint_atol`` under the
+largest RMS over y, a and a_θ (or a seminorm without a_θ).
 """
 
 from __future__ import annotations

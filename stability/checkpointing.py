@@ -1,13 +1,9 @@
 """Checkpointed backpropagation through a solve: plain backprop's gradient with O(√steps) memory.
 
-The steps are grouped into chunks run under ``torch.utils.checkpoint`` (non-reentrant): a chunk keeps only its
-starting state during the forward pass and is re-run during the backward pass to rebuild its graph. With
-chunks of ⌈√N⌉ steps (N known for fixed steps) the stored graph is at most one chunk plus √N chunk
-boundaries; for adaptive solves (N unknown in advance) chunk k holds k steps, so after N steps there are
-≈ √(2N) chunks of ≤ √(2N) steps. Every step, every accept/reject decision and every output is recomputed
-exactly (the solver state at each chunk start is snapshotted), so the gradient is that of the forward
-discretisation — identical to plain backprop, unlike the adjoint method. Cost: one extra forward pass.
-This is diffrax's default (``RecursiveCheckpointAdjoint``) brought to the PyTorch solvers.
+The steps run in chunks under ``torch.utils.checkpoint`` (non-reentrant): a chunk keeps only its starting
+state and is re-run in the backward pass from a snapshot of the stepper, retracing every step, decision and
+output exactly. Chunks of ⌈√N⌉ steps (N fixed steps), or chunk k of k steps when adaptive (≈ √(2N) chunks of
+≤ √(2N) steps), store at most one chunk plus the chunk boundaries. Cost: one extra forward pass.
 """
 
 from __future__ import annotations

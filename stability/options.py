@@ -63,15 +63,10 @@ class ImplicitOptions:
 
 @dataclass(frozen=True)
 class SolverOptions:
-    """Settings of one solve (defaults as ``solve``'s keywords).
-
-    Step control: ``method``; ``rtol``/``atol`` (mixed error norm, or ``norm``, see ``step_control``);
-    ``step_size`` or ``grid`` for fixed steps; ``first_step``, ``max_step``, ``max_steps``; ``controller``.
-    ``per_sample``: independent step control for each sample along dim 0. ``implicit``: Newton–Krylov
-    settings of ``backward_euler``. Gradients: ``gradient`` ∈ {"backprop", "checkpoint", "adjoint"} with
-    ``checkpoint_every`` (checkpoint) or ``adjoint_method``/``adjoint_rtol``/``adjoint_atol``/
-    ``adjoint_params``/``adjoint_norm`` (adjoint).
-    """
+    """Settings of one solve (defaults as ``solve``'s keywords): step control (``step_size`` or ``grid`` for
+    fixed steps; ``norm``: an ``ErrorNorm`` in place of the mixed RMS), ``per_sample`` control along dim 0,
+    ``implicit`` (backward Euler's Newton–Krylov), and ``gradient`` with its own options (``checkpoint_*``,
+    ``adjoint_*``: given for another gradient they are an error)."""
 
     method: str = "dopri5"
     rtol: float = DEFAULT_RTOL
