@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from stability.base import OdeSolver, TimeVectorField
-from stability.checks import check_output, time_dtype
+from stability.checks import all_finite, check_output, time_dtype
 from stability.errors import NonConvergenceError, NonFiniteValueError
 from stability.krylov import gmres
 from stability.newton_krylov import make_jvp, newton_krylov
@@ -72,7 +72,7 @@ def backward_euler_step(func: TimeVectorField, t: float, y: Tensor, h: float, *,
         stats.jvp_evaluations += result.jvp_evaluations
     if not result.converged and not math.isfinite(result.residual):
         with torch.no_grad():
-            at_start = bool(torch.isfinite(field(y_detached)).all())
+            at_start = all_finite(field(y_detached))
         where = "at a Newton iterate" if at_start else "already at the initial guess z = y_n"
         raise NonFiniteValueError(
             f"func returned non-finite values at t={t + h:.6g} {where} in the backward Euler step from "
@@ -144,7 +144,7 @@ class _ImplicitFunctionGradient(torch.autograd.Function):
 
 def _adjoint_fixed_point(transpose_matvec, grad: Tensor, start: Tensor, c: _ImplicitContext):
     target = c.tol * max(float(torch.linalg.vector_norm(grad)), 1e-300)
-    adjoint = start if bool(torch.isfinite(start).all()) else grad.clone()
+    adjoint = start if all_finite(start) else grad.clone()
     for _ in range(c.options.max_fixed_point):
         residual = grad - transpose_matvec(adjoint)
         norm = float(torch.linalg.vector_norm(residual))

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
+from stability.checks import all_finite
 from stability.krylov import gmres
 
 
@@ -93,7 +94,7 @@ def _newton(residual, jvp, z, tol, max_newton, max_linear, restart) -> NewtonRes
 
         linear = gmres(matvec, -g, rtol=forcing, restart=restart, max_matvecs=max_linear)
         delta = linear.x
-        if not bool(torch.isfinite(delta).all()):
+        if not all_finite(delta):
             break
         step = 1.0
         for _ in range(6):  # backtracking line search on ‖G‖ (Armijo, slope from the linear model)

@@ -12,6 +12,7 @@ from stability import methods
 from stability.backward_euler import BackwardEuler
 from stability.base import OdeSolver, TimeVectorField
 from stability.checks import (
+    all_finite,
     check_first_step,
     max_steps_error,
     non_finite_step,
@@ -61,7 +62,7 @@ class RungeKuttaSolver(OdeSolver):
 
     def _fixed_step(self, h: float) -> tuple[Tensor, list[Tensor]]:
         result = rk_step(self.fun, self.t, self.y, h, self.tableau, self._first_stage)
-        if not bool(torch.isfinite(result.y).all()):
+        if not all_finite(result.y):
             raise non_finite_step(self.t, h, result.stages, self.tableau.c)
         return result.y, result.stages
 
