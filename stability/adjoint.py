@@ -26,7 +26,6 @@ from stability.errors import NonFiniteValueError, ODEInputError
 from stability.integrate import solve_backprop
 from stability.options import SolverOptions
 from stability.solution import HIT_TOLERANCE, Solution, SolverStats
-from stability.solver import solver_class
 from stability.step_control import error_ratio
 
 
@@ -119,7 +118,6 @@ def _integrate_adjoint(context: _AdjointContext, ys: Tensor, grad_ys: Tensor, pa
         norm=functools.partial(_mixed_norm, sizes, 2 if options.adjoint_norm == "seminorm" else len(sizes)),
         grid=(times[0], times[-1]) if grid is not None else None,
     )
-    solver_cls = solver_class(backward_options.method)
     stats = context.adjoint_stats
     adjoint = grad_ys[-1].reshape(-1)
     param_adjoints = [torch.zeros(p.numel(), dtype=dtype, device=ys.device) for p in params]
@@ -132,16 +130,14 @@ def _integrate_adjoint(context: _AdjointContext, ys: Tensor, grad_ys: Tensor, pa
             inside = [p for p in grid if low < p < high]
             segment = backward_options.replace(grid=(times[i], *reversed(inside), times[i - 1]))
         try:
-            solver = solver_cls(system, times[i], state, times[i - 1], segment)
-            while solver.status == "running":
-                solver.step()
+            backward = solve_backprop(system, state, [times[i], times[i - 1]], segment)
         except NonFiniteValueError as error:
             where = (f"in the adjoint backward pass (the augmented system [f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ] integrated "
                      f"from t={times[i]:.6g} back to t={times[i - 1]:.6g})")
             raise NonFiniteValueError(f"{where}: {error}", t=error.t, h=error.h) from error
         for name in ("nfe", "n_accepted", "n_rejected", "step_sizes", "step_times"):
-            setattr(stats, name, getattr(stats, name) + getattr(solver.stats, name))
-        pieces = torch.split(solver.y, sizes)
+            setattr(stats, name, getattr(stats, name) + getattr(backward.stats, name))
+        pieces = torch.split(backward.ys[-1], sizes)
         adjoint = pieces[1] + grad_ys[i - 1].reshape(-1)
         param_adjoints = list(pieces[2:])
     grad_y0 = adjoint.view(shape)

@@ -113,9 +113,6 @@ class OdeSolver:
         """(y_{n+1}, stages) of one step of size h from (t, y)."""
         raise NotImplementedError
 
-    def _adaptive_step(self) -> None:
-        raise NotImplementedError
-
     def _commit(self, t_new: float, h: float, y_new: Tensor, stages: list[Tensor] | None) -> None:
         self.stats.n_accepted += 1
         self.stats.step_sizes.append(h)

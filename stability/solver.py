@@ -54,10 +54,7 @@ class RungeKuttaSolver(OdeSolver):
     @classmethod
     def single_step(cls, func: TimeVectorField, t: float, y: Tensor, h: float) -> Tensor:
         """y_{n+1} of one step of this method from (t, y) with step h; no checks, no statistics."""
-
-        def fun(s: float, state: Tensor) -> Tensor:
-            return func(torch.full((), s, dtype=state.dtype, device=state.device), state)
-
+        fun = lambda s, state: func(torch.full((), s, dtype=state.dtype, device=state.device), state)  # noqa: E731
         return rk_step(fun, float(t), y, float(h), cls.tableau).y
 
     def _fixed_step(self, h: float) -> tuple[Tensor, list[Tensor]]:

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from stability.checks import LOW_PRECISION
 from stability.runge_kutta import column, linear_combination
 from stability.tableau import ButcherTableau
 
-LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 # Consecutive rejections with a non-finite error estimate (each shrinks h by min_factor) before giving up.
 MAX_NONFINITE_REJECTIONS = 12
 # A proposed step ending within this fraction of h before the end of the interval is stretched to reach it,
@@ -30,7 +30,7 @@ def error_ratio(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: 
     measured in float32 (atol would underflow and the RMS overflow in them)."""
     if error.requires_grad or y_new.requires_grad:
         error, y_old, y_new = error.detach(), y_old.detach(), y_new.detach()
-    if error.dtype in LOW_PRECISION_DTYPES:
+    if error.dtype in LOW_PRECISION:
         error, y_old, y_new = error.float(), y_old.float(), y_new.float()
     scale = torch.maximum(y_old.abs(), y_new.abs())
     if rtol > 0:  # RMS(err / (atol + rtol·m)) = RMS(err / (atol/rtol + m)) / rtol: one memory pass fewer
@@ -123,7 +123,7 @@ def initial_step(func: Callable[[float | Tensor, Tensor], Tensor], t0: float, y0
     """
     dtype = y0.dtype
     with torch.no_grad():
-        if dtype in LOW_PRECISION_DTYPES:  # the norms in float32; the probe step in the state's dtype
+        if dtype in LOW_PRECISION:  # the norms in float32; the probe step in the state's dtype
             y0, f0 = y0.float(), f0.float()
             probe = func
             func = lambda t, y: probe(t, y.to(dtype)).float()  # noqa: E731
