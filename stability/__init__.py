@@ -1,12 +1,6 @@
-"""ODE solvers in PyTorch written for the analysis of deep networks as numerical schemes.
-
-Explicit Euler, Heun, classical RK4 and adaptive Dormand–Prince 5(4) share one generic Runge–Kutta stepper
-driven by Butcher tableaux; backward Euler solves its stage equation by Newton–Krylov. ``solve`` (and the
-torchdiffeq-compatible ``odeint``) take one validated ``SolverOptions`` value or the same settings as
-keywords, and run one integration loop (``stability.integrate``) with shared, per-sample or fixed-grid step
-control and backprop, checkpointed or adjoint gradients in any combination; the solver classes (``Dopri5``,
-``RK4``, …) offer scipy-``OdeSolver``-style stepping.
-"""
+"""ODE solvers in PyTorch written for the analysis of deep networks as numerical schemes: explicit Runge–Kutta
+methods as Butcher tableaux run by one generic stepper, backward Euler by Newton–Krylov; ``solve``/``odeint``
+run one integration loop (``stability.integrate``) with any step control × any gradient strategy."""
 
 from stability.adjoint import AdjointSolution
 from stability.backward_euler import BackwardEuler, ImplicitStats, backward_euler_step

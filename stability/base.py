@@ -23,12 +23,9 @@ def shared_time(func: TimeVectorField, batch: int) -> TimeVectorField:
 
 
 class OdeSolver:
-    """Base class: integrates dy/dt = func(t, y) from t0 towards t_bound one ``step()`` at a time.
-
-    ``func`` receives t as a 0-d tensor (dtype and device of y0) and must return a tensor shaped like y0.
-    Fixed-step mode (``step_size`` or ``grid``) takes exactly those steps; otherwise the step is adaptive.
-    ``options``: a ``SolverOptions``, or its fields as keywords.
-    """
+    """Base class: integrates dy/dt = func(t, y) from t0 towards t_bound one ``step()`` at a time; ``func``
+    gets t as a 0-d tensor. ``options``: a ``SolverOptions``, or its fields as keywords (``step_size`` or
+    ``grid``: exactly those steps; otherwise adaptive)."""
 
     name: str = "base"
     order: int = 0
