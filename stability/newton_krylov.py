@@ -33,7 +33,6 @@ class NewtonResult:
     fixed_point_iterations: int = 0
     residual_evaluations: int = 0
     jvp_evaluations: int = 0
-    method: str = "newton"
 
 
 def rms(x: Tensor) -> float:
@@ -77,7 +76,7 @@ def _scaled(g: Tensor, z: Tensor) -> float:
 def _newton(residual, jvp, z, tol, max_newton, max_linear, restart) -> NewtonResult:
     g = residual(z)
     norm = _scaled(g, z)
-    out = NewtonResult(z=z, residual=norm, converged=False, method="newton", residual_evaluations=1)
+    out = NewtonResult(z=z, residual=norm, converged=False, residual_evaluations=1)
     previous_norm = None
     forcing = 0.1  # first linear solve loose; Eisenstat–Walker tightens it as Newton converges
     while math.isfinite(norm) and norm > tol and out.newton_iterations < max_newton:
@@ -116,7 +115,7 @@ def _newton(residual, jvp, z, tol, max_newton, max_linear, restart) -> NewtonRes
 def _fixed_point(residual, z, tol, max_iterations) -> NewtonResult:
     g = residual(z)
     norm = _scaled(g, z)
-    out = NewtonResult(z=z, residual=norm, converged=False, method="fixed_point", residual_evaluations=1)
+    out = NewtonResult(z=z, residual=norm, converged=False, residual_evaluations=1)
     while math.isfinite(norm) and norm > tol and out.fixed_point_iterations < max_iterations:
         out.fixed_point_iterations += 1
         candidate = z - g

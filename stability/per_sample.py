@@ -28,10 +28,9 @@ from stability.checks import (
     time_dtype,
     underflow_error,
 )
-from stability.interpolation import interpolant
 from stability.methods import TABLEAUX
 from stability.options import SolverOptions
-from stability.runge_kutta import rk_step
+from stability.runge_kutta import interpolant, rk_step
 from stability.solution import HIT_TOLERANCE, SolverStats
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step, stiffness
 
@@ -86,13 +85,11 @@ class PerSampleStepper:
     def advance(self) -> list[Tensor]:
         options, tableau = self.options, self.tableau
         active = (~self.done).nonzero().squeeze(1)
-        all_active = active.numel() == self.batch
-
-        def take(x: Tensor) -> Tensor:
-            return x if all_active else x.index_select(0, active)
-
-        def put(full: Tensor, values: Tensor) -> Tensor:
-            return values if all_active else full.index_copy(0, active, values)
+        if active.numel() == self.batch:  # rows of the active samples and back (no copies when all are)
+            take, put = (lambda x: x), (lambda full, values: values)
+        else:
+            take = lambda x: x.index_select(0, active)  # noqa: E731
+            put = lambda full, values: full.index_copy(0, active, values)  # noqa: E731
 
         t_a, y_a, h_a = take(self.t), take(self.y), take(self.h_abs)
         over = (self.n_accepted + self.n_rejected).index_select(0, active) >= options.max_steps

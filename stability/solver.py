@@ -20,8 +20,7 @@ from stability.checks import (
     underflow_error,
 )
 from stability.errors import ODEInputError
-from stability.interpolation import interpolant
-from stability.runge_kutta import rk_step
+from stability.runge_kutta import interpolant, rk_step
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step, stiffness
 from stability.tableau import ButcherTableau
 
