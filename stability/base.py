@@ -45,10 +45,7 @@ class OdeSolver:
         self.controller = options.controller
         self.stats = SolverStats()
         self.status = "running"
-        self.t_old: float | None = None
-        self.y_old: Tensor | None = None
-        self._stages: list[Tensor] | None = None
-        self._h_last: float | None = None
+        self.t_old = self.y_old = self._stages = self._h_last = None  # the last accepted step, once taken
         self._time_dtype, self._device = time_dtype(y0), y0.device
         self._t_last, self._t_tensor = None, None
         self.grid = self._make_grid(options.step_size, options.grid)
