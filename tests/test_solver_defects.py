@@ -161,8 +161,8 @@ def test_max_steps_on_a_stiff_problem_suggests_backward_euler(per_sample):
     with pytest.raises(MaxStepsExceededError, match="looks stiff .*method='backward_euler'"):
         odeint(stiff, Y0, [0.0, 10.0], rtol=1e-6, atol=1e-6, max_steps=500, per_sample=per_sample)
     with pytest.raises(MaxStepsExceededError) as info:  # not stiff, just long: no such hint
-        odeint(lambda t, y: torch.cos(10 * column(t)) * y, Y0, [0.0, 100.0], rtol=1e-8, atol=1e-8, max_steps=5,
-               per_sample=per_sample)
+        odeint(lambda t, y: torch.cos(10 * column(t)) * y, Y0, [0.0, 100.0], rtol=1e-8, atol=1e-8,
+               max_steps=5, per_sample=per_sample)
     assert "stiff" not in str(info.value)
 
 
