@@ -31,7 +31,8 @@ def linear_combination(y: Tensor | None, stages: Sequence[Tensor], weights, h) -
     """
     if not weights:
         return y.clone() if y is not None else torch.zeros_like(stages[0])
-    (j, w), rest = weights[0], weights[1:]
+    rest = iter(weights)
+    j, w = next(rest)
     if isinstance(h, Tensor) or isinstance(w, Tensor):  # per sample: y + k·(h w) row by row, one pass a term
         c = column(h * w, stages[j])
         out = stages[j] * c if y is None else torch.addcmul(y, stages[j], c)
