@@ -39,11 +39,6 @@ def rms(x: Tensor) -> float:
     return float(torch.linalg.vector_norm(x)) / math.sqrt(max(x.numel(), 1))
 
 
-def default_tolerance(dtype: torch.dtype) -> float:
-    """1e-10 in float64, ~1.2e-5 in float32: 100 ulp of the state, never tighter than 1e-10."""
-    return max(1e-10, 100 * torch.finfo(dtype).eps)
-
-
 def newton_krylov(residual: Callable[[Tensor], Tensor], jvp: Callable[[Tensor, Tensor], tuple],
                   z0: Tensor, tol: float, limits) -> NewtonResult:
     """Find z with ‖G(z)‖_rms ≤ tol·max(1, ‖z‖_rms).

@@ -19,7 +19,6 @@ from torch import Tensor
 from stability.checks import as_float_list, check_tolerances
 from stability.errors import ODEInputError
 from stability.methods import IMPLICIT, METHOD_NAMES, TABLEAUX
-from stability.newton_krylov import default_tolerance
 from stability.step_control import PIController
 
 DEFAULT_RTOL = 1e-7
@@ -58,7 +57,7 @@ class ImplicitOptions:
             raise ODEInputError(f"jvp must be 'forward' or 'reverse', got {self.jvp!r}")
 
     def tolerance(self, dtype: torch.dtype) -> float:
-        return self.tol if self.tol is not None else default_tolerance(dtype)
+        return self.tol if self.tol is not None else max(1e-10, 100 * torch.finfo(dtype).eps)
 
 
 @dataclass(frozen=True)
