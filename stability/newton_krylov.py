@@ -9,6 +9,7 @@ backward-Euler residual G(z) = z − y − h f(z) that is z ← y + h f(z), need
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -52,16 +53,13 @@ def newton_krylov(residual: Callable[[Tensor], Tensor], jvp: Callable[[Tensor, T
         result = _newton(residual, jvp, z0, tol, limits.max_newton, limits.max_linear, limits.restart)
         if result.converged:
             return result
-        start = result.z if math.isfinite(result.residual) else z0
-        fallback = _fixed_point(residual, start, tol, limits.max_fixed_point)
-        fallback.newton_iterations = result.newton_iterations
-        fallback.residual_evaluations += result.residual_evaluations
-        fallback.jvp_evaluations = result.jvp_evaluations
-        if fallback.converged or not math.isfinite(result.residual) or fallback.residual < result.residual:
-            return fallback
-        result.fixed_point_iterations = fallback.fixed_point_iterations
-        result.residual_evaluations = fallback.residual_evaluations
-        return result
+        finite = math.isfinite(result.residual)
+        fallback = _fixed_point(residual, result.z if finite else z0, tol, limits.max_fixed_point)
+        better = fallback.converged or not finite or fallback.residual < result.residual
+        return dataclasses.replace(  # the better iterate, with the work of both
+            fallback if better else result, newton_iterations=result.newton_iterations,
+            jvp_evaluations=result.jvp_evaluations, fixed_point_iterations=fallback.fixed_point_iterations,
+            residual_evaluations=result.residual_evaluations + fallback.residual_evaluations)
 
 
 def _scaled(g: Tensor, z: Tensor) -> float:
@@ -135,16 +133,12 @@ def make_jvp(
     but works for every differentiable op and is cheaper for tiny fields whose scalar ops torch's forward mode
     runs through Python decompositions). Forward mode falls back to reverse for ops without forward formulas.
     """
-    if mode not in ("forward", "reverse"):
-        raise ValueError(f"jvp mode must be 'forward' or 'reverse', got {mode!r}")
-    use_forward = mode == "forward"
+    use_forward = mode == "forward"  # validated by ImplicitOptions
 
     def forward_mode(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         with forward_ad.dual_level():
             value, product = forward_ad.unpack_dual(function(forward_ad.make_dual(z, v)))
-        if product is None:  # the output does not depend on z
-            product = torch.zeros_like(value)
-        return value, product
+        return value, torch.zeros_like(value) if product is None else product  # None: F does not depend on z
 
     def double_backward(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
