@@ -153,8 +153,7 @@ class _AugmentedSystem:
     """
 
     def __init__(self, func: TimeVectorField, shape: torch.Size, n: int, params: list[Tensor]) -> None:
-        self.func, self.shape, self.n, self.params = func, shape, n, params
-        self.checked = False
+        self.func, self.shape, self.n, self.params, self.checked = func, shape, n, params, False
 
     def __call__(self, t: Tensor, state: Tensor) -> Tensor:
         n = self.n

@@ -46,11 +46,9 @@ def solve_checkpoint(func: TimeVectorField, y0: Tensor, t: Times, options: Solve
 
 
 class _Chunk:
-    """Up to ``n_steps`` iterations of the loop from a snapshot of the stepper; the same on every call.
-
-    The first call advances a copy of the stepper (the live one afterwards); recomputations in the backward
-    pass start again from the snapshot and check that they retrace the same steps.
-    """
+    """Up to ``n_steps`` iterations of the loop from a snapshot of the stepper, the same on every call: the
+    first advances a copy (the live stepper afterwards), the backward pass's recomputations start again from
+    the snapshot and check that they retrace the same steps."""
 
     def __init__(self, stepper, n_steps: int):
         self.start, self.n_steps = stepper.snapshot(), n_steps

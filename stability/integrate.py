@@ -79,6 +79,7 @@ class SharedStepper:
 
 def make_stepper(func: TimeVectorField, y0: Tensor, times: list[float], options: SolverOptions):
     """The stepper ``options`` ask for: per-sample adaptive control, or one ``OdeSolver`` for the state."""
+    replicas = None
     if options.per_sample:
         check_state(y0)
         if y0.dim() < 1:
@@ -86,8 +87,6 @@ def make_stepper(func: TimeVectorField, y0: Tensor, times: list[float], options:
         if not options.fixed_step:
             return PerSampleStepper(func, y0, times, options)
         func, replicas = shared_time(func, y0.shape[0]), y0.shape[0]  # fixed steps: one solve serves all
-    else:
-        replicas = None
     solver = solver_class(options.method)(func, times[0], y0, times[-1], options)
     return SharedStepper(solver, times, replicas)
 

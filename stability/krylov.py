@@ -53,10 +53,8 @@ def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, rtol: float = 1e-8, 
         basis[0] = r / beta
         hessenberg = [[0.0] * restart for _ in range(restart + 1)]
         cosines, sines = [0.0] * restart, [0.0] * restart
-        g = [0.0] * (restart + 1)  # right-hand side β e₁ rotated along with H
-        g[0] = beta
-        k = 0
-        estimate = beta
+        g = [beta] + [0.0] * restart  # right-hand side β e₁ rotated along with H
+        k, estimate = 0, beta
         while k < restart and matvecs < max_matvecs:
             w = apply(basis[k])
             active = basis[: k + 1]

@@ -123,16 +123,12 @@ def _fixed_point(residual, z, tol, max_iterations) -> NewtonResult:
     return out
 
 
-def make_jvp(
-    function: Callable[[Tensor], Tensor], mode: str = "forward"
-) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """(z, v) ↦ (F(z), F'(z) v).
-
-    ``mode="forward"``: forward-mode AD (dual numbers; ≈ 2 evaluations of F, no graph). ``"reverse"``: the
-    double-backward trick — u ↦ vjp(u) = F'(z)ᵀu is linear, so its own vjp with v is F'(z) v (≈ 4 evaluations,
-    but works for every differentiable op and is cheaper for tiny fields whose scalar ops torch's forward mode
-    runs through Python decompositions). Forward mode falls back to reverse for ops without forward formulas.
-    """
+def make_jvp(function: Callable[[Tensor], Tensor], mode: str = "forward") -> Callable:
+    """(z, v) ↦ (F(z), F'(z) v). ``mode="forward"``: forward-mode AD (dual numbers; ≈ 2 evaluations of F, no
+    graph). ``"reverse"``: the double-backward trick — u ↦ vjp(u) = F'(z)ᵀu is linear, so its own vjp with v
+    is F'(z) v (≈ 4 evaluations, but works for every differentiable op and is cheaper for tiny fields whose
+    scalar ops torch's forward mode runs through Python decompositions). Forward mode falls back to reverse
+    for ops without forward formulas."""
     use_forward = mode == "forward"  # validated by ImplicitOptions
 
     def forward_mode(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

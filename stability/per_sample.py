@@ -183,8 +183,7 @@ class PerSampleStepper:
             self.next_output.index_add_(0, rows_samples, torch.ones_like(rows_samples))
 
     def _interpolant(self, samples, t_old, h, y_old, y_new, stages, rows):
-        def pick(x: Tensor) -> Tensor:
-            return x.index_select(0, rows)
+        pick = lambda x: x.index_select(0, rows)  # noqa: E731
 
         def derivative_at_end() -> Tensor:  # f(t_{n+1}, y_{n+1}), kept as the next step's first stage
             missing = (~self.known.index_select(0, samples)).nonzero().squeeze(1)
