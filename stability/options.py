@@ -25,9 +25,8 @@ DEFAULT_RTOL = 1e-7
 DEFAULT_ATOL = 1e-9
 DEFAULT_MAX_STEPS = 100_000
 GRADIENTS = ("backprop", "checkpoint", "adjoint")
-_ADJOINT_ONLY = ("adjoint_method", "adjoint_rtol", "adjoint_atol", "adjoint_params")
-# ErrorNorm(error, y_old, y_new, rtol, atol) -> the ratio compared with 1, shape [] or [B] (per sample).
-ErrorNorm = Callable[[Tensor, Tensor, Tensor, float, float], Tensor]
+# ErrorNorm(error, y_old, y_new, rtol, atol) -> the ratio compared with 1: a number, or [B] per sample.
+ErrorNorm = Callable[[Tensor, Tensor, Tensor, float, float], float | Tensor]
 
 
 @dataclass(frozen=True)
