@@ -1,16 +1,10 @@
-"""ODE solvers in PyTorch written for the analysis of deep networks as numerical schemes.
+"""ODE solvers in PyTorch written for the analysis of deep networks as numerical schemes: explicit Runge–Kutta
+methods as Butcher tableaux run by one generic stepper, backward Euler by Newton–Krylov; ``solve``/``odeint``
+run one integration loop (``stability.integrate``) with any step control × any gradient strategy."""
 
-Explicit Euler, Heun, classical RK4 and adaptive Dormand–Prince 5(4) share one generic Runge–Kutta stepper
-driven by Butcher tableaux; backward Euler solves its stage equation by Newton–Krylov. ``solve`` (and the
-torchdiffeq-compatible ``odeint``) take one validated ``SolverOptions`` value or the same settings as
-keywords, and run one integration loop (``stability.integrate``) with shared, per-sample or fixed-grid step
-control and backprop, checkpointed or adjoint gradients in any combination; the solver classes (``Dopri5``,
-``RK4``, …) offer scipy-``OdeSolver``-style stepping.
-"""
-
-from stability.adjoint import AdjointSolution, odeint_adjoint, solve_adjoint
+from stability.adjoint import AdjointSolution
 from stability.backward_euler import BackwardEuler, ImplicitStats, backward_euler_step
-from stability.checkpointing import odeint_checkpointed, solve_checkpointed
+from stability.base import OdeSolver
 from stability.errors import (
     MaxStepsExceededError,
     NonConvergenceError,
@@ -20,11 +14,19 @@ from stability.errors import (
     StepSizeUnderflowError,
 )
 from stability.memory import peak_memory
-from stability.odeint import odeint, odeint_per_sample, solve, solve_per_sample
+from stability.odeint import (
+    odeint,
+    odeint_adjoint,
+    odeint_checkpointed,
+    odeint_per_sample,
+    solve,
+    solve_adjoint,
+    solve_checkpointed,
+    solve_per_sample,
+)
 from stability.options import ImplicitOptions, SolverOptions
-from stability.single_step import step
 from stability.solution import PerSampleSolution, Solution, SolverStats
-from stability.solver import RK4, SOLVERS, Dopri5, Euler, Heun, OdeSolver, RungeKuttaSolver
+from stability.solver import RK4, SOLVERS, Dopri5, Euler, Heun, RungeKuttaSolver, step
 from stability.step_control import PIController
 from stability.tableau import ButcherTableau
 

@@ -5,31 +5,28 @@ The forward solve keeps only the outputs ys. Backwards, between consecutive outp
     dy/dt = f(t, y),   da/dt = −aᵀ ∂f/∂y,   da_θ/dt = −aᵀ ∂f/∂θ
 
 is integrated from t_i to t_{i−1} with y(t_i) = ys[i] and a(t_i) = a + ∂L/∂ys[i]; at t_0, a = ∂L/∂y0 and
-a_θ = ∂L/∂θ. This is the gradient of the *exact* flow, evaluated with a second numerical solve (and y rebuilt
-backwards), so it differs from the gradient of the forward discretisation (plain backprop or checkpointing)
-by O(tolerance) for adaptive methods and O(h^p) for fixed steps — the comparison that exposes adjoint error.
-Fixed-step forwards integrate the adjoint backwards on the same grid; adaptive ones with ``adjoint_rtol`` /
-``adjoint_atol`` under a mixed error norm (the largest RMS over y, a and a_θ, or a seminorm without a_θ).
+a_θ = ∂L/∂θ: the gradient of the exact flow, O(tolerance) (adaptive) or O(h^p) (fixed steps, integrated back
+on the same grid) from backprop's. Adaptive backward solves use ``adjoint_rtol``/``adjoint_atol`` under the
+largest RMS over y, a and a_θ (or a seminorm without a_θ).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from stability.base import Times, TimeVectorField, shared_time
 from stability.checks import check_output, check_times, time_dtype
 from stability.errors import NonFiniteValueError, ODEInputError
 from stability.integrate import solve_backprop
-from stability.options import SolverOptions, as_options, option_keywords
+from stability.options import SolverOptions
 from stability.solution import HIT_TOLERANCE, Solution, SolverStats
-from stability.solver import solver_class
 from stability.step_control import error_ratio
-
-TimeVectorField = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -39,33 +36,7 @@ class AdjointSolution(Solution):
     adjoint_stats: SolverStats = field(default_factory=SolverStats)
 
 
-def odeint_adjoint(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], **options) -> Tensor:
-    """``odeint`` with adjoint-method gradients; see ``solve_adjoint`` for the options."""
-    return solve_adjoint(func, y0, t, **options).ys
-
-
-@option_keywords
-def solve_adjoint(
-    func: TimeVectorField,
-    y0: Tensor,
-    t: Tensor | Sequence[float],
-    options: SolverOptions | None = None,
-    **keywords,
-) -> AdjointSolution:
-    """Solve like ``solve``; gradients w.r.t. ``y0`` and ``adjoint_params`` come from the adjoint ODE.
-
-    ``adjoint_params`` defaults to the parameters of ``func`` when it is an ``nn.Module``. Tensors that
-    ``func`` uses with ``requires_grad`` but that are not listed raise an error in the backward pass (rather
-    than silently receiving no gradient). ``adjoint_method`` / ``adjoint_rtol`` / ``adjoint_atol`` default to
-    the forward ones; ``adjoint_norm`` is "mixed" (max of per-part RMS over y, a, a_θ) or "seminorm" (a_θ
-    excluded from step control, Kidger et al. 2021: fewer backward steps, a_θ still integrated by them).
-    """
-    return solve_with_adjoint(func, y0, t, as_options(options, keywords, gradient="adjoint"))
-
-
-def solve_with_adjoint(
-    func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], options: SolverOptions
-):
+def solve_with_adjoint(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions):
     """Gradient strategy "adjoint": the forward loop without a graph, the adjoint ODE in the backward pass.
 
     With per-sample control the forward solve is per sample; the backward solve of the augmented system
@@ -75,19 +46,17 @@ def solve_with_adjoint(
         adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
     params = tuple(p for p in adjoint_params if p.requires_grad)
     times = check_times(t)
-    context = _AdjointContext(func=func, t=t, times=times, options=options, n_params=len(params))
-    needs_grad = torch.is_grad_enabled() and (y0.requires_grad or len(params) > 0)
-    if not needs_grad:
+    if not (torch.is_grad_enabled() and (y0.requires_grad or len(params) > 0)):
         if torch.is_grad_enabled():
             _refuse_unlisted_gradients(func, y0, times[0], options.per_sample)
         with torch.no_grad():  # nothing to differentiate: never a silent O(steps) backprop graph
             sol = solve_backprop(func, y0, t, options)
         return AdjointSolution(t=sol.t, ys=sol.ys, stats=sol.stats, method=options.method)
+    context = _AdjointContext(func=func, t=t, times=times, options=options)
     ys = _AdjointFunction.apply(context, y0, *params)
     forward = context.forward_solution
-    return AdjointSolution(
-        t=forward.t, ys=ys, stats=forward.stats, method=options.method, adjoint_stats=context.adjoint_stats
-    )
+    return AdjointSolution(t=forward.t, ys=ys, stats=forward.stats, method=options.method,
+                           adjoint_stats=context.adjoint_stats)
 
 
 def _refuse_unlisted_gradients(func: TimeVectorField, y0: Tensor, t0: float, per_sample: bool) -> None:
@@ -96,20 +65,17 @@ def _refuse_unlisted_gradients(func: TimeVectorField, y0: Tensor, t0: float, per
     t = torch.full((y0.shape[0],) if per_sample else (), t0, dtype=time_dtype(y0), device=y0.device)
     f0 = func(t, y0.detach())
     if isinstance(f0, Tensor) and f0.requires_grad:
-        raise ODEInputError(
-            "gradient='adjoint': func uses tensors requiring grad, but y0 does not require grad and "
-            "adjoint_params is empty, so the adjoint would compute no gradient for them. Pass them in "
-            "adjoint_params, or use gradient='backprop'"
-        )
+        raise ODEInputError("gradient='adjoint': func uses tensors requiring grad, but y0 does not require "
+                            "grad and adjoint_params is empty, so the adjoint would compute no gradient for "
+                            "them. Pass them in adjoint_params, or use gradient='backprop'")
 
 
 @dataclass
 class _AdjointContext:
     func: TimeVectorField
-    t: Tensor | Sequence[float]
+    t: Times
     times: list[float]
     options: SolverOptions
-    n_params: int
     forward_solution: Solution | None = None
     adjoint_stats: SolverStats = field(default_factory=SolverStats)
 
@@ -136,13 +102,8 @@ def _integrate_adjoint(context: _AdjointContext, ys: Tensor, grad_ys: Tensor, pa
     times, options = context.times, context.options
     shape, n, dtype = ys.shape[1:], ys[0].numel(), ys.dtype
     sizes = [n, n] + [p.numel() for p in params]
-    func = context.func
-    if options.per_sample:  # func takes per-sample times; the backward solve is shared
-        batch = shape[0]
-
-        def func(s: Tensor, y: Tensor, per_sample_func=context.func) -> Tensor:
-            return per_sample_func(s.expand(batch), y)
-
+    # per-sample func takes per-sample times; the backward solve is shared
+    func = shared_time(context.func, shape[0]) if options.per_sample else context.func
     system = _AugmentedSystem(func, shape, n, params)
     forward_stats = context.forward_solution.stats
     forward_stats = forward_stats[0] if isinstance(forward_stats, list) else forward_stats
@@ -157,48 +118,31 @@ def _integrate_adjoint(context: _AdjointContext, ys: Tensor, grad_ys: Tensor, pa
         norm=functools.partial(_mixed_norm, sizes, 2 if options.adjoint_norm == "seminorm" else len(sizes)),
         grid=(times[0], times[-1]) if grid is not None else None,
     )
-    solver_cls = solver_class(backward_options.method)
     stats = context.adjoint_stats
     adjoint = grad_ys[-1].reshape(-1)
     param_adjoints = [torch.zeros(p.numel(), dtype=dtype, device=ys.device) for p in params]
-    span = abs(times[-1] - times[0])
+    margin = HIT_TOLERANCE * abs(times[-1] - times[0])
     for i in range(len(times) - 1, 0, -1):
         state = torch.cat([ys[i].reshape(-1), adjoint, *param_adjoints])
         segment = backward_options
         if grid is not None:
-            inside = [p for p in grid if _strictly_between(p, times[i - 1], times[i], HIT_TOLERANCE * span)]
+            low, high = min(times[i - 1], times[i]) + margin, max(times[i - 1], times[i]) - margin
+            inside = [p for p in grid if low < p < high]
             segment = backward_options.replace(grid=(times[i], *reversed(inside), times[i - 1]))
         try:
-            solver = solver_cls(system, times[i], state, times[i - 1], segment)
-            while solver.status == "running":
-                solver.step()
+            backward = solve_backprop(system, state, [times[i], times[i - 1]], segment)
         except NonFiniteValueError as error:
-            raise NonFiniteValueError(
-                f"in the adjoint backward pass (the augmented system [f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ] integrated from "
-                f"t={times[i]:.6g} back to t={times[i - 1]:.6g}): {error}",
-                t=error.t,
-                h=error.h,
-            ) from error
-        _accumulate(stats, solver.stats)
-        pieces = torch.split(solver.y, sizes)
+            where = (f"in the adjoint backward pass (the augmented system [f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ] integrated "
+                     f"from t={times[i]:.6g} back to t={times[i - 1]:.6g})")
+            raise NonFiniteValueError(f"{where}: {error}", t=error.t, h=error.h) from error
+        for name in ("nfe", "n_accepted", "n_rejected", "step_sizes", "step_times"):
+            setattr(stats, name, getattr(stats, name) + getattr(backward.stats, name))
+        pieces = torch.split(backward.ys[-1], sizes)
         adjoint = pieces[1] + grad_ys[i - 1].reshape(-1)
         param_adjoints = list(pieces[2:])
     grad_y0 = adjoint.view(shape)
     grad_params = [a.view_as(p).to(p.dtype) for a, p in zip(param_adjoints, params)]
     return grad_y0, grad_params
-
-
-def _strictly_between(point: float, a: float, b: float, margin: float) -> bool:
-    low, high = min(a, b), max(a, b)
-    return low + margin < point < high - margin
-
-
-def _accumulate(total: SolverStats, part: SolverStats) -> None:
-    total.nfe += part.nfe
-    total.n_accepted += part.n_accepted
-    total.n_rejected += part.n_rejected
-    total.step_sizes.extend(part.step_sizes)
-    total.step_times.extend(part.step_times)
 
 
 class _AugmentedSystem:
@@ -209,8 +153,7 @@ class _AugmentedSystem:
     """
 
     def __init__(self, func: TimeVectorField, shape: torch.Size, n: int, params: list[Tensor]) -> None:
-        self.func, self.shape, self.n, self.params = func, shape, n, params
-        self.checked = False
+        self.func, self.shape, self.n, self.params, self.checked = func, shape, n, params, False
 
     def __call__(self, t: Tensor, state: Tensor) -> Tensor:
         n = self.n
@@ -228,15 +171,9 @@ class _AugmentedSystem:
                 grads = torch.autograd.grad(f, inputs, -a, allow_unused=True)
             else:
                 grads = (None,) * len(inputs)
-        pieces = [f.detach().reshape(-1)]
-        for grad, x in zip(grads, inputs):
-            size = x.numel()
-            pieces.append(
-                torch.zeros(size, dtype=state.dtype, device=state.device)
-                if grad is None
-                else grad.reshape(-1).to(state.dtype)
-            )
-        return torch.cat(pieces)
+        pieces = [torch.zeros(x.numel(), dtype=state.dtype, device=state.device) if grad is None
+                  else grad.reshape(-1).to(state.dtype) for grad, x in zip(grads, inputs)]
+        return torch.cat([f.detach().reshape(-1), *pieces])
 
 
 def _check_graph_inputs(output: Tensor, y: Tensor, params: Sequence[Tensor]) -> None:
@@ -260,17 +197,15 @@ def _check_graph_inputs(output: Tensor, y: Tensor, params: Sequence[Tensor]) -> 
         stack.extend(next_node for next_node, _ in node.next_functions)
     if unlisted:
         shapes = ", ".join(str(tuple(v.shape)) for v in unlisted[:5])
-        raise ODEInputError(
-            f"func uses {len(unlisted)} tensor(s) requiring grad that are not in adjoint_params (shapes "
-            f"{shapes}); the adjoint would give them no gradient. Pass them in adjoint_params (or make func "
-            f"an nn.Module owning them)"
-        )
+        raise ODEInputError(f"func uses {len(unlisted)} tensor(s) requiring grad that are not in "
+                            f"adjoint_params (shapes {shapes}); the adjoint would give them no gradient. "
+                            f"Pass them in adjoint_params (or make func an nn.Module owning them)")
 
 
-def _mixed_norm(
-    sizes: list[int], controlled: int, error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float
-) -> Tensor:
+def _mixed_norm(sizes: list[int], controlled: int, error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float,
+                atol: float) -> float:
     """max_k RMS_k over the parts [y, a, a_θ1, …] of the augmented state (the first ``controlled`` parts:
     2 for a seminorm, which leaves the parameter adjoints out of step control)."""
     parts = zip(*(torch.split(x, sizes)[:controlled] for x in (error, y_old, y_new)))
-    return torch.stack([error_ratio(e, a, b, rtol, atol) for e, a, b in parts if e.numel() > 0]).max()
+    ratios = [error_ratio(e, a, b, rtol, atol) for e, a, b in parts if e.numel() > 0]
+    return math.nan if any(math.isnan(r) for r in ratios) else max(ratios)

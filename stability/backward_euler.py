@@ -18,15 +18,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from stability.base import OdeSolver
-from stability.checks import check_output
+from stability.base import OdeSolver, TimeVectorField
+from stability.checks import all_finite, check_output, time_dtype
 from stability.errors import NonConvergenceError, NonFiniteValueError
 from stability.krylov import gmres
-from stability.newton_krylov import NewtonResult, make_jvp, newton_krylov
+from stability.newton_krylov import make_jvp, newton_krylov
 from stability.options import ImplicitOptions
 from stability.solution import SolverStats
-
-TimeVectorField = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -38,15 +36,8 @@ class ImplicitStats(SolverStats):
     jvp_evaluations: int = 0
 
 
-def backward_euler_step(
-    func: TimeVectorField,
-    t: float,
-    y: Tensor,
-    h: float,
-    *,
-    options: ImplicitOptions | None = None,
-    stats: ImplicitStats | None = None,
-) -> Tensor:
+def backward_euler_step(func: TimeVectorField, t: float, y: Tensor, h: float, *,
+                        options: ImplicitOptions | None = None, stats: ImplicitStats | None = None) -> Tensor:
     """z = y + h·func(t + h, z) solved to tolerance; differentiable in y and func's parameters by the IFT.
 
     ``func`` receives t + h as a 0-d tensor. Raises ``NonConvergenceError`` (with t, h and the residual) when
@@ -54,7 +45,7 @@ def backward_euler_step(
     """
     options = options or ImplicitOptions()
     t, h = float(t), float(h)
-    t_new = torch.full((), t + h, dtype=_time_dtype(y), device=y.device)
+    t_new = torch.full((), t + h, dtype=time_dtype(y), device=y.device)
     tol = options.tolerance(y.dtype)
     y_detached = y.detach()
 
@@ -73,38 +64,25 @@ def backward_euler_step(
         value, product = field_jvp(z, v)
         return z - y_detached - h * value, v - h * product
 
-    with torch.no_grad():
-        z0 = y_detached
-        result = newton_krylov(
-            residual,
-            residual_jvp,
-            z0,
-            tol=tol,
-            max_newton=options.max_newton,
-            max_linear=options.max_linear,
-            restart=options.restart,
-            max_fixed_point=options.max_fixed_point,
-        )
+    result = newton_krylov(residual, residual_jvp, y_detached, tol, options)
     if stats is not None:
-        _count(stats, result)
+        stats.nfe += result.residual_evaluations + result.jvp_evaluations
+        stats.newton_iterations += result.newton_iterations
+        stats.fixed_point_iterations += result.fixed_point_iterations
+        stats.jvp_evaluations += result.jvp_evaluations
     if not result.converged and not math.isfinite(result.residual):
         with torch.no_grad():
-            at_start = bool(torch.isfinite(field(y_detached)).all())
+            at_start = all_finite(field(y_detached))
         where = "at a Newton iterate" if at_start else "already at the initial guess z = y_n"
         raise NonFiniteValueError(
             f"func returned non-finite values at t={t + h:.6g} {where} in the backward Euler step from "
-            f"t={t:.6g} with h={h:.6g}: no finite residual (not a convergence failure)",
-            t=t,
-            h=h,
-        )
+            f"t={t:.6g} with h={h:.6g}: no finite residual (not a convergence failure)", t=t, h=h)
     if not result.converged:
         raise NonConvergenceError(
             f"backward Euler step from t={t:.6g} with h={h:.6g} did not converge: scaled residual "
             f"‖G(z)‖={result.residual:.3g} > tol={tol:.3g} after {result.newton_iterations} Newton and "
             f"{result.fixed_point_iterations} fixed-point iterations (a smaller h or a larger tol may help)",
-            t=t,
-            h=h,
-        )
+            t=t, h=h)
     z_star = result.z
     if not torch.is_grad_enabled():
         return z_star
@@ -117,17 +95,6 @@ def backward_euler_step(
         return z_star
     context = _ImplicitContext(func, t_new, h, z_star, tol, options, t)
     return _ImplicitFunctionGradient.apply(explicit, context)
-
-
-def _time_dtype(y: Tensor) -> torch.dtype:
-    return y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _count(stats: ImplicitStats, result: NewtonResult) -> None:
-    stats.nfe += result.residual_evaluations + result.jvp_evaluations
-    stats.newton_iterations += result.newton_iterations
-    stats.fixed_point_iterations += result.fixed_point_iterations
-    stats.jvp_evaluations += result.jvp_evaluations
 
 
 @dataclass
@@ -162,9 +129,8 @@ class _ImplicitFunctionGradient(torch.autograd.Function):
             (vjp,) = torch.autograd.grad(value, z, v, retain_graph=True, allow_unused=True)
             return v if vjp is None else v - c.h * vjp
 
-        linear = gmres(
-            transpose_matvec, grad, rtol=c.tol, restart=c.options.restart, max_matvecs=c.options.max_linear
-        )
+        linear = gmres(transpose_matvec, grad, rtol=c.tol, restart=c.options.restart,
+                       max_matvecs=c.options.max_linear)
         adjoint = linear.x
         if not linear.converged:  # fixed point λ ← g + h Jᵀ λ (a contraction when h‖J‖ < 1)
             adjoint, converged = _adjoint_fixed_point(transpose_matvec, grad, adjoint, c)
@@ -172,16 +138,13 @@ class _ImplicitFunctionGradient(torch.autograd.Function):
                 raise NonConvergenceError(
                     f"backward pass of the backward Euler step from t={c.t:.6g} with h={c.h:.6g}: the linear "
                     f"system (I − hJ)ᵀλ = g was not solved (relative residual {linear.residual_norm:.3g} "
-                    f"after {linear.matvecs} GMRES products, fixed-point fallback diverged)",
-                    t=c.t,
-                    h=c.h,
-                )
+                    f"after {linear.matvecs} GMRES products, fixed-point fallback diverged)", t=c.t, h=c.h)
         return adjoint, None
 
 
 def _adjoint_fixed_point(transpose_matvec, grad: Tensor, start: Tensor, c: _ImplicitContext):
     target = c.tol * max(float(torch.linalg.vector_norm(grad)), 1e-300)
-    adjoint = start if bool(torch.isfinite(start).all()) else grad.clone()
+    adjoint = start if all_finite(start) else grad.clone()
     for _ in range(c.options.max_fixed_point):
         residual = grad - transpose_matvec(adjoint)
         norm = float(torch.linalg.vector_norm(residual))
@@ -203,9 +166,8 @@ class BackwardEuler(OdeSolver):
     name = "backward_euler"
     order = 1
 
-    def __init__(
-        self, func: TimeVectorField, t0: float, y0: Tensor, t_bound: float, options=None, **keywords
-    ) -> None:
+    def __init__(self, func: TimeVectorField, t0: float, y0: Tensor, t_bound: float, options=None,
+                 **keywords) -> None:
         super().__init__(func, t0, y0, t_bound, options, **keywords)
         self.stats = ImplicitStats()
         self.implicit = self.options.implicit or ImplicitOptions()
@@ -224,9 +186,4 @@ class BackwardEuler(OdeSolver):
         if self.y_old is None:
             raise RuntimeError("no step has been taken yet")
         t_old, y_old, y_new, h = self.t_old, self.y_old, self.y, self.t - self.t_old
-
-        def interpolant(t: float) -> Tensor:
-            theta = (t - t_old) / h
-            return torch.lerp(y_old, y_new, theta)
-
-        return interpolant
+        return lambda t: torch.lerp(y_old, y_new, (t - t_old) / h)

@@ -10,42 +10,34 @@ from torch import Tensor
 
 from stability.checks import check_derivative, check_low_precision, check_output, check_state, time_dtype
 from stability.errors import MaxStepsExceededError, ODEInputError
-from stability.options import DEFAULT_ATOL, DEFAULT_MAX_STEPS, DEFAULT_RTOL, SolverOptions, as_options
+from stability.options import SolverOptions, as_options
 from stability.solution import SolverStats
 
 TimeVectorField = Callable[[Tensor, Tensor], Tensor]
+Times = Tensor | Sequence[float]  # output times: strictly monotone, at least 2
 
-__all__ = ["DEFAULT_ATOL", "DEFAULT_MAX_STEPS", "DEFAULT_RTOL", "OdeSolver", "TimeVectorField"]
+
+def shared_time(func: TimeVectorField, batch: int) -> TimeVectorField:
+    """A per-sample func (t of shape [B]) as a func of one time t, expanded to [B]: for one shared solve."""
+    return lambda t, y: func(t.expand(batch), y)
 
 
 class OdeSolver:
-    """Base class: integrates dy/dt = func(t, y) from t0 towards t_bound one ``step()`` at a time.
-
-    ``func`` receives t as a 0-d tensor (dtype and device of y0) and must return a tensor shaped like y0.
-    Fixed-step mode (``step_size`` or ``grid``) takes exactly those steps; otherwise the step is adaptive.
-    """
+    """Base class: integrates dy/dt = func(t, y) from t0 towards t_bound one ``step()`` at a time; ``func``
+    gets t as a 0-d tensor. ``options``: a ``SolverOptions``, or its fields as keywords (``step_size`` or
+    ``grid``: exactly those steps; otherwise adaptive)."""
 
     name: str = "base"
     order: int = 0
 
-    def __init__(
-        self,
-        func: TimeVectorField,
-        t0: float,
-        y0: Tensor,
-        t_bound: float,
-        options: SolverOptions | None = None,
-        **keywords,
-    ) -> None:
-        """``options`` (a validated ``SolverOptions``) or the same settings as keywords (rtol, atol,
-        step_size, grid, first_step, max_step, max_steps, controller, norm, implicit)."""
+    def __init__(self, func: TimeVectorField, t0: float, y0: Tensor, t_bound: float,
+                 options: SolverOptions | None = None, **keywords) -> None:
         options = as_options(options, keywords if options else {"method": self.name, **keywords})
         check_state(y0)
         t0, t_bound = float(t0), float(t_bound)
         if not (math.isfinite(t0) and math.isfinite(t_bound)) or t0 == t_bound:
             raise ODEInputError(f"need finite t0 != t_bound, got t0={t0}, t_bound={t_bound}")
-        self.options = options
-        self._func = func
+        self.options, self._func = options, func
         self.t0, self.t_bound, self.t, self.y = t0, t_bound, t0, y0
         self.direction = 1.0 if t_bound > t0 else -1.0
         self.rtol, self.atol = options.rtol, options.atol
@@ -53,22 +45,22 @@ class OdeSolver:
         self.controller = options.controller
         self.stats = SolverStats()
         self.status = "running"
-        self.t_old: float | None = None
-        self.y_old: Tensor | None = None
+        self.t_old = self.y_old = self._stages = self._h_last = None  # the last accepted step, once taken
         self._time_dtype, self._device = time_dtype(y0), y0.device
-        self._grid = self._make_grid(options.step_size, options.grid)
-        self.fixed_step = self._grid is not None
+        self._t_last, self._t_tensor = None, None
+        self.grid = self._make_grid(options.step_size, options.grid)
+        self._grid_index = 0
+        self.fixed_step = self.grid is not None
         if not self.fixed_step:
             check_low_precision(y0.dtype, self.rtol)
-        self._first_step = options.first_step
-        self._grid_index = 0
 
-    # --- the vector field, counted -------------------------------------------------------------------
     def fun(self, t: float, y: Tensor) -> Tensor:
         """f(t, y) with t given as a float; counts the evaluation and checks the output's type, shape and
         dtype (three attribute comparisons: a later wrong shape would otherwise broadcast silently)."""
         self.stats.nfe += 1
-        f = self._func(torch.full((), t, dtype=self._time_dtype, device=self._device), y)
+        if t != self._t_last:  # DOPRI5's last two stages share their time: one tensor for both
+            self._t_last, self._t_tensor = t, torch.full((), t, dtype=self._time_dtype, device=self._device)
+        f = self._func(self._t_tensor, y)
         if not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
             check_output(f, y, t)
         return f
@@ -78,32 +70,25 @@ class OdeSolver:
         check_derivative(f0, self.y, self.t)
         return f0
 
-    # --- grid for fixed-step mode ----------------------------------------------------------------------
     def _make_grid(self, step_size: float | None, grid: Sequence[float] | None) -> list[float] | None:
+        """The time points of fixed-step mode (None when adaptive)."""
         if step_size is not None:
-            span = abs(self.t_bound - self.t0)
-            n = max(1, math.ceil(span / step_size - 1e-9))
+            n = max(1, math.ceil(abs(self.t_bound - self.t0) / step_size - 1e-9))
             if n > self.max_steps:
                 raise MaxStepsExceededError(
                     f"step_size={step_size} needs {n} steps over [{self.t0}, {self.t_bound}], "
-                    f"more than max_steps={self.max_steps}",
-                    t=self.t0,
-                    h=step_size,
-                )
+                    f"more than max_steps={self.max_steps}", t=self.t0, h=step_size)
             return [self.t0 + self.direction * k * step_size for k in range(n)] + [self.t_bound]
-        if grid is not None:
-            points = [float(x) for x in grid]
-            if len(points) < 2 or points[0] != self.t0 or points[-1] != self.t_bound:
-                raise ODEInputError("grid must start at t0 and end at t_bound")
-            steps = [b - a for a, b in zip(points, points[1:])]
-            if not all(math.isfinite(s) and s * self.direction > 0 for s in steps):
-                raise ODEInputError(
-                    "grid must be finite and strictly monotone in the direction of integration"
-                )
-            if len(steps) > self.max_steps:
-                raise MaxStepsExceededError(f"grid has {len(steps)} steps > max_steps={self.max_steps}")
-            return points
-        return None
+        if grid is None:
+            return None
+        points = [float(x) for x in grid]
+        if len(points) < 2 or points[0] != self.t0 or points[-1] != self.t_bound:
+            raise ODEInputError("grid must start at t0 and end at t_bound")
+        if not all(math.isfinite(b - a) and (b - a) * self.direction > 0 for a, b in zip(points, points[1:])):
+            raise ODEInputError("grid must be finite and strictly monotone in the direction of integration")
+        if len(points) - 1 > self.max_steps:
+            raise MaxStepsExceededError(f"grid has {len(points) - 1} steps > max_steps={self.max_steps}")
+        return points
 
     def step(self) -> None:
         """Advance by one accepted step; sets ``t_old``, ``y_old``, ``t``, ``y`` and possibly ``status``."""
@@ -111,7 +96,7 @@ class OdeSolver:
             raise RuntimeError(f"cannot step a solver whose status is '{self.status}'")
         if self.fixed_step:
             self._grid_index += 1
-            t_new = self._grid[self._grid_index]
+            t_new = self.grid[self._grid_index]
             self._commit(t_new, t_new - self.t, *self._fixed_step(t_new - self.t))
         else:
             self._adaptive_step()
@@ -120,9 +105,6 @@ class OdeSolver:
 
     def _fixed_step(self, h: float) -> tuple[Tensor, list[Tensor] | None]:
         """(y_{n+1}, stages) of one step of size h from (t, y)."""
-        raise NotImplementedError
-
-    def _adaptive_step(self) -> None:
         raise NotImplementedError
 
     def _commit(self, t_new: float, h: float, y_new: Tensor, stages: list[Tensor] | None) -> None:

@@ -1,60 +1,33 @@
 """Checkpointed backpropagation through a solve: plain backprop's gradient with O(√steps) memory.
 
-The steps are grouped into chunks run under ``torch.utils.checkpoint`` (non-reentrant): a chunk keeps only its
-starting state during the forward pass and is re-run during the backward pass to rebuild its graph. With
-chunks of ⌈√N⌉ steps (N known for fixed steps) the stored graph is at most one chunk plus √N chunk
-boundaries; for adaptive solves (N unknown in advance) chunk k holds k steps, so after N steps there are
-≈ √(2N) chunks of ≤ √(2N) steps. Every step, every accept/reject decision and every output is recomputed
-exactly (the solver state at each chunk start is snapshotted), so the gradient is that of the forward
-discretisation — identical to plain backprop, unlike the adjoint method. Cost: one extra forward pass.
-This is diffrax's default (``RecursiveCheckpointAdjoint``) brought to the PyTorch solvers.
+The steps run in chunks under ``torch.utils.checkpoint`` (non-reentrant): a chunk keeps only its starting
+state and is re-run in the backward pass from a snapshot of the stepper, retracing every step, decision and
+output exactly. Chunks of ⌈√N⌉ steps (N fixed steps), or chunk k of k steps when adaptive (≈ √(2N) chunks of
+≤ √(2N) steps), store at most one chunk plus the chunk boundaries. Cost: one extra forward pass.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
+from stability.base import Times, TimeVectorField
 from stability.checks import check_times
 from stability.integrate import make_stepper, solution
-from stability.options import SolverOptions, as_options, option_keywords
-from stability.solution import Solution
-
-TimeVectorField = Callable[[Tensor, Tensor], Tensor]
+from stability.options import SolverOptions
 
 
-def odeint_checkpointed(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], **options) -> Tensor:
-    """``odeint`` whose backward pass recomputes chunks of steps; see ``solve_checkpointed``."""
-    return solve_checkpointed(func, y0, t, **options).ys
-
-
-@option_keywords
-def solve_checkpointed(
-    func: TimeVectorField,
-    y0: Tensor,
-    t: Tensor | Sequence[float],
-    options: SolverOptions | None = None,
-    **keywords,
-) -> Solution:
-    """Like ``solve``; gradients equal plain backprop's, with the stored graph O(√steps) instead of O(steps).
-
-    ``checkpoint_every``: steps per chunk (default ⌈√N⌉ for fixed steps, growing 1, 2, 3, … when adaptive).
-    ``func`` must be deterministic (the backward pass re-runs it); gradients reach y0 and every tensor func
-    uses, parameters and captured tensors alike. Without grad mode this is exactly ``solve``.
-    """
-    return solve_checkpoint(func, y0, t, as_options(options, keywords, gradient="checkpoint"))
-
-
-def solve_checkpoint(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], options: SolverOptions):
+def solve_checkpoint(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions):
     """Gradient strategy "checkpoint": the loop of ``integrate.run`` in chunks under
     ``torch.utils.checkpoint`` (any stepper: shared, fixed grid or per-sample)."""
     times = check_times(t)
     stepper = make_stepper(func, y0, times, options)
-    chunk_sizes = _chunk_sizes(options, times)
+    chunk_sizes = _chunk_sizes(options, stepper)
     values: list[Tensor] = []
     checkpointing = torch.is_grad_enabled()
     while not stepper.finished:
@@ -73,11 +46,9 @@ def solve_checkpoint(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[flo
 
 
 class _Chunk:
-    """Up to ``n_steps`` iterations of the loop from a snapshot of the stepper; the same on every call.
-
-    The first call advances a copy of the stepper (the live one afterwards); recomputations in the backward
-    pass start again from the snapshot and check that they retrace the same steps.
-    """
+    """Up to ``n_steps`` iterations of the loop from a snapshot of the stepper, the same on every call: the
+    first advances a copy (the live stepper afterwards), the backward pass's recomputations start again from
+    the snapshot and check that they retrace the same steps."""
 
     def __init__(self, stepper, n_steps: int):
         self.start, self.n_steps = stepper.snapshot(), n_steps
@@ -101,34 +72,23 @@ class _Chunk:
     def _check_replay(self, stepper) -> None:
         position = stepper.position()
         if position != self.position:
-            raise RuntimeError(
-                f"recomputation took different steps (ended at {position[0]!r}, not {self.position[0]!r}): "
-                f"func must be deterministic for checkpointed gradients"
-            )
+            raise RuntimeError(f"recomputation took different steps (ended at {position[0]!r}, not "
+                               f"{self.position[0]!r}): func must be deterministic for checkpointed "
+                               f"gradients")
         with torch.no_grad():  # tolerate atomics-level noise, not a different function
             for now, before in zip(stepper.state(), self.end):
                 drift = float(torch.linalg.vector_norm(now - before))
                 size = float(torch.linalg.vector_norm(before))
                 if not drift <= 1e-6 * size + 1e-30:
-                    raise RuntimeError(
-                        f"recomputation took different steps (its state at {position[0]!r} differs by "
-                        f"{drift:.3g} in norm): func must be deterministic for checkpointed gradients"
-                    )
+                    raise RuntimeError(f"recomputation took different steps (its state at {position[0]!r} "
+                                       f"differs by {drift:.3g} in norm): func must be deterministic for "
+                                       f"checkpointed gradients")
 
 
-def _chunk_sizes(options: SolverOptions, times: list[float]) -> Iterator[int]:
+def _chunk_sizes(options: SolverOptions, stepper) -> Iterator[int]:
+    """Steps per chunk: ``checkpoint_every``; ⌈√N⌉ for N fixed steps; 1, 2, 3, … when adaptive."""
     if options.checkpoint_every is not None:
-        while True:
-            yield options.checkpoint_every
+        return itertools.repeat(options.checkpoint_every)
     if options.fixed_step:
-        if options.grid is not None:
-            n = len(options.grid) - 1
-        else:
-            n = max(1, math.ceil(abs(times[-1] - times[0]) / options.step_size - 1e-9))
-        size = max(1, math.ceil(math.sqrt(n)))
-        while True:
-            yield size
-    size = 1
-    while True:
-        yield size
-        size += 1
+        return itertools.repeat(max(1, math.ceil(math.sqrt(len(stepper.solver.grid) - 1))))
+    return itertools.count(1)

@@ -26,6 +26,11 @@ def time_dtype(y: Tensor) -> torch.dtype:
     return y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def all_finite(x: Tensor) -> bool:
+    """Whether every entry of the (non-empty) x is finite: max |x| propagates NaN; two passes, not five."""
+    return math.isfinite(x.detach().abs().max())
+
+
 def check_state(y0: Tensor) -> None:
     if not isinstance(y0, Tensor):
         raise ODEInputError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
@@ -33,7 +38,7 @@ def check_state(y0: Tensor) -> None:
         raise ODEInputError(f"y0 must have a floating dtype, got {y0.dtype}")
     if y0.numel() == 0:
         raise ODEInputError("y0 is empty")
-    if not bool(torch.isfinite(y0).all()):
+    if not all_finite(y0):
         raise ODEInputError("y0 contains NaN or infinite values")
 
 
@@ -60,11 +65,15 @@ def check_output(f, y: Tensor, t) -> None:
 
 def check_derivative(f: Tensor, y: Tensor, t: float) -> None:
     check_output(f, y, t)
-    if not bool(torch.isfinite(f).all()):
+    if not all_finite(f):
         raise NonFiniteValueError(
-            f"func returned non-finite values at t={t} (the first evaluation, at the start)",
-            t=t,
-        )
+            f"func returned non-finite values at t={t} (the first evaluation, at the start)", t=t)
+
+
+def check_first_step(first_step: float | None, span: float) -> float | None:
+    if first_step is not None and not first_step <= span:
+        raise ODEInputError(f"first_step must lie in (0, {span}], got {first_step}")
+    return None if first_step is None else float(first_step)
 
 
 def check_low_precision(dtype: torch.dtype, rtol: float) -> None:
@@ -79,40 +88,26 @@ def check_low_precision(dtype: torch.dtype, rtol: float) -> None:
         )
 
 
-def non_finite_step(t: float, h: float, y: Tensor, stages, c) -> NonFiniteValueError:
+def non_finite_step(t: float, h: float, stages, c) -> NonFiniteValueError:
     """The error for a fixed step whose result is non-finite, naming the first non-finite stage."""
-    for i, k in enumerate(stages):
-        if not bool(torch.isfinite(k).all()):
-            return NonFiniteValueError(
-                f"func returned non-finite values at t={t + c[i] * h:.6g} (stage {i + 1} of the step from "
-                f"t={t:.6g} with h={h:.3g}): the solution blew up or func is undefined there; a smaller step "
-                f"size may help",
-                t=t,
-                h=h,
-            )
-    return NonFiniteValueError(
-        f"the solution became non-finite in the step from t={t:.6g} with h={h:.3g}: the scheme blew up; "
-        f"a smaller step size may help",
-        t=t,
-        h=h,
-    )
+    bad = next((i for i, k in enumerate(stages) if not all_finite(k)), None)
+    if bad is None:
+        what = f"the solution became non-finite in the step from t={t:.6g} with h={h:.3g}: the scheme blew up"
+    else:
+        what = (f"func returned non-finite values at t={t + c[bad] * h:.6g} (stage {bad + 1} of the step "
+                f"from t={t:.6g} with h={h:.3g}): the solution blew up or func is undefined there")
+    return NonFiniteValueError(f"{what}; a smaller step size may help", t=t, h=h)
 
 
 def underflow_error(t: float, h: float, direction: float, nonfinite: bool, sample: str = "") -> SolverError:
     """The step shrank below the resolution of t: behind non-finite values of func, or a singularity."""
     if nonfinite:
-        return NonFiniteValueError(
-            f"{sample}func returned non-finite values at t={t + direction * h:.6g}: the step shrank to "
-            f"h={h:.3g} at t={t!r} without getting past them",
-            t=t,
-            h=h,
-        )
-    return StepSizeUnderflowError(
-        f"{sample}step size underflow: h={h:.3g} at t={t!r} is below the resolution of t (the problem is "
-        f"probably stiff or singular there)",
-        t=t,
-        h=h,
-    )
+        message = (f"func returned non-finite values at t={t + direction * h:.6g}: the step shrank to "
+                   f"h={h:.3g} at t={t!r} without getting past them")
+        return NonFiniteValueError(sample + message, t=t, h=h)
+    message = (f"step size underflow: h={h:.3g} at t={t!r} is below the resolution of t (the problem is "
+               f"probably stiff or singular there)")
+    return StepSizeUnderflowError(sample + message, t=t, h=h)
 
 
 def nonfinite_rejections_error(t: float, h: float, sample: str = "") -> NonFiniteValueError:
@@ -125,17 +120,12 @@ def max_steps_error(max_steps: int, t0: float, t_bound: float, t: float, h: floa
     """``MaxStepsExceededError`` naming how far the solve got and, when the step size collapsed relative to
     the span while sitting at the stability limit (h·|λ| ≳ 1), that the problem looks stiff."""
     span = abs(t_bound - t0)
-    done = abs(t - t0) / span
-    message = (
-        f"{sample}max_steps={max_steps} exceeded at t={t:.6g} ({100 * done:.1f}% of [{t0:g}, {t_bound:g}]) "
-        f"with step size h={h:.3g}"
-    )
+    message = (f"{sample}max_steps={max_steps} exceeded at t={t:.6g} ({100 * (abs(t - t0) / span):.1f}% of "
+               f"[{t0:g}, {t_bound:g}]) with step size h={h:.3g}")
     if h < 1e-3 * span and stiffness is not None and stiffness >= 1.0:
-        message += (
-            f"; the step size collapsed to {h / span:.2g} of the span with h·|∂f/∂y| ≈ {stiffness:.2g} "
-            f"(steps limited by stability, not accuracy): the problem looks stiff — "
-            f"method='backward_euler' with a step_size solves stiff problems"
-        )
+        message += (f"; the step size collapsed to {h / span:.2g} of the span with h·|∂f/∂y| ≈ "
+                    f"{stiffness:.2g} (steps limited by stability, not accuracy): the problem looks stiff — "
+                    f"method='backward_euler' with a step_size solves stiff problems")
     return MaxStepsExceededError(message, t=t, h=h)
 
 

@@ -12,8 +12,7 @@ class SolverError(RuntimeError):
 
     def __init__(self, message: str, *, t: float | None = None, h: float | None = None) -> None:
         super().__init__(message)
-        self.t = t
-        self.h = h
+        self.t, self.h = t, h
 
 
 class StepSizeUnderflowError(SolverError):

@@ -1,11 +1,10 @@
 """The one integration loop that every entry point uses.
 
-A *stepper* holds the state of an integration and knows its step-size control: ``SharedStepper`` (one step
-sequence for the whole state: an ``OdeSolver`` — adaptive, or a fixed grid) or ``per_sample.PerSampleStepper``
-(t and h of shape [B]). The loop ``run`` only calls ``advance()`` until the stepper has passed every output
-time; each call returns the outputs it produced (the step end, or dense output). The gradient strategies —
-backprop (here), ``checkpointing`` and ``adjoint`` — are functions of (func, y0, t, options) around the same
-loop and the same steppers, so every step-control mode works with every gradient strategy.
+A *stepper* holds the state of an integration and its step-size control: ``SharedStepper`` (one step
+sequence for the whole state: an ``OdeSolver``, adaptive or on a fixed grid) or ``PerSampleStepper`` (t and h
+of shape [B]). The loop ``run`` calls ``advance()`` until every output time is passed; each call
+returns the outputs it produced. The gradient strategies (backprop here, ``checkpointing``, ``adjoint``) are
+functions of (func, y0, t, options) around the same loop and steppers: every step control × every gradient.
 
 Stepper protocol: ``finished``; ``advance() -> list[Tensor]``; ``state()`` / ``set_state(tensors)`` (the
 differentiable carried state); ``snapshot()`` (a copy that can re-run from here); ``position()`` (what a
@@ -15,19 +14,17 @@ deterministic re-run must reproduce); ``assemble(y0, values) -> ys``; ``statisti
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from stability.base import OdeSolver, Times, TimeVectorField, shared_time
 from stability.checks import check_state, check_times
 from stability.errors import ODEInputError
 from stability.options import SolverOptions
 from stability.per_sample import PerSampleStepper
 from stability.solution import HIT_TOLERANCE, PerSampleSolution, Solution, SolverStats
-from stability.solver import OdeSolver, solver_class
-
-TimeVectorField = Callable[[Tensor, Tensor], Tensor]
+from stability.solver import solver_class
 
 
 class SharedStepper:
@@ -66,9 +63,7 @@ class SharedStepper:
         solver.stats = copy.deepcopy(self.solver.stats)  # running totals: max_steps counts every chunk
         # The previous step's interpolation data is not needed to continue; dropping it keeps a chunk boundary
         # at y (and, for FSAL methods, its first stage) instead of all stages of the last step.
-        solver.y_old = None
-        if hasattr(solver, "_stages"):
-            solver._stages = None
+        solver.y_old = solver._stages = None
         return other
 
     def position(self) -> tuple:
@@ -84,21 +79,14 @@ class SharedStepper:
 
 def make_stepper(func: TimeVectorField, y0: Tensor, times: list[float], options: SolverOptions):
     """The stepper ``options`` ask for: per-sample adaptive control, or one ``OdeSolver`` for the state."""
+    replicas = None
     if options.per_sample:
         check_state(y0)
         if y0.dim() < 1:
             raise ODEInputError("per-sample mode needs a leading batch dimension in y0")
         if not options.fixed_step:
             return PerSampleStepper(func, y0, times, options)
-        batch = y0.shape[0]  # fixed steps are the same for every sample: one solve, t expanded to [B]
-        shared_func = func
-
-        def func(s: Tensor, y: Tensor) -> Tensor:
-            return shared_func(s.expand(batch), y)
-
-        replicas = batch
-    else:
-        replicas = None
+        func, replicas = shared_time(func, y0.shape[0]), y0.shape[0]  # fixed steps: one solve serves all
     solver = solver_class(options.method)(func, times[0], y0, times[-1], options)
     return SharedStepper(solver, times, replicas)
 
@@ -119,7 +107,7 @@ def solution(stepper, y0: Tensor, values: list[Tensor], t, times: list[float], o
     return kind(t=t_out, ys=ys, stats=stepper.statistics(), method=options.method)
 
 
-def solve_backprop(func: TimeVectorField, y0: Tensor, t: Tensor | Sequence[float], options: SolverOptions):
+def solve_backprop(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions):
     """Gradient strategy "backprop": the graph of every step is kept (the exact discrete gradient)."""
     times = check_times(t)
     stepper = make_stepper(func, y0, times, options)

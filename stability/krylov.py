@@ -25,17 +25,9 @@ class KrylovResult(NamedTuple):
     converged: bool
 
 
-def gmres(
-    matvec: Callable[[Tensor], Tensor],
-    b: Tensor,
-    x0: Tensor | None = None,
-    *,
-    rtol: float = 1e-8,
-    atol: float = 0.0,
-    restart: int = 20,
-    max_matvecs: int = 100,
-) -> KrylovResult:
-    """Solve A x = b for x (any shape, like ``b``) to ‖b − A x‖₂ ≤ max(rtol·‖b‖₂, atol).
+def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, rtol: float = 1e-8, restart: int = 20,
+          max_matvecs: int = 100) -> KrylovResult:
+    """Solve A x = b for x (any shape, like ``b``) to ‖b − A x‖₂ ≤ rtol·‖b‖₂, starting from x = 0.
 
     ``matvec`` must be linear; it is called at most ``max_matvecs`` times (plus one per restart for the true
     residual). Never raises on non-convergence: the caller decides (see ``converged``).
@@ -43,9 +35,8 @@ def gmres(
     shape, n = b.shape, b.numel()
     restart = max(1, min(restart, n))
     b_flat = b.reshape(-1)
-    b_norm = float(torch.linalg.vector_norm(b_flat))
-    target = max(rtol * b_norm, atol)
-    x = torch.zeros_like(b_flat) if x0 is None else x0.reshape(-1).clone()
+    target = max(rtol * float(torch.linalg.vector_norm(b_flat)), 0.0)
+    x = torch.zeros_like(b_flat)
     matvecs = 0
 
     def apply(v: Tensor) -> Tensor:
@@ -53,23 +44,17 @@ def gmres(
         matvecs += 1
         return matvec(v.view(shape)).reshape(-1)
 
-    r = b_flat - apply(x) if x0 is not None else b_flat.clone()
+    r = b_flat.clone()
     beta = float(torch.linalg.vector_norm(r))
     while True:
-        if not math.isfinite(beta):
-            return KrylovResult(x.view(shape), beta, matvecs, False)
-        if beta <= target:
-            return KrylovResult(x.view(shape), beta, matvecs, True)
-        if matvecs >= max_matvecs:
-            return KrylovResult(x.view(shape), beta, matvecs, False)
+        if not math.isfinite(beta) or beta <= target or matvecs >= max_matvecs:
+            return KrylovResult(x.view(shape), beta, matvecs, beta <= target)
         basis = torch.empty(restart + 1, n, dtype=b.dtype, device=b.device)
         basis[0] = r / beta
         hessenberg = [[0.0] * restart for _ in range(restart + 1)]
         cosines, sines = [0.0] * restart, [0.0] * restart
-        g = [0.0] * (restart + 1)  # right-hand side β e₁ rotated along with H
-        g[0] = beta
-        k = 0
-        estimate = beta
+        g = [beta] + [0.0] * restart  # right-hand side β e₁ rotated along with H
+        k, estimate = 0, beta
         while k < restart and matvecs < max_matvecs:
             w = apply(basis[k])
             active = basis[: k + 1]
@@ -105,12 +90,5 @@ def gmres(
         for i in reversed(range(k)):
             y[i] = (g[i] - sum(hessenberg[i][j] * y[j] for j in range(i + 1, k))) / hessenberg[i][i]
         x = x + torch.tensor(y, dtype=b.dtype, device=b.device) @ basis[:k]
-        if estimate <= target or matvecs >= max_matvecs:
-            # Confirm with the true residual (the recurrence can drift in finite precision).
-            r = b_flat - apply(x)
-            beta = float(torch.linalg.vector_norm(r))
-            if beta <= target or matvecs >= max_matvecs:
-                return KrylovResult(x.view(shape), beta, matvecs, beta <= target)
-            continue
-        r = b_flat - apply(x)
+        r = b_flat - apply(x)  # the true residual: the recurrence can drift in finite precision
         beta = float(torch.linalg.vector_norm(r))

@@ -9,6 +9,7 @@ backward-Euler residual G(z) = z − y − h f(z) that is z ← y + h f(z), need
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
+from stability.checks import all_finite
 from stability.krylov import gmres
 
 
@@ -32,48 +34,32 @@ class NewtonResult:
     fixed_point_iterations: int = 0
     residual_evaluations: int = 0
     jvp_evaluations: int = 0
-    method: str = "newton"
 
 
 def rms(x: Tensor) -> float:
     return float(torch.linalg.vector_norm(x)) / math.sqrt(max(x.numel(), 1))
 
 
-def default_tolerance(dtype: torch.dtype) -> float:
-    """1e-10 in float64, ~1.2e-5 in float32: 100 ulp of the state, never tighter than 1e-10."""
-    return max(1e-10, 100 * torch.finfo(dtype).eps)
-
-
-def newton_krylov(
-    residual: Callable[[Tensor], Tensor],
-    jvp: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
-    z0: Tensor,
-    *,
-    tol: float,
-    max_newton: int = 12,
-    max_linear: int = 60,
-    restart: int = 20,
-    max_fixed_point: int = 100,
-) -> NewtonResult:
+def newton_krylov(residual: Callable[[Tensor], Tensor], jvp: Callable[[Tensor, Tensor], tuple],
+                  z0: Tensor, tol: float, limits) -> NewtonResult:
     """Find z with ‖G(z)‖_rms ≤ tol·max(1, ‖z‖_rms).
 
-    ``residual(z)`` is G(z); ``jvp(z, v)`` returns (G(z), G'(z) v). Runs under ``torch.no_grad``; never
-    raises on non-convergence (``converged`` says), so the caller can name its own context (t, h).
+    ``residual(z)`` is G(z); ``jvp(z, v)`` returns (G(z), G'(z) v); ``limits`` caps the iterations
+    (``max_newton``, ``max_linear``, ``restart``, ``max_fixed_point``: an ``ImplicitOptions``). Runs under
+    ``torch.no_grad``; never raises on non-convergence (``converged`` says), so the caller can name its own
+    context (t, h).
     """
     with torch.no_grad():
-        result = _newton(residual, jvp, z0, tol, max_newton, max_linear, restart)
+        result = _newton(residual, jvp, z0, tol, limits.max_newton, limits.max_linear, limits.restart)
         if result.converged:
             return result
-        start = result.z if math.isfinite(result.residual) else z0
-        fallback = _fixed_point(residual, start, tol, max_fixed_point)
-        fallback.newton_iterations = result.newton_iterations
-        fallback.residual_evaluations += result.residual_evaluations
-        fallback.jvp_evaluations = result.jvp_evaluations
-        if fallback.converged or not math.isfinite(result.residual) or fallback.residual < result.residual:
-            return fallback
-        result.fixed_point_iterations = fallback.fixed_point_iterations
-        result.residual_evaluations = fallback.residual_evaluations
-        return result
+        finite = math.isfinite(result.residual)
+        fallback = _fixed_point(residual, result.z if finite else z0, tol, limits.max_fixed_point)
+        better = fallback.converged or not finite or fallback.residual < result.residual
+        return dataclasses.replace(  # the better iterate, with the work of both
+            fallback if better else result, newton_iterations=result.newton_iterations,
+            jvp_evaluations=result.jvp_evaluations, fixed_point_iterations=fallback.fixed_point_iterations,
+            residual_evaluations=result.residual_evaluations + fallback.residual_evaluations)
 
 
 def _scaled(g: Tensor, z: Tensor) -> float:
@@ -81,21 +67,12 @@ def _scaled(g: Tensor, z: Tensor) -> float:
 
 
 def _newton(residual, jvp, z, tol, max_newton, max_linear, restart) -> NewtonResult:
-    out = NewtonResult(z=z, residual=math.inf, converged=False, method="newton")
     g = residual(z)
-    out.residual_evaluations += 1
     norm = _scaled(g, z)
-    out.residual = norm
+    out = NewtonResult(z=z, residual=norm, converged=False, residual_evaluations=1)
     previous_norm = None
     forcing = 0.1  # first linear solve loose; Eisenstat–Walker tightens it as Newton converges
-    while True:
-        if not math.isfinite(norm):
-            return out
-        if norm <= tol:
-            out.converged = True
-            return out
-        if out.newton_iterations >= max_newton:
-            return out
+    while math.isfinite(norm) and norm > tol and out.newton_iterations < max_newton:
         out.newton_iterations += 1
         if previous_norm is not None:  # Eisenstat–Walker choice 2, safeguarded
             forcing = min(0.1, 0.9 * (norm / previous_norm) ** 2)
@@ -109,32 +86,29 @@ def _newton(residual, jvp, z, tol, max_newton, max_linear, restart) -> NewtonRes
 
         linear = gmres(matvec, -g, rtol=forcing, restart=restart, max_matvecs=max_linear)
         delta = linear.x
-        if not bool(torch.isfinite(delta).all()):
-            return out
-        # Backtracking line search on ‖G‖ (Armijo with slope taken from the linear model).
+        if not all_finite(delta):
+            break
         step = 1.0
-        accepted = False
-        for _ in range(6):
+        for _ in range(6):  # backtracking line search on ‖G‖ (Armijo, slope from the linear model)
             trial = z + step * delta
             g_trial = residual(trial)
             out.residual_evaluations += 1
             trial_norm = _scaled(g_trial, trial)
             if math.isfinite(trial_norm) and trial_norm <= (1 - 1e-4 * step) * norm:
-                accepted = True
                 break
             step *= 0.5
-        if not accepted:
-            return out
+        else:
+            break  # no decrease along the Newton direction
         previous_norm, norm, z, g = norm, trial_norm, trial, g_trial
         out.z, out.residual = z, norm
+    out.converged = norm <= tol
+    return out
 
 
 def _fixed_point(residual, z, tol, max_iterations) -> NewtonResult:
-    out = NewtonResult(z=z, residual=math.inf, converged=False, method="fixed_point")
     g = residual(z)
-    out.residual_evaluations += 1
     norm = _scaled(g, z)
-    out.residual = norm
+    out = NewtonResult(z=z, residual=norm, converged=False, residual_evaluations=1)
     while math.isfinite(norm) and norm > tol and out.fixed_point_iterations < max_iterations:
         out.fixed_point_iterations += 1
         candidate = z - g
@@ -149,26 +123,18 @@ def _fixed_point(residual, z, tol, max_iterations) -> NewtonResult:
     return out
 
 
-def make_jvp(
-    function: Callable[[Tensor], Tensor], mode: str = "forward"
-) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """(z, v) ↦ (F(z), F'(z) v).
-
-    ``mode="forward"``: forward-mode AD (dual numbers; ≈ 2 evaluations of F, no graph). ``"reverse"``: the
-    double-backward trick — u ↦ vjp(u) = F'(z)ᵀu is linear, so its own vjp with v is F'(z) v (≈ 4 evaluations,
-    but works for every differentiable op and is cheaper for tiny fields whose scalar ops torch's forward mode
-    runs through Python decompositions). Forward mode falls back to reverse for ops without forward formulas.
-    """
-    if mode not in ("forward", "reverse"):
-        raise ValueError(f"jvp mode must be 'forward' or 'reverse', got {mode!r}")
-    use_forward = mode == "forward"
+def make_jvp(function: Callable[[Tensor], Tensor], mode: str = "forward") -> Callable:
+    """(z, v) ↦ (F(z), F'(z) v). ``mode="forward"``: forward-mode AD (dual numbers; ≈ 2 evaluations of F, no
+    graph). ``"reverse"``: the double-backward trick — u ↦ vjp(u) = F'(z)ᵀu is linear, so its own vjp with v
+    is F'(z) v (≈ 4 evaluations, but works for every differentiable op and is cheaper for tiny fields whose
+    scalar ops torch's forward mode runs through Python decompositions). Forward mode falls back to reverse
+    for ops without forward formulas."""
+    use_forward = mode == "forward"  # validated by ImplicitOptions
 
     def forward_mode(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         with forward_ad.dual_level():
             value, product = forward_ad.unpack_dual(function(forward_ad.make_dual(z, v)))
-        if product is None:  # the output does not depend on z
-            product = torch.zeros_like(value)
-        return value, product
+        return value, torch.zeros_like(value) if product is None else product  # None: F does not depend on z
 
     def double_backward(z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():

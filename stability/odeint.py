@@ -1,86 +1,85 @@
-"""The front door: ``solve(func, y0, t, options=None, **keywords)`` and torchdiffeq-compatible ``odeint``."""
+"""The front door: ``solve(func, y0, t, options=None, **keywords)``, torchdiffeq-compatible ``odeint``, and
+the same with one setting implied (``solve_adjoint``, ``solve_checkpointed``, ``solve_per_sample``, …)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 from torch import Tensor
 
-from stability.adjoint import solve_with_adjoint
+from stability.adjoint import AdjointSolution, solve_with_adjoint
+from stability.base import Times, TimeVectorField
 from stability.checkpointing import solve_checkpoint
 from stability.integrate import solve_backprop
 from stability.options import SolverOptions, as_options, option_keywords
 from stability.solution import PerSampleSolution, Solution
 
 # The gradient strategies, each a function (func, y0, t, options) -> Solution around ``integrate``'s loop.
-GRADIENT_STRATEGIES = {
-    "backprop": solve_backprop,
-    "checkpoint": solve_checkpoint,
-    "adjoint": solve_with_adjoint,
-}
+GRADIENT_STRATEGIES = {"backprop": solve_backprop, "checkpoint": solve_checkpoint,
+                       "adjoint": solve_with_adjoint}
 
 
 @option_keywords
-def solve(
-    func: Callable[[Tensor, Tensor], Tensor],
-    y0: Tensor,
-    t: Tensor | Sequence[float],
-    options: SolverOptions | None = None,
-    **keywords,
-) -> Solution:
+def solve(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None,
+          **keywords) -> Solution:
     """Solve dy/dt = func(t, y), y(t[0]) = y0, and return the solution at every time in ``t`` with statistics.
 
-    Settings come as one ``SolverOptions`` value, as torchdiffeq-style keywords (``method``, ``rtol``,
-    ``atol``, ``step_size``, ``grid``, ``first_step``, ``max_step``, ``max_steps``, ``controller``, ``norm``,
-    ``per_sample``, ``implicit``, ``gradient`` and its options), or both (keywords override ``options``).
-
-    ``t`` is strictly increasing or strictly decreasing (at least 2 points). Adaptive methods step with the
-    mixed error norm RMS(err / (atol + rtol·max(|y_n|, |y_{n+1}|))) ≤ 1 and reach output times by dense
-    output, never by shortening steps; ``step_size`` (or an explicit ``grid``) selects fixed-step mode.
-    Gradients flow to ``y0`` and to parameters of ``func`` by backpropagation through the steps; step-size
-    decisions are made on detached values and add no gradient paths.
-
-    ``gradient="checkpoint"``: the same gradient with O(√steps) stored graph (option ``checkpoint_every``);
-    ``"adjoint"``: adjoint-ODE gradients with memory flat in the steps (options ``adjoint_rtol``,
-    ``adjoint_atol``, ``adjoint_method``, ``adjoint_params``, ``adjoint_norm``; see ``stability.adjoint``).
-    ``per_sample=True``: independent step control for each sample along dim 0 (func then receives t of shape
-    [B]; ``stats`` becomes a list per sample; see ``stability.per_sample``), with any ``gradient``.
-    ``implicit``: ``ImplicitOptions`` for ``method="backward_euler"``.
+    Settings come as one ``SolverOptions`` value, as its fields given as torchdiffeq-style keywords
+    (``method``, ``rtol``, ``atol``, ``step_size``, ``grid``, ``first_step``, ``max_step``, ``max_steps``,
+    ``controller``, ``norm``, ``per_sample``, ``implicit``, ``gradient`` and its options), or both (keywords
+    override). ``t`` is strictly monotone (at least 2 points); output times are reached by dense output, never
+    by shortening steps. Gradients flow to ``y0`` and func's parameters: ``gradient="backprop"`` through the
+    steps (step-size decisions add no gradient paths), ``"checkpoint"`` the same with O(√steps) memory,
+    ``"adjoint"`` by the adjoint ODE. ``per_sample=True``: step control per sample along dim 0 (func gets t of
+    shape [B]).
     """
     options = as_options(options, keywords)
     return GRADIENT_STRATEGIES[options.gradient](func, y0, t, options)
 
 
 @option_keywords
-def odeint(
-    func: Callable[[Tensor, Tensor], Tensor],
-    y0: Tensor,
-    t: Tensor | Sequence[float],
-    options: SolverOptions | None = None,
-    **keywords,
-) -> Tensor:
+def solve_adjoint(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None,
+                  **keywords) -> AdjointSolution:
+    """``solve`` with ``gradient="adjoint"``: gradients w.r.t. y0 and ``adjoint_params`` (default: func's
+    parameters when it is an ``nn.Module``; tensors func uses with requires_grad but not listed raise) from
+    the adjoint ODE. ``adjoint_method``/``adjoint_rtol``/``adjoint_atol`` default to the forward ones;
+    ``adjoint_norm``: "mixed" (max of per-part RMS over y, a, a_θ) or "seminorm" (a_θ out of step control,
+    Kidger et al. 2021). ``adjoint_stats`` are filled in by the backward pass."""
+    return solve(func, y0, t, as_options(options, keywords, gradient="adjoint"))
+
+
+@option_keywords
+def solve_checkpointed(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None,
+                       **keywords) -> Solution:
+    """``solve`` with ``gradient="checkpoint"``: backprop's gradient with O(√steps) stored graph.
+    ``checkpoint_every``: steps per chunk (default ⌈√N⌉ for fixed steps, growing 1, 2, 3, … when adaptive);
+    ``func`` must be deterministic (the backward pass re-runs it)."""
+    return solve(func, y0, t, as_options(options, keywords, gradient="checkpoint"))
+
+
+@option_keywords
+def solve_per_sample(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None,
+                     **keywords) -> PerSampleSolution:
+    """``solve`` with ``per_sample=True``: the B problems y0[b] each with its own steps (``max_steps`` per
+    sample); sample b's solution and statistics equal those of ``solve(func, y0[b:b+1], t, ...)``."""
+    return solve(func, y0, t, as_options(options, keywords, per_sample=True))
+
+
+@option_keywords
+def odeint(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None,
+           **keywords) -> Tensor:
     """The solution at every time in ``t``, shape ``[len(t), *y0.shape]`` (see ``solve`` for the options)."""
     return solve(func, y0, t, options, **keywords).ys
 
 
-@option_keywords
-def solve_per_sample(
-    func: Callable[[Tensor, Tensor], Tensor],
-    y0: Tensor,
-    t: Tensor | Sequence[float],
-    options: SolverOptions | None = None,
-    **keywords,
-) -> PerSampleSolution:
-    """Solve the B problems y0[b] (B = y0.shape[0]), each with its own adaptive steps; options as ``solve``.
-
-    Sample b's solution and statistics equal those of ``solve(func, y0[b:b+1], t, ...)`` up to round-off.
-    ``max_steps`` applies to each sample. Gradients (any ``gradient``) flow to y0 and func's parameters.
-    """
-    return solve(func, y0, t, as_options(options, keywords, per_sample=True))
+def odeint_adjoint(func: TimeVectorField, y0: Tensor, t: Times, options=None, **keywords) -> Tensor:
+    """``odeint`` with adjoint-method gradients (see ``solve_adjoint``)."""
+    return solve_adjoint(func, y0, t, options, **keywords).ys
 
 
-def odeint_per_sample(
-    func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t: Tensor | Sequence[float], **keywords
-) -> Tensor:
-    """``odeint`` with independent step control per sample (leading dimension); see ``solve_per_sample``."""
-    return solve_per_sample(func, y0, t, **keywords).ys
+def odeint_checkpointed(func: TimeVectorField, y0: Tensor, t: Times, options=None, **keywords) -> Tensor:
+    """``odeint`` whose backward pass recomputes chunks of steps (see ``solve_checkpointed``)."""
+    return solve_checkpointed(func, y0, t, options, **keywords).ys
+
+
+def odeint_per_sample(func: TimeVectorField, y0: Tensor, t: Times, options=None, **keywords) -> Tensor:
+    """``odeint`` with step control per sample along dim 0 (see ``solve_per_sample``)."""
+    return solve_per_sample(func, y0, t, options, **keywords).ys

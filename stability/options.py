@@ -19,16 +19,14 @@ from torch import Tensor
 from stability.checks import as_float_list, check_tolerances
 from stability.errors import ODEInputError
 from stability.methods import IMPLICIT, METHOD_NAMES, TABLEAUX
-from stability.newton_krylov import default_tolerance
 from stability.step_control import PIController
 
 DEFAULT_RTOL = 1e-7
 DEFAULT_ATOL = 1e-9
 DEFAULT_MAX_STEPS = 100_000
 GRADIENTS = ("backprop", "checkpoint", "adjoint")
-_ADJOINT_ONLY = ("adjoint_method", "adjoint_rtol", "adjoint_atol", "adjoint_params")
-# ErrorNorm(error, y_old, y_new, rtol, atol) -> the ratio compared with 1, shape [] or [B] (per sample).
-ErrorNorm = Callable[[Tensor, Tensor, Tensor, float, float], Tensor]
+# ErrorNorm(error, y_old, y_new, rtol, atol) -> the ratio compared with 1: a number, or [B] per sample.
+ErrorNorm = Callable[[Tensor, Tensor, Tensor, float, float], float | Tensor]
 
 
 @dataclass(frozen=True)
@@ -58,20 +56,15 @@ class ImplicitOptions:
             raise ODEInputError(f"jvp must be 'forward' or 'reverse', got {self.jvp!r}")
 
     def tolerance(self, dtype: torch.dtype) -> float:
-        return self.tol if self.tol is not None else default_tolerance(dtype)
+        return self.tol if self.tol is not None else max(1e-10, 100 * torch.finfo(dtype).eps)
 
 
 @dataclass(frozen=True)
 class SolverOptions:
-    """Settings of one solve (defaults as ``solve``'s keywords).
-
-    Step control: ``method``; ``rtol``/``atol`` (mixed error norm, or ``norm``, see ``step_control``);
-    ``step_size`` or ``grid`` for fixed steps; ``first_step``, ``max_step``, ``max_steps``; ``controller``.
-    ``per_sample``: independent step control for each sample along dim 0. ``implicit``: Newton–Krylov
-    settings of ``backward_euler``. Gradients: ``gradient`` ∈ {"backprop", "checkpoint", "adjoint"} with
-    ``checkpoint_every`` (checkpoint) or ``adjoint_method``/``adjoint_rtol``/``adjoint_atol``/
-    ``adjoint_params``/``adjoint_norm`` (adjoint).
-    """
+    """Settings of one solve (defaults as ``solve``'s keywords): step control (``step_size`` or ``grid`` for
+    fixed steps; ``norm``: an ``ErrorNorm`` in place of the mixed RMS), ``per_sample`` control along dim 0,
+    ``implicit`` (backward Euler's Newton–Krylov), and ``gradient`` with its own options (``checkpoint_*``,
+    ``adjoint_*``: given for another gradient they are an error)."""
 
     method: str = "dopri5"
     rtol: float = DEFAULT_RTOL
@@ -102,8 +95,8 @@ class SolverOptions:
         if self.grid is not None:
             object.__setattr__(self, "grid", tuple(as_float_list(self.grid, "grid")))
         adaptive = self.fixed_step or (self.method in TABLEAUX and TABLEAUX[self.method].adaptive)
-        misplaced = sorted(name for name, gradient in _GRADIENT_OPTIONS.items()
-                           if gradient != self.gradient and getattr(self, name) != _FIELD_DEFAULTS[name])
+        misplaced = sorted(name for name, default in _FIELD_DEFAULTS.items() if _gradient_of(name) not in
+                           (None, self.gradient) and getattr(self, name) != default)
         for ok, message in (
             (self.step_size is None or (math.isfinite(self.step_size) and self.step_size > 0),
              f"step_size must be positive and finite, got {self.step_size}"),
@@ -162,14 +155,11 @@ class SolverOptions:
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(SolverOptions))
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolverOptions)}
-_GRADIENT_OPTIONS = {
-    "checkpoint_every": "checkpoint",
-    "adjoint_norm": "adjoint",
-    "adjoint_method": "adjoint",
-    "adjoint_rtol": "adjoint",
-    "adjoint_atol": "adjoint",
-    "adjoint_params": "adjoint",
-}
+
+
+def _gradient_of(option: str) -> str | None:
+    """The gradient strategy an option belongs to (``adjoint_*``, ``checkpoint_*``), None for all others."""
+    return next((gradient for gradient in GRADIENTS if option.startswith(gradient + "_")), None)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -182,10 +172,8 @@ def _positive_int(value) -> bool:
 
 
 def _known_method(method: str) -> None:
-    _require(
-        isinstance(method, str) and method in METHOD_NAMES,
-        f"unknown method {method!r}; available: {', '.join(sorted(METHOD_NAMES))}",
-    )
+    _require(isinstance(method, str) and method in METHOD_NAMES,
+             f"unknown method {method!r}; available: {', '.join(sorted(METHOD_NAMES))}")
 
 
 _DEFAULTS = SolverOptions()
@@ -196,10 +184,9 @@ def option_keywords(function):
     ``help()``, IDEs and ``inspect.signature`` show the keywords an entry point accepts (defined once)."""
     signature = inspect.signature(function)
     parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    parameters += [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-        for f in dataclasses.fields(SolverOptions)
-    ]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    parameters += [inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
+                   for f in dataclasses.fields(SolverOptions)]
     function.__signature__ = signature.replace(parameters=parameters)
     return function
 

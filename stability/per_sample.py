@@ -1,31 +1,26 @@
-"""Per-sample adaptive step control: the leading dimension of y0 holds independent problems.
+"""Per-sample adaptive step control: the leading dimension of y0 holds B independent problems.
 
-A shared (whole-batch) adaptive solve — ``solve``'s default, and torchdiffeq's only mode — takes one step size
-for the batch from one error norm over all samples, so sample i's prediction depends on which other samples
-share its batch (and every sample pays for the stiffest). Here every sample has its own time, step size,
-controller memory, accept/reject decision, dense output and statistics: t and h have shape [B] and the step,
-the error norm, the controller and the interpolants are the shared ones (``rk_step``,
-``error_ratio_per_sample``, ``PIController.factors``, ``interpolation``) applied row by row; each iteration
-runs f only on the samples still integrating. So sample i's trajectory and NFE are those of solving it alone,
-in any batch — provided f itself treats samples independently (GroupNorm, LayerNorm, convolutions and
-eval-mode BatchNorm do; train-mode BatchNorm or anything else that mixes samples breaks that independence).
-
-Convention: in this mode ``func(t, y)`` receives t as a tensor of shape [B_active] (one time per row of y;
-autonomous fields ignore it, non-autonomous ones broadcast it, e.g. ``t[:, None]``). For fixed-step methods
-the steps are the same for every sample anyway; t is then the common time expanded to [B].
+Every sample has its own time, step size, controller memory, accept/reject decision, dense output and
+statistics (t and h of shape [B]); the step, the error norm, the controller and the interpolants are the
+shared ones applied row by row, and each iteration evaluates f on the samples still integrating only. So
+sample b's trajectory and NFE are those of solving it alone, provided f treats samples independently
+(GroupNorm and convolutions do, train-mode BatchNorm does not). ``func(t, y)`` receives t of shape [B_active]
+(broadcast it as ``t[:, None]``). Fixed steps, the same for every sample, run as one shared solve.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from stability.base import TimeVectorField
 from stability.checks import (
     check_derivative,
+    check_first_step,
     check_low_precision,
     check_output,
     max_steps_error,
@@ -33,17 +28,11 @@ from stability.checks import (
     time_dtype,
     underflow_error,
 )
-from stability.errors import ODEInputError
-from stability.interpolation import HermiteInterpolant, RungeKuttaInterpolant
 from stability.methods import TABLEAUX
 from stability.options import SolverOptions
-from stability.runge_kutta import rk_step
+from stability.runge_kutta import interpolant, rk_step
 from stability.solution import HIT_TOLERANCE, SolverStats
-from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio_per_sample, initial_step
-
-TimeVectorField = Callable[[Tensor, Tensor], Tensor]
-
-__all__ = ["PerSampleStepper"]
+from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step, stiffness
 
 
 class PerSampleStepper:
@@ -51,43 +40,34 @@ class PerSampleStepper:
     rejected per sample) for the samples still integrating, returning the output values it produced."""
 
     def __init__(self, func: TimeVectorField, y0: Tensor, times: list[float], options: SolverOptions) -> None:
-        if y0.dim() < 1:
-            raise ODEInputError("per-sample mode needs a leading batch dimension in y0")
         check_low_precision(y0.dtype, options.rtol)
-        self.func, self.options, self.times = func, options, times
-        self.tableau = TABLEAUX[options.method]
-        self.norm = options.norm or error_ratio_per_sample
-        self.batch, self.device, self.time_dtype = y0.shape[0], y0.device, time_dtype(y0)
+        self.func, self.options, self.times, self.tableau = func, options, times, TABLEAUX[options.method]
+        self.norm = options.norm or functools.partial(error_ratio, per_sample=True)
+        self.batch, self.time_dtype = y0.shape[0], time_dtype(y0)
         self.t0, self.t_bound = times[0], times[-1]
         self.direction = 1.0 if self.t_bound > self.t0 else -1.0
         self.span = abs(self.t_bound - self.t0)
-        batch, f64 = self.batch, dict(dtype=torch.float64, device=self.device)
-        flags = dict(dtype=torch.bool, device=self.device)
-        counters = dict(dtype=torch.int64, device=self.device)
-        self.nfe = torch.zeros(batch, **counters)
-        self.n_accepted = torch.zeros(batch, **counters)
-        self.n_rejected = torch.zeros(batch, **counters)
+        batch, f64 = self.batch, dict(dtype=torch.float64, device=y0.device)
+        counters, flags = dict(dtype=torch.int64, device=y0.device), dict(dtype=torch.bool, device=y0.device)
+        self.nfe, self.n_accepted, self.n_rejected, self.nonfinite = (
+            torch.zeros(batch, **counters) for _ in range(4))
         self.step_records: list[tuple[Tensor, Tensor, Tensor]] = []  # (samples, h, t) of accepted steps
         self.output_records: list[tuple[Tensor, Tensor]] = []  # (output index, samples) of each value
-        everyone = torch.arange(batch, device=self.device)
-        self.t = torch.full((batch,), self.t0, **f64)
-        self.y = y0
+        everyone = torch.arange(batch, device=y0.device)
+        self.t, self.y = torch.full((batch,), self.t0, **f64), y0
         self.first_stage = self._evaluate(self.t, y0, everyone)  # f(t, y) of each sample, when ``known``
         check_derivative(self.first_stage, y0, self.t0)
-        if options.first_step is not None:
-            if not options.first_step <= self.span:
-                raise ODEInputError(f"first_step must lie in (0, {self.span}], got {options.first_step}")
-            h_abs = torch.full((batch,), float(options.first_step), **f64)
+        first_step = check_first_step(options.first_step, self.span)
+        if first_step is not None:
+            h_abs = torch.full((batch,), first_step, **f64)
         else:
             h_abs = initial_step(lambda s, z: self._evaluate(s, z, everyone), self.t0, y0, self.first_stage,
                                  self.direction, self.tableau.error_order, options.rtol, options.atol,
                                  self.span, per_sample=True)
         self.h_abs = h_abs.clamp(max=options.max_step)
-        self.known = torch.ones(batch, **flags)
-        self.previous_ratio = torch.ones(batch, **f64)
+        self.known, self.done = torch.ones(batch, **flags), torch.zeros(batch, **flags)
         self.rejected_before = torch.zeros(batch, **flags)  # in the current step
-        self.nonfinite = torch.zeros(batch, **counters)
-        self.done = torch.zeros(batch, **flags)
+        self.previous_ratio = torch.ones(batch, **f64)
         self.times_tensor = torch.tensor(times, **f64)
         self.next_output = torch.ones(batch, **counters)
 
@@ -105,16 +85,16 @@ class PerSampleStepper:
     def advance(self) -> list[Tensor]:
         options, tableau = self.options, self.tableau
         active = (~self.done).nonzero().squeeze(1)
-        all_active = active.numel() == self.batch
-
-        def take(x: Tensor) -> Tensor:
-            return x if all_active else x.index_select(0, active)
-
-        def put(full: Tensor, values: Tensor) -> Tensor:
-            return values if all_active else full.index_copy(0, active, values)
+        if active.numel() == self.batch:  # rows of the active samples and back (no copies when all are)
+            take, put = (lambda x: x), (lambda full, values: values)
+        else:
+            take = lambda x: x.index_select(0, active)  # noqa: E731
+            put = lambda full, values: full.index_copy(0, active, values)  # noqa: E731
 
         t_a, y_a, h_a = take(self.t), take(self.y), take(self.h_abs)
-        self._check_step_budget(active, t_a, h_a)
+        over = (self.n_accepted + self.n_rejected).index_select(0, active) >= options.max_steps
+        self._raise_at_first(over, active, t_a, h_a, lambda i, t, h, sample: max_steps_error(
+            options.max_steps, self.t0, self.t_bound, t, h, self._stiffness(int(active[i]), h), sample))
         t_new = t_a + self.direction * h_a
         ends = self.direction * (t_new + STRETCH * self.direction * h_a - self.t_bound) >= 0
         overshoot = self.direction * (t_new - self.t_bound) >= 0
@@ -122,7 +102,10 @@ class PerSampleStepper:
         t_new = torch.where(ends, torch.full_like(t_new, self.t_bound), t_new)  # clipped or stretched
         h = t_new - t_a
         h_a = h.abs()
-        self._check_underflow(active, t_a, h_a, take(self.nonfinite))
+        resolution = (torch.nextafter(t_a, torch.full_like(t_a, self.direction * math.inf)) - t_a).abs()
+        nonfinite_a = take(self.nonfinite)
+        self._raise_at_first(h_a < 10 * resolution, active, t_a, h_a, lambda i, t, h, sample: underflow_error(
+            t, h, self.direction, int(nonfinite_a[i]) > 0, sample))
         stage0 = take(self.first_stage)
         need = (~take(self.known)).nonzero().squeeze(1)
         if need.numel() > 0:
@@ -134,10 +117,9 @@ class PerSampleStepper:
         previous = take(self.previous_ratio)
         factor = options.controller.factors(ratio, previous, tableau.error_order, take(self.rejected_before))
         h_next = torch.where(accept, (h_a * factor).clamp(max=options.max_step), h_a * factor)
-        nonfinite = torch.where(accept | torch.isfinite(ratio), 0, take(self.nonfinite) + 1)
-        if bool((nonfinite >= MAX_NONFINITE_REJECTIONS).any()):
-            i = int((nonfinite >= MAX_NONFINITE_REJECTIONS).nonzero()[0, 0])
-            raise nonfinite_rejections_error(float(t_a[i]), float(h_a[i]), f"sample {int(active[i])}: ")
+        nonfinite = torch.where(accept | torch.isfinite(ratio), 0, nonfinite_a + 1)
+        self._raise_at_first(nonfinite >= MAX_NONFINITE_REJECTIONS, active, t_a, h_a,
+                             lambda i, t, h, sample: nonfinite_rejections_error(t, h, sample))
         self.h_abs = put(self.h_abs, h_next)
         self.nonfinite = put(self.nonfinite, nonfinite)
         self.previous_ratio = put(self.previous_ratio, torch.where(accept, ratio.clamp(min=1e-4), previous))
@@ -147,7 +129,8 @@ class PerSampleStepper:
         rows = accept.nonzero().squeeze(1)
         if rows.numel() == 0:
             return []
-        if rows.numel() == self.batch:  # every sample active and accepted: no copies of the state
+        everyone = rows.numel() == self.batch
+        if everyone:  # every sample active and accepted: no copies of the state
             samples, t_old, h_acc, y_old, y_acc, stages = active, t_a, h, y_a, step.y, step.stages
             self.y, self.t = y_acc, t_new
         else:
@@ -159,26 +142,36 @@ class PerSampleStepper:
             self.t = self.t.index_copy(0, samples, t_new.index_select(0, rows))
         self.step_records.append((samples, h_acc, t_old))
         if tableau.fsal:
-            everyone = rows.numel() == self.batch
             self.first_stage = stages[-1] if everyone else self.first_stage.index_copy(0, samples, stages[-1])
-            self.known = self.known.index_fill(0, samples, True)
-        else:
-            self.known = self.known.index_fill(0, samples, False)
+        self.known = self.known.index_fill(0, samples, tableau.fsal)
         self.done = self.t == self.t_bound
         return self._outputs(samples, t_old, h_acc, y_old, y_acc, stages)
 
+    @staticmethod
+    def _raise_at_first(mask: Tensor, active: Tensor, t_a: Tensor, h_a: Tensor, error) -> None:
+        """Raise ``error(i, t, h, "sample b: ")`` for the first active row i (sample b) where ``mask``."""
+        if bool(mask.any()):
+            i = int(mask.nonzero()[0, 0])
+            raise error(i, float(t_a[i]), float(h_a[i]), f"sample {int(active[i])}: ")
+
+    def _stiffness(self, b: int, h_abs: float) -> float | None:
+        """``step_control.stiffness`` of one probe step of sample b with step h_abs (for an error message)."""
+        y, h = self.y[b : b + 1].detach(), self.direction * h_abs
+        with torch.no_grad():
+            fun = lambda s, z: self.func(s.to(self.time_dtype), z)  # noqa: E731
+            step = rk_step(fun, self.t[b : b + 1], y, h, self.tableau)
+        return stiffness(y, step.stages, self.tableau, h)
+
     def _outputs(self, samples, t_old, h, y_old, y_new, stages) -> list[Tensor]:
         """Every output time passed by the accepted steps of ``samples``: the step end, or dense output."""
-        n_times, margin, produced = len(self.times), HIT_TOLERANCE * self.span, []
-        t_end = t_old + h
+        n_times, margin, produced, t_end = len(self.times), HIT_TOLERANCE * self.span, [], t_old + h
         while True:
             pointer = self.next_output.index_select(0, samples)
             target = self.times_tensor[pointer.clamp(max=n_times - 1)]
             rows = ((pointer < n_times) & (self.direction * (target - t_end) <= margin)).nonzero().squeeze(1)
             if rows.numel() == 0:
                 return produced
-            target = target.index_select(0, rows)
-            values = y_new.index_select(0, rows)
+            target, values = target.index_select(0, rows), y_new.index_select(0, rows)
             between = ((target - t_end.index_select(0, rows)).abs() > margin).nonzero().squeeze(1)
             if between.numel() > 0:
                 sub = rows.index_select(0, between)
@@ -190,13 +183,7 @@ class PerSampleStepper:
             self.next_output.index_add_(0, rows_samples, torch.ones_like(rows_samples))
 
     def _interpolant(self, samples, t_old, h, y_old, y_new, stages, rows):
-        def pick(x: Tensor) -> Tensor:
-            return x.index_select(0, rows)
-
-        if self.tableau.dense is not None:  # the method's own continuous extension
-            return RungeKuttaInterpolant(
-                self.tableau, pick(t_old), pick(h), pick(y_old), [pick(k) for k in stages]
-            )
+        pick = lambda x: x.index_select(0, rows)  # noqa: E731
 
         def derivative_at_end() -> Tensor:  # f(t_{n+1}, y_{n+1}), kept as the next step's first stage
             missing = (~self.known.index_select(0, samples)).nonzero().squeeze(1)
@@ -208,24 +195,9 @@ class PerSampleStepper:
                 self.known = self.known.index_fill(0, lost, True)
             return self.first_stage.index_select(0, samples)
 
-        return HermiteInterpolant(
-            pick(t_old), pick(h), pick(y_old), pick(y_new), pick(stages[0]), derivative_at_end
-        )
-
-    def _check_step_budget(self, active: Tensor, t_a: Tensor, h_a: Tensor) -> None:
-        over = (self.n_accepted + self.n_rejected).index_select(0, active) >= self.options.max_steps
-        if bool(over.any()):
-            i = int(over.nonzero()[0, 0])
-            b, t, h = int(active[i]), float(t_a[i]), float(h_a[i])
-            raise max_steps_error(self.options.max_steps, self.t0, self.t_bound, t, h, None, f"sample {b}: ")
-
-    def _check_underflow(self, active: Tensor, t_a: Tensor, h_a: Tensor, nonfinite_a: Tensor) -> None:
-        resolution = (torch.nextafter(t_a, torch.full_like(t_a, self.direction * math.inf)) - t_a).abs()
-        tiny = h_a < 10 * resolution
-        if bool(tiny.any()):
-            i = int(tiny.nonzero()[0, 0])
-            b, t, h = int(active[i]), float(t_a[i]), float(h_a[i])
-            raise underflow_error(t, h, self.direction, int(nonfinite_a[i]) > 0, f"sample {b}: ")
+        rows_stages = [pick(k) for k in stages]
+        return interpolant(self.tableau, pick(t_old), pick(h), pick(y_old), pick(y_new), rows_stages,
+                           derivative_at_end)
 
     # --- the stepper protocol of ``stability.integrate`` ---------------------------------------------
     def state(self) -> tuple[Tensor, ...]:
@@ -247,8 +219,6 @@ class PerSampleStepper:
 
     def assemble(self, y0: Tensor, values: list[Tensor]) -> Tensor:
         n_times, batch = len(self.times), self.batch
-        if not values:
-            return y0.unsqueeze(0)
         pointers = torch.cat([p for p, _ in self.output_records])
         samples = torch.cat([s for _, s in self.output_records])
         flat = (pointers - 1) * batch + samples
@@ -258,10 +228,8 @@ class PerSampleStepper:
         return torch.cat([y0.unsqueeze(0), ys.view(n_times - 1, batch, *y0.shape[1:])])
 
     def statistics(self) -> list[SolverStats]:
-        stats = [
-            SolverStats(nfe=int(n), n_accepted=int(a), n_rejected=int(r))
-            for n, a, r in zip(self.nfe.tolist(), self.n_accepted.tolist(), self.n_rejected.tolist())
-        ]
+        stats = [SolverStats(nfe=int(n), n_accepted=int(a), n_rejected=int(r))
+                 for n, a, r in zip(self.nfe.tolist(), self.n_accepted.tolist(), self.n_rejected.tolist())]
         for samples, h, t in self.step_records:
             for b, step_size, time in zip(samples.tolist(), h.tolist(), t.tolist()):
                 stats[b].step_sizes.append(step_size)

@@ -1,4 +1,5 @@
-"""The one generic explicit Runge–Kutta step that every tableau runs through."""
+"""The one generic explicit Runge–Kutta step that every tableau runs through, and its dense output (so that
+output times never shorten a step)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def linear_combination(y: Tensor | None, stages: Sequence[Tensor], weights, h) -
     """
     if not weights:
         return y.clone() if y is not None else torch.zeros_like(stages[0])
-    (j, w), rest = weights[0], weights[1:]
+    rest = iter(weights)
+    j, w = next(rest)
     if isinstance(h, Tensor) or isinstance(w, Tensor):  # per sample: y + k·(h w) row by row, one pass a term
         c = column(h * w, stages[j])
         out = stages[j] * c if y is None else torch.addcmul(y, stages[j], c)
@@ -77,3 +79,40 @@ def rk_step(
         return RKStep(y_new, linear_combination(None, stages, tableau.error_plan, h), stages)
     with torch.no_grad():  # the error estimate only steers step control: no graph for it
         return RKStep(y_new, linear_combination(None, stages, tableau.error_plan, h), stages)
+
+
+def interpolant(
+    tableau: ButcherTableau, t_old, h, y_old: Tensor, y_new: Tensor, stages: Sequence[Tensor],
+    derivative_at_end: Callable[[], Tensor],
+) -> Callable:
+    """y(t) on the step [t_old, t_old + h]; t_old, h and t are numbers, or per-sample tensors [B].
+
+    The method's own continuous extension when it has one, y_n + h Σ_i k_i Σ_j P_ij θ^{j+1} (DOPRI5:
+    Shampine's, local error O(h^5)); otherwise cubic Hermite from y and f at both ends (local error O(h^4)),
+    f(t_{n+1}, y_{n+1}) from ``derivative_at_end()`` (lazily: the caller keeps it as the next first stage).
+    """
+    if tableau.dense is not None:
+
+        def extension(t) -> Tensor:
+            theta = (t - t_old) / h
+            weights = []
+            for i, row in enumerate(tableau.dense):
+                if not any(row):
+                    continue
+                w, power = 0.0, theta
+                for coefficient in row:
+                    w = w + coefficient * power
+                    power = power * theta
+                weights.append((i, w))
+            return linear_combination(y_old, stages, weights, h)
+
+        return extension
+
+    def hermite(t) -> Tensor:
+        s = (t - t_old) / h
+        h00, h10 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s
+        h01, h11 = -2 * s**3 + 3 * s**2, s**3 - s**2
+        weights = [(0, h00), (1, h01), (2, h * h10), (3, h * h11)]
+        return linear_combination(None, [y_old, y_new, stages[0], derivative_at_end()], weights, 1.0)
+
+    return hermite

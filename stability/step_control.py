@@ -3,44 +3,58 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from stability.runge_kutta import column
+from stability.checks import LOW_PRECISION
+from stability.runge_kutta import column, linear_combination
+from stability.tableau import ButcherTableau
 
-LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 # Consecutive rejections with a non-finite error estimate (each shrinks h by min_factor) before giving up.
 MAX_NONFINITE_REJECTIONS = 12
 # A proposed step ending within this fraction of h before the end of the interval is stretched to reach it,
 # instead of leaving a sliver step (Hairer's DOPRI5 uses 1%; the controller's safety factor 0.9 covers 10%:
 # the stretched step's error is still controlled, and on the NFE suite it is accepted with the same error).
 STRETCH = 0.1
+_FLOAT32 = struct.Struct("f")
 
 
-def error_ratio(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float) -> Tensor:
-    """RMS(err / (atol + rtol·max(|y_n|, |y_{n+1}|))): the step is acceptable when this is ≤ 1.
-
-    float16/bfloat16 states are measured in float32 (atol would underflow and the RMS overflow in them)."""
-    return _error_ratio(error, y_old, y_new, rtol, atol, per_sample=False)
-
-
-def error_ratio_per_sample(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float) -> Tensor:
-    """``error_ratio`` of every sample along dim 0 (shape [B], float64): per-sample step control's norm."""
-    return _error_ratio(error, y_old, y_new, rtol, atol, per_sample=True).double()
-
-
-def _error_ratio(error, y_old, y_new, rtol: float, atol: float, per_sample: bool) -> Tensor:
+def error_ratio(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float,
+                per_sample: bool = False) -> float | Tensor:
+    """RMS(err / (atol + rtol·max(|y_n|, |y_{n+1}|))): the step is acceptable when this is ≤ 1. A number, or
+    with ``per_sample`` one float64 ratio per sample along dim 0 (shape [B]). float16/bfloat16 states are
+    measured in float32 (atol would underflow and the RMS overflow in them)."""
     if error.requires_grad or y_new.requires_grad:
         error, y_old, y_new = error.detach(), y_old.detach(), y_new.detach()
-    if error.dtype in LOW_PRECISION_DTYPES:
+    if error.dtype in LOW_PRECISION:
         error, y_old, y_new = error.float(), y_old.float(), y_new.float()
     scale = torch.maximum(y_old.abs(), y_new.abs())
     if rtol > 0:  # RMS(err / (atol + rtol·m)) = RMS(err / (atol/rtol + m)) / rtol: one memory pass fewer
-        return rms(error / scale.add_(atol / rtol), per_sample, 1.0 / rtol)
-    return rms(error / scale.mul_(rtol).add_(atol), per_sample)
+        scaled, factor = error / scale.add_(atol / rtol), 1.0 / rtol
+    else:
+        scaled, factor = error / scale.mul_(rtol).add_(atol), 1.0
+    if per_sample:
+        return rms(scaled, True, factor).double()
+    return _times(torch.linalg.vector_norm(scaled), factor / math.sqrt(max(scaled.numel(), 1)))
+
+
+def _times(norm: Tensor, factor: float) -> float:
+    """float(norm * factor) as torch computes it, without a tensor operation: in float64, or in float32,
+    where a product of two float32 numbers is exact in float64 and rounding it to float32 gives torch's."""
+    if norm.dtype == torch.float64:
+        return norm.item() * factor
+    try:
+        return _float32(norm.item() * _float32(factor))
+    except OverflowError:
+        return math.inf
+
+
+def _float32(x: float) -> float:
+    return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
 
 
 def rms(x: Tensor, per_sample: bool = False, factor: float = 1.0) -> Tensor:
@@ -56,12 +70,9 @@ class PIController:
     """Proportional–integral step-size controller (Gustafsson 1991; Hairer–Wanner's DOPRI5 defaults).
 
     With q the embedded order and r_n the error ratio, the step grows by
-    safety · r_n^{−(1/(q+1) − 0.75β)} · r_{n−1}^{β}, clipped to [min_factor, max_factor]; β = 0 is the
-    classical I-controller and the default: on the NFE suite (``bench/nfe_suite.py``; Arenstorf, Kepler
-    e = 0.9, Lorenz, Brusselator, Van der Pol batch at rtol = atol = 1e-3, 1e-6, 1e-9) β = 0.04 cost up to
-    +22% evaluations (Arenstorf at 1e-3) and up to 10× the error (Van der Pol batch at 1e-3) against
-    β = 0, which reproduces scipy's RK45 except where the solver avoids a sliver step at the end of the
-    interval. After a rejection the next accepted step may not grow.
+    safety · r_n^{−(1/(q+1) − 0.75β)} · r_{n−1}^{β}, clipped to [min_factor, max_factor]; after a rejection
+    the next accepted step may not grow. β = 0 (the I-controller, scipy's) is the default: on the NFE suite
+    β = 0.04 cost up to +22% evaluations and up to 10× the error (README).
     """
 
     safety: float = 0.9
@@ -73,9 +84,7 @@ class PIController:
         if not (0 < self.safety <= 1 and 0 < self.min_factor < 1 < self.max_factor and 0 <= self.beta < 0.2):
             raise ValueError(f"invalid controller settings: {self}")
 
-    def accept_factor(
-        self, ratio: float, previous_ratio: float, error_order: int, after_reject: bool
-    ) -> float:
+    def accept_factor(self, ratio: float, previous_ratio: float, error_order: int, after_reject: bool):
         alpha = 1.0 / (error_order + 1) - 0.75 * self.beta
         if ratio == 0.0:
             factor = self.max_factor
@@ -90,9 +99,7 @@ class PIController:
         alpha = 1.0 / (error_order + 1) - 0.75 * self.beta
         return min(1.0, max(self.min_factor, self.safety * ratio ** (-alpha)))
 
-    def factors(
-        self, ratio: Tensor, previous_ratio: Tensor, error_order: int, after_reject: Tensor
-    ) -> Tensor:
+    def factors(self, ratio: Tensor, previous_ratio: Tensor, error_order: int, after_reject: Tensor):
         """``accept_factor`` where ratio ≤ 1 and ``reject_factor`` elsewhere, for tensors of per-sample
         ratios (the same formulas as the scalar methods, which the shared loop calls to avoid tensor ops)."""
         alpha = 1.0 / (error_order + 1) - 0.75 * self.beta
@@ -105,18 +112,9 @@ class PIController:
         return torch.where(ratio <= 1.0, grow, shrink)
 
 
-def initial_step(
-    func: Callable[[float | Tensor, Tensor], Tensor],
-    t0: float,
-    y0: Tensor,
-    f0: Tensor,
-    direction: float,
-    order: int,
-    rtol: float,
-    atol: float,
-    interval: float,
-    per_sample: bool = False,
-) -> float | Tensor:
+def initial_step(func: Callable[[float | Tensor, Tensor], Tensor], t0: float, y0: Tensor, f0: Tensor,
+                 direction: float, order: int, rtol: float, atol: float, interval: float,
+                 per_sample: bool = False) -> float | Tensor:
     """Unsigned first step by Hairer–Nørsett–Wanner I, II.4 (as scipy's ``select_initial_step``).
 
     h0 = 0.01·‖y0‖/‖f0‖, one explicit Euler trial step gives ‖f'‖ ≈ ‖f(t0+h0, y1) − f0‖/h0, and
@@ -125,7 +123,7 @@ def initial_step(
     """
     dtype = y0.dtype
     with torch.no_grad():
-        if dtype in LOW_PRECISION_DTYPES:  # the norms in float32; the probe step in the state's dtype
+        if dtype in LOW_PRECISION:  # the norms in float32; the probe step in the state's dtype
             y0, f0 = y0.float(), f0.float()
             probe = func
             func = lambda t, y: probe(t, y.to(dtype)).float()  # noqa: E731
@@ -139,14 +137,23 @@ def initial_step(
         y1 = y0 + column(step, y0) * f0 if per_sample else torch.add(y0, f0, alpha=float(step))
         f1 = func(t0 + step if per_sample else t0 + float(step), y1)
         d2 = rms((f1 - f0) / scale, per_sample).double() / h0
-        h1 = torch.where(
-            ~torch.isfinite(d2),
-            h0 * 1e-3,
-            torch.where(
-                (d1 <= 1e-15) & (d2 <= 1e-15),
-                torch.clamp(h0 * 1e-3, min=1e-6),
-                (0.01 / torch.maximum(d1, d2).clamp(min=1e-300)) ** (1.0 / (order + 1)),
-            ),
-        )
+        h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15), torch.clamp(h0 * 1e-3, min=1e-6),
+                         (0.01 / torch.maximum(d1, d2).clamp(min=1e-300)) ** (1.0 / (order + 1)))
+        h1 = torch.where(~torch.isfinite(d2), h0 * 1e-3, h1)
         h = torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, interval))
     return h if per_sample else float(h)
+
+
+def stiffness(y: Tensor | None, stages: Sequence[Tensor] | None, tableau: ButcherTableau, h: float):
+    """h·‖k_j − k_i‖/‖Y_j − Y_i‖ for two stages of the step (y, h) at the same time (DOPRI5's 6th and 7th;
+    otherwise the first and last): h·|λ| for the dominant eigenvalue λ of ∂f/∂y (Hairer–Wanner II.10's
+    stiffness test). Near the stability boundary (≈ 3.3 for DOPRI5) stability, not accuracy, limits h."""
+    if stages is None or y is None or len(stages) < 2:
+        return None
+    j = len(stages) - 1
+    i = j - 1 if tableau.c[j - 1] == tableau.c[j] else 0
+    with torch.no_grad():
+        inputs = [linear_combination(y, stages, tableau.stage_plan[k - 1][1], h) if k else y for k in (i, j)]
+        dy = float(torch.linalg.vector_norm((inputs[1] - inputs[0]).float()))
+        df = float(torch.linalg.vector_norm((stages[j] - stages[i]).float()))
+    return abs(h) * df / dy if dy > 0 and math.isfinite(df) else None

@@ -154,12 +154,15 @@ def test_no_sliver_step_at_the_end_of_the_interval():
     assert before > 0.5 * last
 
 
-def test_max_steps_on_a_stiff_problem_suggests_backward_euler():
-    stiff = lambda t, y: -1e5 * (y - torch.cos(t))  # noqa: E731
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_max_steps_on_a_stiff_problem_suggests_backward_euler(per_sample):
+    column = (lambda t: t[:, None]) if per_sample else (lambda t: t)
+    stiff = lambda t, y: -1e5 * (y - torch.cos(column(t)))  # noqa: E731
     with pytest.raises(MaxStepsExceededError, match="looks stiff .*method='backward_euler'"):
-        odeint(stiff, Y0, [0.0, 10.0], rtol=1e-6, atol=1e-6, max_steps=500)
+        odeint(stiff, Y0, [0.0, 10.0], rtol=1e-6, atol=1e-6, max_steps=500, per_sample=per_sample)
     with pytest.raises(MaxStepsExceededError) as info:  # not stiff, just long: no such hint
-        odeint(lambda t, y: torch.cos(10 * t) * y, Y0, [0.0, 100.0], rtol=1e-8, atol=1e-8, max_steps=5)
+        odeint(lambda t, y: torch.cos(10 * column(t)) * y, Y0, [0.0, 100.0], rtol=1e-8, atol=1e-8,
+               max_steps=5, per_sample=per_sample)
     assert "stiff" not in str(info.value)
 
 
