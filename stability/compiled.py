@@ -3,7 +3,8 @@
 
 Rounds differently from the eager step (fused kernels, t + c·h and the stage weights applied in one pass), so
 results agree with ``compile=False`` to rounding, not bitwise. Compiled once per (func, method, rtol, atol)
-and kept while func lives; torch recompiles per shape, dtype and grad mode, and a Python side effect in func
+and kept while that func object lives (pass the same module or function: a fresh lambda or bound method per
+solve compiles again); torch recompiles per shape, dtype and grad mode, and a Python side effect in func
 (e.g. an evaluation counter on the module) recompiles at every call until torch's recompile limit, after
 which the step silently runs eagerly (slower, the same result).
 """
@@ -39,13 +40,14 @@ def compiled_step(func: Callable, tableau: ButcherTableau, rtol: float, atol: fl
 
 def _compile(func: Callable, tableau: ButcherTableau, rtol: float, atol: float) -> Callable:
     stage_plan, b_plan, error_plan = tableau.stage_plan, tableau.b_plan, tableau.error_plan
+    func = _weak(func)  # the cache's value must not keep its key alive
 
     def combination(y: Tensor | None, stages: list[Tensor], weights, h: Tensor) -> Tensor:
         total = sum(stages[j] * w for j, w in weights) * h
         return total if y is None else y + total
 
     def evaluate(t: Tensor, y: Tensor) -> Tensor:
-        f = func(t.to(y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32), y)
+        f = func()(t.to(y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32), y)
         if not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:  # decided while tracing
             check_output(f, y, "[compiled step]")
         return f
@@ -74,3 +76,10 @@ def _compile(func: Callable, tableau: ButcherTableau, rtol: float, atol: float) 
     fresh = types.FunctionType(step.__code__.replace(), step.__globals__, "compiled_rk_step", None,
                                step.__closure__)
     return torch.compile(fresh, dynamic=False)
+
+
+def _weak(func: Callable) -> Callable[[], Callable]:
+    try:
+        return weakref.ref(func)
+    except TypeError:  # not weakly referenceable (then not cached either)
+        return lambda: func

@@ -1,6 +1,8 @@
 """``compile=True``: each explicit RK step as one ``torch.compile`` graph, equal to eager to rounding."""
 
+import gc
 import inspect
+import weakref
 
 import pytest
 import torch
@@ -55,11 +57,16 @@ def test_compiled_dopri5_agrees_with_eager_to_rounding_with_the_same_steps(field
     assert eager.stats.n_accepted > 10
 
 
-def test_compiled_fixed_step_rk4_agrees_with_eager(field):
+def test_compiled_fixed_step_rk4_agrees_with_eager_and_its_cache_keeps_no_func_alive():
+    field = Field()
     eager, compiled = solved(field, method="rk4", step_size=0.25)
     torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-5, atol=1e-6)
     assert compiled.stats.n_accepted == eager.stats.n_accepted == 40
     assert compiled.stats.nfe == eager.stats.nfe + 1  # non-FSAL: the first stage is evaluated in the graph
+    alive = weakref.ref(field)
+    del field
+    gc.collect()
+    assert alive() is None
 
 
 @pytest.mark.parametrize("keywords, named", [
