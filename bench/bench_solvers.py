@@ -4,7 +4,8 @@
     rtol = atol = 1e-3 on t ∈ [0, 1]: forward and forward+backward time and NFE, against the floor of the
     same number of f evaluations (forward: on one input; forward+backward: summed and backpropagated).
 (b) Tiny MLP field (dim 2, batch 1), dopri5 at rtol = atol = 1e-6 on t ∈ [0, 50]: time per step against
-    the floor of 6 f evaluations (one DOPRI5 step, FSAL).
+    the floor of 6 f evaluations (one DOPRI5 step, FSAL); also ``compile=True`` (its compile time and its
+    agreement with the eager solve are printed).
 (c) Per-sample vs shared step control on the conv field at 1e-3 (no grad), and torchode (per-sample
     control by construction) on the same problem.
 (d) What checking func's output (type, shape, dtype) at every evaluation costs, per evaluation.
@@ -55,10 +56,12 @@ def torchode_solver(field, shape, rtol: float, atol: float):
 
 def conv_benchmark(repeats: int) -> None:
     field = ConvField()
+    uncounted = ConvField(counting=False)
     y0 = torch.randn(128, 64, 7, 7, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.0, 1.0])
     options = dict(rtol=1e-3, atol=1e-3)
     tode = torchode_solver(field, y0.shape, **options) if torchode else None
+    compile_s, agreement, compiled_nfe = compiled_solve(uncounted, y0, t, dict(method="dopri5", **options))
 
     def contender(kind: str):
         def run(backward: bool):
@@ -66,6 +69,8 @@ def conv_benchmark(repeats: int) -> None:
             with torch.set_grad_enabled(backward):
                 if kind == "stability":
                     out = stability.odeint(field, y, t, method="dopri5", **options)[-1]
+                elif kind == "stability compile=True":  # forward only: no compiled backward graph
+                    out = stability.odeint(uncounted, y, t, method="dopri5", compile=True, **options)[-1]
                 elif kind == "torchdiffeq":
                     out = torchdiffeq.odeint(field, y, t, method="dopri5", **options)[-1]
                 else:
@@ -76,12 +81,13 @@ def conv_benchmark(repeats: int) -> None:
         return run
 
     kinds = ["stability", "torchdiffeq"] + (["torchode"] if tode else [])
-    runs = {kind: contender(kind) for kind in kinds}
+    runs = {kind: contender(kind) for kind in kinds + ["stability compile=True"]}
     nfe = {}
     for kind in kinds:
         field.nfe = 0
         runs[kind](False)
         nfe[kind] = field.nfe
+    nfe["stability compile=True"] = compiled_nfe
 
     def floor(n: int, backward: bool):
         y = y0.clone().requires_grad_(backward)
@@ -92,33 +98,55 @@ def conv_benchmark(repeats: int) -> None:
 
     rows = []
     for backward in (False, True):
-        contenders = {kind: (lambda b=backward, k=kind: runs[k](b)) for kind in kinds}
+        timed = kinds if backward else kinds[:1] + ["stability compile=True"] + kinds[1:]
+        contenders = {kind: (lambda b=backward, k=kind: runs[k](b)) for kind in timed}
         for n in sorted(set(nfe.values())):
             contenders[f"floor {n}"] = lambda b=backward, n=n: floor(n, b)
         times = interleaved_medians(contenders, repeats=repeats, clock=CPU)
-        for kind in kinds:
+        for kind in timed:
             per_nfe = times[kind] / nfe[kind]
             rows.append(("forward+backward" if backward else "forward", kind, nfe[kind], f"{times[kind]:.3f}",
                          f"{1e3 * per_nfe:.2f}", f"{times[kind] / times[f'floor {nfe[kind]}']:.3f}",
                          f"{per_nfe / (times['stability'] / nfe['stability']):.2f}"))
     print_table(f"(a) conv field, batch 128, 64ch 7x7, dopri5 rtol=atol=1e-3, t in [0, 1] (CPU-s, median of "
-                f"{repeats})", rows, ("mode", "solver", "nfe", "cpu_s", "ms/nfe", "x_floor", "per_nfe/ours"))
+                f"{repeats}); compile=True: {compile_s:.1f} s to compile (wall), {agreement}", rows,
+                ("mode", "solver", "nfe", "cpu_s", "ms/nfe", "x_floor", "per_nfe/ours"))
+
+
+def compiled_solve(field, y0, t, options) -> tuple[float, str, int]:
+    """Compile (the first ``compile=True`` solve, wall time: inductor compiles in worker processes), the
+    agreement of its solution with the eager one (max relative difference, steps and rejections each), NFE."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        compiled = stability.solve(field, y0, t, compile=True, **options)
+        eager = stability.solve(field, y0, t, **options)
+    seconds = time.perf_counter() - start
+    difference = float((compiled.ys - eager.ys).abs().max() / eager.ys.abs().max())
+    steps = lambda s: f"{s.stats.n_accepted}+{s.stats.n_rejected}"  # noqa: E731
+    return seconds, (f"compiled vs eager: max rel difference {difference:.1e}, accepted+rejected steps "
+                     f"{steps(compiled)} vs {steps(eager)}"), compiled.stats.nfe
 
 
 def mlp_benchmark(repeats: int) -> None:
     field = TinyMLPField()
+    uncounted = TinyMLPField(counting=False)  # the same weights; compile=True traces func: no side effects
     y0 = torch.tensor([[1.0, 0.5]])
     t = torch.tensor([0.0, 50.0])
-    options = dict(rtol=1e-6, atol=1e-6)
+    options = dict(method="dopri5", rtol=1e-6, atol=1e-6)
     steps = {}
-    tode = torchode_solver(field, y0.shape, **options) if torchode else None
+    tode = torchode_solver(field, y0.shape, rtol=1e-6, atol=1e-6) if torchode else None
+    compile_s, agreement, _ = compiled_solve(uncounted, y0, t, options)
 
     def ours():
-        steps["stability"] = stability.solve(field, y0, t, method="dopri5", **options).stats.n_steps
+        steps["stability"] = stability.solve(field, y0, t, **options).stats.n_steps
+
+    def ours_compiled():
+        solution = stability.solve(uncounted, y0, t, compile=True, **options)
+        steps["stability compile=True"] = solution.stats.n_steps
 
     def peer():
         field.nfe = 0
-        torchdiffeq.odeint(field, y0, t, method="dopri5", **options)
+        torchdiffeq.odeint(field, y0, t, **options)
         steps["torchdiffeq"] = (field.nfe - 2) // 6  # f0, initial-step probe, 6 per attempted step (FSAL)
 
     def ode():
@@ -128,7 +156,8 @@ def mlp_benchmark(repeats: int) -> None:
         for _ in range(6):
             field(t[0], y0)
 
-    contenders = {"stability": ours, "torchdiffeq": peer, "6 f-evals": floor}
+    contenders = {"stability": ours, "stability compile=True": ours_compiled, "torchdiffeq": peer,
+                  "6 f-evals": floor}
     if tode:
         contenders["torchode"] = ode
     with torch.no_grad():
@@ -138,7 +167,8 @@ def mlp_benchmark(repeats: int) -> None:
         per_step = times[name] / steps[name]
         rows.append((name, steps[name], f"{1e6 * per_step:.1f}", f"{per_step / times['6 f-evals']:.2f}"))
     print_table(f"(b) tiny MLP field dim 2 batch 1, dopri5 rtol=atol=1e-6, t in [0, 50], no grad (CPU, "
-                f"median of {repeats})", rows, ("solver", "steps", "us/step", "step/floor(6 f)"))
+                f"median of {repeats}); compile=True: {compile_s:.1f} s to compile (wall), {agreement}", rows,
+                ("solver", "steps", "us/step", "step/floor(6 f)"))
 
 
 def per_sample_benchmark(repeats: int) -> None:

@@ -9,10 +9,11 @@ from torch import nn
 class ConvField(nn.Module):
     """Neural-ODE conv field f(t, y) = conv(relu(gn(conv(relu(gn(y)))))): 3×3 convs, GroupNorm, ReLU.
 
-    Counts its evaluations in ``nfe``. GroupNorm normalises each sample separately (no batch coupling).
+    Counts its evaluations in ``nfe`` unless ``counting=False`` (a Python side effect: ``compile=True`` would
+    recompile at every call). GroupNorm normalises each sample separately (no batch coupling).
     """
 
-    def __init__(self, channels: int = 64, groups: int = 32, seed: int = 0) -> None:
+    def __init__(self, channels: int = 64, groups: int = 32, seed: int = 0, counting: bool = True) -> None:
         super().__init__()
         with torch.random.fork_rng():  # seeded weights without touching the caller's RNG
             torch.manual_seed(seed)
@@ -20,24 +21,27 @@ class ConvField(nn.Module):
             self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
             self.norm2 = nn.GroupNorm(groups, channels)
             self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.nfe = 0
+        self.nfe, self.counting = 0, counting
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
+        if self.counting:
+            self.nfe += 1
         y = self.conv1(torch.relu(self.norm1(y)))
         return self.conv2(torch.relu(self.norm2(y)))
 
 
 class TinyMLPField(nn.Module):
-    """f(t, y) = W2 tanh(W1 y + b1) + b2 on a 2-dimensional state: per-step overhead dominates."""
+    """f(t, y) = W2 tanh(W1 y + b1) + b2 on a 2-dimensional state: per-step overhead dominates. ``nfe`` and
+    ``counting`` as in ``ConvField``."""
 
-    def __init__(self, dim: int = 2, hidden: int = 16, seed: int = 0) -> None:
+    def __init__(self, dim: int = 2, hidden: int = 16, seed: int = 0, counting: bool = True) -> None:
         super().__init__()
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
-        self.nfe = 0
+        self.nfe, self.counting = 0, counting
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
+        if self.counting:
+            self.nfe += 1
         return self.net(y)

@@ -64,7 +64,10 @@ class SolverOptions:
     """Settings of one solve (defaults as ``solve``'s keywords): step control (``step_size`` or ``grid`` for
     fixed steps; ``norm``: an ``ErrorNorm`` in place of the mixed RMS), ``per_sample`` control along dim 0,
     ``implicit`` (backward Euler's Newton–Krylov), and ``gradient`` with its own options (``checkpoint_*``,
-    ``adjoint_*``: given for another gradient they are an error)."""
+    ``adjoint_*``: given for another gradient they are an error). ``compile=True``: each step of an explicit
+    RK method — stages with func traced in, stage sums, error ratio — runs as one ``torch.compile`` graph
+    (``stability.compiled``: equal to rounding, not bitwise; seconds to compile, once per func, method and
+    tolerances); shared step control and gradient "backprop" or "checkpoint" only, else an ODEInputError."""
 
     method: str = "dopri5"
     rtol: float = DEFAULT_RTOL
@@ -85,6 +88,7 @@ class SolverOptions:
     adjoint_atol: float | None = None
     adjoint_params: tuple[Tensor, ...] | None = field(default=None, compare=False)
     adjoint_norm: str = "mixed"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _known_method(self.method)
@@ -95,6 +99,7 @@ class SolverOptions:
         if self.grid is not None:
             object.__setattr__(self, "grid", tuple(as_float_list(self.grid, "grid")))
         adaptive = self.fixed_step or (self.method in TABLEAUX and TABLEAUX[self.method].adaptive)
+        compilable = self.method in TABLEAUX and not self.per_sample and self.gradient != "adjoint"
         misplaced = sorted(name for name, default in _FIELD_DEFAULTS.items() if _gradient_of(name) not in
                            (None, self.gradient) and getattr(self, name) != default)
         for ok, message in (
@@ -116,6 +121,11 @@ class SolverOptions:
             (not misplaced, f"unknown options for gradient={self.gradient!r}: {', '.join(misplaced)}"),
             (self.checkpoint_every is None or _positive_int(self.checkpoint_every),
              f"checkpoint_every must be a positive integer, got {self.checkpoint_every!r}"),
+            (isinstance(self.compile, bool), f"compile must be True or False, got {self.compile!r}"),
+            (not self.compile or compilable,
+             f"compile=True compiles explicit Runge–Kutta steps under shared step control with gradient "
+             f"'backprop' or 'checkpoint'; not method={self.method!r}, per_sample={self.per_sample}, "
+             f"gradient={self.gradient!r}"),
         ):
             _require(ok, message)
         if self.gradient == "adjoint":

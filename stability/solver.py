@@ -19,8 +19,9 @@ from stability.checks import (
     nonfinite_rejections_error,
     underflow_error,
 )
+from stability.compiled import compiled_step
 from stability.errors import ODEInputError
-from stability.runge_kutta import interpolant, rk_step
+from stability.runge_kutta import RKStep, interpolant, rk_step
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step, stiffness
 from stability.tableau import ButcherTableau
 
@@ -40,6 +41,8 @@ class RungeKuttaSolver(OdeSolver):
     ) -> None:
         super().__init__(func, t0, y0, t_bound, options, **keywords)
         self._norm = self.options.norm or error_ratio
+        self._compiled = (compiled_step(func, self.tableau, self.rtol, self.atol)
+                          if self.options.compile else None)
         self._first_stage: Tensor | None = self._checked_first_evaluation()
         self._previous_ratio, self._nonfinite_rejections = 1.0, 0
         if not self.fixed_step:
@@ -56,8 +59,22 @@ class RungeKuttaSolver(OdeSolver):
         fun = lambda s, state: func(torch.full((), s, dtype=state.dtype, device=state.device), state)  # noqa: E731
         return rk_step(fun, float(t), y, float(h), cls.tableau).y
 
+    def _rk_step(self, t: float, y: Tensor, h: float) -> tuple[RKStep, float | None]:
+        """One step and its error ratio (None for fixed-step tableaux); ``compile=True``: the compiled step,
+        whose graph computes the mixed RMS ratio too (a given ``norm`` still runs eagerly); a non-FSAL method
+        then evaluates its first stage in the graph (one more evaluation than eager on the first step)."""
+        if self._compiled is None:
+            result, ratio = rk_step(self.fun, t, y, h, self.tableau, self._first_stage), None
+        else:
+            first = self._first_stage if self.tableau.fsal else None  # one graph for every step
+            self.stats.nfe += len(self.tableau.stage_plan) + (first is None)
+            result, ratio = self._compiled(torch.tensor([t, h], dtype=torch.float64), y, first)
+        if result.error is not None and (ratio is None or self.options.norm is not None):
+            ratio = self._norm(result.error, y, result.y, self.rtol, self.atol)
+        return result, None if ratio is None else float(ratio)
+
     def _fixed_step(self, h: float) -> tuple[Tensor, list[Tensor]]:
-        result = rk_step(self.fun, self.t, self.y, h, self.tableau, self._first_stage)
+        result, _ = self._rk_step(self.t, self.y, h)
         if not all_finite(result.y):
             raise non_finite_step(self.t, h, result.stages, self.tableau.c)
         return result.y, result.stages
@@ -79,8 +96,7 @@ class RungeKuttaSolver(OdeSolver):
             h_abs = abs(h)
             if h_abs < 10 * abs(math.nextafter(t, direction * math.inf) - t):
                 raise underflow_error(t, h_abs, direction, self._nonfinite_rejections > 0)
-            result = rk_step(self.fun, t, y, h, tableau, self._first_stage)
-            ratio = float(self._norm(result.error, y, result.y, self.rtol, self.atol))
+            result, ratio = self._rk_step(t, y, h)
             if ratio <= 1.0:
                 factor = controller.accept_factor(ratio, self._previous_ratio, tableau.error_order, rejected)
                 self._previous_ratio = max(ratio, 1e-4)

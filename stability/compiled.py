@@ -1,0 +1,85 @@
+"""The opt-in compiled step (``compile=True``): one explicit Runge–Kutta step — its stage evaluations with
+``func`` traced in, stage sums, error estimate and error ratio — as one ``torch.compile`` graph.
+
+Rounds differently from the eager step (fused kernels, t + c·h and the stage weights applied in one pass), so
+results agree with ``compile=False`` to rounding, not bitwise. Compiled once per (func, method, rtol, atol)
+and kept while that func object lives (pass the same module or function: a fresh lambda or bound method per
+solve compiles again); torch recompiles per shape, dtype and grad mode, and a Python side effect in func
+(e.g. an evaluation counter on the module) recompiles at every call until torch's recompile limit, after
+which the step silently runs eagerly (slower, the same result).
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from stability.checks import LOW_PRECISION, check_output
+from stability.runge_kutta import RKStep
+from stability.tableau import ButcherTableau
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # func -> {(method, rtol, atol): step}
+
+
+def compiled_step(func: Callable, tableau: ButcherTableau, rtol: float, atol: float) -> Callable:
+    """``step(t_h, y, first_stage) -> (RKStep, ratio)``, t_h = tensor([t, h]) in float64; ratio: the mixed
+    RMS error ratio as a 0-d tensor (None for fixed-step tableaux)."""
+    try:
+        steps = _CACHE.setdefault(func, {})
+    except TypeError:  # func cannot be weakly referenced: compile for this solve only
+        steps = {}
+    key = (tableau.name, rtol, atol)
+    if key not in steps:
+        steps[key] = _compile(func, tableau, rtol, atol)
+    return steps[key]
+
+
+def _compile(func: Callable, tableau: ButcherTableau, rtol: float, atol: float) -> Callable:
+    stage_plan, b_plan, error_plan = tableau.stage_plan, tableau.b_plan, tableau.error_plan
+    func = _weak(func)  # the cache's value must not keep its key alive
+
+    def combination(y: Tensor | None, stages: list[Tensor], weights, h: Tensor) -> Tensor:
+        total = sum(stages[j] * w for j, w in weights) * h
+        return total if y is None else y + total
+
+    def evaluate(t: Tensor, y: Tensor) -> Tensor:
+        f = func()(t.to(y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32), y)
+        if not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:  # decided while tracing
+            check_output(f, y, "[compiled step]")
+        return f
+
+    def step(t_h: Tensor, y: Tensor, first_stage: Tensor | None):
+        t, h = t_h[0], t_h[1]
+        hy = h.to(y.dtype)
+        stages = [evaluate(t, y) if first_stage is None else first_stage]
+        stage_input = y
+        for c, row in stage_plan:
+            stage_input = combination(y, stages, row, hy)
+            stages.append(evaluate(t + c * h, stage_input))
+        y_new = stage_input if tableau.fsal else combination(y, stages, b_plan, hy)
+        if not tableau.adaptive:
+            return RKStep(y_new, None, stages), None
+        with torch.no_grad():
+            error = combination(None, stages, error_plan, hy)
+            low = y.dtype in LOW_PRECISION  # measured in float32, as the eager error_ratio does
+            e, a, b = (x.float() if low else x for x in (error, y, y_new))
+            scale = torch.maximum(a.abs(), b.abs()) * rtol + atol
+            ratio = torch.linalg.vector_norm(e / scale) / e.numel() ** 0.5
+        return RKStep(y_new, error, stages), ratio
+
+    # A code object of its own: torch's compile cache and recompile limit are per code object, so each
+    # (func, method, tolerances) gets its own instead of sharing one.
+    fresh = types.FunctionType(step.__code__.replace(), step.__globals__, "compiled_rk_step", None,
+                               step.__closure__)
+    return torch.compile(fresh, dynamic=False)
+
+
+def _weak(func: Callable) -> Callable[[], Callable]:
+    try:
+        return weakref.ref(func)
+    except TypeError:  # not weakly referenceable (then not cached either)
+        return lambda: func
