@@ -195,7 +195,10 @@ def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_p
         deadline = time.monotonic() + 120
         while not list(records.glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert process.poll() is None, "the job ended before it could be interrupted"
+        if process.poll() is not None:
+            _, stderr = process.communicate()
+            raise AssertionError(f"the job ended (exit {process.returncode}) before it could be interrupted: "
+                                 f"{stderr[-2000:]}")
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
     finally:
