@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import stability
-from bench.fields import ConvField, TinyMLPField
+from bench.fields import ConvField, TinyMLPField, evaluation_floor
 from bench.timing import print_table
 
 try:
@@ -74,12 +74,8 @@ def field_benchmark(field, y0, options, repeats, label, results, backward_modes=
         run(solver, False)
         nfe[name] = field.nfe
 
-    def floor(n, backward):
-        y = y0.clone().requires_grad_(backward)
-        with torch.set_grad_enabled(backward):
-            total = sum(field(t[0], y).sum() for _ in range(n))
-            if backward:
-                total.backward()
+    def floor(n: int, backward: bool):
+        evaluation_floor(field, t[0], y0, n, backward)
 
     rows = []
     for backward in backward_modes:

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import torchdiffeq  # noqa: E402
 
 import stability  # noqa: E402
-from bench.fields import ConvField, TinyMLPField  # noqa: E402
+from bench.fields import ConvField, TinyMLPField, evaluation_floor  # noqa: E402
 from bench.timing import interleaved_medians, print_table  # noqa: E402
 
 try:
@@ -90,11 +90,7 @@ def conv_benchmark(repeats: int) -> None:
     nfe["stability compile=True"] = compiled_nfe
 
     def floor(n: int, backward: bool):
-        y = y0.clone().requires_grad_(backward)
-        with torch.set_grad_enabled(backward):
-            total = sum(field(t[0], y).sum() for _ in range(n))
-            if backward:
-                total.backward()
+        evaluation_floor(field, t[0], y0, n, backward)
 
     rows = []
     for backward in (False, True):

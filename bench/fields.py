@@ -45,3 +45,13 @@ class TinyMLPField(nn.Module):
         if self.counting:
             self.nfe += 1
         return self.net(y)
+
+
+def evaluation_floor(field: nn.Module, t: torch.Tensor, y0: torch.Tensor, n: int, backward: bool) -> None:
+    """The floor a solve is measured against: ``n`` evaluations of ``field`` on one input (their sum
+    backpropagated when ``backward``) — what ``n`` NFE cost with no solver around them."""
+    y = y0.clone().requires_grad_(backward)
+    with torch.set_grad_enabled(backward):
+        total = sum(field(t, y).sum() for _ in range(n))
+        if backward:
+            total.backward()
