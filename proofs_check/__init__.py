@@ -7,8 +7,9 @@ bound (``lipschitz_upper``: products of exact/certified layer norms on the actua
 empirical lower bound (``lipschitz_lower``: the best secant ratio found, a value K is at least) — the
 per-scheme bounds (``bounds``), measures |e_n| on the actual scheme or network (``verify``: y0 and y0 + ε
 through the same steps, 2-norm per sample) and reports tightness and violations as figures and CSV
-(``report``; ``python -m proofs_check``). What a certificate assumes is stated, never implied: layers it
-cannot bound (GroupNorm/LayerNorm by default, training-mode BatchNorm, adaptive step selection) are refused.
+(``report``; the command line is ``python -m experiments.bounds``). What a certificate assumes is stated,
+never implied: layers it cannot bound (GroupNorm/LayerNorm by default, training-mode BatchNorm, adaptive step
+selection) are refused.
 """
 
 from proofs_check import networks  # noqa: F401  (registers the rules for nets blocks)
