@@ -449,3 +449,26 @@ def test_cli_trains_resumes_and_records_model_spec(tmp_path, capsys, monkeypatch
             main([*args[:1], "no_such_model", *args[2:]])
     finally:
         unregister_model("test_cli_flatnet")
+
+
+def test_a_model_trained_under_other_solver_options_warns_when_loaded(tmp_path):
+    """The model cache keys a model by its recipe, not by the solver code that trained it: the solver options
+    an ODE model was trained with are recorded, and loading it under other ones says so."""
+    import warnings
+
+    from nets.training import load_trained_model
+
+    torch.manual_seed(0)
+    model = build_model("odenet_mnist_small", channels=2)
+    config = TrainConfig(**{**CONFIG, "epochs": 1})
+    spec = {"name": "odenet_mnist_small", "kwargs": {"channels": 2}}
+    train(model, synthetic_dataset(16, 0), None, config, tmp_path, progress=False, model_spec=spec)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["solver_options"] == [repr(model.ode_block.options)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_trained_model(tmp_path)  # the same options today: silent
+    results["solver_options"] = [repr(model.ode_block.options.replace(rtol=1e-2))]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    with pytest.warns(UserWarning, match="trained with solver options"):
+        load_trained_model(tmp_path)

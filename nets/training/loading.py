@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from nets.training.state import MODEL_NAME, load_checkpoint
+from nets.training.state import MODEL_NAME, RESULTS_NAME, load_checkpoint
 
 
 def load_trained_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
@@ -22,4 +24,34 @@ def load_trained_model(path: str | os.PathLike[str], device: str | torch.device 
         raise ValueError(f"{str(path)!r} records no model_spec (name, kwargs); build the model yourself")
     model = build_model(spec["name"], **spec.get("kwargs", {}))
     model.load_state_dict(state["model"])
+    _warn_if_trained_under_other_solver_options(model, path if path.is_dir() else path.parent)
     return model.to(device).eval()
+
+
+def solver_option_stamps(model: nn.Module) -> list[str]:
+    """The ``repr`` of every ODE block's solver options (``stability.SolverOptions``), in module order: what a
+    trained ODE model's weights depend on besides its recipe (e.g. the step-size controller's defaults)."""
+    return [repr(module.options) for module in model.modules() if _solver_options(module) is not None]
+
+
+def _solver_options(module: nn.Module):
+    from stability import SolverOptions
+
+    options = getattr(module, "options", None)
+    return options if isinstance(options, SolverOptions) else None
+
+
+def _warn_if_trained_under_other_solver_options(model: nn.Module, run_dir: Path) -> None:
+    """A cached model is keyed by its recipe, not by the solver code that trained it: warn when the solver
+    options recorded at training (``results.json``) differ from those the rebuilt model has today."""
+    try:
+        recorded = json.loads((run_dir / RESULTS_NAME).read_text()).get("solver_options")
+    except (OSError, ValueError, AttributeError):
+        return  # no record (a model.pt on its own, or written before the stamp): nothing to compare
+    current = solver_option_stamps(model)
+    if recorded is not None and recorded != current:
+        warnings.warn(
+            f"the model in {str(run_dir)!r} was trained with solver options {recorded} but is rebuilt with "
+            f"{current}: its weights reflect the old ones; delete the folder to retrain with today's",
+            stacklevel=3,
+        )

@@ -25,6 +25,7 @@ from nets.training.distributed import (
     _barrier,
     distributed_context,
 )
+from nets.training.loading import solver_option_stamps
 from nets.training.metrics import evaluate
 from nets.training.solver_stats import _sum_stats, pop_solver_stats
 from nets.training.state import (
@@ -197,6 +198,7 @@ def train(
         "loss_fn": getattr(loss_fn, "__qualname__", repr(loss_fn)),
         "world_size": context.world_size,
         "global_batch_size": config.batch_size * context.world_size,
+        "solver_options": solver_option_stamps(model),
         "device": str(device),
         "torch_version": torch.__version__,
     }
