@@ -28,10 +28,16 @@ def load_trained_model(path: str | os.PathLike[str], device: str | torch.device 
     return model.to(device).eval()
 
 
-def solver_option_stamps(model: nn.Module) -> list[str]:
-    """The ``repr`` of every ODE block's solver options (``stability.SolverOptions``), in module order: what a
-    trained ODE model's weights depend on besides its recipe (e.g. the step-size controller's defaults)."""
-    return [repr(module.options) for module in model.modules() if _solver_options(module) is not None]
+def solver_option_stamps(model: nn.Module) -> list[dict[str, str]]:
+    """Every ODE block's solver options (``stability.SolverOptions``) as ``{field: repr(value)}``, in
+    module order: what a trained ODE model's weights depend on besides its recipe (e.g. the controller)."""
+    import dataclasses
+
+    return [
+        {f.name: repr(getattr(options, f.name)) for f in dataclasses.fields(options)}
+        for options in map(_solver_options, model.modules())
+        if options is not None
+    ]
 
 
 def _solver_options(module: nn.Module):
@@ -42,16 +48,26 @@ def _solver_options(module: nn.Module):
 
 
 def _warn_if_trained_under_other_solver_options(model: nn.Module, run_dir: Path) -> None:
-    """A cached model is keyed by its recipe, not by the solver code that trained it: warn when the solver
-    options recorded at training (``results.json``) differ from those the rebuilt model has today."""
+    """A cached model is keyed by its recipe, not by the solver code that trained it: warn when a solver
+    option recorded at training (``results.json``) differs from the rebuilt model's today (options added
+    since are not compared)."""
     try:
         recorded = json.loads((run_dir / RESULTS_NAME).read_text()).get("solver_options")
     except (OSError, ValueError, AttributeError):
         return  # no record (a model.pt on its own, or written before the stamp): nothing to compare
+    if not isinstance(recorded, list):
+        return
     current = solver_option_stamps(model)
-    if recorded is not None and recorded != current:
+    changed = [
+        f"{name}: {then} -> {now[name]}"
+        for old, now in zip(recorded, current)
+        for name, then in old.items()
+        if name in now and now[name] != then
+    ]
+    if changed or len(recorded) != len(current):
+        what = "; ".join(changed) or "another number of ODE blocks"
         warnings.warn(
-            f"the model in {str(run_dir)!r} was trained with solver options {recorded} but is rebuilt with "
-            f"{current}: its weights reflect the old ones; delete the folder to retrain with today's",
+            f"the model in {str(run_dir)!r} was trained with other solver options ({what}): its weights "
+            "reflect the old ones; delete the folder to retrain with today's",
             stacklevel=3,
         )
