@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from experiments.paper import scales
-from experiments.paper.measure import above_cap, constant_image_caps, honest, protocol
+from experiments.paper.measure import constant_image_caps, honest, protocol, with_sanity_flag
 from experiments.paper.report import (
     flags_section,
     header,
     markdown_table,
+    percent,
     pyplot,
     sanity_section,
     save_figure,
@@ -86,12 +87,9 @@ def run(
             caps = constant_image_caps(entry, data, eps, spec.batch_size)
             for i, e in enumerate(eps):
                 ours = curve[i]["clean_accuracy"] if e == 0 else curve[i]["robust_accuracy"]
-                fired = list(summary["fired"])
-                if e > 0 and above_cap(ours, caps[i]):
-                    fired.append(f"eps-sanity({attack_name})")
-                    failures.append(
-                        f"{entry.label} {attack_name} {100 * ours:.2f} > cap {100 * caps[i]:.2f} at ε {e:g}"
-                    )
+                fired = " ".join(summary["fired"])
+                if e > 0:
+                    fired = with_sanity_flag(fired, entry.label, attack_name, e, ours, caps[i], failures)
                 rows.append(
                     {
                         "dataset": dataset,
@@ -104,8 +102,8 @@ def run(
                         "ours": round(100 * ours, 2),
                         "worst_case": round(100 * summary["worst_case"][i], 2),
                         "protocol_pgd": round(100 * summary["protocol"][i], 2),
-                        "cap": None if caps[i] is None else round(100 * caps[i], 2),
-                        "flags_fired": " ".join(fired),
+                        "cap": percent(caps[i]),
+                        "flags_fired": fired,
                     }
                 )
             bar.update(1)

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from experiments.paper import scales
-from experiments.paper.measure import above_cap, constant_image_caps, honest, protocol
+from experiments.paper.measure import constant_image_caps, honest, protocol, with_sanity_flag
 from experiments.paper.report import (
     flags_section,
     header,
     markdown_table,
+    percent,
     pyplot,
     sanity_section,
     save_figure,
@@ -136,11 +137,7 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
         )
         for i, e in enumerate(eps):
             ours = curve[i]["robust_accuracy"]
-            fired = base["flags_fired"]
-            if above_cap(ours, caps[i]):
-                fired = f"{fired} eps-sanity(FGSM transfer)".strip()
-                failures.append(f"{label} FGSM transfer {100 * ours:.2f} > cap {100 * caps[i]:.2f} at ε {e:g}"
-                                )
+            fired = with_sanity_flag(base["flags_fired"], label, "FGSM transfer", e, ours, caps[i], failures)
             rows.append(
                 {
                     **base,
@@ -148,7 +145,7 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
                     "eps": e,
                     "ours": round(100 * ours, 2),
                     "worst_case": round(100 * summary["worst_case"][i], 2),
-                    "cap": None if caps[i] is None else round(100 * caps[i], 2),
+                    "cap": percent(caps[i]),
                     "flags_fired": fired,
                 }
             )

@@ -148,3 +148,14 @@ def constant_image_caps(
 def above_cap(value: float | None, cap: float | None) -> bool:
     """True where a robust accuracy exceeds its ε-sanity cap (both fractions; a missing bound never fires)."""
     return value is not None and cap is not None and value > cap + 1e-9
+
+
+def with_sanity_flag(
+    fired: str, label: str, attack: str, eps: float, value: float, cap: float | None, failures: list[str]
+) -> str:
+    """A row's flags ``fired`` plus ``eps-sanity(<attack>)`` when its paper-attack number ``value`` exceeds
+    ``cap``; the failure is appended to ``failures`` (the report's ε-sanity section)."""
+    if not above_cap(value, cap):
+        return fired
+    failures.append(f"{label} {attack} {100 * value:.2f} > cap {100 * cap:.2f} at ε {eps:g}")
+    return f"{fired} eps-sanity({attack})".strip()

@@ -55,7 +55,13 @@ def environment() -> dict[str, Any]:
 
 
 def pct(value: float | None) -> str:
+    """A fraction as the percentage text of a markdown table ("—" when missing)."""
     return "—" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
+
+
+def percent(fraction: float | None) -> float | None:
+    """A fraction as the percentage of a CSV row, rounded to 2 decimals (None stays None)."""
+    return None if fraction is None else round(100 * fraction, 2)
 
 
 def diff(ours: float | None, paper: float | None) -> str:

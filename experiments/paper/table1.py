@@ -8,8 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from experiments.paper import scales
-from experiments.paper.measure import above_cap, constant_image_caps, honest, protocol
-from experiments.paper.report import diff, flags_section, header, markdown_table, pct, sanity_section, write
+from experiments.paper.measure import constant_image_caps, honest, protocol, with_sanity_flag
+from experiments.paper.report import (
+    diff,
+    flags_section,
+    header,
+    markdown_table,
+    pct,
+    percent,
+    sanity_section,
+    write,
+)
 from experiments.paper.runtime import Context, RunDirectory
 from experiments.paper.specs import Plan
 
@@ -108,14 +117,10 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
                     ("FGSM", paper["FGSM"][i], fgsm[i]["robust_accuracy"]),
                     (summary["protocol_name"], paper["PGD"][i], summary["protocol"][i]),
                 ):
-                    row_fired = fired
-                    if above_cap(ours, caps[i]):
-                        row_fired = f"{fired} eps-sanity({attack})".strip()
-                        failures.append(f"{entry.label} {attack} {100 * ours:.2f} > cap {100 * caps[i]:.2f} "
-                                        f"at ε {e:g}")
+                    row_fired = with_sanity_flag(fired, entry.label, attack, e, ours, caps[i], failures)
                     row = _row(dataset, kind, entry, attack, e, paper_value, ours, summary["worst_case"][i],
                                row_fired)
-                    rows.append({**row, "cap": None if caps[i] is None else round(100 * caps[i], 2)})
+                    rows.append({**row, "cap": percent(caps[i])})
             bar.update(1)
     bar.close()
     markdown = header(plan, TITLE, command) + _tables(rows, summaries, models) + sanity_section(failures)
