@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -11,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from nets.training.state import MODEL_NAME, RESULTS_NAME, load_checkpoint
+from stability import SolverOptions
 
 
 def load_trained_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
@@ -31,8 +33,6 @@ def load_trained_model(path: str | os.PathLike[str], device: str | torch.device 
 def solver_option_stamps(model: nn.Module) -> list[dict[str, str]]:
     """Every ODE block's solver options (``stability.SolverOptions``) as ``{field: repr(value)}``, in
     module order: what a trained ODE model's weights depend on besides its recipe (e.g. the controller)."""
-    import dataclasses
-
     return [
         {f.name: repr(getattr(options, f.name)) for f in dataclasses.fields(options)}
         for options in map(_solver_options, model.modules())
@@ -40,9 +40,7 @@ def solver_option_stamps(model: nn.Module) -> list[dict[str, str]]:
     ]
 
 
-def _solver_options(module: nn.Module):
-    from stability import SolverOptions
-
+def _solver_options(module: nn.Module) -> SolverOptions | None:
     options = getattr(module, "options", None)
     return options if isinstance(options, SolverOptions) else None
 
@@ -55,8 +53,8 @@ def _warn_if_trained_under_other_solver_options(model: nn.Module, run_dir: Path)
         recorded = json.loads((run_dir / RESULTS_NAME).read_text()).get("solver_options")
     except (OSError, ValueError, AttributeError):
         return  # no record (a model.pt on its own, or written before the stamp): nothing to compare
-    if not isinstance(recorded, list):
-        return
+    if not isinstance(recorded, list) or not all(isinstance(stamp, dict) for stamp in recorded):
+        return  # not a stamp this code wrote
     current = solver_option_stamps(model)
     changed = [
         f"{name}: {then} -> {now[name]}"
