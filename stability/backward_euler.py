@@ -19,12 +19,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from stability.base import OdeSolver, TimeVectorField
-from stability.checks import all_finite, check_output, time_dtype
+from stability.checks import LOW_PRECISION, all_finite, check_output, time_dtype
 from stability.errors import NonConvergenceError, NonFiniteValueError
 from stability.krylov import gmres
 from stability.newton_krylov import make_jvp, newton_krylov
 from stability.options import ImplicitOptions
 from stability.solution import SolverStats
+from stability.step_control import rms
 
 
 @dataclass
@@ -34,6 +35,13 @@ class ImplicitStats(SolverStats):
     newton_iterations: int = 0
     fixed_point_iterations: int = 0
     jvp_evaluations: int = 0
+
+
+def rounding_floor(z: Tensor, y: Tensor, hf: Tensor) -> float:
+    """(eps/2)·‖(z, y, h f(z))‖/max(1, ‖z‖) (RMS norms): the size of the rounding in the scaled residual
+    G(z) = z − y − h f(z) of its three terms; no iterate brings the computed residual much below it."""
+    size = math.sqrt(sum(float(rms(x.float() if x.dtype in LOW_PRECISION else x)) ** 2 for x in (z, y, hf)))
+    return torch.finfo(z.dtype).eps / 2 * size / max(1.0, float(rms(z)))
 
 
 def backward_euler_step(func: TimeVectorField, t: float, y: Tensor, h: float, *,
@@ -78,11 +86,16 @@ def backward_euler_step(func: TimeVectorField, t: float, y: Tensor, h: float, *,
             f"func returned non-finite values at t={t + h:.6g} {where} in the backward Euler step from "
             f"t={t:.6g} with h={h:.6g}: no finite residual (not a convergence failure)", t=t, h=h)
     if not result.converged:
+        with torch.no_grad():
+            floor = rounding_floor(result.z, y_detached, h * field(result.z))
+        advice = (f"tol is below the rounding level of the residual in {y.dtype} (≈ {floor:.2g}): use "
+                  f"ImplicitOptions(tol={10 * floor:.1g}) or more"
+                  f"{', or a float64 state' if y.dtype != torch.float64 else ''}"
+                  if result.residual <= 100 * floor else "a smaller h or a larger tol may help")
         raise NonConvergenceError(
             f"backward Euler step from t={t:.6g} with h={h:.6g} did not converge: scaled residual "
             f"‖G(z)‖={result.residual:.3g} > tol={tol:.3g} after {result.newton_iterations} Newton and "
-            f"{result.fixed_point_iterations} fixed-point iterations (a smaller h or a larger tol may help)",
-            t=t, h=h)
+            f"{result.fixed_point_iterations} fixed-point iterations ({advice})", t=t, h=h)
     z_star = result.z
     if not torch.is_grad_enabled():
         return z_star

@@ -1,5 +1,7 @@
 """Backward Euler: exactness on y' = λy, order 1, A-stability, IFT gradients (gradcheck), clear failures."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,19 @@ def test_solver_object_stats_dense_output_and_bad_options():
     solver.step()
     solver.step()
     assert solver.status == "finished" and solver.t == 1.0
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-9), (torch.float64, 1e-18)])
+def test_tolerance_below_rounding_level_is_named_and_the_advice_works(dtype, tol):
+    # A tol under the rounding of z − y − h f(z) cannot be met by any iterate: the error says so and names a
+    # tolerance that is met (before: "a smaller h or a larger tol may help", after 100 wasted iterations).
+    y0 = torch.randn(6, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    field = lambda t, y: -y + torch.sin(y)  # noqa: E731
+    below = f"below the rounding level of the residual in {dtype}"
+    with pytest.raises(NonConvergenceError, match=below) as info:
+        solve(field, y0, [0.0, 1.0], method="backward_euler", step_size=0.1,
+              implicit=ImplicitOptions(tol=tol))
+    advised = float(re.search(r"ImplicitOptions\(tol=([0-9.e+-]+)\)", str(info.value)).group(1))
+    sol = solve(field, y0, [0.0, 1.0], method="backward_euler", step_size=0.1,
+                implicit=ImplicitOptions(tol=advised))
+    assert sol.stats.n_accepted == 10
