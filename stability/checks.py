@@ -141,6 +141,9 @@ def as_float_list(values: Tensor | Sequence[float], name: str) -> list[float]:
 
 
 def check_times(t: Tensor | Sequence[float]) -> list[float]:
+    if isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
+        raise ODEInputError("t requires grad, but solutions are not differentiated with respect to the "
+                            "output times (t.grad would stay None): pass t.detach()")
     times = as_float_list(t, "t")
     if len(times) < 2:
         raise ODEInputError(f"t needs at least 2 points (start and end), got {len(times)}")

@@ -44,6 +44,17 @@ def test_bad_time_grid(t, match):
         odeint(decay, Y0, t)
 
 
+@pytest.mark.parametrize("gradient", ["backprop", "checkpoint", "adjoint"])
+def test_times_requiring_grad_are_refused_not_silently_ignored(gradient):
+    # The solution is not differentiated w.r.t. t: t.grad would silently stay None.
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ODEInputError, match=r"t requires grad.*t\.detach\(\)"):
+        odeint(decay, Y0.clone().requires_grad_(), t, gradient=gradient)
+    with torch.no_grad():  # no graph, nothing to lose
+        assert odeint(decay, Y0, t).shape == (2, 3)
+    assert odeint(decay, Y0, t.detach()).shape == (2, 3)
+
+
 def test_non_tensor_or_integer_state():
     with pytest.raises(ODEInputError, match="torch.Tensor"):
         odeint(decay, [1.0, 2.0], [0.0, 1.0])
