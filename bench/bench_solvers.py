@@ -9,6 +9,8 @@
 (c) Per-sample vs shared step control on the conv field at 1e-3 (no grad), and torchode (per-sample
     control by construction) on the same problem.
 (d) What checking func's output (type, shape, dtype) at every evaluation costs, per evaluation.
+(e) Where the conv forward time goes: CPU time and minor page faults inside f and outside it (the solver's
+    own work), for ours, torchdiffeq and the floor of (a) — what separates a solve from its floor.
 
 Times are CPU-time medians of interleaved rounds (``time.process_time``, all threads of this process).
 Run:  bash bench/setup.sh && OMP_WAIT_POLICY=PASSIVE python -m bench.bench_solvers [--repeats 7]
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import statistics
 import time
 import timeit
 
@@ -199,6 +203,57 @@ def per_sample_benchmark(repeats: int) -> None:
                 ("mode", "batched_nfe", "cpu_s", "time/shared", "per_nfe/shared"))
 
 
+class Metered(torch.nn.Module):
+    """``field`` with the CPU time and the minor page faults spent inside its evaluations added up."""
+
+    def __init__(self, field: torch.nn.Module) -> None:
+        super().__init__()
+        self.field, self.seconds, self.faults = field, 0.0, 0
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        start, faults = CPU(), minor_faults()
+        out = self.field(t, y)
+        self.seconds += CPU() - start
+        self.faults += minor_faults() - faults
+        return out
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_split_benchmark(repeats: int) -> None:
+    field = Metered(ConvField())
+    y0 = torch.randn(128, 64, 7, 7, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.0, 1.0])
+    options = dict(method="dopri5", rtol=1e-3, atol=1e-3)
+    contenders = {"stability": lambda: stability.odeint(field, y0, t, **options),
+                  "torchdiffeq": lambda: torchdiffeq.odeint(field, y0, t, **options),
+                  "floor 20": lambda: evaluation_floor(field, t[0], y0, 20, False)}
+    samples = {name: [] for name in contenders}
+    names = list(contenders)
+    with torch.no_grad():
+        for round_index in range(repeats + 1):  # round 0 warms up
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                field.seconds, field.faults = 0.0, 0
+                start, faults = CPU(), minor_faults()
+                contenders[name]()
+                total, total_faults = CPU() - start, minor_faults() - faults
+                if round_index:
+                    samples[name].append((total, field.seconds, total - field.seconds, field.faults,
+                                          total_faults - field.faults))
+    median = {name: [statistics.median(column) for column in zip(*rows)] for name, rows in samples.items()}
+    floor_total, floor_inside = median["floor 20"][0], median["floor 20"][1]
+    rows = [(name, f"{total:.4f}", f"{inside:.4f}", f"{outside:.4f}", f"{inside / floor_inside:.3f}",
+             f"{outside / floor_total:.3f}", f"{total / floor_total:.3f}", int(faults_in), int(faults_out))
+            for name, (total, inside, outside, faults_in, faults_out) in median.items()]
+    print_table(f"(e) conv field forward of (a), where the time goes (CPU-s and minor page faults, median of "
+                f"{repeats}): f inside the solve vs f in the floor, the solver's own work as a share of the "
+                f"floor", rows, ("contender", "cpu_s", "in_f", "outside_f", "in_f/floor_f",
+                                 "outside/floor", "x_floor", "faults_in_f", "faults_outside"))
+
+
 def check_cost() -> None:
     y = torch.randn(128, 64, 7, 7)
     f = torch.randn(128, 64, 7, 7)
@@ -225,6 +280,7 @@ def main() -> None:
     if not args.skip_conv:
         conv_benchmark(args.repeats)
         per_sample_benchmark(args.repeats)
+        time_split_benchmark(args.repeats)
 
 
 if __name__ == "__main__":

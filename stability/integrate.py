@@ -23,7 +23,7 @@ from stability.checks import check_state, check_times
 from stability.errors import ODEInputError
 from stability.options import SolverOptions
 from stability.per_sample import PerSampleStepper
-from stability.solution import HIT_TOLERANCE, PerSampleSolution, Solution, SolverStats
+from stability.solution import HIT_TOLERANCE, PerSampleSolution, Solution, SolverStats, output_reached
 from stability.solver import solver_class
 
 
@@ -45,9 +45,12 @@ class SharedStepper:
         solver, times, margin = self.solver, self.times, self.margin
         solver.step()
         produced = []
-        while self.index < len(times) and solver.direction * (times[self.index] - solver.t) <= margin:
+        while self.index < len(times):
             target = times[self.index]
-            produced.append(solver.y if abs(target - solver.t) <= margin else solver.dense_output()(target))
+            reached, at_end = output_reached(target, solver.t, solver.direction, margin)
+            if not reached:
+                return produced
+            produced.append(solver.y if at_end else solver.dense_output()(target))
             self.index += 1
         return produced
 

@@ -31,7 +31,7 @@ from stability.checks import (
 from stability.methods import TABLEAUX
 from stability.options import SolverOptions
 from stability.runge_kutta import interpolant, rk_step
-from stability.solution import HIT_TOLERANCE, SolverStats
+from stability.solution import HIT_TOLERANCE, SolverStats, output_reached
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step, stiffness
 
 
@@ -168,11 +168,12 @@ class PerSampleStepper:
         while True:
             pointer = self.next_output.index_select(0, samples)
             target = self.times_tensor[pointer.clamp(max=n_times - 1)]
-            rows = ((pointer < n_times) & (self.direction * (target - t_end) <= margin)).nonzero().squeeze(1)
+            reached, at_end = output_reached(target, t_end, self.direction, margin)
+            rows = ((pointer < n_times) & reached).nonzero().squeeze(1)
             if rows.numel() == 0:
                 return produced
             target, values = target.index_select(0, rows), y_new.index_select(0, rows)
-            between = ((target - t_end.index_select(0, rows)).abs() > margin).nonzero().squeeze(1)
+            between = (~at_end.index_select(0, rows)).nonzero().squeeze(1)
             if between.numel() > 0:
                 sub = rows.index_select(0, between)
                 dense = self._interpolant(samples.index_select(0, sub), t_old, h, y_old, y_new, stages, sub)

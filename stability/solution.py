@@ -10,6 +10,14 @@ from torch import Tensor
 HIT_TOLERANCE = 1e-12
 
 
+def output_reached(target, t_end, direction: float, margin: float):
+    """(reached, at_end) for output time ``target`` and a step ending at ``t_end``: the step has passed it
+    (to within ``margin`` = HIT_TOLERANCE·span), and it lies at the step's end (its value is y_{n+1}, no
+    interpolation). Numbers (shared step control) or per-sample tensors [B]: the one rule of both steppers."""
+    gap = target - t_end
+    return direction * gap <= margin, abs(gap) <= margin
+
+
 @dataclass
 class SolverStats:
     """Counters of one integration: f evaluations, accepted/rejected steps, and every accepted step."""
