@@ -2,6 +2,7 @@
 
 import csv
 import json
+import runpy
 
 import pytest
 import torch
@@ -92,3 +93,10 @@ def test_uncovered_runs_are_explained():
     assert lines[0] == "no violation in the 1 run(s) covered by the theorems"
     assert "2 run(s) marked (not covered)" in lines[1] and "1 of them exceed" in lines[1]
     assert "not a failed proof" in lines[1]
+
+
+def test_the_former_command_name_says_where_it_moved(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("proofs_check", run_name="__main__")
+    assert exit_info.value.code == 2
+    assert "python -m experiments.bounds" in capsys.readouterr().err
