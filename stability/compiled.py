@@ -6,12 +6,13 @@ results agree with ``compile=False`` to rounding, not bitwise. Compiled once per
 and kept while that func object lives (pass the same module or function: a fresh lambda or bound method per
 solve compiles again); torch recompiles per shape, dtype and grad mode, and a Python side effect in func
 (e.g. an evaluation counter on the module) recompiles at every call until torch's recompile limit, after
-which the step silently runs eagerly (slower, the same result).
+which the step runs eagerly (slower, the same result) and a warning says so.
 """
 
 from __future__ import annotations
 
 import types
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -75,7 +76,32 @@ def _compile(func: Callable, tableau: ButcherTableau, rtol: float, atol: float) 
     # (func, method, tolerances) gets its own instead of sharing one.
     fresh = types.FunctionType(step.__code__.replace(), step.__globals__, "compiled_rk_step", None,
                                step.__closure__)
-    return torch.compile(fresh, dynamic=False)
+    return _watched(torch.compile(fresh, dynamic=False), fresh.__code__)
+
+
+def _watched(compiled: Callable, code: types.CodeType) -> Callable:
+    """``compiled``, watched over its first calls for a recompile at every call (a Python side effect in
+    func): once torch's recompile limit is reached it runs eagerly, which is worth a warning."""
+    watch = {"calls": 0}
+
+    def step(*args):
+        out = compiled(*args)
+        if watch["calls"] <= _WATCHED_CALLS:
+            watch["calls"] += 1
+            limit = torch._dynamo.config.recompile_limit
+            if len(torch._dynamo.eval_frame._debug_get_cache_entry_list(code)) >= limit:
+                watch["calls"] = _WATCHED_CALLS + 1
+                warnings.warn(
+                    f"compile=True: torch compiled the step {limit} times (its recompile limit) and now runs "
+                    f"it eagerly — the same results at eager speed. func probably has a Python side effect "
+                    f"or reads a changing Python value (e.g. an evaluation counter); remove it, or use "
+                    f"compile=False", RuntimeWarning, stacklevel=2)
+        return out
+
+    return step
+
+
+_WATCHED_CALLS = 64  # shape, dtype and grad-mode recompiles are few; side-effect ones come at every call
 
 
 def _weak(func: Callable) -> Callable[[], Callable]:

@@ -2,6 +2,7 @@
 
 import gc
 import inspect
+import warnings
 import weakref
 
 import pytest
@@ -80,3 +81,26 @@ def test_compile_with_what_it_cannot_compile_is_refused_naming_the_combination(k
     assert named in str(error.value)
     with pytest.raises(ODEInputError, match="compile must be True or False"):
         SolverOptions(compile="yes")
+
+
+class CountingField(Field):
+    """The same field with an evaluation counter: a Python side effect that recompiles at every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return self.net(y)
+
+
+def test_recompiling_at_every_call_warns_that_the_step_now_runs_eagerly():
+    # Before: once torch's recompile limit was reached the step silently ran eagerly (no speed-up, no word).
+    field = CountingField()
+    with torch._dynamo.config.patch(recompile_limit=2), pytest.warns(RuntimeWarning, match="side effect"):
+        eager, compiled = solved(field, method="rk4", step_size=0.5)
+    torch.testing.assert_close(compiled.ys, eager.ys)
+    with warnings.catch_warnings():  # a field without side effects compiles once and stays quiet
+        warnings.simplefilter("error")
+        solved(Field(), method="rk4", step_size=0.5)
