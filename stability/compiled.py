@@ -83,13 +83,16 @@ def _watched(compiled: Callable, code: types.CodeType) -> Callable:
     """``compiled``, watched over its first calls for a recompile at every call (a Python side effect in
     func): once torch's recompile limit is reached it runs eagerly, which is worth a warning."""
     watch = {"calls": 0}
+    entries = getattr(torch._dynamo.eval_frame, "_debug_get_cache_entry_list", None)  # private: may go away
+    if entries is None or not hasattr(torch._dynamo.config, "recompile_limit"):
+        return compiled
 
     def step(*args):
         out = compiled(*args)
         if watch["calls"] <= _WATCHED_CALLS:
             watch["calls"] += 1
             limit = torch._dynamo.config.recompile_limit
-            if len(torch._dynamo.eval_frame._debug_get_cache_entry_list(code)) >= limit:
+            if len(entries(code)) >= limit:
                 watch["calls"] = _WATCHED_CALLS + 1
                 warnings.warn(
                     f"compile=True: torch compiled the step {limit} times (its recompile limit) and now runs "
