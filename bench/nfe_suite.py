@@ -1,11 +1,12 @@
-"""NFE and accuracy of adaptive dopri5 against scipy's RK45 at equal tolerance on a suite of classic problems.
+"""NFE and accuracy of our adaptive methods against scipy at equal tolerance on a suite of classic problems:
+dopri5 against RK45 and bosh3 against RK23 (the same pairs), tsit5 against RK45.
 
 Problems (float64, shared step control): the Arenstorf orbit (one period), the Kepler problem at eccentricity
 0.9 (three periods), Lorenz on [0, 2], the Brusselator (A = 1, B = 3) on [0, 20], and a batch of 8 Van der Pol
 oscillators (μ = 1) on [0, 10] solved as one state. The error is the max-norm error at the final time against
 DOP853 at rtol = atol = 1e-13, relative to max(1, ‖y_ref‖∞).
 
-Run:  python -m bench.nfe_suite        (also asserted by ``tests/test_solver_nfe_suite.py``)
+Run:  python -m bench.nfe_suite  (asserted by ``tests/test_solver_nfe_suite.py``, ``test_solver_methods.py``)
 """
 
 from __future__ import annotations
@@ -85,13 +86,19 @@ def _numpy(func, shape):
     return f
 
 
-def run(problem: str, tol: float, **options) -> Row:
+# Our method -> scipy's implementation of the same pair (same error estimate and step control).
+SCIPY_PEER = {"dopri5": "RK45", "bosh3": "RK23"}
+
+
+def run(problem: str, tol: float, method: str = "dopri5", **options) -> Row:
+    """Our ``method`` against scipy's ``SCIPY_PEER[method]`` (RK45 for methods scipy does not have)."""
     func, y0, t1 = PROBLEMS[problem]
     y0 = torch.tensor(y0, dtype=torch.float64)
     flat = _numpy(func, y0.shape)
     ref = solve_ivp(flat, (0.0, t1), y0.reshape(-1).numpy(), method="DOP853", rtol=1e-13, atol=1e-13).y[:, -1]
-    rk45 = solve_ivp(flat, (0.0, t1), y0.reshape(-1).numpy(), method="RK45", rtol=tol, atol=tol)
-    sol = stability.solve(func, y0, [0.0, t1], rtol=tol, atol=tol, max_steps=10**6, **options)
+    peer = SCIPY_PEER.get(method, "RK45")
+    rk45 = solve_ivp(flat, (0.0, t1), y0.reshape(-1).numpy(), method=peer, rtol=tol, atol=tol)
+    sol = stability.solve(func, y0, [0.0, t1], method=method, rtol=tol, atol=tol, max_steps=10**6, **options)
     scale = max(1.0, float(np.abs(ref).max()))
     error = float(np.abs(sol.ys[-1].reshape(-1).numpy() - ref).max()) / scale
     error_rk45 = float(np.abs(rk45.y[:, -1] - ref).max()) / scale
@@ -99,12 +106,16 @@ def run(problem: str, tol: float, **options) -> Row:
 
 
 def main() -> None:
-    print(f"{'problem':>20} {'tol':>6} {'nfe':>7} {'rk45':>7} {'ratio':>6} {'error':>9} {'err_rk45':>9}")
-    for problem in PROBLEMS:
-        for tol in TOLERANCES:
-            r = run(problem, tol)
-            print(f"{r.problem:>20} {r.tol:>6.0e} {r.nfe:>7} {r.nfe_rk45:>7} {r.nfe_ratio:>6.3f} "
-                  f"{r.error:>9.2e} {r.error_rk45:>9.2e}")
+    for method in ("dopri5", "bosh3", "tsit5"):
+        peer = SCIPY_PEER.get(method, "RK45")
+        print(f"\n{method} against scipy {peer}")
+        print(f"{'problem':>20} {'tol':>6} {'nfe':>7} {'scipy':>7} {'ratio':>6} {'error':>9} "
+              f"{'err_scipy':>9}")
+        for problem in PROBLEMS:
+            for tol in TOLERANCES:
+                r = run(problem, tol, method)
+                print(f"{r.problem:>20} {r.tol:>6.0e} {r.nfe:>7} {r.nfe_rk45:>7} {r.nfe_ratio:>6.3f} "
+                      f"{r.error:>9.2e} {r.error_rk45:>9.2e}")
 
 
 if __name__ == "__main__":

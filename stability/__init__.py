@@ -26,7 +26,7 @@ from stability.odeint import (
 )
 from stability.options import ImplicitOptions, SolverOptions
 from stability.solution import PerSampleSolution, Solution, SolverStats
-from stability.solver import RK4, SOLVERS, Dopri5, Euler, Heun, RungeKuttaSolver, step
+from stability.solver import RK4, SOLVERS, Bosh3, Dopri5, Euler, Heun, RungeKuttaSolver, Tsit5, step
 from stability.step_control import PIController
 from stability.tableau import ButcherTableau
 
@@ -47,7 +47,9 @@ __all__ = [
     "solve_per_sample",
     "SOLVERS",
     "ButcherTableau",
+    "Bosh3",
     "Dopri5",
+    "Tsit5",
     "Euler",
     "Heun",
     "MaxStepsExceededError",

@@ -145,14 +145,27 @@ class RK4(RungeKuttaSolver):
     tableau = methods.RK4
 
 
+class Bosh3(RungeKuttaSolver):
+    """Bogacki–Shampine 3(2), FSAL, cubic dense output (scipy's RK23, MATLAB's ode23)."""
+
+    tableau = methods.BOSH3
+
+
 class Dopri5(RungeKuttaSolver):
     """Dormand–Prince 5(4), FSAL, PI step control, 4th-order dense output."""
 
     tableau = methods.DOPRI5
 
 
+class Tsit5(RungeKuttaSolver):
+    """Tsitouras 5(4), FSAL, 4th-order dense output (diffrax's and DifferentialEquations.jl's default)."""
+
+    tableau = methods.TSIT5
+
+
 SOLVERS: dict[str, type[OdeSolver]] = {
-    "euler": Euler, "heun": Heun, "rk4": RK4, "dopri5": Dopri5, "backward_euler": BackwardEuler,
+    "euler": Euler, "heun": Heun, "rk4": RK4, "bosh3": Bosh3, "dopri5": Dopri5, "tsit5": Tsit5,
+    "backward_euler": BackwardEuler,
 }
 
 
