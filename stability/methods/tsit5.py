@@ -30,7 +30,8 @@ def _expanded(scale: float, *factors: tuple[float, ...]) -> tuple[float, ...]:
             for j, f in enumerate(factor):
                 out[i + j] += p * f
         product = out
-    assert product[0] == 0.0
+    if product[0] != 0.0 or len(product) > 5:
+        raise ValueError("a dense-output weight must be a polynomial of degree ≤ 4 without constant term")
     return tuple(product[1:]) + (0.0,) * (5 - len(product))
 
 
