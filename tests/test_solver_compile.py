@@ -102,5 +102,5 @@ def test_recompiling_at_every_call_warns_that_the_step_now_runs_eagerly():
         eager, compiled = solved(field, method="rk4", step_size=0.5)
     torch.testing.assert_close(compiled.ys, eager.ys)
     with warnings.catch_warnings():  # a field without side effects compiles once and stays quiet
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", RuntimeWarning)
         solved(Field(), method="rk4", step_size=0.5)
