@@ -101,7 +101,7 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
         return
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"x must lie in [0, 1] (normalize inside the model), got [{lo:.4g}, {hi:.4g}]")
     if bool((y < 0).any()):
@@ -112,6 +112,9 @@ def check_labels_in_range(logits: Tensor, y: Tensor) -> None:
     """Called once on the first forward pass: the model must return ``(N, C)`` logits and ``y < C``."""
     if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
         raise ValueError(f"model must return logits of shape (N, num_classes), got {tuple(logits.shape)}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"model returned {logits.shape[1]} logit per sample: the attacks need (N, C) logits "
+                         f"of C >= 2 classes (for a binary classifier return two logits, e.g. [0, z])")
     if y.numel() and int(y.max()) >= logits.shape[1]:
         raise ValueError(f"label {int(y.max())} out of range for a model with {logits.shape[1]} classes")
 

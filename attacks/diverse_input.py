@@ -185,10 +185,18 @@ class DI2FGSM(Attack):
         monitor = GradientMonitor()
         reduce_dims = tuple(range(1, x.dim()))
         for step in range(self.steps):
-            objective, gradient, _ = objective_and_gradient(
-                model, x_adv, y, targeted=self.targeted,
-                transform=lambda z: self.diversity(z, generator), check_labels=step == 0,
-            )
+            try:
+                objective, gradient, _ = objective_and_gradient(
+                    model, x_adv, y, targeted=self.targeted,
+                    transform=lambda z: self.diversity(z, generator), check_labels=step == 0,
+                )
+            except RuntimeError as error:
+                if step or self.diversity.output_size != "canvas":
+                    raise
+                raise ValueError(
+                    f"DI2FGSM: the model failed on the enlarged canvas of the paper's input diversity "
+                    f"({self.diversity.resize_rate:g} × the input size): {error}. A model with a fixed-size "
+                    f"head needs output_size='input' (the canvas resized back to the input size)") from error
             gradient = monitor.record(objective, gradient)
             scale = gradient.abs().mean(dim=reduce_dims, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
             momentum = self.decay * momentum + gradient / scale

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -282,3 +284,24 @@ def test_di2fgsm_without_diversity_equals_iterative_fgsm() -> None:
     di = DI2FGSM(eps, steps=steps, diversity_prob=0.0, output_size="input")(MODEL, x, y)
     ifgsm = PGD(eps, alpha=eps / steps, steps=steps, random_start=False)(MODEL, x, y)
     assert torch.equal(di, ifgsm)
+
+
+def test_di2fgsm_on_a_fixed_size_model_names_the_canvas_and_the_fix() -> None:
+    # Before: the enlarged canvas reached a Linear head as "mat1 and mat2 shapes cannot be multiplied".
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match="output_size='input'"):
+        DI2FGSM(eps=0.1, steps=2, diversity_prob=1.0)(model, x, y)
+    assert DI2FGSM(eps=0.1, steps=2, output_size="input")(model, x, y).shape == x.shape
+
+
+def test_a_single_logit_model_is_refused_and_a_graph_input_is_accepted_quietly() -> None:
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="1 logit per sample"):  # CE over one class: no gradient at all
+        PGD(eps=0.1, steps=2)(nn.Sequential(nn.Flatten(), nn.Linear(64, 1)), x, y)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FGSM(eps=0.1)(model, x.clone().requires_grad_(), y)
