@@ -285,6 +285,10 @@ class APGD(Attack):
         self.last_stats = {**summary, "fooled": fooled.cpu(), "queries": queries.cpu()}
         return x_adv
 
+    @property
+    def min_classes(self) -> int:
+        return 3 if self.loss == "dlr" else 2  # DLR divides by z_π1 − z_π3
+
     def _config(self) -> dict[str, object]:
         return {
             "eps": self.eps,
@@ -316,6 +320,10 @@ class APGDT(APGD):
     ) -> None:
         super().__init__(eps, steps, restarts, "dlr", norm, rho, momentum, seed=seed)
         self.target_classes = require_count("target_classes", target_classes)
+
+    @property
+    def min_classes(self) -> int:
+        return 4  # the targeted DLR loss divides by z_π1 − (z_π3 + z_π4)/2
 
     def _targets(self, logits: Tensor, y: Tensor) -> list[Tensor | None]:
         classes = logits.shape[1]

@@ -141,6 +141,11 @@ class Attack:
     """``None`` for attacks bounded by ``eps``; the norm (``"l2"``) for minimization attacks such as the
     Boundary Attack, whose result is thresholded by the evaluation at each ``eps``."""
 
+    @property
+    def min_classes(self) -> int:
+        """The fewest classes the attack's loss is defined for (the suite skips it below, saying so)."""
+        return 2
+
     def __init__(self, *, targeted: bool = False, seed: int | None = 0) -> None:
         if not isinstance(targeted, bool):
             raise TypeError("targeted must be a bool")

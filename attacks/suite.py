@@ -187,6 +187,8 @@ class SuiteReport:
     attack_names: list[str]
     clean_nonfinite: int = 0
     flags: list[Any] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Attacks of the suite that do not apply to this model (name -> why), e.g. APGD-T below 4 classes."""
     adversarials: dict[tuple[str, float], tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
     """``(attack, eps) -> (indices, x_adv)`` of the adversarials found in this process (not serialized)."""
 
@@ -286,6 +288,19 @@ class SuiteReport:
 
 
 # -- running -------------------------------------------------------------------------------------------------
+def _inapplicable(attacks: Sequence[SuiteAttack], eps: float, classes: int) -> dict[str, str]:
+    """name -> reason for the attacks whose loss needs more classes than the model has; an error when that
+    leaves none (a suite that attacks nothing would report the clean accuracy as robust)."""
+    skipped = {}
+    for entry in attacks:
+        needed = getattr(entry.factory(eps), "min_classes", 2)
+        if classes < needed:
+            skipped[entry.name] = f"needs >= {needed} classes, the model returns {classes}"
+    if len(skipped) == len(attacks):
+        raise ValueError(f"no attack of the suite applies to a model with {classes} classes: {skipped}")
+    return skipped
+
+
 def batch_seed(seed: int, *parts: int) -> int:
     """A reproducible 62-bit seed for one (attack, eps, batch) unit of work."""
     digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
@@ -372,7 +387,11 @@ def run_suite(
     logits = predict(model, x.to(device), batch_size).cpu()
     finite = torch.isfinite(logits).all(dim=1)
     clean_correct = finite & (logits.argmax(dim=1) == y)
-    report = SuiteReport(eps, norm, y, clean_correct, [], names, clean_nonfinite=int((~finite).sum()))
+    skipped = _inapplicable(attacks, eps[0], logits.shape[1])
+    attacks = [entry for entry in attacks if entry.name not in skipped]
+    names = [entry.name for entry in attacks]
+    report = SuiteReport(eps, norm, y, clean_correct, [], names, clean_nonfinite=int((~finite).sum()),
+                         skipped=skipped)
     minimizers: dict[str, tuple[Tensor, Tensor, dict[str, float], float]] = {}
     batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     completed = completed or {}

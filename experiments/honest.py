@@ -389,6 +389,7 @@ def markdown_report(evaluations: Mapping[str, Evaluation], command: str = "") ->
         lines += ["", "Flags:", ""]
         for flag in report.flags:
             lines.append(f"- {'**FIRED**' if flag.fired else 'ok'} `{flag.name}`: {flag.verdict}")
+        lines += [f"- skipped `{name}`: {why}" for name, why in report.skipped.items()]
         lines += ["", "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in ev.seconds.items()), ""]
     first = next(iter(evaluations.values()), None)
     if first is not None:
@@ -399,7 +400,8 @@ def markdown_report(evaluations: Mapping[str, Evaluation], command: str = "") ->
             json.dumps(first.config.to_dict(), indent=2),
             "```",
             "",
-            "Attacks: " + "; ".join(f"`{a.name}` = {report_config(first, a.name)}" for a in first.attacks),
+            "Attacks: " + "; ".join(f"`{a.name}` = {report_config(first, a.name)}" for a in first.attacks
+                                    if a.name in first.report.attack_names),
             "",
         ]
     return "\n".join(lines)
@@ -470,7 +472,9 @@ def write_outputs(
                 "seconds": ev.seconds,
                 "rows": result_rows(ev, label),
                 "flags": [f.to_json() for f in ev.report.flags],
-                "attacks": {a.name: report_config(ev, a.name) for a in ev.attacks},
+                "attacks": {a.name: report_config(ev, a.name) for a in ev.attacks
+                            if a.name in ev.report.attack_names},
+                **({"skipped_attacks": ev.report.skipped} if ev.report.skipped else {}),
             }
             for label, ev in evaluations.items()
         },

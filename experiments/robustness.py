@@ -465,6 +465,7 @@ def evaluate_model(model: torch.nn.Module, plan: ModelPlan, x: torch.Tensor, y: 
     record["flags"] = [flag.to_json() for flag in evaluation.report.flags]
     record["suite_seconds"] = evaluation.seconds
     record["warnings"] = [f"{flag.name}: {flag.verdict}" for flag in evaluation.report.flags if flag.fired]
+    record["warnings"] += [f"skipped {name}: {why}" for name, why in evaluation.report.skipped.items()]
     record["time_s"] = time.perf_counter() - started
     return record
 

@@ -252,3 +252,19 @@ def test_weak_suite_fires_more_iterations_and_eps_monotone() -> None:
     assert report.worst_case_accuracy(0.2) <= report.worst_case_accuracy(0.1)  # carried up
     convergence = flags["more-iterations-help"]
     assert convergence.fired and convergence.numbers["missed_by_suite"] > 0
+
+
+def test_attacks_needing_more_classes_are_skipped_and_named_not_crashed() -> None:
+    # Before: a 2-class model crashed the quick preset at APGD-T ("needs >= 4 classes") after APGD-CE ran.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    x = torch.rand(12, 1, 8, 8)
+    y = model(x).argmax(dim=1)
+    attacks = preset("quick", steps=5, targets=3, queries=20)
+    report = run_suite(model, x, y, [0.05, 0.3], attacks)
+    (skipped,) = [a.name for a in attacks if a.name.startswith("APGD-T")]
+    assert report.skipped == {skipped: "needs >= 4 classes, the model returns 2"}
+    assert skipped not in report.attack_names and len(report.attack_names) == len(attacks) - 1
+    assert 0.0 <= report.worst_case_accuracy(0.3) <= report.worst_case_accuracy(0.05) <= 1.0
+    with pytest.raises(ValueError, match="no attack of the suite applies to a model with 2 classes"):
+        run_suite(model, x, y, [0.05], [a for a in attacks if a.name == skipped])

@@ -93,3 +93,22 @@ def test_errors_are_one_line_with_exit_code_2(setup, capsys) -> None:
     assert run(evaluate.main, bad) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "--data-dir" in error
+
+
+def test_a_two_class_model_is_evaluated_with_the_attacks_that_apply_and_the_report_names_the_rest(tmp_path):
+    # APGD-T's targeted DLR loss needs >= 4 classes: the suite runs the others and every output says so.
+    from experiments import honest
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    x = torch.rand(12, 1, 8, 8)
+    y = model(x).argmax(dim=1)
+    config = honest.EvaluationConfig(eps=(0.05, 0.3), samples=12, steps=5, target_classes=3, queries=20,
+                                     convergence_steps=(5, 10), convergence_samples=4, dependence_samples=4)
+    evaluation = honest.evaluate(model, x, y, config, progress=False)
+    honest.write_outputs({"binary": evaluation}, tmp_path, command="test")
+    report = (tmp_path / "report.md").read_text()
+    assert "- skipped `APGD-T-5x3`: needs >= 4 classes, the model returns 2" in report
+    payload = json.loads((tmp_path / "results.json").read_text())["models"]["binary"]
+    assert payload["skipped_attacks"] == {"APGD-T-5x3": "needs >= 4 classes, the model returns 2"}
+    assert "APGD-T-5x3" not in payload["attacks"]
