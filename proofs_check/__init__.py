@@ -12,7 +12,7 @@ never implied: layers it cannot bound (GroupNorm/LayerNorm by default, training-
 selection) are refused.
 """
 
-from proofs_check import networks  # noqa: F401  (registers the rules for nets blocks)
+from proofs_check import networks, pooling  # noqa: F401  (register the rules for nets blocks, pooling)
 from proofs_check.bounds import (
     amplification_bound,
     exponential_envelope,

@@ -14,6 +14,8 @@ For a composition f = f_L ∘ … ∘ f_1, K ≤ Π_l Lip(f_l). Each layer's con
   vacuous (≈ 316·|γ| for eps = 1e-5). They are refused by default (``norm_layers="refuse"``);
   ``norm_layers="worst_case"`` certifies that global constant and records the assumption.
 * ``Dropout`` (eval), ``Identity``, ``Flatten``: 1. ``nn.Sequential`` recurses.
+* Average and max pooling: ``proofs_check.pooling`` (Schur test on the layer's own row and column sums;
+  √(windows per input) for max pooling).
 
 Anything else raises ``NotCertifiableError`` naming the layer; ``register_lipschitz_rule`` adds rules
 (e.g. for a block whose ``forward`` is not a plain sequence).
