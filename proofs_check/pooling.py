@@ -22,13 +22,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from proofs_check.lipschitz import LayerBound, register_lipschitz_rule
-from proofs_check.operator_norms import ROUNDING_MARGIN
+from proofs_check.operator_norms import ROUNDING_MARGIN, NotCertifiableError
 
 _AVERAGE = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
             nn.AdaptiveAvgPool3d)
 
 
 def _average(module: nn.Module, shape, name, options) -> list[LayerBound]:
+    divisor = getattr(module, "divisor_override", None)
+    if divisor is not None and divisor <= 0:  # the Schur test needs A >= 0 entrywise
+        raise NotCertifiableError(f"{name}: divisor_override={divisor} makes the pooling weights negative")
     ones = torch.ones(1, *shape, dtype=torch.float64, requires_grad=True)
     out = module(ones)
     max_row_sum = float(out.detach().max())
