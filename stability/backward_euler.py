@@ -58,9 +58,10 @@ def backward_euler_step(func: TimeVectorField, t: float, y: Tensor, h: float, *,
     y_detached = y.detach()
 
     def field(z: Tensor) -> Tensor:
+        version = z._version
         f = func(t_new, z)
-        if not isinstance(f, Tensor) or f.shape != z.shape or f.dtype != z.dtype:
-            check_output(f, z, t + h)
+        if z._version != version or not isinstance(f, Tensor) or f.shape != z.shape or f.dtype != z.dtype:
+            check_output(f, z, t + h, version)
         return f
 
     field_jvp = make_jvp(field, options.jvp)

@@ -56,13 +56,15 @@ class OdeSolver:
 
     def fun(self, t: float, y: Tensor) -> Tensor:
         """f(t, y) with t given as a float; counts the evaluation and checks the output's type, shape and
-        dtype (three attribute comparisons: a later wrong shape would otherwise broadcast silently)."""
+        dtype (a later wrong shape would otherwise broadcast silently) and that func left y unchanged (its
+        version counter: an in-place change would corrupt the solution silently)."""
         self.stats.nfe += 1
         if t != self._t_last:  # DOPRI5's last two stages share their time: one tensor for both
             self._t_last, self._t_tensor = t, torch.full((), t, dtype=self._time_dtype, device=self._device)
+        version = y._version
         f = self._func(self._t_tensor, y)
-        if not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
-            check_output(f, y, t)
+        if y._version != version or not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
+            check_output(f, y, t, version)
         return f
 
     def _checked_first_evaluation(self) -> Tensor:

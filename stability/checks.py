@@ -50,11 +50,17 @@ def check_tolerances(rtol: float, atol: float) -> None:
         raise ODEInputError("rtol and atol cannot both be zero")
 
 
-def check_output(f, y: Tensor, t) -> None:
-    """Raise unless ``f`` is a tensor of y's shape and dtype (called on every evaluation that looks wrong)."""
+def check_output(f, y: Tensor, t, version: int | None = None) -> None:
+    """Raise unless ``f`` is a tensor of y's shape and dtype and func left y as it was (``version``: y's
+    version counter before the call); called on every evaluation that looks wrong."""
+    where = f"t={t}" if isinstance(t, float) else "t=[per-sample times]"
+    if version is not None and y._version != version:
+        raise ODEInputError(
+            f"func modified its input y in place at {where}: the solver keeps y and the stage inputs, so an "
+            f"in-place operation on y changes the solution silently; use out-of-place operations "
+            f"(y.clamp(...), not y.clamp_(...))")
     if not isinstance(f, Tensor):
         raise ODEInputError(f"func must return a torch.Tensor, got {type(f).__name__}")
-    where = f"t={t}" if isinstance(t, float) else "t=[per-sample times]"
     if f.shape != y.shape:
         raise ODEInputError(
             f"func returned shape {tuple(f.shape)} at {where}, expected {tuple(y.shape)} like y0"

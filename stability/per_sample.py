@@ -77,9 +77,10 @@ class PerSampleStepper:
 
     def _evaluate(self, t: Tensor, y: Tensor, samples: Tensor) -> Tensor:
         self.nfe.index_add_(0, samples, torch.ones_like(samples))
+        version = y._version
         f = self.func(t.to(self.time_dtype), y)
-        if not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
-            check_output(f, y, None)
+        if y._version != version or not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
+            check_output(f, y, None, version)
         return f
 
     def advance(self) -> list[Tensor]:

@@ -128,3 +128,15 @@ def test_unknown_method_lists_the_known_ones():
 def test_bad_options(options, match):
     with pytest.raises(ODEInputError, match=match):
         odeint(decay, Y0, [0.0, 1.0], **options)
+
+
+@pytest.mark.parametrize("keywords", [{}, {"method": "rk4", "step_size": 0.1}, {"per_sample": True},
+                                      {"method": "backward_euler", "step_size": 0.1}])
+def test_func_modifying_its_input_in_place_is_an_error_not_a_silently_wrong_solution(keywords):
+    # Before: y' = -max(y, 0) written with clamp_ returned 0 instead of the constant -0.5 for the second
+    # component (the state itself was clamped) and changed the caller's y0.
+    y0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
+    with pytest.raises(ODEInputError, match="modified its input y in place"):
+        odeint(lambda t, y: -y.clamp_(min=0), y0.clone(), [0.0, 1.0], **keywords)
+    expected = odeint(lambda t, y: -y.clamp(min=0), y0, [0.0, 1.0], **keywords)[-1, 0, 1]
+    assert float(expected) == -0.5
