@@ -8,7 +8,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from stability.checks import check_derivative, check_low_precision, check_output, check_state, time_dtype
+from stability.checks import (
+    check_derivative,
+    check_low_precision,
+    check_output,
+    check_state,
+    reused_output_error,
+    time_dtype,
+)
 from stability.errors import MaxStepsExceededError, ODEInputError
 from stability.options import SolverOptions, as_options
 from stability.solution import SolverStats
@@ -48,6 +55,7 @@ class OdeSolver:
         self.t_old = self.y_old = self._stages = self._h_last = None  # the last accepted step, once taken
         self._time_dtype, self._device = time_dtype(y0), y0.device
         self._t_last, self._t_tensor = None, None
+        self._last_output: tuple[Tensor | None, int] = (None, 0)  # func's previous output and its version
         self.grid = self._make_grid(options.step_size, options.grid)
         self._grid_index = 0
         self.fixed_step = self.grid is not None
@@ -56,8 +64,9 @@ class OdeSolver:
 
     def fun(self, t: float, y: Tensor) -> Tensor:
         """f(t, y) with t given as a float; counts the evaluation and checks the output's type, shape and
-        dtype (a later wrong shape would otherwise broadcast silently) and that func left y unchanged (its
-        version counter: an in-place change would corrupt the solution silently)."""
+        dtype (a later wrong shape would otherwise broadcast silently), that func left y unchanged (its
+        version counter) and that it did not overwrite and return its previous output (a reused buffer):
+        either would corrupt the stages the solver holds, silently."""
         self.stats.nfe += 1
         if t != self._t_last:  # DOPRI5's last two stages share their time: one tensor for both
             self._t_last, self._t_tensor = t, torch.full((), t, dtype=self._time_dtype, device=self._device)
@@ -65,6 +74,10 @@ class OdeSolver:
         f = self._func(self._t_tensor, y)
         if y._version != version or not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
             check_output(f, y, t, version)
+        last, last_version = self._last_output
+        if last is not None and f.data_ptr() == last.data_ptr() and last._version != last_version:
+            raise reused_output_error(t)
+        self._last_output = (f, f._version)
         return f
 
     def _checked_first_evaluation(self) -> Tensor:

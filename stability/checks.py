@@ -69,6 +69,15 @@ def check_output(f, y: Tensor, t, version: int | None = None) -> None:
         raise ODEInputError(f"func returned dtype {f.dtype} at {where}, expected {y.dtype} like y0")
 
 
+def reused_output_error(t) -> ODEInputError:
+    """func wrote into and returned the memory of its previous output, which the solver still holds."""
+    where = f"t={t}" if isinstance(t, float) else "t=[per-sample times]"
+    return ODEInputError(
+        f"func returned, at {where}, the memory it returned at its previous evaluation after writing to it "
+        f"(a reused output buffer, e.g. torch.neg(y, out=buf)): the solver keeps every stage, so overwriting "
+        f"one changes the solution silently; return a new tensor at each call")
+
+
 def check_derivative(f: Tensor, y: Tensor, t: float) -> None:
     check_output(f, y, t)
     if not all_finite(f):

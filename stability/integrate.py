@@ -67,6 +67,7 @@ class SharedStepper:
         # The previous step's interpolation data is not needed to continue; dropping it keeps a chunk boundary
         # at y (and, for FSAL methods, its first stage) instead of all stages of the last step.
         solver.y_old = solver._stages = None
+        solver._last_output = (None, 0)
         return other
 
     def position(self) -> tuple:

@@ -25,6 +25,7 @@ from stability.checks import (
     check_output,
     max_steps_error,
     nonfinite_rejections_error,
+    reused_output_error,
     time_dtype,
     underflow_error,
 )
@@ -44,6 +45,7 @@ class PerSampleStepper:
         self.func, self.options, self.times, self.tableau = func, options, times, TABLEAUX[options.method]
         self.norm = options.norm or functools.partial(error_ratio, per_sample=True)
         self.batch, self.time_dtype = y0.shape[0], time_dtype(y0)
+        self.last_output: tuple[Tensor | None, int] = (None, 0)  # func's previous output and its version
         self.t0, self.t_bound = times[0], times[-1]
         self.direction = 1.0 if self.t_bound > self.t0 else -1.0
         self.span = abs(self.t_bound - self.t0)
@@ -81,6 +83,10 @@ class PerSampleStepper:
         f = self.func(t.to(self.time_dtype), y)
         if y._version != version or not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
             check_output(f, y, None, version)
+        last, last_version = self.last_output
+        if last is not None and f.data_ptr() == last.data_ptr() and last._version != last_version:
+            raise reused_output_error(None)
+        self.last_output = (f, f._version)
         return f
 
     def advance(self) -> list[Tensor]:
@@ -214,6 +220,7 @@ class PerSampleStepper:
         for name in ("nfe", "n_accepted", "n_rejected", "next_output"):
             setattr(other, name, getattr(self, name).clone())
         other.step_records, other.output_records = list(self.step_records), list(self.output_records)
+        other.last_output = (None, 0)
         return other
 
     def position(self) -> tuple:

@@ -140,3 +140,21 @@ def test_func_modifying_its_input_in_place_is_an_error_not_a_silently_wrong_solu
         odeint(lambda t, y: -y.clamp_(min=0), y0.clone(), [0.0, 1.0], **keywords)
     expected = odeint(lambda t, y: -y.clamp(min=0), y0, [0.0, 1.0], **keywords)[-1, 0, 1]
     assert float(expected) == -0.5
+
+
+@pytest.mark.parametrize("keywords", [{}, {"method": "rk4", "step_size": 0.1}, {"per_sample": True}])
+def test_func_returning_a_reused_output_buffer_is_an_error_but_a_constant_field_is_fine(keywords):
+    # Before: f(t, y) = -y written as torch.neg(y, out=buf); return buf overwrote every stage the solver holds
+    # and returned 0.525 for e^{-1} = 0.368 without a word.
+    y0 = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    buffer = torch.empty_like(y0)
+
+    def into_buffer(t, y):
+        torch.neg(y, out=buffer)
+        return buffer
+
+    with pytest.raises(ODEInputError, match="reused output buffer"):
+        odeint(into_buffer, y0, [0.0, 1.0], **keywords)
+    constant = torch.ones_like(y0)  # the same tensor every time, never written: dy/dt = 1 is fine
+    solution = odeint(lambda t, y: constant, y0, [0.0, 1.0], **keywords)[-1]
+    torch.testing.assert_close(solution, y0 + 1, rtol=0, atol=1e-14)
