@@ -61,7 +61,8 @@ def _floats(text: str) -> list[float]:
 
 def _schemes(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
-    known = (*EXPLICIT_SCHEMES, "backward_euler")
+    known = (*EXPLICIT_SCHEMES, *(m for m in stability.methods.TABLEAUX if m not in EXPLICIT_SCHEMES),
+             "backward_euler")
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown scheme(s) {unknown}; choose from {', '.join(known)}")
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheme",
         type=_schemes,
         default=[*EXPLICIT_SCHEMES, "backward_euler"],
-        help="comma-separated schemes, random network only (default: euler,heun,rk4,dopri5,backward_euler)",
+        help="comma-separated schemes, random network only: any explicit method of stability (bosh3, tsit5, "
+             "…) or backward_euler (default: euler,heun,rk4,dopri5,backward_euler)",
     )
     parser.add_argument("--h", type=_floats, default=[1.0, 0.1, 0.01],
                         help="comma-separated step sizes (default: 1,0.1,0.01)")

@@ -100,3 +100,12 @@ def test_the_former_command_name_says_where_it_moved(capsys):
         runpy.run_module("proofs_check", run_name="__main__")
     assert exit_info.value.code == 2
     assert "python -m experiments.bounds" in capsys.readouterr().err
+
+
+def test_every_explicit_method_of_stability_is_a_scheme(tmp_path):
+    args = ["--out", str(tmp_path), "--scheme", "bosh3,tsit5", "--h", "0.1", "--steps", "3"]
+    args += ["--samples", "2", "--channels", "2", "--size", "4", "--lipschitz", "2.0"]
+    assert main(args) == 0
+    rows = read_rows(tmp_path / "results.csv")
+    assert {row["run"] for row in rows} == {"bosh3_h0.1", "tsit5_h0.1"}
+    assert all(row["violations"] == "0" for row in rows)
