@@ -8,14 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from stability.checks import (
-    check_derivative,
-    check_low_precision,
-    check_output,
-    check_state,
-    reused_output_error,
-    time_dtype,
-)
+from stability.checks import check_derivative, check_low_precision, check_state, evaluate_checked, time_dtype
 from stability.errors import MaxStepsExceededError, ODEInputError
 from stability.options import SolverOptions, as_options
 from stability.solution import SolverStats
@@ -70,14 +63,7 @@ class OdeSolver:
         self.stats.nfe += 1
         if t != self._t_last:  # DOPRI5's last two stages share their time: one tensor for both
             self._t_last, self._t_tensor = t, torch.full((), t, dtype=self._time_dtype, device=self._device)
-        version = y._version
-        f = self._func(self._t_tensor, y)
-        if y._version != version or not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
-            check_output(f, y, t, version)
-        last, last_version = self._last_output
-        if last is not None and f.data_ptr() == last.data_ptr() and last._version != last_version:
-            raise reused_output_error(t)
-        self._last_output = (f, f._version)
+        f, self._last_output = evaluate_checked(self._func, self._t_tensor, y, t, self._last_output)
         return f
 
     def _checked_first_evaluation(self) -> Tensor:

@@ -78,6 +78,21 @@ def reused_output_error(t) -> ODEInputError:
         f"one changes the solution silently; return a new tensor at each call")
 
 
+def evaluate_checked(func, t, y: Tensor, where, last: tuple[Tensor | None, int]):
+    """``(func(t, y), record)`` with the checks of every evaluation: func left y unchanged (its version
+    counter), returned a tensor of y's shape and dtype, and did not overwrite and return its previous output
+    ``last`` = (that tensor, its version when returned); ``record`` is the new ``last``. ``where`` names t in
+    errors (a float, or None for per-sample times)."""
+    version = y._version
+    f = func(t, y)
+    if y._version != version or not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
+        check_output(f, y, where, version)
+    previous, previous_version = last
+    if previous is not None and f.data_ptr() == previous.data_ptr() and previous._version != previous_version:
+        raise reused_output_error(where)
+    return f, (f, f._version)
+
+
 def check_derivative(f: Tensor, y: Tensor, t: float) -> None:
     check_output(f, y, t)
     if not all_finite(f):

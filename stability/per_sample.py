@@ -22,10 +22,9 @@ from stability.checks import (
     check_derivative,
     check_first_step,
     check_low_precision,
-    check_output,
+    evaluate_checked,
     max_steps_error,
     nonfinite_rejections_error,
-    reused_output_error,
     time_dtype,
     underflow_error,
 )
@@ -79,14 +78,7 @@ class PerSampleStepper:
 
     def _evaluate(self, t: Tensor, y: Tensor, samples: Tensor) -> Tensor:
         self.nfe.index_add_(0, samples, torch.ones_like(samples))
-        version = y._version
-        f = self.func(t.to(self.time_dtype), y)
-        if y._version != version or not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:
-            check_output(f, y, None, version)
-        last, last_version = self.last_output
-        if last is not None and f.data_ptr() == last.data_ptr() and last._version != last_version:
-            raise reused_output_error(None)
-        self.last_output = (f, f._version)
+        f, self.last_output = evaluate_checked(self.func, t.to(self.time_dtype), y, None, self.last_output)
         return f
 
     def advance(self) -> list[Tensor]:
