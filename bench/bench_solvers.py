@@ -32,7 +32,7 @@ import torchdiffeq  # noqa: E402
 
 import stability  # noqa: E402
 from bench.fields import ConvField, TinyMLPField, evaluation_floor  # noqa: E402
-from bench.timing import interleaved_medians, print_table  # noqa: E402
+from bench.timing import interleaved_medians, interleaved_samples, print_table  # noqa: E402
 
 try:
     import torchode  # noqa: E402
@@ -230,19 +230,17 @@ def time_split_benchmark(repeats: int) -> None:
     contenders = {"stability": lambda: stability.odeint(field, y0, t, **options),
                   "torchdiffeq": lambda: torchdiffeq.odeint(field, y0, t, **options),
                   "floor 20": lambda: evaluation_floor(field, t[0], y0, 20, False)}
-    samples = {name: [] for name in contenders}
-    names = list(contenders)
+
+    def split(run) -> tuple[float, float, float, int, int]:
+        """(total, inside f, outside f) CPU seconds and (inside, outside) minor faults of one run."""
+        field.seconds, field.faults = 0.0, 0
+        start, faults = CPU(), minor_faults()
+        run()
+        total, total_faults = CPU() - start, minor_faults() - faults
+        return total, field.seconds, total - field.seconds, field.faults, total_faults - field.faults
+
     with torch.no_grad():
-        for round_index in range(repeats + 1):  # round 0 warms up
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                field.seconds, field.faults = 0.0, 0
-                start, faults = CPU(), minor_faults()
-                contenders[name]()
-                total, total_faults = CPU() - start, minor_faults() - faults
-                if round_index:
-                    samples[name].append((total, field.seconds, total - field.seconds, field.faults,
-                                          total_faults - field.faults))
+        samples = interleaved_samples(contenders, repeats, warmup=1, measure=split)
     median = {name: [statistics.median(column) for column in zip(*rows)] for name, rows in samples.items()}
     floor_total, floor_inside = median["floor 20"][0], median["floor 20"][1]
     rows = [(name, f"{total:.4f}", f"{inside:.4f}", f"{outside:.4f}", f"{inside / floor_inside:.3f}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def interleaved_medians(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
@@ -15,18 +16,29 @@ def interleaved_medians(contenders: dict[str, Callable[[], object]], repeats: in
     ``clock``: wall time by default; ``time.process_time`` (CPU time of this process, all threads) is
     disturbed least by other jobs on a shared machine.
     """
+    def elapsed(run: Callable[[], object]) -> float:
+        start = clock()
+        run()
+        return clock() - start
+
+    samples = interleaved_samples(contenders, repeats, warmup, elapsed)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def interleaved_samples(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                        measure: Callable[[Callable[[], object]], Any]) -> dict[str, list[Any]]:
+    """``measure(contender)`` for every contender over ``repeats`` rotated rounds, after ``warmup`` plain runs
+    of each: the measurements per contender, in round order (``interleaved_medians`` takes their medians)."""
     names = list(contenders)
     for name in names:
         for _ in range(warmup):
             contenders[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples: dict[str, list[Any]] = {name: [] for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = clock()
-            contenders[name]()
-            samples[name].append(clock() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+            samples[name].append(measure(contenders[name]))
+    return samples
 
 
 def print_table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
