@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from stability.base import OdeSolver, TimeVectorField
-from stability.checks import LOW_PRECISION, all_finite, check_output, time_dtype
+from stability.checks import LOW_PRECISION, all_finite, evaluate_checked, time_dtype
 from stability.errors import NonConvergenceError, NonFiniteValueError
 from stability.krylov import gmres
 from stability.newton_krylov import make_jvp, newton_krylov
@@ -57,12 +57,8 @@ def backward_euler_step(func: TimeVectorField, t: float, y: Tensor, h: float, *,
     tol = options.tolerance(y.dtype)
     y_detached = y.detach()
 
-    def field(z: Tensor) -> Tensor:
-        version = z._version
-        f = func(t_new, z)
-        if z._version != version or not isinstance(f, Tensor) or f.shape != z.shape or f.dtype != z.dtype:
-            check_output(f, z, t + h, version)
-        return f
+    def field(z: Tensor) -> Tensor:  # Newton uses each value at once: no previous output to compare with
+        return evaluate_checked(func, t_new, z, t + h, (None, 0))[0]
 
     field_jvp = make_jvp(field, options.jvp)
 
