@@ -12,7 +12,7 @@ from tests.problems import (
     observed_order,
     scipy_reference,
 )
-from tests.test_solver_convergence import NONLINEAR_STEP_COUNTS, ORDERS, STEP_COUNTS
+from tests.stability.test_solver_convergence import NONLINEAR_STEP_COUNTS, ORDERS, STEP_COUNTS
 
 
 def final_error(field, y0, t_end, method, n, reference) -> float:

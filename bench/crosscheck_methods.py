@@ -2,8 +2,8 @@
 
 A forced Duffing oscillator (a batch of 4 initial states, float64) is integrated over [0, 4] with fixed steps
 by ours and by torchode (``FixedStepController``): the same tableau must give the same numbers up to
-rounding, whatever the step. The order conditions (``tests/test_solver_methods.py``) prove each method's
-order; this shows the coefficients are those of the published method the peers ship.
+rounding, whatever the step. The order conditions (``tests/stability/test_solver_methods.py``) prove each
+method's order; this shows the coefficients are those of the published method the peers ship.
 
 Run:  bash bench/setup.sh && python -m bench.crosscheck_methods
 """

@@ -6,7 +6,8 @@ Problems (float64, shared step control): the Arenstorf orbit (one period), the K
 oscillators (μ = 1) on [0, 10] solved as one state. The error is the max-norm error at the final time against
 DOP853 at rtol = atol = 1e-13, relative to max(1, ‖y_ref‖∞).
 
-Run:  python -m bench.nfe_suite  (asserted by ``tests/test_solver_nfe_suite.py``, ``test_solver_methods.py``)
+Run:  python -m bench.nfe_suite
+(asserted by ``tests/stability/test_solver_nfe_suite.py`` and ``test_solver_methods.py``)
 """
 
 from __future__ import annotations

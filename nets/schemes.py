@@ -81,7 +81,7 @@ class PolyStep(SchemeBlock):
 
     For linear F = A this is (I + hA + h²A²)y, which differs from the backward-Euler step (I − hA)⁻¹y by
     h³A³y + O(h⁴). For nonlinear F it agrees with backward Euler only to O(h) when F(0) ≠ 0 (hF(hF(y)) →
-    hF(0)), and to O(h²) when F(0) = 0 (h²F'(0)F(y) against h²F'(y)F(y)); see tests/test_nets_schemes.py.
+    hF(0)), and to O(h²) when F(0) = 0 (h²F'(0)F(y) against h²F'(y)F(y)); see tests/nets/test_nets_schemes.py.
     """
 
     def forward(self, y: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ Order 5 propagated, order-4 embedded error estimate, 7 stages of which 6 are new
 paper's order-4 continuous extension. Its coefficients minimise the principal truncation error of the
 5th-order formula without the usual simplifying assumptions, so at equal cost it is usually more accurate
 than DOPRI5 (the default of diffrax and of Julia's DifferentialEquations.jl). Coefficients as printed in the
-paper (Table 1), to double precision; ``tests/test_solver_methods.py`` checks the order conditions.
+paper (Table 1), to double precision; ``tests/stability/test_solver_methods.py`` checks the order conditions.
 """
 
 from stability.tableau import ButcherTableau

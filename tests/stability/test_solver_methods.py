@@ -90,7 +90,7 @@ def test_dense_output_weights_reach_b_at_the_step_end_and_have_their_order_insid
     assert max(misses) > 1e-4  # and not the next order
 
 
-@pytest.mark.parametrize("problem, tol", itertools.product(PROBLEMS, [1e-3, 1e-6]))
+@pytest.mark.parametrize("problem, tol", list(itertools.product(PROBLEMS, [1e-3, 1e-6])))
 def test_bosh3_is_scipys_rk23_step_for_step(problem, tol):
     row = run(problem, tol, method="bosh3")  # against scipy's RK23: the same pair, estimate and control
     assert row.nfe <= 1.10 * row.nfe_rk45

@@ -14,7 +14,7 @@ from experiments.cli import run
 from nets.datasets import mnist as mnist_module
 from nets.registry import build_model
 from nets.training import atomic_torch_save
-from tests.test_data import write_mnist
+from tests.nets.test_data import write_mnist
 
 
 def save_run(folder, name: str, **kwargs) -> str:
@@ -44,6 +44,7 @@ def argv(tmp_path, checkpoint, *extra):
             "--reference-tol", "1e-3", "--batch-size", "3", "--no-progress", "--device", "cpu", *extra]
 
 
+@pytest.mark.slow
 def test_ode_preset_writes_every_file_with_its_columns_and_resumes(setup, capsys) -> None:
     tmp_path, ode, resnet = setup
     assert run(evaluate.main, argv(tmp_path, ode, "--preset", "ode-quick", "--against", resnet)) == 0

@@ -115,7 +115,7 @@ def test_float32_fixed_step_and_errors():
         solve_per_sample(van_der_pol, y0.double(), [0.0, 10.0], max_steps=3)
     with pytest.raises(ODEInputError, match="leading batch dimension"):
         solve_per_sample(lambda t, y: -y, torch.tensor(1.0, dtype=torch.float64), [0.0, 1.0])
-    # issue 11: per-sample control now works with every gradient strategy (tests/test_per_sample_gradients.py)
+    # per-sample control works with every gradient strategy (tests/stability/test_per_sample_gradients.py)
     assert odeint(van_der_pol, y0, [0.0, 1.0], per_sample=True, gradient="adjoint").shape == (2, 4, 2)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # No batch statistics (BatchNorm would see per-process batches and break the equality).
 MODELS_MODULE = textwrap.dedent(
@@ -83,6 +83,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "model.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_matches_one_process_with_same_global_batch(tmp_path, monkeypatch):
     data = tmp_path / "data"
     write_tiny_mnist(data, n_train=48, n_test=10)  # 48 = 3 global batches of 16: no padding

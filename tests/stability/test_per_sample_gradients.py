@@ -69,6 +69,7 @@ def _memory(gradient: str, t1: float) -> int:
     return peak_memory(run)[1]
 
 
+@pytest.mark.slow
 def test_per_sample_memory_adjoint_flat_checkpoint_sublinear():
     backprop_short, backprop_long = _memory("backprop", 1.0), _memory("backprop", 10.0)
     adjoint_short, adjoint_long = _memory("adjoint", 1.0), _memory("adjoint", 10.0)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from attacks import BoundaryAttack
-from tests.test_attacks_support import linear_binary
+from tests.attacks.support import linear_binary
 
 
 class Counting(nn.Module):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from attacks import APGD, APGDT, PGD, NonFiniteLogitsError, Square
 from attacks.apgd import _projection, apgd_checkpoints, dlr_loss, dlr_loss_targeted
 from attacks.square import _window_index, _window_mask, square_p_schedule
-from tests.test_attacks_support import linear_binary, random_images, small_cnn
+from tests.attacks.support import linear_binary, random_images, small_cnn
 
 
 def robust(model, x_adv, y) -> float:

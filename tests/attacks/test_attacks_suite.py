@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from attacks import Attack, SuiteAttack, preset, run_checks, run_suite
 from attacks.checks import constant_image_cap
-from tests.test_attacks_support import random_images, small_cnn
+from tests.attacks.support import random_images, small_cnn
 
 CHEAP = dict(convergence_steps=(2, 5), convergence_samples=6, dependence_samples=6)
 
@@ -107,6 +107,7 @@ def _shard(rank: int, world: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_single_process() -> None:
     model = small_cnn(0)
     x, _ = random_images(20, 1)

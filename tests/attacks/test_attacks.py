@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from attacks import DI2FGSM, FGSM, PGD, InputDiversity, eval_mode
-from tests.test_attacks_support import linear_binary, random_images, small_cnn
+from tests.attacks.support import linear_binary, random_images, small_cnn
 
 MODEL = small_cnn()
 

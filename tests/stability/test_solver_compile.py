@@ -50,6 +50,7 @@ def test_compile_is_off_by_default_and_a_keyword_of_the_entry_points():
     assert inspect.signature(solve).parameters["compile"].default is False
 
 
+@pytest.mark.slow
 def test_compiled_dopri5_agrees_with_eager_to_rounding_with_the_same_steps(field):
     eager, compiled = solved(field, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-5, atol=1e-6)

@@ -12,7 +12,7 @@ import torch
 from experiments.paper import ARTEFACTS, cli, fig1, fig2, fig3, table1, table2
 from experiments.paper.specs import Plan
 from nets.training import build_optimizer, build_scheduler
-from tests.test_data import make_cifar, write_cifar_dir, write_mnist
+from tests.nets.test_data import make_cifar, write_cifar_dir, write_mnist
 
 COLUMNS = {
     "table1": {
@@ -95,6 +95,7 @@ def smoke_run(tmp_path_factory):
     return root, argv, code
 
 
+@pytest.mark.slow
 def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
     root, _, code = smoke_run
     assert code == 0

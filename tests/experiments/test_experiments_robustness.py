@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from attacks import PGD
@@ -17,7 +18,7 @@ from experiments import cli, robustness
 from experiments.masking import SurrogateSolverAttack, gradient_agreement, solver_override
 from nets.datasets import mnist as mnist_module
 from nets.registry import build_model
-from tests.test_data import write_mnist
+from tests.nets.test_data import write_mnist
 
 
 def test_main_job_trains_attacks_writes_and_resumes(tmp_path, monkeypatch):
@@ -97,7 +98,7 @@ def test_surrogate_attack_crafts_under_the_surrogate_solver():
 
 # --- the command line: report, closing line, model cache, resume, Ctrl-C, errors ----------------------------
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def smoke_argv(tmp_path: Path, *extra: str, odenet_arg: str = "channels=2") -> list[str]:
@@ -117,6 +118,7 @@ def closing_paths(stdout: str) -> list[Path]:
     return [Path(p) for p in line[len("wrote "):].split(", ")]
 
 
+@pytest.mark.slow
 def test_smoke_main_job_report_files_model_cache_and_recomputation(tmp_path, capsys, monkeypatch):
     write_mnist(tmp_path / "data", n_train=64, n_test=16)
     old_umask = os.umask(0o022)
@@ -181,6 +183,7 @@ def test_missing_data_dir_is_one_line_and_exit_status_2(tmp_path):
     assert line.startswith("error: data directory") and "absent" in line and "--download" in line
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_path, capsys):
     write_mnist(tmp_path / "data", n_train=64, n_test=32)
     # Both labels get the small ResNet (one cached model) so that the rerun below finishes quickly.
@@ -219,6 +222,7 @@ def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_p
         assert not count or f"[{label}] resumed {count} complete record(s)" in stdout
 
 
+@pytest.mark.slow
 def test_main_job_trains_exactly_like_the_readme_training_command(tmp_path, capsys):
     """The cached ResNet equals `python -m experiments.train` with the README's flags (same seed, data)."""
     from experiments import train as train_command

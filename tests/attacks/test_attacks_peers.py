@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attacks import FGSM, PGD
-from tests.test_attacks_support import random_images, small_cnn
+from tests.attacks.support import random_images, small_cnn
 
 torchattacks = pytest.importorskip("torchattacks")
 

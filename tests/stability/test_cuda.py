@@ -1,6 +1,7 @@
 """CUDA: solvers, ODE-nets, the attack suite and training run on the GPU and agree with the CPU.
 
-Skipped without a CUDA device (CI has none); on a GPU machine: ``python -m pytest tests/test_cuda.py``.
+Skipped without a CUDA device (CI has none); on a GPU machine:
+``python -m pytest tests/stability/test_cuda.py``.
 """
 
 import pytest

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from attacks import FGSM, PGD, BoundaryAttack, ResultTable, evaluate_attack, gradient_masking_warnings, sweep
-from tests.test_attacks_support import linear_binary
+from tests.attacks.support import linear_binary
 
 
 def linear_problem(n: int = 300, seed: int = 0):
