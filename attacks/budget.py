@@ -1,5 +1,14 @@
-"""Budgeted mode for CPUs: spend the targeted attack's iterations on the targets a linear model says are
-nearest, and give the black-box check a tenth of its queries.
+"""Budgeted mode for CPUs: take the easily broken points out early, spend the targeted attack's iterations on
+the targets a linear model says are nearest, and give the black-box check a tenth of its queries.
+
+Early discarding of the points a cheap attack already breaks: APGD runs every sample of its batch for all its
+iterations, even the ones fooled at the first step, so on a model that most points fall for, the full APGD-CE
+pass is most of AutoAttack's cost. The budgeted cascade first runs APGD-CE for :data:`PROBE_STEPS` steps; only
+the survivors go on to the full-length APGD-CE and the later attacks (the cascade's per-sample bookkeeping
+makes this exact: a point counts as robust only if it survives every stage). This is the budget-allocation
+idea of A3 (Liu et al., "Practical Evaluation of Adversarial Robustness via Adaptive Auto Attack", CVPR 2022)
+with the discarding criterion reversed: A3 stops spending on points its online statistics call hopeless; we
+stop spending on points already broken, which never lowers the attack's strength on the others.
 
 MALT target ordering (Melamed, Yehudai & Shamir, "MALT Powers Up Adversarial Attacks", NeurIPS 2023): for a
 sample of class ``y`` with logits ``z``, rank the other classes ``t`` by the distance a linearization of the
@@ -7,12 +16,12 @@ margin puts the decision boundary at,
 
     d_t = (z_y - z_t) / ||∇ₓ z_y - ∇ₓ z_t||_*      (||·||_* the dual norm: L1 for L-inf, L2 for L2),
 
-and run targeted APGD only against the ``k`` smallest. AutoAttack ranks targets by ``z_t`` alone and needs
-nine of them; MALT's ranking needs one backward pass per class and, on the paper's benchmarks, two or three
-targets to find what nine logit-ranked ones find.
+and run targeted APGD only against the ``k`` smallest. AutoAttack ranks targets by ``z_t`` alone and runs
+nine of them; MALT's ranking costs one backward pass per class.
 
-:func:`budget_preset` is the ``standard``/``quick`` preset with APGD-T replaced by MALT-ordered APGD-T over
-:data:`BUDGET_TARGETS` targets and Square's queries divided by :data:`QUERY_DIVISOR`; APGD-CE is unchanged.
+:func:`budget_preset` is the ``standard``/``quick`` preset with an APGD-CE probe of :data:`PROBE_STEPS` steps
+in front, APGD-T replaced by MALT-ordered APGD-T over :data:`BUDGET_TARGETS` targets and Square's queries
+divided by :data:`QUERY_DIVISOR`; the full-length APGD-CE is unchanged.
 How close it comes to the full preset is measured, not assumed (docs/evaluation.md).
 """
 
@@ -26,9 +35,10 @@ from .base import check_finite_logits, check_labels_in_range
 from .square import Square
 from .suite import PRESETS, SuiteAttack
 
-__all__ = ["BUDGET_TARGETS", "QUERY_DIVISOR", "MALTAPGDT", "budget_preset", "malt_targets"]
+__all__ = ["BUDGET_TARGETS", "PROBE_STEPS", "QUERY_DIVISOR", "MALTAPGDT", "budget_preset", "malt_targets"]
 
 BUDGET_TARGETS = 2
+PROBE_STEPS = 10
 QUERY_DIVISOR = 10
 
 
@@ -83,15 +93,18 @@ class MALTAPGDT(APGDT):
 
 def budget_preset(name: str, norm: str = "linf", seed: int = 0, *, steps: int | None = None,
                   targets: int | None = None, queries: int | None = None) -> list[SuiteAttack]:
-    """The budgeted version of preset ``name``: APGD-CE as in the preset, MALT-ordered APGD-T over
-    ``targets`` (default :data:`BUDGET_TARGETS`) classes, Square with the preset's queries divided by
-    :data:`QUERY_DIVISOR` (``queries`` overrides the result)."""
+    """The budgeted version of preset ``name``: an APGD-CE probe of :data:`PROBE_STEPS` steps, APGD-CE as in
+    the preset on its survivors, MALT-ordered APGD-T over ``targets`` (default :data:`BUDGET_TARGETS`)
+    classes, Square with the preset's queries divided by :data:`QUERY_DIVISOR` (``queries`` overrides the
+    result)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     steps = steps if steps is not None else PRESETS[name]["steps"]
     targets = targets if targets is not None else BUDGET_TARGETS
     queries = queries if queries is not None else max(1, PRESETS[name]["queries"] // QUERY_DIVISOR)
+    probe = min(PROBE_STEPS, steps)
     return [
+        SuiteAttack(f"APGD-CE-{probe} probe", lambda e: APGD(e, steps=probe, norm=norm, seed=seed)),
         SuiteAttack(f"APGD-CE-{steps}", lambda e: APGD(e, steps=steps, norm=norm, seed=seed)),
         SuiteAttack(
             f"APGD-T-MALT-{steps}x{targets}",
