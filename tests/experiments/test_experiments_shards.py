@@ -180,3 +180,34 @@ def test_shards_are_contiguous_whole_batches_covering_every_sample_once(samples,
         assert a.stop == b.start and b.start % batch == 0 and b.start > a.start
     with pytest.raises(UsageError):
         parse_shard(f"0/{-(-samples // batch) + 1}", samples, batch)
+
+
+@pytest.mark.slow
+def test_shards_of_an_in_memory_evaluation_merge_to_its_per_sample_rows(tmp_path) -> None:
+    # the library path without files or data: evaluate(first_batch=...) per shard, write, read back, merge
+    from experiments.honest import EvaluationConfig
+    from experiments.honest import evaluate as evaluate_model
+    from experiments.shards import merge_evaluation, read_shards, write_shard
+    from tests.attacks.support import small_cnn
+
+    model, source = small_cnn(0), small_cnn(4)
+    x = torch.rand(9, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    config = EvaluationConfig(eps=(0.02, 0.05), samples=9, batch_size=2, steps=3, target_classes=2, queries=5,
+                              convergence_steps=(1, 2), convergence_samples=2, dependence_samples=3)
+    against = {"source": source}
+    whole = evaluate_model(model, x, y, config, against=against, progress=False)
+    identity = {"config": config.to_dict(), "checkpoint": "w", "against": ["s"], "dataset": "tiny"}
+    folders = []
+    for k in range(3):
+        spec = parse_shard(f"{k}/3", 9, 2)
+        part = evaluate_model(model, x[spec.start : spec.stop], y[spec.start : spec.stop], config,
+                              against=against, progress=False, first_batch=spec.first_batch, checks=False)
+        folders.append(tmp_path / f"s{k}")
+        write_shard(folders[-1], spec, part, identity, "model", {"checkpoint": "", "against": []})
+    merged = merge_evaluation(read_shards(folders), whole.attacks, whole.solver)
+    assert merged.report.per_sample() == whole.report.per_sample()
+    assert merged.protocol == whole.protocol and merged.passes == whole.passes
+    assert {r.attack for r in whole.report.records if r.fooled.any()} >= {"APGD-CE-3"}  # the test can fail
+    assert bool(whole.report.worst_case(0.05).any())
+    assert bool(whole.report.record("APGD-CE transfer from source", 0.05).attacked.any())
