@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from attacks import AttackRecord, SuiteReport
+from attacks.checks import report_flags
 from attacks.suite import STAT_KEYS
 from experiments.cli import UsageError
 from experiments.honest import Evaluation, EvaluationConfig, pass_totals
@@ -268,8 +269,9 @@ def shard_config(shards: Sequence[Shard]) -> EvaluationConfig:
 def merge_evaluation(
     shards: Sequence[Shard], attacks: Sequence[Any], solver: Mapping[str, Any]
 ) -> Evaluation:
-    """The one-process :class:`Evaluation` (without the whole-set checks, which need the model) from shards
-    checked by :func:`read_shards`."""
+    """The one-process :class:`Evaluation` from shards checked by :func:`read_shards`, with the flags that
+    need only the report (the whole-set checks need the model:
+    :func:`experiments.honest.run_evaluation_checks` replaces them)."""
     first = shards[0].manifest
     config = shard_config(shards)
     n = shards[0].spec.samples
@@ -290,6 +292,7 @@ def merge_evaluation(
                          clean_nonfinite=sum(s.manifest["clean_nonfinite"] for s in shards),
                          skipped=dict(first["skipped"]))
     report.adversarials = _merged_adversarials(shards, config.dependence_samples)
+    report.flags = report_flags(report)  # the whole-set checks need the model: run_evaluation_checks
     robust = {
         name: {float(e): _mask([i for s in shards for i in s.manifest["protocol"][name][e]], n)
                for e in values}

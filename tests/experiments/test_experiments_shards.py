@@ -211,3 +211,17 @@ def test_shards_of_an_in_memory_evaluation_merge_to_its_per_sample_rows(tmp_path
     assert {r.attack for r in whole.report.records if r.fooled.any()} >= {"APGD-CE-3"}  # the test can fail
     assert bool(whole.report.worst_case(0.05).any())
     assert bool(whole.report.record("APGD-CE transfer from source", 0.05).attacked.any())
+
+
+@pytest.mark.slow
+def test_a_merge_without_the_whole_set_checks_keeps_the_per_sample_rows(world) -> None:
+    tmp_path, resnet, _ = world
+    folders = shards(tmp_path, resnet, 2)
+    full, quick = tmp_path / "full", tmp_path / "quick"
+    assert evaluate.main(merge_args(tmp_path, folders, full)) == 0
+    assert evaluate.main([*merge_args(tmp_path, folders, quick), "--no-checks"]) == 0
+    assert (quick / "per_sample.csv").read_bytes() == (full / "per_sample.csv").read_bytes()
+    results = json.loads((quick / "results.json").read_text())
+    assert "--no-checks" in results["checks"]
+    names = [f["name"] for f in results["models"]["res"]["flags"]]
+    assert "more-iterations-help" not in names and "gradients" in names
