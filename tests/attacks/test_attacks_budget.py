@@ -34,17 +34,21 @@ def test_malt_ranks_classes_by_the_exact_distance_to_each_pairwise_boundary_of_a
     y = model(x).argmax(1)
     ranked = malt_targets(model, x, y, 5, norm)
     dual = 1 if norm == "linf" else 2
-    for i in range(5):
-        z = model(x[i : i + 1])[0].detach()
-        distance = {t: float((z[y[i]] - z[t]) / (weight[y[i]] - weight[t]).norm(p=dual)) for t in range(6)
-                    if t != y[i]}
-        assert ranked[i].tolist() == sorted(distance, key=distance.get)
-        # the step of that size along the dual direction lands exactly on the boundary
-        t = int(ranked[i, 0])
-        direction = weight[t] - weight[y[i]]
-        step = direction.sign() if norm == "linf" else direction / direction.norm()
-        moved = model((x[i].flatten() + distance[t] * step).view(1, 1, 3, 4))[0]
-        assert float(moved[t] - moved[y[i]]) == pytest.approx(0.0, abs=1e-9)
+    with torch.no_grad():
+        z = model(x)
+    rows = torch.arange(5)
+    gap = z[rows, y].unsqueeze(1) - z  # (5, 6)
+    distance = gap / (weight[y].unsqueeze(1) - weight.unsqueeze(0)).norm(p=dual, dim=2)
+    distance[rows, y] = torch.inf
+    assert torch.equal(ranked, distance.argsort(dim=1)[:, :5])
+    # a step of the nearest distance along the dual direction lands exactly on that boundary
+    t = ranked[:, 0]
+    direction = weight[t] - weight[y]
+    step = direction.sign() if norm == "linf" else direction / direction.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        moved = model((x.flatten(1) + distance[rows, t].unsqueeze(1) * step).view_as(x))
+    torch.testing.assert_close(moved[rows, t] - moved[rows, y], torch.zeros(5, dtype=torch.float64),
+                               rtol=0, atol=1e-9)
 
 
 def test_malt_finds_the_near_target_that_logit_ranking_misses() -> None:
