@@ -63,7 +63,7 @@ def protocol(
             if row["attack"] != "worst-case"
         ]
 
-    return run.part(f"protocol {entry.label}", identity, compute)
+    return run.part(f"protocol {entry.label}", identity, compute, guard=ctx.guard)
 
 
 def honest(
@@ -80,7 +80,9 @@ def honest(
     ``flags`` (name, fired, verdict), ``fired`` (names of fired flags), ``nfe`` (ODE forward NFE),
     ``preset``, ``samples``.
     """
+    from experiments.code_version import code_version
     from experiments.honest import SuiteStore, evaluate
+    from experiments.paper.runtime import PAPER_EVALUATION_CODE
     from experiments.records import RecordStore
 
     against = dict(against or {})
@@ -94,7 +96,8 @@ def honest(
     }
 
     def compute() -> dict[str, Any]:
-        store = SuiteStore(RecordStore(folder / "records"), identity, ("suite",))
+        records = RecordStore(folder / "records", code=code_version(PAPER_EVALUATION_CODE), guard=ctx.guard)
+        store = SuiteStore(records, identity, ("suite",))
         evaluation = evaluate(
             entry.model,
             x,
@@ -124,7 +127,9 @@ def honest(
         }
 
     folder = ctx.out / "evaluations" / digest(identity)
-    return cached_json(folder / "summary.json", f"honest {entry.label}", identity, compute)
+    return cached_json(
+        folder / "summary.json", f"honest evaluation of {entry.label}", identity, compute, guard=ctx.guard
+    )
 
 
 def constant_image_caps(
