@@ -181,3 +181,21 @@ def write(
     for name, draw in figures.items():
         written.append(draw(folder / name))
     return written
+
+
+def stamp_stale(paths: Sequence[Path], reused: Sequence[str]) -> None:
+    """Stamp an artefact's report.md and results.json (among ``paths``) with the cache entries made by other
+    code that this command reused (``--reuse-stale``); nothing when there are none."""
+    if not reused:
+        return
+    from experiments.code_version import CodeGuard
+
+    lines = CodeGuard(reused=list(reused)).stamp_lines()
+    for path in paths:
+        if path.name == "report.md":
+            title, _, rest = path.read_text(encoding="utf-8").partition("\n")
+            atomic_write_text(path, "\n".join([title, "", *lines]) + rest)
+        elif path.name == "results.json":
+            document = json.loads(path.read_text(encoding="utf-8"))
+            document["stale_reused"] = list(reused)
+            atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")

@@ -79,6 +79,7 @@ class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = True
     verify_data: bool = True
+    download: bool = False
     guard: CodeGuard = field(default_factory=CodeGuard)
     _data: dict[tuple[str, str], Any] = field(default_factory=dict)
     _models: dict[str, TrainedModel] = field(default_factory=dict)
@@ -89,7 +90,7 @@ class Context:
 
         if (name, split) not in self._data:
             self._data[(name, split)] = load_dataset(
-                name, split, self.data_dir, verify=self.verify_data, progress=False
+                name, split, self.data_dir, verify=self.verify_data, download=self.download, progress=False
             )
         return self._data[(name, split)]
 
