@@ -4,17 +4,21 @@ this machine and on a GPU, printed before anything runs.
 Basis (printed with the estimate):
 
 * **Calibration.** Each distinct architecture (step size aside) is built untrained and timed on random inputs
-  of its dataset's shape at a calibration batch of :data:`CALIBRATION_BATCH`: one warm-up, then
-  :data:`TIMED_STEPS` training steps with the model's own loss (an adversarial-training loss runs its
-  attack) and as many forward + input-gradient passes in eval mode (the unit of an attack). An ODE-net is
-  timed with the solver work it does untrained: its NFE grows during training, so its estimates are lower
-  bounds.
-* **Time here** = measured seconds per image × images. Training: steps × batch × epochs, plus a forward
-  pass over the per-epoch test images. Evaluation: an upper bound that assumes every image reaches every
-  attack of the cascade (the suite attacks only what is still robust): per image and ε, APGD-CE ``steps``,
-  APGD-T ``steps × targets``, Square ``queries`` forward passes (a third of a gradient pass each), the
-  protocol PGD, for ODE models the three solver-aware APGDs and every transfer APGD, the convergence check
-  on its subset, and the artefact's own attacks (:data:`PROTOCOL_PASSES`).
+  of its dataset's shape, at the largest batch up to :data:`MAX_CALIBRATION_BATCH` (and the run's batch)
+  whose forward pass a probe at batch 2 predicts to take about :data:`TARGET_FORWARD_S`: one warm-up, then
+  up to :data:`TIMED_STEPS` training steps with the model's own loss (an adversarial-training loss runs its
+  attack), as many forward + input-gradient passes in eval mode (the unit of an attack) and forward passes.
+  CPU time per image falls with the batch, so a small calibration batch overestimates. An ODE-net is timed
+  with the solver work it does untrained: its NFE grows during training, so its estimates are lower bounds.
+* **Time here** = measured CPU seconds of this process per image × images: the process's CPU time is what
+  other jobs' load does not change, and what a run takes on a quiet machine at one thread. Training: steps
+  × batch × epochs, plus a forward pass over the per-epoch test images. Evaluation: a range. Its lower
+  bound assumes the first attack of the cascade fools every image (APGD-CE, the protocol PGD, the
+  convergence check and the artefact's own attacks still run); its upper bound that every image reaches
+  every attack of the cascade (the suite attacks only what is still robust): per image and ε, APGD-CE
+  ``steps``, APGD-T ``steps × targets``, Square ``queries`` forward passes (a third of a gradient pass
+  each), the protocol PGD, for ODE models the three solver-aware APGDs and every transfer APGD, the
+  convergence check once on its subset, and the artefact's own attacks (:data:`PROTOCOL_PASSES`).
 * **Memory** = parameters × 4 bytes × (weights, gradients, optimiser state) + the tensors autograd saves
   for the backward pass (counted with ``torch.autograd.graph.saved_tensors_hooks`` at the calibration
   batch, scaled linearly to the run's batch). The same figure applies to a GPU (plus the CUDA context).
@@ -37,9 +41,12 @@ from torch import nn
 
 from experiments.paper.specs import ModelSpec, Plan
 
-#: images per calibration step, and timed steps after one warm-up
-CALIBRATION_BATCH = 4
+#: the largest calibration batch, the forward time it aims at, timed steps after one warm-up (at most
+#: TIMED_BUDGET_S seconds of them per kind of pass)
+MAX_CALIBRATION_BATCH = 32
+TARGET_FORWARD_S = 0.5
 TIMED_STEPS = 2
+TIMED_BUDGET_S = 10.0
 #: the assumed sustained FP32 rate of "a GPU" (about a third of an A100's 19.5 TFLOP/s FP32 peak, a quarter
 #: of an H100's): an assumption, not a measurement
 GPU_FLOPS = 7e12
@@ -67,6 +74,7 @@ class Calibration:
     grad_flops: float
     saved_bytes: float
     parameters: int
+    batch: int
 
 
 def _loss(spec: ModelSpec) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -96,12 +104,26 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(sum(seen.values()))
 
 
-def calibrate(spec: ModelSpec, batch: int = CALIBRATION_BATCH) -> Calibration:
+def calibration_batch(model: nn.Module, spec: ModelSpec) -> int:
+    """The batch whose forward pass a probe at batch 2 predicts at about :data:`TARGET_FORWARD_S`, within
+    2 … min(:data:`MAX_CALIBRATION_BATCH`, the run's batch)."""
+    x, _ = _inputs(spec, 2)
+    model.eval()
+    started = time.process_time()
+    with torch.no_grad():
+        model(x)
+    per_image = max((time.process_time() - started) / 2, 1e-6)
+    limit = min(MAX_CALIBRATION_BATCH, spec.train.batch_size)
+    return max(2, min(limit, int(TARGET_FORWARD_S / per_image)))
+
+
+def calibrate(spec: ModelSpec) -> Calibration:
     """Time and count one architecture's passes (see the module docstring)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
     model = spec.build()
+    batch = calibration_batch(model, spec)
     x, y = _inputs(spec, batch)
     loss_fn = _loss(spec)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -125,10 +147,11 @@ def calibrate(spec: ModelSpec, batch: int = CALIBRATION_BATCH) -> Calibration:
 
     def timed(step: Callable[[], None]) -> float:
         step()  # warm-up
-        started = time.perf_counter()
-        for _ in range(TIMED_STEPS):
+        started, done = time.process_time(), 0
+        while done < TIMED_STEPS and (done == 0 or time.process_time() - started < TIMED_BUDGET_S):
             step()
-        return (time.perf_counter() - started) / (TIMED_STEPS * batch)
+            done += 1
+        return (time.process_time() - started) / (done * batch)
 
     def flops(step: Callable[[], None]) -> float:
         counter = FlopCounterMode(display=False)
@@ -146,6 +169,7 @@ def calibrate(spec: ModelSpec, batch: int = CALIBRATION_BATCH) -> Calibration:
         grad_flops=flops(grad_pass),
         saved_bytes=saved,
         parameters=sum(p.numel() for p in model.parameters()),
+        batch=batch,
     )
 
 
@@ -160,9 +184,10 @@ def _optimizer_copies(spec: ModelSpec) -> int:
     return 2 + (2 if spec.train.optimizer == "adam" else 1 if spec.train.momentum else 0)
 
 
-def evaluation_passes(plan: Plan, is_ode: bool, transfers: int) -> float:
-    """Gradient passes per attacked image and ε of the honest evaluation plus the artefact's own attacks (an
-    upper bound: every image reaches every attack)."""
+def evaluation_passes(plan: Plan, is_ode: bool, transfers: int, eps_count: int) -> tuple[float, float]:
+    """Gradient passes per attacked image and ε of the honest evaluation plus the artefact's own attacks:
+    (lower bound: the cascade's first attack fools every image, upper bound: every image reaches every
+    attack)."""
     from attacks.suite import PRESETS
 
     spec = plan.evaluation
@@ -171,13 +196,15 @@ def evaluation_passes(plan: Plan, is_ode: bool, transfers: int) -> float:
     steps = config.steps or base["steps"]
     targets = config.target_classes or base["targets"]
     queries = config.queries or base["queries"]
-    passes = steps * (1 + targets) + queries / 3 + config.protocol_steps
-    if config.preset.startswith("ode") and is_ode:
-        passes += 3 * steps  # the surrogate-solver and adjoint-gradient APGDs
-    passes += transfers * steps
-    passes += sum(config.convergence_steps) * min(config.convergence_samples, spec.samples) / spec.samples
     own = PROTOCOL_PASSES.get(plan.artefact)
-    return passes + (own(plan.param_map) if own else 0.0)
+    always = steps + config.protocol_steps + (own(plan.param_map) if own else 0.0)
+    # the convergence check runs once per evaluation (at one ε) on its subset: spread over the ε grid
+    checked = min(config.convergence_samples, spec.samples)
+    always += sum(config.convergence_steps) * checked / (spec.samples * max(eps_count, 1))
+    cascade = steps * targets + queries / 3 + transfers * steps
+    if config.preset.startswith("ode") and is_ode:
+        cascade += 3 * steps  # the surrogate-solver and adjoint-gradient APGDs
+    return always, always + cascade
 
 
 def _duration(seconds: float) -> str:
@@ -208,13 +235,13 @@ def plan_lines(
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines: list[str] = []
-    totals = {"cpu": 0.0, "gpu": 0.0}
+    totals = {"cpu": 0.0, "cpu_high": 0.0, "gpu": 0.0, "gpu_high": 0.0}
     trained: set[str] = set()
     for artefact, plan in plans.items():
         lines += [f"== {artefact} at scale {plan.scale}: {len(plan.models)} models, "
                   f"{plan.evaluation.samples} attacked images", ""]
         lines.append(f"  {'model':<16} {'architecture':<22} {'training':<34} {'here':>9} {'GPU*':>9} "
-                     f"{'memory':>10}")
+                     f"{'memory':>10}  calibration")
         model_rows, eval_rows = [], []
         for label, spec in plan.models:
             key = _calibration_key(spec)
@@ -242,46 +269,52 @@ def plan_lines(
             if spec.train.loss != "natural":
                 recipe += f", {spec.train.loss}"
             if not shared and "[cached]" not in status:
-                totals["cpu"] += here
-                totals["gpu"] += gpu
+                for name, value in (("cpu", here), ("cpu_high", here), ("gpu", gpu), ("gpu_high", gpu)):
+                    totals[name] += value
             note = " (shared, counted once)" if shared else status
             model_rows.append(f"  {label:<16} {spec.name:<22} {recipe:<34} {_duration(here):>9} "
-                              f"{_duration(gpu):>9} {_size(memory):>10}{note}")
+                              f"{_duration(gpu):>9} {_size(memory):>10}  batch {cal.batch}: "
+                              f"{1000 * cal.train_s:.1f} ms/img/step{note}")
         lines += model_rows + [""]
         transfers_by_label = _transfers(plan)
-        lines.append(f"  {'evaluation':<16} {'preset':<22} {'images × ε × passes/image':<34} {'here':>9} "
-                     f"{'GPU*':>9} {'memory':>10}")
+        lines.append(f"  {'evaluation':<16} {'preset':<22} {'images × ε × passes/image':<34} "
+                     f"{'here':>19} {'GPU*':>19} {'memory':>10}")
         for label, spec in plan.models:
             if label in transfers_by_label.get("skip", ()):
                 continue
             cal = calibrations[_calibration_key(spec)]
             is_ode = spec.name.startswith("odenet")
             grid = plan.eps_map.get(spec.dataset, ())
-            passes = evaluation_passes(plan, is_ode, transfers_by_label.get(label, 0))
-            images = plan.evaluation.samples
-            here = images * len(grid) * passes * cal.grad_s
-            gpu = images * len(grid) * passes * cal.grad_flops / GPU_FLOPS
+            low, high = evaluation_passes(plan, is_ode, transfers_by_label.get(label, 0), len(grid))
+            work = plan.evaluation.samples * len(grid)
+            here = [work * passes * cal.grad_s for passes in (low, high)]
+            gpu = [work * passes * cal.grad_flops / GPU_FLOPS for passes in (low, high)]
             memory = cal.parameters * 4 * 2 + cal.saved_bytes * plan.evaluation.batch_size
             preset = plan.evaluation.ode_preset if is_ode else plan.evaluation.preset
-            totals["cpu"] += here
-            totals["gpu"] += gpu
-            eval_rows.append(f"  {label:<16} {preset:<22} {f'{images} × {len(grid)} × {passes:.0f}':<34} "
-                             f"{_duration(here):>9} {_duration(gpu):>9} {_size(memory):>10}")
+            for bound, (cpu_s, gpu_s) in enumerate(zip(here, gpu)):
+                totals[("cpu", "cpu_high")[bound]] += cpu_s
+                totals[("gpu", "gpu_high")[bound]] += gpu_s
+            shape = f"{plan.evaluation.samples} × {len(grid)} × {low:.0f}–{high:.0f}"
+            eval_rows.append(f"  {label:<16} {preset:<22} {shape:<34} "
+                             f"{_duration(here[0]) + ' – ' + _duration(here[1]):>19} "
+                             f"{_duration(gpu[0]) + ' – ' + _duration(gpu[1]):>19} {_size(memory):>10}")
         lines += eval_rows + [""]
     threads = torch.get_num_threads()
     lines += [
-        "Total (models not yet cached, each once; evaluations as upper bounds): "
-        f"here {_duration(totals['cpu'])}, on one GPU* {_duration(totals['gpu'])}.",
+        "Total (models not yet cached, each once; evaluations between their bounds): "
+        f"here {_duration(totals['cpu'])} – {_duration(totals['cpu_high'])}, on one GPU* "
+        f"{_duration(totals['gpu'])} – {_duration(totals['gpu_high'])}.",
         "",
-        f"Basis: each distinct architecture built untrained and timed here ({threads} torch threads, load "
-        f"average {load:.1f} at the start, calibration {time.perf_counter() - started:.0f} s) on random "
-        f"inputs, batch {CALIBRATION_BATCH}: one warm-up then {TIMED_STEPS} training steps with its loss, "
-        f"{TIMED_STEPS} forward + input-gradient passes, {TIMED_STEPS} forward passes; time scales linearly "
-        "in images. ODE-nets are timed with the solver work they do untrained (NFE grows in training): "
-        "their times are lower bounds.",
-        "Evaluations: upper bounds, every image reaching every attack of the cascade (APGD-CE, APGD-T, "
-        "Square at a third of a pass per query, protocol PGD, solver-aware and transfer APGDs, convergence "
-        "check) plus the artefact's own attacks.",
+        f"Basis: each distinct architecture built untrained and timed here in CPU seconds of this process "
+        f"(what a quiet machine takes; {threads} torch thread(s), load average {load:.1f} at the start, "
+        f"calibration {time.perf_counter() - started:.0f} s wall) on random "
+        "inputs at the batch shown (up to 32; a smaller one overestimates): one warm-up, then up to "
+        f"{TIMED_STEPS} training steps with its loss, {TIMED_STEPS} forward + input-gradient passes and "
+        f"{TIMED_STEPS} forward passes; time scales linearly in images. ODE-nets are timed with the solver "
+        "work they do untrained (NFE grows in training): their times are lower bounds.",
+        "Evaluations: from the first attack of the cascade fooling every image (APGD-CE, protocol PGD, "
+        "convergence check and the artefact's own attacks still run) to every image reaching every attack "
+        "(+ APGD-T, Square at a third of a pass per query, solver-aware and transfer APGDs).",
         "Memory: parameters × 4 B × (weights, gradients, optimiser state) + autograd's saved tensors per "
         "image (counted) × batch; the same on a GPU, plus its CUDA context.",
         f"GPU*: FLOPs counted by torch.utils.flop_counter on the same passes ÷ an assumed sustained "
