@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
 
     from experiments.code_version import CodeGuard
     from experiments.paper import ARTEFACTS
-    from experiments.paper.report import stamp_stale
+    from experiments.paper.report import previous_run, record_run, stamp_stale
     from experiments.paper.runtime import Context
 
     if args.threads:
@@ -102,8 +102,10 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
     written = []
     for name, plan in plans.items():
         started = time.perf_counter()
+        before, previous = len(ctx.computed), previous_run(Path(args.out) / name)
         paths = ARTEFACTS[name].run(ctx, plan, command)
         stamp_stale(paths, ctx.guard.reused)
+        record_run(paths, ctx.computed[before:], time.perf_counter() - started, previous)
         written += paths
         print(f"{name}: {paths[0]} ({time.perf_counter() - started:.0f} s)", flush=True)
     return written

@@ -23,7 +23,8 @@ Basis (printed with the estimate):
   for the backward pass (counted with ``torch.autograd.graph.saved_tensors_hooks`` at the calibration
   batch, scaled linearly to the run's batch). The same figure applies to a GPU (plus the CUDA context).
 * **GPU time** = FLOPs counted by ``torch.utils.flop_counter`` on the same passes ÷ :data:`GPU_FLOPS`, an
-  *assumed* sustained rate: uncalibrated, no GPU measured it.
+  *assumed* sustained rate: uncalibrated, no GPU measured it. (An adversarial-training step, whose
+  ``autograd.grad`` the counter cannot follow, is counted as gradient passes in proportion to its time.)
 """
 
 from __future__ import annotations
@@ -161,12 +162,18 @@ def calibrate(spec: ModelSpec) -> Calibration:
 
     model.train()
     saved = _saved_bytes(model, x, y) / batch
+    train_s, grad_s = timed(train_step), timed(grad_pass)
+    grad_flops = flops(grad_pass)
+    try:
+        train_flops = flops(train_step)
+    except RuntimeError:  # the FLOP counter's hooks refuse the autograd.grad inside an adversarial loss
+        train_flops = grad_flops * train_s / grad_s  # its passes, in proportion to their measured time
     return Calibration(
-        train_s=timed(train_step),
-        grad_s=timed(grad_pass),
+        train_s=train_s,
+        grad_s=grad_s,
         forward_s=timed(forward),
-        train_flops=flops(train_step),
-        grad_flops=flops(grad_pass),
+        train_flops=train_flops,
+        grad_flops=grad_flops,
         saved_bytes=saved,
         parameters=sum(p.numel() for p in model.parameters()),
         batch=batch,
@@ -225,9 +232,11 @@ def _size(nbytes: float) -> str:
 
 
 def plan_lines(
-    plans: Mapping[str, Plan], out: Path, calibrate_fn: Callable[[ModelSpec], Calibration] = calibrate
+    plans: Mapping[str, Plan], out: Path, calibrate_fn: Callable[[ModelSpec], Calibration] | None = None
 ) -> list[str]:
-    """The --plan report of ``plans`` (artefact -> Plan), calibrating each distinct architecture once."""
+    """The --plan report of ``plans`` (artefact -> Plan), calibrating each distinct architecture once with
+    ``calibrate_fn`` (default :func:`calibrate`)."""
+    calibrate_fn = calibrate_fn or calibrate
     from experiments.code_version import describe_change
     from experiments.paper.runtime import model_code
 

@@ -81,6 +81,8 @@ class Context:
     verify_data: bool = True
     download: bool = False
     guard: CodeGuard = field(default_factory=CodeGuard)
+    #: what this command computed (trained models, measurements), as opposed to reused from the caches
+    computed: list[str] = field(default_factory=list)
     _data: dict[tuple[str, str], Any] = field(default_factory=dict)
     _models: dict[str, TrainedModel] = field(default_factory=dict)
 
@@ -100,10 +102,24 @@ class Context:
         n = min(samples, len(test))
         return test.images[:n].float().div(255).to(self.device), test.labels[:n].to(self.device)
 
+    def test_tensors_slice(self, name: str, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test images ``start`` … ``start + count - 1`` as floats in [0, 1] and their labels, on device."""
+        test = self.dataset(name, "test")
+        images, labels = test.images[start : start + count], test.labels[start : start + count]
+        return images.float().div(255).to(self.device), labels.to(self.device)
+
     def model_records(self, models: Mapping[str, ModelSpec]) -> dict[str, dict[str, Any]]:
         """Per label: the model's spec and its training record (for results.json)."""
         return {label: {"spec": spec.to_dict(), "training": self.trained(label, spec).info}
                 for label, spec in models.items()}
+
+    def parameter_counts(self, models: Mapping[str, ModelSpec]) -> dict[str, int]:
+        """Per architecture name (registry name and kwargs aside from the step size): its parameter count,
+        from the models this command loaded."""
+        counts = {}
+        for label, spec in models.items():
+            counts.setdefault(spec.name, sum(p.numel() for p in self.trained(label, spec).model.parameters()))
+        return counts
 
     def bar(self, total: int, description: str):
         """A progress bar with ETA over an artefact's units (a no-op object without ``progress``)."""
@@ -135,6 +151,7 @@ class Context:
             if test_samples is not None:
                 test_set = test_set.subset(slice(0, test_samples))
             torch.manual_seed(spec.train.seed)
+            self.computed.append(f"model {label}")
             if self.progress:
                 print(
                     f"[{label}] training {spec.name} on {spec.dataset} for {spec.train.epochs} epochs "
