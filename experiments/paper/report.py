@@ -208,7 +208,7 @@ def stamp_stale(paths: Sequence[Path], reused: Sequence[str]) -> None:
     for path in paths:
         if path.name == "report.md":
             title, _, rest = path.read_text(encoding="utf-8").partition("\n")
-            atomic_write_text(path, "\n".join([title, "", *lines]) + rest)
+            atomic_write_text(path, "\n".join([title, "", *lines]) + "\n" + rest)
         elif path.name == "results.json":
             document = json.loads(path.read_text(encoding="utf-8"))
             document["stale_reused"] = list(reused)
@@ -243,7 +243,7 @@ def record_run(
     rendered = None if run is this else {k: this[k] for k in ("commit", "wall_s", "finished_utc")}
     line = (
         f"Computed by commit `{run['commit']}` in {run['wall_s']:.0f} s wall ({run['torch_threads']} torch "
-        f"threads, {run['cpu_count']} cores), finished {run['finished_utc']}"
+        f"thread(s), {run['cpu_count']} cores), finished {run['finished_utc']}"
     )
     if rendered is not None:
         line += (
@@ -260,5 +260,5 @@ def record_run(
             atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
         elif path.name == "report.md":
             title, _, rest = path.read_text(encoding="utf-8").partition("\n")
-            atomic_write_text(path, "\n".join([title, "", line + "."]) + rest)
+            atomic_write_text(path, "\n".join([title, "", line + "."]) + "\n" + rest)
     return run

@@ -125,10 +125,11 @@ def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
     assert ode["nfe"]["nfe_per_sample"] > 0  # NFE of the ODE models recorded
     fig1_rows = list(csv.DictReader((root / "out" / "fig1" / "results.csv").open()))
     assert {r["curve"] for r in fig1_rows} == {"clean", "FGSM ε=0.1", "FGSM ε=0.3", "FGSM ε=0.5"}
-    # the clean row is on the whole test set (6 images here), the attacked rows on the attacked subset;
+    # the clean row is on the whole test set (6 MNIST, 4 CIFAR-10 images here), the attacked rows on the
+    # attacked subset (4);
     # model-level flags once per model (on its clean row), not on every ε row
     clean = [r for r in table if r["attack"] == "clean"]
-    assert {r["images"] for r in clean} == {"6"}
+    assert {(r["dataset"], r["images"]) for r in clean} == {("mnist", "6"), ("cifar10", "4")}
     assert {r["images"] for r in table if r["attack"] != "clean"} == {"4"}
     assert all(r["model_flags"] == "" for r in table if r["attack"] != "clean")
     assert all("eps-sanity" in r["flags_fired"] or not r["flags_fired"] for r in table)
@@ -168,10 +169,18 @@ def test_failures_are_one_line_with_exit_code_2(smoke_run, tmp_path, capsys) -> 
         (["table1", *data, "--scale", "huge", "--out", str(tmp_path)], "unknown scale"),
         (["table1", *data, "--scale", "smoke"], "--out"),
     ]
+    (tmp_path / "empty").mkdir()
+    cases += [  # missing data: the advice names --download, which this command accepts
+        (["table1", "--data-dir", str(tmp_path / "nowhere"), "--scale", "smoke", "--out", str(tmp_path)],
+         "--download"),
+        (["table1", "--data-dir", str(tmp_path / "empty"), "--scale", "smoke", "--out", str(tmp_path)],
+         "--download"),
+    ]
     for case, expected in cases:
         assert cli.main(case) == 2
         error = capsys.readouterr().err.strip()
         assert error.count("\n") == 0 and expected in error, error
+    assert cli.build_parser().parse_args(["table1", "--out", "x", "--download"]).download
     # a run directory written by another configuration is refused, never mixed
     other = tmp_path / "other"
     (other / "table1").mkdir(parents=True)
