@@ -227,8 +227,8 @@ def _figure(rows: list[dict[str, Any]], name: str, path: Path, note: str) -> Pat
     width = 0.2
     for offset, (key, label) in enumerate(
         (
-            ("ours_clean", "clean"),
-            ("ours_pgd20", name),
+            ("attacked_clean", "clean (the attacked images)"),
+            ("ours_pgd20", f"ours {name}"),
             ("worst_case", "worst case"),
             ("paper_pgd20", "paper PGD-20"),
         )
