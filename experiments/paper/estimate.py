@@ -9,7 +9,8 @@ Basis (printed with the estimate):
   up to :data:`TIMED_STEPS` training steps with the model's own loss (an adversarial-training loss runs its
   attack), as many forward + input-gradient passes in eval mode (the unit of an attack) and forward passes.
   CPU time per image falls with the batch, so a small calibration batch overestimates. An ODE-net is timed
-  with the solver work it does untrained: its NFE grows during training, so its estimates are lower bounds.
+  with the solver work it does untrained; training changes its NFE (up or down), so its estimates are
+  rougher than the others'.
 * **Time here** = measured CPU seconds of this process per image × images: the process's CPU time is what
   other jobs' load does not change, and what a run takes on a quiet machine at one thread. Training: steps
   × batch × epochs, plus a forward pass over the per-epoch test images. Evaluation: a range. Its lower
@@ -320,7 +321,7 @@ def plan_lines(
         "inputs at the batch shown (up to 32; a smaller one overestimates): one warm-up, then up to "
         f"{TIMED_STEPS} training steps with its loss, {TIMED_STEPS} forward + input-gradient passes and "
         f"{TIMED_STEPS} forward passes; time scales linearly in images. ODE-nets are timed with the solver "
-        "work they do untrained (NFE grows in training): their times are lower bounds.",
+        "work they do untrained (training changes their NFE): their estimates are the roughest.",
         "Evaluations: from the first attack of the cascade fooling every image (APGD-CE, protocol PGD, "
         "convergence check and the artefact's own attacks still run) to every image reaching every attack "
         "(+ APGD-T, Square at a third of a pass per query, solver-aware and transfer APGDs).",
