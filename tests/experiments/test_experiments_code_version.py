@@ -223,3 +223,27 @@ def test_a_malformed_suite_record_with_an_intact_hash_is_recomputed_and_named(tm
     assert store.load(["APGD"], [0.1], 4) == {}  # recomputed, not a crash
     assert f"malformed record ({error}" in log[0] and str(path) in log[0]
     assert store.store.stale[("suite", "APGD", 0.1)][0].endswith(str(path))
+
+
+def test_a_model_folder_from_other_code_loses_its_training_files_unless_reused(source, tmp_path) -> None:
+    """The check both model caches (experiments.paper's and the main job's) make before loading or
+    resuming: a checkpoint of other code is never resumed."""
+    from experiments.code_version import STAMP_NAME, model_folder_is_current
+
+    code = code_version.code_version(code_version.MODEL_CODE)
+    folder = tmp_path / "models" / "odenet-1234"
+    assert model_folder_is_current(folder, code, CodeGuard(log=Log()), "model odenet")  # empty: stamped
+    assert json.loads((folder / STAMP_NAME).read_text())["code"] == code
+    for name in ("model.pt", "checkpoint.pt", "results.json"):
+        (folder / name).write_bytes(b"weights")
+    assert model_folder_is_current(folder, code, CodeGuard(log=Log()), "model odenet")  # same code: kept
+    other = {**code, "stability": "0" * 16}
+    lenient = CodeGuard(reuse_stale=True, log=Log())
+    assert model_folder_is_current(folder, other, lenient, "model odenet")
+    assert (folder / "checkpoint.pt").is_file() and lenient.reused
+    guard = CodeGuard(log=Log())
+    assert not model_folder_is_current(folder, other, guard, "model odenet")
+    assert not any((folder / name).exists() for name in ("model.pt", "checkpoint.pt", "results.json"))
+    assert json.loads((folder / STAMP_NAME).read_text())["code"] == other  # retrained under the new code
+    assert guard.log == [f"recomputing model odenet: made by other code (stability {code['stability'][:8]} "
+                         "-> 00000000)"]
