@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from stability.status import Status
+
 # Output times this close (relative to the span) to a step end are taken from the step, not interpolated.
 HIT_TOLERANCE = 1e-12
 
@@ -35,12 +37,24 @@ class SolverStats:
 
 @dataclass
 class Solution:
-    """``ys[i]`` is the solution at ``t[i]``; ``stats`` describes how it was obtained."""
+    """``ys[i]`` is the solution at ``t[i]``; ``stats`` describes how it was obtained. ``status`` (int64, one
+    ``stability.status.Status`` code; [B] per sample) and ``t_reached`` (float64, likewise) say how each
+    integration ended and how far it got; ``messages`` the error of each failed one (None where none):
+    with ``throw=False`` output times past ``t_reached`` hold NaN."""
 
     t: Tensor
     ys: Tensor
     stats: SolverStats
     method: str
+    status: Tensor | None = None
+    t_reached: Tensor | None = None
+    messages: list[str | None] | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether every integration reached the end (terminal events count as success)."""
+        ended = (self.status == Status.SUCCESS) | (self.status == Status.EVENT)
+        return self.status is None or bool(ended.all())
 
 
 @dataclass
