@@ -53,8 +53,9 @@ class Solution:
     @property
     def succeeded(self) -> bool:
         """Whether every integration reached the end (terminal events count as success)."""
-        ended = (self.status == Status.SUCCESS) | (self.status == Status.EVENT)
-        return self.status is None or bool(ended.all())
+        if self.status is None:
+            return True
+        return bool(((self.status == Status.SUCCESS) | (self.status == Status.EVENT)).all())
 
 
 @dataclass
