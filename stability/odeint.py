@@ -3,11 +3,15 @@ the same with one setting implied (``solve_adjoint``, ``solve_checkpointed``, ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor
 
 from stability.adjoint import AdjointSolution, solve_with_adjoint
 from stability.base import Times, TimeVectorField
 from stability.checkpointing import solve_checkpoint
+from stability.event_loop import solve_with_events
+from stability.events import Event
 from stability.integrate import solve_backprop
 from stability.options import SolverOptions, as_options, option_keywords
 from stability.solution import PerSampleSolution, Solution
@@ -18,8 +22,8 @@ GRADIENT_STRATEGIES = {"backprop": solve_backprop, "checkpoint": solve_checkpoin
 
 
 @option_keywords
-def solve(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None,
-          **keywords) -> Solution:
+def solve(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None, *,
+          events: Event | Sequence[Event] | None = None, **keywords) -> Solution:
     """Solve dy/dt = func(t, y), y(t[0]) = y0, and return the solution at every time in ``t`` with statistics.
 
     Settings come as one ``SolverOptions`` value, as its fields given as torchdiffeq-style keywords
@@ -30,9 +34,12 @@ def solve(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | 
     ``gradient="backprop"`` through the steps (step-size decisions add no gradient paths), ``"checkpoint"``
     the same with O(√steps) memory, ``"adjoint"`` by the adjoint ODE. ``per_sample=True``: step control per
     sample along dim 0 (func gets t of shape [B]). ``compile=True``: each explicit RK step as one
-    ``torch.compile`` graph (``stability.compiled``).
+    ``torch.compile`` graph (``stability.compiled``). ``events``: one ``Event`` or several, watched per sample
+    along dim 0 (an ``EventSolution``; ``stability.event_loop``).
     """
     options = as_options(options, keywords)
+    if events is not None:
+        return solve_with_events(func, y0, t, events, options)
     return GRADIENT_STRATEGIES[options.gradient](func, y0, t, options)
 
 
