@@ -51,7 +51,7 @@ class EventSolution(Solution):
         differentiable."""
         batch = self.ys.shape[1]
         t_first = torch.full((batch,), math.nan, dtype=torch.float64, device=self.event_t.device)
-        y_first = self.ys[0] * math.nan
+        y_first = torch.full_like(self.ys[0], math.nan)
         rows = (self.event_index == event).nonzero().squeeze(1).flip(0)  # last write wins: the earliest
         samples = self.event_sample.index_select(0, rows)
         for k, b in zip(rows.tolist(), samples.tolist()):  # N crossings: a loop over a small log

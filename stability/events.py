@@ -96,16 +96,26 @@ def differentiable_crossing(event: Event, t: Tensor, dense: Callable[[Tensor], T
     y = dense(t)
     if not torch.is_grad_enabled():
         return t, y
+    with torch.no_grad(), forward_ad.dual_level():  # ŷ'(t): the interpolant's derivative, forward mode
+        slope = forward_ad.unpack_dual(dense(forward_ad.make_dual(t, torch.ones_like(t)))).tangent
+    return implicit_crossing(event, t, y, slope, time_dtype)
+
+
+def implicit_crossing(event: Event, t: Tensor, y: Tensor, slope: Tensor, time_dtype: torch.dtype
+                      ) -> tuple[Tensor, Tensor]:
+    """(t*, y*) equal to (t, y) in value, whose gradients are the implicit-function theorem's for
+    g(t*, y(t*)) = 0 with y(t) carrying the graph to θ and y'(t) = ``slope`` (no graph): dg/dt along the
+    flow is ∂g/∂t + ∇_y g · slope (one forward-mode pass through the condition)."""
     g = event.evaluate(t.to(time_dtype), y)
-    if not g.requires_grad:
+    if not (torch.is_grad_enabled() and g.requires_grad):
         return t, y
-    with torch.no_grad(), forward_ad.dual_level():  # ŷ'(t) and dg/dt along ŷ in one forward-mode pass
+    with torch.no_grad(), forward_ad.dual_level():
         t_dual = forward_ad.make_dual(t, torch.ones_like(t))
-        y_dual = dense(t_dual)
-        g_dual = event.evaluate(t_dual.to(time_dtype), y_dual)
-        slope, dg_dt = forward_ad.unpack_dual(y_dual).tangent, forward_ad.unpack_dual(g_dual).tangent
-    if slope is None or dg_dt is None:
-        raise ODEInputError("the event's gradient needs forward-mode autograd through the condition")
+        y_dual = y.detach() + column(t_dual - t, y) * slope
+        dg_dt = forward_ad.unpack_dual(event.evaluate(t_dual.to(time_dtype), y_dual)).tangent
+    if dg_dt is None:
+        raise ODEInputError("the event's gradient needs forward-mode autograd through the condition "
+                            "(dg/dt along the flow); the condition returned no tangent")
     # a tangential crossing (dg/dt = 0) has no finite gradient; it is left at zero there, not NaN
     dg_dt = torch.where(dg_dt == 0, torch.full_like(dg_dt, math.inf), dg_dt)
     t_star = t + (-(g - g.detach()) / dg_dt).double()

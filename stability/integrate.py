@@ -83,7 +83,8 @@ class SharedStepper:
         return self.solver.t, self.solver.stats.n_steps
 
     def assemble(self, y0: Tensor, values: list[Tensor]) -> Tensor:
-        missing = [y0 * math.nan] * (len(self.times) - 1 - len(values))  # after a failure (throw=False)
+        # after a failure (throw=False) the outputs not reached are NaN
+        missing = [torch.full_like(y0, math.nan)] * (len(self.times) - 1 - len(values))
         return torch.stack([y0, *values, *missing])
 
     def outcome(self) -> tuple[Tensor, Tensor, list[str | None]]:

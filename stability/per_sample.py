@@ -243,7 +243,7 @@ class PerSampleStepper:
     def assemble(self, y0: Tensor, values: list[Tensor]) -> Tensor:
         n_times, batch = len(self.times), self.batch
         if not self.output_records:  # every sample stopped before its first output time
-            return torch.cat([y0.unsqueeze(0), y0.unsqueeze(0).expand(n_times - 1, *y0.shape) * math.nan])
+            return torch.cat([y0.unsqueeze(0), torch.full((n_times - 1, *y0.shape), math.nan).to(y0)])
         pointers = torch.cat([p for p, _ in self.output_records])
         samples = torch.cat([s for _, s in self.output_records])
         flat = (pointers - 1) * batch + samples
