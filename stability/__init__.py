@@ -13,6 +13,8 @@ from stability.errors import (
     SolverError,
     StepSizeUnderflowError,
 )
+from stability.event_loop import EventSolution
+from stability.events import Event
 from stability.memory import peak_memory
 from stability.odeint import (
     odeint,
@@ -27,6 +29,7 @@ from stability.odeint import (
 from stability.options import ImplicitOptions, SolverOptions
 from stability.solution import PerSampleSolution, Solution, SolverStats
 from stability.solver import RK4, SOLVERS, Bosh3, Dopri5, Euler, Heun, RungeKuttaSolver, Tsit5, step
+from stability.status import Status
 from stability.step_control import PIController
 from stability.tableau import ButcherTableau
 
@@ -47,6 +50,9 @@ __all__ = [
     "solve_per_sample",
     "SOLVERS",
     "ButcherTableau",
+    "Event",
+    "EventSolution",
+    "Status",
     "Bosh3",
     "Dopri5",
     "Tsit5",

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 
 from stability.errors import ODEInputError
 from stability.runge_kutta import column
@@ -96,27 +95,36 @@ def differentiable_crossing(event: Event, t: Tensor, dense: Callable[[Tensor], T
     y = dense(t)
     if not torch.is_grad_enabled():
         return t, y
-    with torch.no_grad(), forward_ad.dual_level():  # ŷ'(t): the interpolant's derivative, forward mode
-        slope = forward_ad.unpack_dual(dense(forward_ad.make_dual(t, torch.ones_like(t)))).tangent
-    return implicit_crossing(event, t, y, slope, time_dtype)
+    return implicit_crossing(event, t, y, time_derivative(dense, t), time_dtype)
+
+
+def time_derivative(dense: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
+    """ŷ'(t) row by row (no graph): the Jacobian-vector product d/dt ŷ(t)·1 as two vector-Jacobian products
+    (row i of ŷ depends on t[i] only)."""
+    with torch.enable_grad():
+        t = t.detach().requires_grad_(True)
+        y = dense(t)
+        probe = torch.zeros_like(y, requires_grad=True)
+        (row_sums,) = torch.autograd.grad(y, t, probe, create_graph=True)  # Σ_j probe_ij ∂y_ij/∂t_i
+        (slope,) = torch.autograd.grad(row_sums, probe, torch.ones_like(row_sums))
+    return slope.detach()
 
 
 def implicit_crossing(event: Event, t: Tensor, y: Tensor, slope: Tensor, time_dtype: torch.dtype
                       ) -> tuple[Tensor, Tensor]:
     """(t*, y*) equal to (t, y) in value, whose gradients are the implicit-function theorem's for
     g(t*, y(t*)) = 0 with y(t) carrying the graph to θ and y'(t) = ``slope`` (no graph): dg/dt along the
-    flow is ∂g/∂t + ∇_y g · slope (one forward-mode pass through the condition)."""
+    flow is ∂g/∂t + ∇_y g · slope."""
     g = event.evaluate(t.to(time_dtype), y)
     if not (torch.is_grad_enabled() and g.requires_grad):
         return t, y
-    with torch.no_grad(), forward_ad.dual_level():
-        t_dual = forward_ad.make_dual(t, torch.ones_like(t))
-        y_dual = y.detach() + column(t_dual - t, y) * slope
-        dg_dt = forward_ad.unpack_dual(event.evaluate(t_dual.to(time_dtype), y_dual)).tangent
-    if dg_dt is None:
-        raise ODEInputError("the event's gradient needs forward-mode autograd through the condition "
-                            "(dg/dt along the flow); the condition returned no tangent")
+    with torch.enable_grad():
+        t_probe = t.detach().to(time_dtype).requires_grad_(True)
+        y_probe = y.detach().requires_grad_(True)
+        g_t, g_y = torch.autograd.grad(event.evaluate(t_probe, y_probe).sum(), (t_probe, y_probe),
+                                       allow_unused=True, materialize_grads=True)
+    dg_dt = (g_t + (g_y * slope).flatten(1).sum(1)).double()
     # a tangential crossing (dg/dt = 0) has no finite gradient; it is left at zero there, not NaN
     dg_dt = torch.where(dg_dt == 0, torch.full_like(dg_dt, math.inf), dg_dt)
-    t_star = t + (-(g - g.detach()) / dg_dt).double()
+    t_star = t + (-(g - g.detach()).double() / dg_dt)
     return t_star, y + column(t_star - t, y) * slope
