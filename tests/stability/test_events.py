@@ -88,8 +88,11 @@ def _loss(sol: EventSolution) -> torch.Tensor:
     return (sol.event_t * weights).sum() + sol.event_y[:, 0].sum() + sol.ys[1, :, 1].sum()
 
 
-@pytest.mark.parametrize("per_sample,gradient", [(False, "backprop"), (False, "checkpoint"),
-                                                 (True, "backprop"), (True, "checkpoint"), (True, "adjoint")])
+@pytest.mark.parametrize("per_sample,gradient", [
+    (False, "backprop"), pytest.param(False, "checkpoint", marks=pytest.mark.slow),
+    pytest.param(True, "backprop", marks=pytest.mark.slow),
+    pytest.param(True, "checkpoint", marks=pytest.mark.slow),
+    pytest.param(True, "adjoint", marks=pytest.mark.slow)])
 def test_event_time_gradient_matches_finite_differences(per_sample, gradient):
     """dt*/dθ = −(∂g/∂θ)/(dg/dt) for θ = the drag k (in f), the floor height h (in g) and a launch speed (y0),
     with the crossing states and an output value in the loss too: central differences of the whole solve
@@ -121,7 +124,8 @@ def test_event_time_gradient_matches_finite_differences(per_sample, gradient):
     assert [float(grads[0]), float(grads[1]), float(grads[2][1, 3])] == pytest.approx(expected, rel=1e-6)
 
 
-def test_checkpointed_event_gradients_equal_backprop_bitwise():
+def test_checkpointed_event_gradients_equal_backprop():
+    """The same graph, re-run chunk by chunk: equal to rounding (accumulation order at chunk boundaries)."""
     field = DragProjectile()
     y0 = launch([1.0, 0.5, 2.0], [3.0, 1.0, 0.0], [4.0, 6.0, -1.0]).requires_grad_(True)
     grads = []
@@ -130,7 +134,7 @@ def test_checkpointed_event_gradients_equal_backprop_bitwise():
                     rtol=1e-8, atol=1e-8)
         grads.append(torch.autograd.grad(_loss(sol), [field.k, y0]))
     for a, b in zip(*grads):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
 
 
 def test_batch_of_32_equals_each_sample_solved_alone():
