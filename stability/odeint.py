@@ -44,31 +44,31 @@ def solve(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | 
 
 
 @option_keywords
-def solve_adjoint(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None,
-                  **keywords) -> AdjointSolution:
+def solve_adjoint(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None, *,
+                  events: Event | Sequence[Event] | None = None, **keywords) -> AdjointSolution:
     """``solve`` with ``gradient="adjoint"``: gradients w.r.t. y0 and ``adjoint_params`` (default: func's
     parameters when it is an ``nn.Module``; tensors func uses with requires_grad but not listed raise) from
     the adjoint ODE. ``adjoint_method``/``adjoint_rtol``/``adjoint_atol`` default to the forward ones;
     ``adjoint_norm``: "mixed" (max of per-part RMS over y, a, a_θ) or "seminorm" (a_θ out of step control,
     Kidger et al. 2021). ``adjoint_stats`` are filled in by the backward pass."""
-    return solve(func, y0, t, as_options(options, keywords, gradient="adjoint"))
+    return solve(func, y0, t, as_options(options, keywords, gradient="adjoint"), events=events)
 
 
 @option_keywords
-def solve_checkpointed(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None,
-                       **keywords) -> Solution:
+def solve_checkpointed(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None, *,
+                       events: Event | Sequence[Event] | None = None, **keywords) -> Solution:
     """``solve`` with ``gradient="checkpoint"``: backprop's gradient with O(√steps) stored graph.
     ``checkpoint_every``: steps per chunk (default ⌈√N⌉ for fixed steps, growing 1, 2, 3, … when adaptive);
     ``func`` must be deterministic (the backward pass re-runs it)."""
-    return solve(func, y0, t, as_options(options, keywords, gradient="checkpoint"))
+    return solve(func, y0, t, as_options(options, keywords, gradient="checkpoint"), events=events)
 
 
 @option_keywords
-def solve_per_sample(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None,
-                     **keywords) -> PerSampleSolution:
+def solve_per_sample(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | None = None, *,
+                     events: Event | Sequence[Event] | None = None, **keywords) -> PerSampleSolution:
     """``solve`` with ``per_sample=True``: the B problems y0[b] each with its own steps (``max_steps`` per
     sample); sample b's solution and statistics equal those of ``solve(func, y0[b:b+1], t, ...)``."""
-    return solve(func, y0, t, as_options(options, keywords, per_sample=True))
+    return solve(func, y0, t, as_options(options, keywords, per_sample=True), events=events)
 
 
 @option_keywords
