@@ -20,7 +20,7 @@ from torch import Tensor
 
 from stability.base import Times, TimeVectorField
 from stability.checkpointing import run_checkpointed
-from stability.checks import check_state, check_times, time_dtype
+from stability.checks import all_finite, check_state, check_times, time_dtype
 from stability.errors import ODEInputError
 from stability.events import Event, differentiable_crossing, locate
 from stability.integrate import make_stepper, run
@@ -72,6 +72,10 @@ class EventStepper:
         t0 = torch.full((self.batch,), times[0], dtype=torch.float64, device=device)
         with torch.no_grad():
             self.g = torch.stack([event.evaluate(t0.to(self.time_dtype), y0).double() for event in events])
+        if not all_finite(self.g):
+            number, row = (~torch.isfinite(self.g)).nonzero()[0].tolist()
+            raise ODEInputError(f"event {number}'s condition returned a non-finite value for sample {row} at "
+                                f"the start t={times[0]:.6g}")
         self.stop_time = torch.full((self.batch,), math.nan, dtype=torch.float64, device=device)
         # per advance: (number of the inner outputs, event numbers [n], samples [n]) of its crossings
         self.log: list[tuple[int, Tensor | None, Tensor | None]] = []
@@ -140,6 +144,11 @@ class EventStepper:
         samples, t_old, t_new, y_new, dense_rows = view
         with torch.no_grad():
             g_new = torch.stack([e.evaluate(t_new.to(self.time_dtype), y_new).double() for e in self.events])
+            if not all_finite(g_new):
+                number, row = (~torch.isfinite(g_new)).nonzero()[0].tolist()
+                raise ODEInputError(f"event {number}'s condition returned a non-finite value for sample "
+                                    f"{int(samples[row])} at t={float(t_new[row]):.6g}: a crossing cannot be "
+                                    f"located through NaN or infinity")
             g_old = self.g.index_select(1, samples)
             self.g = self.g.index_copy(1, samples, g_new)
             found = []

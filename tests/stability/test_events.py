@@ -216,6 +216,8 @@ def test_refusals_name_the_problem():
     y0 = launch([1.0], [0.0], [0.0])
     with pytest.raises(ODEInputError, match=r"shape \[1\] \(one value per sample\), got \(1, 1\)"):
         solve(projectile, y0, [0.0, 1.0], events=Event(lambda t, y: y[:, :1]))
+    with pytest.raises(ODEInputError, match=r"event 0's condition returned a non-finite value for sample 0"):
+        solve(projectile, y0, [0.0, 1.0], events=Event(lambda t, y: torch.log(y[:, 1] - 0.5)))
     with pytest.raises(ODEInputError, match="an Event or a non-empty sequence"):
         solve(projectile, y0, [0.0, 1.0], events=[])
     with pytest.raises(ODEInputError, match="need per_sample=True and adaptive steps"):
