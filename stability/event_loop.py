@@ -55,8 +55,9 @@ class EventSolution(Solution):
         rows = (self.event_index == event).nonzero().squeeze(1).flip(0)  # last write wins: the earliest
         samples = self.event_sample.index_select(0, rows)
         for k, b in zip(rows.tolist(), samples.tolist()):  # N crossings: a loop over a small log
-            t_first = t_first.index_put((torch.tensor([b]),), self.event_t[k : k + 1])
-            y_first = y_first.index_put((torch.tensor([b]),), self.event_y[k : k + 1])
+            where = (torch.tensor([b], device=self.event_t.device),)
+            t_first = t_first.index_put(where, self.event_t[k : k + 1])
+            y_first = y_first.index_put(where, self.event_y[k : k + 1])
         return t_first, y_first
 
 
