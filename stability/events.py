@@ -79,7 +79,7 @@ def locate(phi: Callable[[Tensor], Tensor], a: Tensor, b: Tensor, fa: Tensor, fb
         secant = b - fb * (b - a) / (fb - fa)
         middle = 0.5 * (a + b)
         inside = (secant - a) * (secant - b) < 0  # strictly inside the bracket (not lost to rounding)
-        c = torch.where(inside & torch.isfinite(secant) & torch.tensor(iteration % 4 != 3), secant, middle)
+        c = torch.where(inside & torch.isfinite(secant), secant, middle) if iteration % 4 != 3 else middle
         c = torch.where(open_rows, c, b)
         fc = torch.where(open_rows, phi(c), fb)
         flip = fc * fb < 0  # the root lies between b and c: b becomes the stale end
