@@ -5,7 +5,8 @@ zero crossings of ``Event`` conditions, per sample along dim 0, and stops a samp
 loop drive it unchanged); its ``advance()`` returns the inner stepper's outputs followed by the located
 crossings' (t*, y*), so their gradients pass through checkpointed chunks like any output. Under per-sample
 control a stopped sample takes no more steps; under shared control the batch is one step sequence, so a
-stopped sample's state goes on with the others but its outputs after t* are NaN, like a per-sample one's.
+stopped sample's rows of f are set to zero from the next step on (its state stays put, out of the error
+control) and its outputs after t* are NaN, like a per-sample one's.
 """
 
 from __future__ import annotations
@@ -61,11 +62,28 @@ class EventSolution(Solution):
         return t_first, y_first
 
 
+class FrozenRows:
+    """A shared solver's f with the rows of stopped samples set to zero: each copy of the stepper (a
+    checkpointed chunk's replay) holds its own, so a replay sees the rows stopped when its chunk began."""
+
+    def __init__(self, func: TimeVectorField, live: Tensor | None = None) -> None:
+        self.func, self.live = func, live
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        f = self.func(t, y)
+        if self.live is None or not isinstance(f, Tensor) or f.shape != y.shape:
+            return f  # nothing stopped yet (or a malformed f, which the solver's checks then name)
+        return torch.where(self.live.view(-1, *([1] * (f.dim() - 1))), f, torch.zeros((), dtype=f.dtype,
+                                                                                       device=f.device))
+
+
 class EventStepper:
     """The inner stepper (``SharedStepper`` or ``PerSampleStepper``) plus the event watch."""
 
     def __init__(self, inner, events: Sequence[Event], y0: Tensor, times: list[float]) -> None:
         self.inner, self.events, self.times = inner, tuple(events), times
+        if not isinstance(inner, PerSampleStepper):
+            inner.solver._func = FrozenRows(inner.solver._func)
         self.direction = 1.0 if times[-1] > times[0] else -1.0
         self.batch, self.time_dtype = y0.shape[0], time_dtype(y0)
         self.resolution = 4 * torch.finfo(y0.dtype).eps
@@ -110,6 +128,9 @@ class EventStepper:
     def snapshot(self) -> EventStepper:
         other = copy.copy(self)
         other.inner, other.log = self.inner.snapshot(), list(self.log)
+        if not isinstance(self.inner, PerSampleStepper):
+            frozen = self.inner.solver._func
+            other.inner.solver._func = FrozenRows(frozen.func, frozen.live)
         return other
 
     def position(self) -> tuple:
@@ -172,9 +193,6 @@ class EventStepper:
             0, rows[terminal], roots[terminal], "amin" if self.direction > 0 else "amax")
         keep = self.direction * (roots - first_stop[rows]) <= 0  # nothing after the sample's stop
         index, rows, roots = index[keep], rows[keep], roots[keep]
-        stopping = torch.isfinite(first_stop).nonzero().squeeze(1)
-        if stopping.numel() > 0:
-            self._stop(samples.index_select(0, stopping), first_stop.index_select(0, stopping))
         t_star, y_star = [], []
         for number, event in enumerate(self.events):  # the gradient-carrying values, event by event
             mine = (index == number).nonzero().squeeze(1)
@@ -185,14 +203,25 @@ class EventStepper:
         positions = torch.argsort(torch.cat([mine for mine, _ in t_star]))
         t_all = torch.cat([t for _, t in t_star]).index_select(0, positions)
         y_all = torch.cat([y for _, y in y_star]).index_select(0, positions)
+        stopping = torch.isfinite(first_stop).nonzero().squeeze(1)  # after the interpolants are done with
+        if stopping.numel() > 0:
+            self._stop(samples.index_select(0, stopping), first_stop.index_select(0, stopping))
         return index, samples.index_select(0, rows), t_all, y_all
 
     def _stop(self, samples: Tensor, times: Tensor) -> None:
         self.stop_time = self.stop_time.index_copy(0, samples, times)
+        stopped = self.stop_time == self.stop_time
         if isinstance(self.inner, PerSampleStepper):
             self.inner.stop(samples, Status.EVENT)
-        elif bool((self.stop_time == self.stop_time).all()):  # shared: every sample stopped, so the solve
+        elif bool(stopped.all()):  # shared: every sample stopped, so the solve
             self.inner.index = len(self.inner.times)
+        else:  # f of the stopped rows is zero from now on, the next step's first stage included
+            solver = self.inner.solver
+            solver._func.live = ~stopped
+            first = getattr(solver, "_first_stage", None)
+            if first is not None:
+                solver._first_stage = torch.where(_rows(stopped[None], first[None])[0], torch.zeros(
+                    (), dtype=first.dtype, device=first.device), first)
 
     # --- the result ----------------------------------------------------------------------------------
     def result(self, y0: Tensor, values: list[Tensor], t: Times, options: SolverOptions) -> EventSolution:

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stability import Event, EventSolution, ODEInputError, Status, solve
+from stability import Event, EventSolution, ODEInputError, SolverError, Status, solve
 from stability.events import locate
 
 G = 9.81
@@ -256,3 +256,22 @@ def test_root_solve_reaches_the_resolution_of_t(root, curvature, power, offset, 
     found = locate(phi, a, b, phi(a), phi(b), 4 * torch.finfo(F64).eps)
     scale = max(abs(float(a)), abs(float(b)), width)
     assert abs(float(found - r)) <= 8 * torch.finfo(F64).eps * scale + 1e-300
+
+
+def test_shared_control_freezes_a_stopped_sample():
+    """Shared control: after its landing a sample's rows of f are zero, so it stays where it stopped. Here f
+    is singular at z = −0.3, which the low ball would reach soon after landing; frozen, it never does, and
+    the high ball lands as it does alone."""
+
+    def singular_below(t, y):
+        f = projectile(t, y)
+        return f + torch.stack([0 * y[:, 0], 0 * y[:, 0], 0 * y[:, 0], 0.01 / (y[:, 1] + 0.3)], 1)
+
+    y0 = launch([0.5, 20.0], [0.0, 0.0], [0.0, 0.0])
+    options = dict(events=ground(), rtol=1e-9, atol=1e-9)
+    both = solve(singular_below, y0, [0.0, 5.0], **options)
+    alone = solve(singular_below, y0[1:], [0.0, 5.0], **options)
+    assert both.status.tolist() == [Status.EVENT] * 2
+    torch.testing.assert_close(both.event_t[1:], alone.event_t, rtol=0, atol=1e-8)
+    with pytest.raises(SolverError):  # not frozen, the low ball reaches the singularity
+        solve(singular_below, y0, [0.0, 5.0], rtol=1e-9, atol=1e-9)
