@@ -1,6 +1,7 @@
 """ODE solvers in PyTorch written for the analysis of deep networks as numerical schemes: explicit Runge–Kutta
 methods as Butcher tableaux run by one generic stepper, backward Euler by Newton–Krylov; ``solve``/``odeint``
-run one integration loop (``stability.integrate``) with any step control × any gradient strategy."""
+run one integration loop (``stability.integrate``) with any step control × any gradient strategy; per-sample
+events (``Event``, ``stability.event_loop``) and failure as a value (``throw=False``, ``Status``)."""
 
 from stability.adjoint import AdjointSolution
 from stability.backward_euler import BackwardEuler, ImplicitStats, backward_euler_step

@@ -28,14 +28,16 @@ def solve(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | 
 
     Settings come as one ``SolverOptions`` value, as its fields given as torchdiffeq-style keywords
     (``method``, ``rtol``, ``atol``, ``step_size``, ``grid``, ``first_step``, ``max_step``, ``max_steps``,
-    ``controller``, ``norm``, ``per_sample``, ``implicit``, ``gradient`` and its options, ``compile``),
+    ``controller``, ``norm``, ``per_sample``, ``implicit``, ``gradient`` and its options, ``compile``,
+    ``throw``),
     or both (keywords override). ``t`` is strictly monotone (at least 2 points); output times are reached by
     dense output, never by shortening steps. Gradients flow to ``y0`` and func's parameters:
     ``gradient="backprop"`` through the steps (step-size decisions add no gradient paths), ``"checkpoint"``
     the same with O(√steps) memory, ``"adjoint"`` by the adjoint ODE. ``per_sample=True``: step control per
     sample along dim 0 (func gets t of shape [B]). ``compile=True``: each explicit RK step as one
     ``torch.compile`` graph (``stability.compiled``). ``events``: one ``Event`` or several, watched per sample
-    along dim 0 (an ``EventSolution``; ``stability.event_loop``).
+    along dim 0 (an ``EventSolution``; ``stability.event_loop``). ``throw=False``: a failed integration
+    returns its partial solution with ``status``/``t_reached`` per sample (``stability.status``).
     """
     options = as_options(options, keywords)
     if events is not None:
