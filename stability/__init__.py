@@ -14,7 +14,6 @@ from stability.errors import (
     SolverError,
     StepSizeUnderflowError,
 )
-from stability.event_loop import EventSolution
 from stability.events import Event
 from stability.memory import peak_memory
 from stability.odeint import (
@@ -28,7 +27,7 @@ from stability.odeint import (
     solve_per_sample,
 )
 from stability.options import ImplicitOptions, SolverOptions
-from stability.solution import PerSampleSolution, Solution, SolverStats
+from stability.solution import EventSolution, PerSampleSolution, Solution, SolverStats
 from stability.solver import RK4, SOLVERS, Bosh3, Dopri5, Euler, Heun, RungeKuttaSolver, Tsit5, step
 from stability.status import Status
 from stability.step_control import PIController

@@ -22,9 +22,10 @@ from stability.adjoint import solve_with_adjoint
 from stability.base import Times, TimeVectorField
 from stability.checks import check_times, time_dtype
 from stability.errors import ODEInputError
-from stability.event_loop import EventSolution, solve_with_events
+from stability.event_loop import solve_with_events
 from stability.events import Event, implicit_crossing
 from stability.options import SolverOptions
+from stability.solution import EventSolution
 
 _ADJOINT_DEFAULTS = dict(adjoint_method=None, adjoint_rtol=None, adjoint_atol=None, adjoint_params=None,
                          adjoint_norm="mixed")

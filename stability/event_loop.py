@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -28,38 +27,11 @@ from stability.integrate import make_stepper, run
 from stability.options import SolverOptions
 from stability.per_sample import PerSampleStepper
 from stability.runge_kutta import interpolant
-from stability.solution import Solution
+from stability.solution import EventSolution
 from stability.status import Status
 
 # (samples [n], t_old [n], t_new [n], y_new [n, ...], dense_rows(rows) -> (t [m] -> ŷ [m, ...]))
 StepView = tuple[Tensor, Tensor, Tensor, Tensor, Callable[[Tensor], Callable[[Tensor], Tensor]]]
-
-
-@dataclass
-class EventSolution(Solution):
-    """A ``Solution`` with every recorded crossing, in time order per sample: ``event_index[k]`` (which
-    event), ``event_sample[k]``, ``event_t[k]`` (float64) and ``event_y[k]`` (the state there), the last two
-    differentiable (implicit-function theorem). Samples stopped by a terminal event have status
-    ``Status.EVENT``, ``t_reached`` = their event time and NaN outputs after it."""
-
-    event_index: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    event_sample: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    event_t: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
-    event_y: Tensor | None = None
-
-    def first(self, event: int) -> tuple[Tensor, Tensor]:
-        """(t* [B], y* [B, ...]) of each sample's first crossing of event number ``event`` (NaN where none),
-        differentiable."""
-        batch = self.ys.shape[1]
-        t_first = torch.full((batch,), math.nan, dtype=torch.float64, device=self.event_t.device)
-        y_first = torch.full_like(self.ys[0], math.nan)
-        rows = (self.event_index == event).nonzero().squeeze(1).flip(0)  # last write wins: the earliest
-        samples = self.event_sample.index_select(0, rows)
-        for k, b in zip(rows.tolist(), samples.tolist()):  # N crossings: a loop over a small log
-            where = (torch.tensor([b], device=self.event_t.device),)
-            t_first = t_first.index_put(where, self.event_t[k : k + 1])
-            y_first = y_first.index_put(where, self.event_y[k : k + 1])
-        return t_first, y_first
 
 
 class FrozenRows:
@@ -99,7 +71,6 @@ class EventStepper:
         # per advance: (number of the inner outputs, event numbers [n], samples [n]) of its crossings
         self.log: list[tuple[int, Tensor | None, Tensor | None]] = []
 
-    # --- the stepper protocol ------------------------------------------------------------------------
     @property
     def finished(self) -> bool:
         return self.inner.finished
@@ -139,7 +110,6 @@ class EventStepper:
     def statistics(self):
         return self.inner.statistics()
 
-    # --- the watch -----------------------------------------------------------------------------------
     def _last_step(self) -> StepView | None:
         """The step the last ``advance`` accepted, for the samples still integrating (None: no step)."""
         inner = self.inner
@@ -223,7 +193,6 @@ class EventStepper:
                 solver._first_stage = torch.where(_rows(stopped[None], first[None])[0], torch.zeros(
                     (), dtype=first.dtype, device=first.device), first)
 
-    # --- the result ----------------------------------------------------------------------------------
     def result(self, y0: Tensor, values: list[Tensor], t: Times, options: SolverOptions) -> EventSolution:
         inner_values, t_parts, y_parts, index_parts, sample_parts, position = [], [], [], [], [], 0
         for count, index, samples in self.log:

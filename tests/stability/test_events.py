@@ -134,7 +134,7 @@ def test_checkpointed_event_gradients_equal_backprop():
     grads = []
     for gradient in ("backprop", "checkpoint"):
         sol = solve(field, y0, [0.0, 0.3, 3.0], events=[ground(), APEX], per_sample=True, gradient=gradient,
-                    rtol=1e-8, atol=1e-8)
+                    rtol=1e-6, atol=1e-6)
         grads.append(torch.autograd.grad(_loss(sol), [field.k, y0]))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
@@ -148,11 +148,11 @@ def test_batch_of_32_equals_each_sample_solved_alone():
                 torch.rand(32, generator=g, dtype=F64) * 8 - 2)
     field, events, times = DragProjectile(), [ground(), APEX], [0.0, 0.4, 0.8, 4.0]
     with torch.no_grad():
-        batch = solve(field, y0, times, events=events, per_sample=True, rtol=1e-8, atol=1e-9)
+        batch = solve(field, y0, times, events=events, per_sample=True, rtol=1e-6, atol=1e-8)
         landing = batch.first(0)[0]
         assert len(set(landing.tolist())) == 32
         for b in range(32):
-            alone = solve(field, y0[b : b + 1], times, events=events, per_sample=True, rtol=1e-8, atol=1e-9)
+            alone = solve(field, y0[b : b + 1], times, events=events, per_sample=True, rtol=1e-6, atol=1e-8)
             mine = batch.event_sample == b
             assert batch.event_index[mine].tolist() == alone.event_index.tolist()
             torch.testing.assert_close(batch.event_t[mine], alone.event_t, rtol=1e-13, atol=1e-14)
