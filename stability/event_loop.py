@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from stability.base import Times, TimeVectorField
+from stability.base import OdeSolver, Times, TimeVectorField
 from stability.checkpointing import run_checkpointed
 from stability.checks import all_finite, check_state, check_times, time_dtype
 from stability.errors import ODEInputError
@@ -55,6 +55,8 @@ class EventStepper:
     def __init__(self, inner, events: Sequence[Event], y0: Tensor, times: list[float]) -> None:
         self.inner, self.events, self.times = inner, tuple(events), times
         if not isinstance(inner, PerSampleStepper):
+            if not isinstance(getattr(inner, "solver", None), OdeSolver):
+                raise ODEInputError(f"events are not supported by the stepper {type(inner).__name__}")
             inner.solver._func = FrozenRows(inner.solver._func)
         self.direction = 1.0 if times[-1] > times[0] else -1.0
         self.batch, self.time_dtype = y0.shape[0], time_dtype(y0)
@@ -247,7 +249,8 @@ def _shared_dense(solver, rows: Tensor) -> Callable[[Tensor], Tensor]:
         return interpolant(solver.tableau, solver.t_old, solver._h_last, y_old, y_new, stages,
                            lambda: solver._derivative_at_end().index_select(0, rows))
     dense = solver.dense_output()  # any other solver: its own interpolant, one time at a time
-    return lambda t: torch.stack([dense(t[i]).select(0, int(b)) for i, b in enumerate(rows.tolist())])
+    dtype = solver.y.dtype  # its interpolation weight in the state's dtype (torch.lerp needs it)
+    return lambda t: torch.stack([dense(t[i].to(dtype)).select(0, int(b)) for i, b in enumerate(rows.tolist())])
 
 
 def solve_with_events(func: TimeVectorField, y0: Tensor, t: Times, events: Sequence[Event],
