@@ -250,7 +250,8 @@ def _shared_dense(solver, rows: Tensor) -> Callable[[Tensor], Tensor]:
                            lambda: solver._derivative_at_end().index_select(0, rows))
     dense = solver.dense_output()  # any other solver: its own interpolant, one time at a time
     dtype = solver.y.dtype  # its interpolation weight in the state's dtype (torch.lerp needs it)
-    return lambda t: torch.stack([dense(t[i].to(dtype)).select(0, int(b)) for i, b in enumerate(rows.tolist())])
+    samples = rows.tolist()
+    return lambda t: torch.stack([dense(t[i].to(dtype)).select(0, b) for i, b in enumerate(samples)])
 
 
 def solve_with_events(func: TimeVectorField, y0: Tensor, t: Times, events: Sequence[Event],
