@@ -275,3 +275,18 @@ def test_shared_control_freezes_a_stopped_sample():
     torch.testing.assert_close(both.event_t[1:], alone.event_t, rtol=0, atol=1e-8)
     with pytest.raises(SolverError):  # not frozen, the low ball reaches the singularity
         solve(singular_below, y0, [0.0, 5.0], rtol=1e-9, atol=1e-9)
+
+
+def test_backward_euler_event_on_its_linear_interpolant():
+    """A solver without a tableau (backward Euler, shared control) is searched on its own dense output,
+    linear between steps: for y' = −y, y_n = y0/(1+h)^n, the crossing of 0.5 lies where the line between
+    the bracketing y_n, y_{n+1} does."""
+    y0, h = torch.tensor([[1.0], [2.0]], dtype=F64), 0.01
+    sol = solve(lambda t, y: -y, y0, [0.0, 3.0], method="backward_euler", step_size=h,
+                events=Event(lambda t, y: y[:, 0] - 0.5, terminal=True))
+    expected = []
+    for start in y0[:, 0].tolist():
+        n = math.floor(math.log(start / 0.5) / math.log(1 + h))
+        y_n, y_next = start / (1 + h) ** n, start / (1 + h) ** (n + 1)
+        expected.append(n * h + h * (y_n - 0.5) / (y_n - y_next))
+    torch.testing.assert_close(sol.event_t, torch.tensor(expected, dtype=F64), rtol=0, atol=1e-11)
