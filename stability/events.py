@@ -33,9 +33,10 @@ class Event:
     """The zero crossings of ``condition(t, y)`` (one value per sample: shape [B], t of shape [B]).
 
     ``direction``: +1 records crossings from negative to non-negative only, −1 from positive to non-positive
-    only, 0 both. ``terminal``: the sample's integration stops at its first such crossing (the others go
-    on); otherwise every crossing is recorded. A crossing is seen when g changes sign between two step ends:
-    two roots inside one step cancel (make ``max_step`` smaller than the shortest gap between roots)."""
+    only, 0 both (in the order the solve visits them: backwards in time when t decreases). ``terminal``:
+    the sample's integration stops at its first such crossing (the others go on); otherwise every crossing
+    is recorded. A crossing is seen when g changes sign between two step ends: two roots inside one step
+    cancel (make ``max_step`` smaller than the shortest gap between roots)."""
 
     condition: Condition
     direction: int = 0
