@@ -35,6 +35,7 @@ class SharedStepper:
 
     def __init__(self, solver: OdeSolver, times: list[float], replicas: int | None = None) -> None:
         self.solver, self.times, self.index, self.replicas = solver, times, 1, replicas
+        self.y0 = solver.y  # the solver's copy of y0: ys[0], so y0's gradient sums in one place as before
         self.margin = HIT_TOLERANCE * abs(times[-1] - times[0])
 
     @property
@@ -74,7 +75,7 @@ class SharedStepper:
         return self.solver.t, self.solver.stats.n_steps
 
     def assemble(self, y0: Tensor, values: list[Tensor]) -> Tensor:
-        return torch.stack([y0, *values])
+        return torch.stack([self.y0, *values])
 
     def statistics(self) -> SolverStats | list[SolverStats]:
         stats = self.solver.stats

@@ -19,14 +19,25 @@ from torch import Tensor
 from stability.checks import as_float_list, check_tolerances
 from stability.errors import ODEInputError
 from stability.methods import IMPLICIT, METHOD_NAMES, TABLEAUX
-from stability.step_control import PIController
+from stability.pid_controller import PIDController
+from stability.step_control import NAMED_NORMS, PIController
 
 DEFAULT_RTOL = 1e-7
 DEFAULT_ATOL = 1e-9
 DEFAULT_MAX_STEPS = 100_000
 GRADIENTS = ("backprop", "checkpoint", "adjoint")
-# ErrorNorm(error, y_old, y_new, rtol, atol) -> the ratio compared with 1: a number, or [B] per sample.
+# ErrorNorm(error, y_old, y_new, rtol, atol) -> the ratio compared with 1: a number, or [B] per sample
+# (per-sample mode: rtol and atol are then numbers or float64 tensors [B] of the samples in the step).
 ErrorNorm = Callable[[Tensor, Tensor, Tensor, float, float], float | Tensor]
+Controller = PIController | PIDController
+
+
+class Unstated(float):
+    """A tolerance the caller did not state: the default, or one ``replace`` carried over. Fixed steps
+    (``step_size``/``grid``) ignore it; a tolerance stated together with fixed steps is an error instead of
+    being silently ignored. Behaves as the float it holds."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -70,16 +81,19 @@ class SolverOptions:
     tolerances); shared step control and gradient "backprop" or "checkpoint" only, else an ODEInputError."""
 
     method: str = "dopri5"
-    rtol: float = DEFAULT_RTOL
-    atol: float = DEFAULT_ATOL
+    rtol: float | Tensor = Unstated(DEFAULT_RTOL)
+    atol: float | Tensor = Unstated(DEFAULT_ATOL)
     step_size: float | None = None
     grid: tuple[float, ...] | None = None
     first_step: float | None = None
     max_step: float = math.inf
+    min_step: float = 0.0
+    force_min_step: bool = False
     max_steps: int = DEFAULT_MAX_STEPS
-    controller: PIController = PIController()
-    norm: ErrorNorm | None = None
+    controller: Controller = PIController()
+    norm: ErrorNorm | str | None = None
     per_sample: bool = False
+    time_dtype: torch.dtype | None = None
     implicit: ImplicitOptions | None = None
     gradient: str = "backprop"
     checkpoint_every: int | None = None
@@ -92,7 +106,7 @@ class SolverOptions:
 
     def __post_init__(self) -> None:
         _known_method(self.method)
-        check_tolerances(self.rtol, self.atol)
+        self._set_tolerances()
         _require(self.step_size is None or self.grid is None, "give either step_size or grid, not both")
         if self.step_size is not None:
             object.__setattr__(self, "step_size", float(self.step_size))
@@ -110,9 +124,23 @@ class SolverOptions:
             (adaptive, f"method '{self.method}' has no embedded error estimate: give step_size or grid"),
             (_positive_int(self.max_steps), f"max_steps must be a positive integer, got {self.max_steps!r}"),
             (self.max_step > 0, f"max_step must be positive, got {self.max_step}"),
+            (_number(self.min_step) and math.isfinite(self.min_step) and 0 <= self.min_step <= self.max_step,
+             f"min_step must be a finite number in [0, max_step={self.max_step}], got {self.min_step!r}"),
+            (isinstance(self.force_min_step, bool),
+             f"force_min_step must be True or False, got {self.force_min_step!r}"),
+            (not self.force_min_step or self.min_step > 0, "force_min_step=True needs a min_step > 0"),
+            (not (self.fixed_step and (self.min_step > 0 or self.force_min_step)),
+             "min_step and force_min_step control adaptive steps; fixed steps (step_size/grid) take exactly "
+             "the steps given: drop one or the other"),
+            (self.time_dtype in (None, torch.float32, torch.float64),
+             f"time_dtype must be None, torch.float32 or torch.float64, got {self.time_dtype!r}"),
             (self.first_step is None or (math.isfinite(self.first_step) and self.first_step > 0),
              f"first_step must be positive and finite, got {self.first_step}"),
-            (isinstance(self.controller, PIController), "controller must be a PIController"),
+            (isinstance(self.controller, (PIController, PIDController)),
+             f"controller must be a PIController or a PIDController, got {type(self.controller).__name__}"),
+            (self.norm is None or callable(self.norm) or self.norm in NAMED_NORMS,
+             f"norm must be a function (ErrorNorm) or one of {', '.join(map(repr, NAMED_NORMS))}, got "
+             f"{self.norm!r}"),
             (isinstance(self.implicit, (ImplicitOptions, type(None))), "implicit must be ImplicitOptions"),
             (self.implicit is None or self.method in IMPLICIT,
              f"implicit options apply to method='backward_euler' only, not {self.method!r}"),
@@ -130,6 +158,21 @@ class SolverOptions:
             _require(ok, message)
         if self.gradient == "adjoint":
             self._check_adjoint()
+
+    def _set_tolerances(self) -> None:
+        """rtol and atol validated (numbers; 1-D tensors [B] in per-sample mode) and normalised (a 0-d tensor
+        to a float); stated together with fixed steps they are an error, not silently ignored."""
+        rtol, atol = check_tolerances(self.rtol, self.atol, per_sample=self.per_sample)
+        stated = [name for name in ("rtol", "atol") if not isinstance(getattr(self, name), Unstated)]
+        _require(not (stated and self.fixed_step),
+                 f"{' and '.join(stated)} given with fixed steps (step_size={self.step_size}, grid="
+                 f"{'given' if self.grid is not None else None}): fixed steps take exactly the steps given and "
+                 f"have no error control, so tolerances would be ignored. Drop {'/'.join(stated)} for fixed "
+                 f"steps, or drop step_size/grid for adaptive steps at these tolerances")
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            if isinstance(getattr(self, name), Unstated):
+                value = Unstated(value)
+            object.__setattr__(self, name, value)
 
     def _check_adjoint(self) -> None:
         backward = self.adjoint_method or self.method
@@ -160,6 +203,10 @@ class SolverOptions:
         unknown = sorted(set(changes) - _FIELDS)
         gradient = changes.get("gradient", self.gradient)
         _require(not unknown, f"unknown options for gradient={gradient!r}: {', '.join(unknown)}")
+        for name in ("rtol", "atol"):  # carried over, not stated by this call
+            value = getattr(self, name)
+            if name not in changes and isinstance(value, float) and not isinstance(value, Unstated):
+                changes[name] = Unstated(value)
         return dataclasses.replace(self, **changes)
 
 
@@ -175,6 +222,10 @@ def _gradient_of(option: str) -> str | None:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ODEInputError(message)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _positive_int(value) -> bool:
@@ -208,5 +259,10 @@ def as_options(options: SolverOptions | None, keywords: dict, **implied) -> Solv
         options, keywords = None, {**options, **keywords}
     _require(options is None or isinstance(options, SolverOptions),
              f"options must be a SolverOptions (or a dict of its fields), got {type(options).__name__}")
+    for name, value in implied.items():  # e.g. solve_adjoint(..., gradient="backprop"): a contradiction
+        given = keywords.get(name, value if options is None else getattr(options, name))
+        _require(given == value or (name not in keywords and given == _FIELD_DEFAULTS[name]),
+                 f"this entry point implies {name}={value!r}, but {name}={given!r} was given: call solve(...) "
+                 f"with {name}={given!r} instead, or drop it")
     changes = {**keywords, **implied}
     return (options or _DEFAULTS).replace(**changes) if changes else (options or _DEFAULTS)
