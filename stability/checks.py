@@ -142,9 +142,9 @@ def check_norm_value(ratio, error: Tensor, y_new: Tensor, t, sample: str = "") -
     """A non-finite error ratio from the caller's ``norm`` for a finite error estimate and a finite step is
     the norm's fault, not func's: an ``ODEInputError`` naming it (instead of rejections blamed on func)."""
     if all_finite(error) and all_finite(y_new):
-        raise ODEInputError(f"{sample}norm returned {ratio} at {describe_time(t)} for a finite error estimate "
-                            f"and a finite step: the error norm (options.norm), not func, produced it; it must "
-                            f"return a finite non-negative ratio")
+        raise ODEInputError(f"{sample}norm returned {ratio} at {describe_time(t)} for a finite error "
+                            f"estimate and a finite step: the error norm (options.norm), not func, produced "
+                            f"it; it must return a finite non-negative ratio")
 
 
 def check_derivative(f: Tensor, y: Tensor, t: float) -> None:

@@ -9,7 +9,7 @@ from stability.adjoint import AdjointSolution, solve_with_adjoint
 from stability.base import Times, TimeVectorField
 from stability.checkpointing import solve_checkpoint
 from stability.integrate import solve_backprop
-from stability.options import SolverOptions, as_options, option_keywords
+from stability.options import SolverOptions, as_options, option_keywords, time_precision
 from stability.solution import PerSampleSolution, Solution
 
 # The gradient strategies, each a function (func, y0, t, options) -> Solution around ``integrate``'s loop.
@@ -30,9 +30,10 @@ def solve(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | 
     ``gradient="backprop"`` through the steps (step-size decisions add no gradient paths), ``"checkpoint"``
     the same with O(√steps) memory, ``"adjoint"`` by the adjoint ODE. ``per_sample=True``: step control per
     sample along dim 0 (func gets t of shape [B]). ``compile=True``: each explicit RK step as one
-    ``torch.compile`` graph (``stability.compiled``).
+    ``torch.compile`` graph (``stability.compiled``). t given as a float64 tensor with a lower-precision y0:
+    func receives t in float64 (``time_dtype``), so late times keep their resolution.
     """
-    options = as_options(options, keywords)
+    options = time_precision(as_options(options, keywords), y0, t)
     return GRADIENT_STRATEGIES[options.gradient](func, y0, t, options)
 
 

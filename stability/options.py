@@ -166,9 +166,9 @@ class SolverOptions:
         stated = [name for name in ("rtol", "atol") if not isinstance(getattr(self, name), Unstated)]
         _require(not (stated and self.fixed_step),
                  f"{' and '.join(stated)} given with fixed steps (step_size={self.step_size}, grid="
-                 f"{'given' if self.grid is not None else None}): fixed steps take exactly the steps given and "
-                 f"have no error control, so tolerances would be ignored. Drop {'/'.join(stated)} for fixed "
-                 f"steps, or drop step_size/grid for adaptive steps at these tolerances")
+                 f"{'given' if self.grid is not None else None}): fixed steps take exactly the steps given "
+                 f"and have no error control, so tolerances would be ignored. Drop {'/'.join(stated)} for "
+                 f"fixed steps, or drop step_size/grid for adaptive steps at these tolerances")
         for name, value in (("rtol", rtol), ("atol", atol)):
             if isinstance(getattr(self, name), Unstated):
                 value = Unstated(value)
@@ -252,6 +252,16 @@ def option_keywords(function):
     return function
 
 
+def time_precision(options: SolverOptions, y0, t) -> SolverOptions:
+    """``options`` with ``time_dtype=float64`` when t is a float64 tensor and y0 of lower precision (unless
+    ``time_dtype`` is set): func then gets t at its own resolution, not rounded to y0's dtype (in float32,
+    t = 1e6 resolves 0.06)."""
+    if (options.time_dtype is None and isinstance(t, Tensor) and t.dtype == torch.float64
+            and isinstance(y0, Tensor) and y0.dtype != torch.float64):
+        return options.replace(time_dtype=torch.float64)
+    return options
+
+
 def as_options(options: SolverOptions | None, keywords: dict, **implied) -> SolverOptions:
     """The entry points' merge: ``options`` (default: the defaults), then the caller's ``keywords``, then
     what the entry point implies (``solve_adjoint``: gradient="adjoint"); one validation of the result."""
@@ -262,7 +272,7 @@ def as_options(options: SolverOptions | None, keywords: dict, **implied) -> Solv
     for name, value in implied.items():  # e.g. solve_adjoint(..., gradient="backprop"): a contradiction
         given = keywords.get(name, value if options is None else getattr(options, name))
         _require(given == value or (name not in keywords and given == _FIELD_DEFAULTS[name]),
-                 f"this entry point implies {name}={value!r}, but {name}={given!r} was given: call solve(...) "
-                 f"with {name}={given!r} instead, or drop it")
+                 f"this entry point implies {name}={value!r}, but {name}={given!r} was given: call "
+                 f"solve(...) with {name}={given!r} instead, or drop it")
     changes = {**keywords, **implied}
     return (options or _DEFAULTS).replace(**changes) if changes else (options or _DEFAULTS)

@@ -19,20 +19,20 @@ from torch import Tensor
 from stability.base import TimeVectorField
 from stability.checks import (
     check_derivative,
-    check_norm_value,
     check_first_step,
     check_low_precision,
+    check_norm_value,
     evaluate_checked,
     max_steps_error,
     nonfinite_rejections_error,
     time_dtype,
     underflow_error,
 )
+from stability.errors import ODEInputError, StepSizeUnderflowError
 from stability.methods import TABLEAUX
 from stability.options import SolverOptions
 from stability.runge_kutta import interpolant, rk_step
 from stability.solution import HIT_TOLERANCE, SolverStats, output_reached
-from stability.errors import ODEInputError, StepSizeUnderflowError
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_norm, initial_step, stiffness
 
 
@@ -43,7 +43,8 @@ class PerSampleStepper:
     def __init__(self, func: TimeVectorField, y0: Tensor, times: list[float], options: SolverOptions) -> None:
         check_low_precision(y0.dtype, options.rtol)
         self.func, self.options, self.times, self.tableau = func, options, times, TABLEAUX[options.method]
-        self.norm, self.own_norm = error_norm(options.norm, per_sample=True), options.norm not in (None, "rms")
+        self.norm = error_norm(options.norm, per_sample=True)
+        self.own_norm = options.norm not in (None, "rms")  # the caller's function (blamed for a NaN)
         self.batch, self.time_dtype = y0.shape[0], time_dtype(y0, options.time_dtype)
         self.rtol, self.atol = (self._per_sample_tolerance(name, getattr(options, name), y0.device)
                                 for name in ("rtol", "atol"))
@@ -85,8 +86,8 @@ class PerSampleStepper:
         if not isinstance(value, Tensor):
             return value
         if value.shape != (self.batch,):
-            raise ODEInputError(f"per-sample {name} has {value.numel()} values, but y0 holds {self.batch} samples "
-                                f"along dim 0")
+            raise ODEInputError(f"per-sample {name} has {value.numel()} values, but y0 holds {self.batch} "
+                                f"samples along dim 0")
         return value.to(device)
 
     def _evaluate(self, t: Tensor, y: Tensor, samples: Tensor) -> Tensor:
@@ -170,14 +171,15 @@ class PerSampleStepper:
         return self._outputs(samples, t_old, h_acc, y_old, y_acc, stages)
 
     def _below_min_step(self, h_a: Tensor, active: Tensor, t_a: Tensor) -> Tensor:
-        """The samples whose proposed step is below ``min_step``: with ``force_min_step`` they step at min_step
-        (returned as a mask: accepted whatever their finite error), else a ``StepSizeUnderflowError``."""
+        """The samples whose proposed step is below ``min_step``: with ``force_min_step`` they step at
+        min_step (returned as a mask: accepted whatever their finite error), else a StepSizeUnderflowError."""
         below = h_a < self.options.min_step
         if not self.options.force_min_step:
             self._raise_at_first(below, active, t_a, h_a, lambda i, t, h, sample: StepSizeUnderflowError(
-                f"{sample}the step size fell to h={h:.3g} at t={t!r}, below min_step={self.options.min_step:g} "
-                f"(the problem is probably stiff or singular there); lower min_step, or force_min_step=True "
-                f"to step on at min_step without error control", t=t, h=h))
+                f"{sample}the step size fell to h={h:.3g} at t={t!r}, below "
+                f"min_step={self.options.min_step:g} (the problem is probably stiff or singular there); "
+                f"lower min_step, or force_min_step=True to step on at min_step without error control",
+                t=t, h=h))
         return below
 
     @staticmethod

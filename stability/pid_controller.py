@@ -48,8 +48,8 @@ class PIDController:
                    for x in coefficients):
             raise ValueError(f"invalid controller settings (finite numbers needed): {self}")
         if not (0 < self.safety <= 1 and 0 < self.min_factor < 1 < self.max_factor):
-            raise ValueError(f"invalid controller settings (0 < safety ≤ 1, 0 < min_factor < 1 < max_factor): "
-                             f"{self}")
+            raise ValueError(f"invalid controller settings (0 < safety ≤ 1, 0 < min_factor < 1 < "
+                             f"max_factor): {self}")
         if self.pcoeff + self.icoeff + self.dcoeff <= 0:
             raise ValueError(f"pcoeff + icoeff + dcoeff must be positive (the step must shrink as the error "
                              f"grows): {self}")
@@ -91,7 +91,8 @@ class PIDController:
                                                                                          error_order)))
         return min(factor, 1.0) if after_reject else factor
 
-    def reject_factor(self, ratio: float, error_order: int, memory: tuple[float, float] = (1.0, 1.0)) -> float:
+    def reject_factor(self, ratio: float, error_order: int,
+                      memory: tuple[float, float] = (1.0, 1.0)) -> float:
         if not math.isfinite(ratio):
             return self.min_factor
         return min(1.0, max(self.min_factor, self._raw(ratio, memory, error_order)))
