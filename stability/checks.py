@@ -89,8 +89,11 @@ def check_tolerances(rtol, atol, per_sample: bool = False) -> tuple[float | Tens
     if isinstance(rtol, Tensor) and isinstance(atol, Tensor) and rtol.shape != atol.shape:
         raise ODEInputError(f"per-sample rtol and atol must have the same length, got {rtol.numel()} and "
                             f"{atol.numel()}")
-    if bool(torch.as_tensor((rtol == 0) & (atol == 0) if isinstance(rtol, Tensor) or isinstance(atol, Tensor)
-                            else rtol == 0 and atol == 0).any()):
+    if isinstance(rtol, Tensor) or isinstance(atol, Tensor):
+        both_zero = bool(torch.as_tensor((rtol == 0) & (atol == 0)).any())
+    else:
+        both_zero = rtol == 0 and atol == 0
+    if both_zero:
         raise ODEInputError("rtol and atol cannot both be zero")
     return rtol, atol
 

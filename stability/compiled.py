@@ -2,7 +2,10 @@
 ``func`` traced in, stage sums, error estimate and error ratio — as one ``torch.compile`` graph.
 
 Rounds differently from the eager step (fused kernels, t + c·h and the stage weights applied in one pass), so
-results agree with ``compile=False`` to rounding, not bitwise. Compiled once per (func, method, rtol, atol)
+results agree with ``compile=False`` to rounding, not bitwise, and the step sequence may differ: where the
+error estimate is itself at the rounding level (float32 at rtol ≈ 1e-6) the two error ratios of one step can
+differ by a factor of a few, enough to flip an accept/reject decision (``bench/compile_rounding.py``).
+Compiled once per (func, method, rtol, atol)
 and kept while that func object lives (pass the same module or function: a fresh lambda or bound method per
 solve compiles again); torch recompiles per shape, dtype and grad mode, and a Python side effect in func
 (e.g. an evaluation counter on the module) recompiles at every call until torch's recompile limit, after

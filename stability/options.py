@@ -73,12 +73,18 @@ class ImplicitOptions:
 @dataclass(frozen=True)
 class SolverOptions:
     """Settings of one solve (defaults as ``solve``'s keywords): step control (``step_size`` or ``grid`` for
-    fixed steps; ``norm``: an ``ErrorNorm`` in place of the mixed RMS), ``per_sample`` control along dim 0,
+    fixed steps, which refuse stated tolerances; adaptive: ``rtol``/``atol`` — numbers, or tensors [B] of
+    per-sample values with ``per_sample`` —, ``controller`` a ``PIController`` or ``PIDController``,
+    ``min_step``/``force_min_step``, ``norm``: "rms" (the default mixed RMS), "max" or an ``ErrorNorm``),
+    ``per_sample`` control along dim 0, ``time_dtype`` (the dtype of the t func receives; None: y0's),
     ``implicit`` (backward Euler's Newton–Krylov), and ``gradient`` with its own options (``checkpoint_*``,
     ``adjoint_*``: given for another gradient they are an error). ``compile=True``: each step of an explicit
     RK method — stages with func traced in, stage sums, error ratio — runs as one ``torch.compile`` graph
-    (``stability.compiled``: equal to rounding, not bitwise; seconds to compile, once per func, method and
-    tolerances); shared step control and gradient "backprop" or "checkpoint" only, else an ODEInputError."""
+    (``stability.compiled``: equal to rounding, not bitwise, and not always the same steps; seconds to
+    compile, once per func, method and tolerances); shared step control and gradient "backprop" or
+    "checkpoint" only, else an ODEInputError. ``min_step``: a proposed step below it raises
+    ``StepSizeUnderflowError``, or with ``force_min_step`` is taken at min_step and accepted whatever its
+    (finite) error."""
 
     method: str = "dopri5"
     rtol: float | Tensor = Unstated(DEFAULT_RTOL)
@@ -114,8 +120,8 @@ class SolverOptions:
             object.__setattr__(self, "grid", tuple(as_float_list(self.grid, "grid")))
         adaptive = self.fixed_step or (self.method in TABLEAUX and TABLEAUX[self.method].adaptive)
         compilable = self.method in TABLEAUX and not self.per_sample and self.gradient != "adjoint"
-        misplaced = sorted(name for name, default in _FIELD_DEFAULTS.items() if _gradient_of(name) not in
-                           (None, self.gradient) and getattr(self, name) != default)
+        misplaced = sorted(name for name, (gradient, default) in _GRADIENT_FIELDS.items()
+                           if gradient != self.gradient and getattr(self, name) != default)
         for ok, message in (
             (self.step_size is None or (math.isfinite(self.step_size) and self.step_size > 0),
              f"step_size must be positive and finite, got {self.step_size}"),
@@ -217,6 +223,11 @@ _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolverOptions)}
 def _gradient_of(option: str) -> str | None:
     """The gradient strategy an option belongs to (``adjoint_*``, ``checkpoint_*``), None for all others."""
     return next((gradient for gradient in GRADIENTS if option.startswith(gradient + "_")), None)
+
+
+# The options of one gradient strategy (``checkpoint_*``, ``adjoint_*``): name -> (strategy, default).
+_GRADIENT_FIELDS = {name: (_gradient_of(name), default) for name, default in _FIELD_DEFAULTS.items()
+                    if _gradient_of(name) is not None}
 
 
 def _require(condition: bool, message: str) -> None:
