@@ -172,3 +172,20 @@ def test_named_norms():
     per_sample = solve_per_sample(van_der_pol, y0, T_OUT, rtol=1e-6, atol=1e-6, norm="max")
     alone = solve(van_der_pol, y0[2:3], T_OUT, rtol=1e-6, atol=1e-6, norm="max")
     assert per_sample.stats[2].nfe == alone.stats.nfe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per-sample"])
+def test_pid_and_per_sample_tolerances_under_every_gradient(per_sample):
+    """Checkpointed gradients equal backprop's bit for bit (the re-run retraces the PID memory); the adjoint's
+    agree to its tolerance (its shared backward solve runs at the strictest per-sample tolerance)."""
+    y0 = _initial_states(3).requires_grad_()
+    tol = torch.tensor([1e-8, 1e-10, 1e-9], dtype=torch.float64) if per_sample else 1e-9
+    options = SolverOptions(rtol=tol, atol=tol, per_sample=per_sample,
+                            controller=PIDController.preset("PI-smooth"))
+    grads = {}
+    for gradient in ("backprop", "checkpoint", "adjoint"):
+        ys = solve(van_der_pol, y0, [0.0, 0.5, 1.0], options.replace(gradient=gradient)).ys
+        grads[gradient] = torch.autograd.grad((ys * ys).sum(), y0)[0]
+    assert torch.equal(grads["checkpoint"], grads["backprop"])
+    torch.testing.assert_close(grads["adjoint"], grads["backprop"], rtol=1e-5, atol=1e-6)
