@@ -199,6 +199,14 @@ def underflow_error(t: float, h: float, direction: float, nonfinite: bool, sampl
     return StepSizeUnderflowError(sample + message, t=t, h=h)
 
 
+def min_step_error(min_step: float, t: float, h: float, sample: str = "") -> StepSizeUnderflowError:
+    """The controller proposed a step below ``min_step`` (without ``force_min_step``)."""
+    return StepSizeUnderflowError(
+        f"{sample}the step size fell to h={h:.3g} at t={t!r}, below min_step={min_step:g} (the problem is "
+        f"probably stiff or singular there); lower min_step, or force_min_step=True to step on at min_step "
+        f"without error control", t=t, h=h)
+
+
 def nonfinite_rejections_error(t: float, h: float, sample: str = "") -> NonFiniteValueError:
     message = f"{sample}func returned non-finite values at t={t:.6g} even with the step shrunk to h={h:.3g}"
     return NonFiniteValueError(message, t=t, h=h)
@@ -211,11 +219,14 @@ def max_steps_error(max_steps: int, t0: float, t_bound: float, t: float, h: floa
     span = abs(t_bound - t0)
     message = (f"{sample}max_steps={max_steps} exceeded at t={t:.6g} ({100 * (abs(t - t0) / span):.1f}% of "
                f"[{t0:g}, {t_bound:g}]) with step size h={h:.3g}")
-    if h < 1e-3 * span and stiffness is not None and stiffness >= 1.0:
+    stiff = h < 1e-3 * span and stiffness is not None and stiffness >= 1.0
+    if stiff:
         message += (f"; the step size collapsed to {h / span:.2g} of the span with h·|∂f/∂y| ≈ "
                     f"{stiffness:.2g} (steps limited by stability, not accuracy): the problem looks stiff — "
                     f"method='backward_euler' with a step_size solves stiff problems")
-    return MaxStepsExceededError(message, t=t, h=h)
+    error = MaxStepsExceededError(message, t=t, h=h)
+    error.stiff_suspected = stiff  # Status.STIFF when throw=False
+    return error
 
 
 def as_float_list(values: Tensor | Sequence[float], name: str) -> list[float]:

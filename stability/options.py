@@ -84,7 +84,8 @@ class SolverOptions:
     compile, once per func, method and tolerances); shared step control and gradient "backprop" or
     "checkpoint" only, else an ODEInputError. ``min_step``: a proposed step below it raises
     ``StepSizeUnderflowError``, or with ``force_min_step`` is taken at min_step and accepted whatever its
-    (finite) error."""
+    (finite) error. ``throw=False``: a failed integration returns its partial solution with a status per
+    sample (``stability.status``) instead of raising."""
 
     method: str = "dopri5"
     rtol: float | Tensor = Unstated(DEFAULT_RTOL)
@@ -109,6 +110,7 @@ class SolverOptions:
     adjoint_params: tuple[Tensor, ...] | None = field(default=None, compare=False)
     adjoint_norm: str = "mixed"
     compile: bool = False
+    throw: bool = True
 
     def __post_init__(self) -> None:
         _known_method(self.method)
@@ -156,6 +158,11 @@ class SolverOptions:
             (self.checkpoint_every is None or _positive_int(self.checkpoint_every),
              f"checkpoint_every must be a positive integer, got {self.checkpoint_every!r}"),
             (isinstance(self.compile, bool), f"compile must be True or False, got {self.compile!r}"),
+            (isinstance(self.throw, bool), f"throw must be True or False, got {self.throw!r}"),
+            (self.throw or self.gradient != "adjoint",
+             "throw=False does not combine with gradient='adjoint': the adjoint integrates back from every "
+             "sample's final state, which a failed sample does not have; use gradient='backprop' or "
+             "'checkpoint'"),
             (not self.compile or compilable,
              f"compile=True compiles explicit Runge–Kutta steps under shared step control with gradient "
              f"'backprop' or 'checkpoint'; not method={self.method!r}, per_sample={self.per_sample}, "

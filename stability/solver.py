@@ -16,12 +16,13 @@ from stability.checks import (
     check_first_step,
     check_norm_value,
     max_steps_error,
+    min_step_error,
     non_finite_step,
     nonfinite_rejections_error,
     underflow_error,
 )
 from stability.compiled import compiled_step
-from stability.errors import ODEInputError, StepSizeUnderflowError
+from stability.errors import ODEInputError
 from stability.runge_kutta import RKStep, interpolant, rk_step
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_norm, initial_step, stiffness
 from stability.tableau import ButcherTableau
@@ -122,10 +123,7 @@ class RungeKuttaSolver(OdeSolver):
         (finite) error with ``force_min_step``, else a ``StepSizeUnderflowError``."""
         if self.options.force_min_step:
             return self.options.min_step, True
-        raise StepSizeUnderflowError(
-            f"the step size fell to h={h_abs:.3g} at t={t!r}, below min_step={self.options.min_step:g} (the "
-            f"problem is probably stiff or singular there); lower min_step, or force_min_step=True to step "
-            f"on at min_step without error control", t=t, h=h_abs)
+        raise min_step_error(self.options.min_step, t, h_abs)
 
     def _commit(self, t_new: float, h: float, y_new: Tensor, stages: list[Tensor]) -> None:
         super()._commit(t_new, h, y_new, stages)

@@ -108,6 +108,17 @@ def test_min_step_refuses_to_go_below_it():
     solve(blow_up, y0, [0.0, 0.999], rtol=1e-8, atol=1e-8, min_step=1e-6)  # never needed: unchanged
 
 
+def test_min_step_with_throw_false_is_a_step_underflow_status():
+    from stability.status import Status
+
+    y0 = torch.ones(2, 1, dtype=torch.float64)
+    for per_sample in (False, True):
+        sol = solve(blow_up, y0, [0.0, 0.5, 0.999], rtol=1e-8, atol=1e-8, min_step=1e-3, throw=False,
+                    per_sample=per_sample)
+        assert bool((sol.status == Status.STEP_UNDERFLOW).all()) and bool(sol.ys[-1].isnan().all())
+        torch.testing.assert_close(sol.ys[1], torch.full_like(y0, 2.0), rtol=1e-6, atol=0)  # y(0.5) = 2
+
+
 def test_force_min_step_steps_on_at_min_step():
     y0 = torch.ones(1, dtype=torch.float64)
     free = solve(blow_up, y0, [0.0, 0.99], rtol=1e-8, atol=1e-8)
