@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from experiments.cli import Outputs, UsageError, add_data_arguments, make_parser, positive_int, run, setup
+from experiments.code_version import EVALUATION_CODE, CodeGuard, code_version
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
 from experiments.model_card import model_card
 from experiments.records import RecordStore, file_sha256
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--convergence-samples", type=int, default=20, help="samples of the convergence check"
     )
     parser.add_argument("--force", action="store_true", help="recompute records even if they exist")
+    parser.add_argument("--reuse-stale", action="store_true",
+                        help="reuse records made by other code (named) instead of recomputing them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--shard", default=None, metavar="K/N",
@@ -229,7 +232,8 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         "against": sorted(_file_digest(p) for p in args.against),
         "dataset": dataset,
     }
-    records = RecordStore(out / "records", force=args.force)
+    records = RecordStore(out / "records", force=args.force, code=code_version(EVALUATION_CODE),
+                          guard=CodeGuard(reuse_stale=args.reuse_stale))
     stamp = identity if shard is None else {**identity, "shard": shard.to_json()}
     started = time.perf_counter()
     evaluation = evaluate(
@@ -251,7 +255,8 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
     if shard is not None:
         evaluation.seconds["wall"] = time.perf_counter() - started
         sources = {"checkpoint": str(args.checkpoint), "against": list(args.against)}
-        outputs.add(write_shard(out, shard, evaluation, identity, label, sources))
+        made_by = {**identity, "code": code_version(EVALUATION_CODE)}  # shards of other code never merge
+        outputs.add(write_shard(out, shard, evaluation, made_by, label, sources))
         print(f"shard {shard.label()} (samples {shard.start}-{shard.stop - 1}) in "
               f"{evaluation.seconds['wall']:.0f} s: {summary_line(evaluation)}")
         return 0

@@ -194,6 +194,10 @@ def read_shards(folders: Sequence[str | Path]) -> list[Shard]:
         if a.get("checkpoint") != b.get("checkpoint"):
             raise UsageError(f"--merge: {shard.folder} was made with another model than {first.folder} "
                              f"(weights {b.get('checkpoint')} vs {a.get('checkpoint')})")
+        if a.get("code") != b.get("code"):
+            code = "; ".join(_differences(a.get("code") or {}, b.get("code") or {})) or "unstamped"
+            raise UsageError(f"--merge: {shard.folder} was made by other code than {first.folder} ({code}); "
+                             "rerun the shards with one version")
         changed = _differences(a, b)
         if shard.spec.count != first.spec.count:
             changed.append(f"shard count: {first.spec.count} vs {shard.spec.count}")
