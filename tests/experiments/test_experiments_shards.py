@@ -156,6 +156,12 @@ def test_merge_refuses_gaps_duplicates_other_configurations_and_other_models(wor
     refused([folders[0], foreign], "another model", str(foreign))
     three = shards(tmp_path, resnet, 3, "three")
     refused([folders[0], three[1], three[2]], "another configuration", "shard count: 2 vs 3")
+    recoded = tmp_path / "recoded"
+    shutil.copytree(folders[1], recoded)
+    manifest = json.loads((recoded / "shard.json").read_text())
+    manifest["identity"]["code"]["attacks"] = "0" * 16
+    (recoded / "shard.json").write_text(json.dumps(manifest))
+    refused([folders[0], recoded], "made by other code", "attacks", str(recoded))
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     refused([folders[0], unfinished], "no shard.json", str(unfinished))
