@@ -26,9 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from experiments.paper import flow, scales
-from experiments.paper.measure import honest, protocol
+from experiments.paper.measure import constant_image_caps, honest, protocol, with_sanity_flag
 from experiments.paper.premium import paired
-from experiments.paper.report import flags_section, header, markdown_table, pct, pyplot, save_figure, write
+from experiments.paper.report import (
+    flags_section,
+    header,
+    markdown_table,
+    pct,
+    pyplot,
+    sanity_section,
+    save_figure,
+    write,
+)
 from experiments.paper.runtime import Context, RunDirectory, TrainedModel
 from experiments.paper.specs import EvalSpec, ModelSpec, Plan, TrainSpec, model
 
@@ -214,6 +223,7 @@ def _measure(
         "fgsm": [row["robust_accuracy"] for row in fgsm],
         "honest": summary,
         **measures,
+        "caps": constant_image_caps(entry, data, eps, spec.batch_size),
         "train_nfe": (entry.info.get("train_solver_stats_last_epoch") or {}),
         "test_accuracy": entry.info.get("final_test_accuracy"),
     }
@@ -327,8 +337,10 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
             ctx, run_dir, longest, plan.eps_map[dataset], spec, SWEEP_SAMPLES[plan.scale]
         )
     results = {label: results[label] for label in sorted(results, key=_order)}
-    rows = _rows(plan, results)
+    failures: list[str] = []
+    rows = _rows(plan, results, failures)
     markdown = header(plan, TITLE, command) + _report(plan, results, rows, sweeps, twins)
+    markdown += sanity_section(failures)
     markdown += flags_section({label: r["honest"] for label, r in results.items()})
     return write(
         run_dir.folder,
@@ -347,6 +359,7 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
         measurements={label: {k: v for k, v in r.items() if k != "honest"} for label, r in results.items()},
         tolerance_sweep=sweeps,
         twin=twins,
+        eps_sanity_failures=failures,
     )
 
 
@@ -372,7 +385,9 @@ def _kind(label: str) -> tuple[str, float | None]:
     return "base", None
 
 
-def _rows(plan: Plan, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _rows(plan: Plan, results: dict[str, dict[str, Any]], failures: list[str]) -> list[dict[str, Any]]:
+    """One row per (model, ε); paper-attack numbers above their ε-sanity cap are flagged into
+    ``failures``."""
     rows = []
     for label, result in results.items():
         dataset = label.split()[0]
@@ -404,8 +419,16 @@ def _rows(plan: Plan, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]
                 "nfe_backward_adjoint": (result["backward_nfe"] or {}).get("adjoint_per_sample"),
                 "field_gain": result["field_gain"],
                 "samples": summary["samples"],
+                "cap": None if result["caps"][i] is None else round(100 * result["caps"][i], 2),
                 "flags_fired": " ".join(summary["fired"]),
             }
+            for attack, value in (
+                ("FGSM", result["fgsm"][i]),
+                (summary["protocol_name"], summary["protocol"][i]),
+            ):
+                row["flags_fired"] = with_sanity_flag(
+                    row["flags_fired"], label, attack, e, value, result["caps"][i], failures
+                )
             if kind != "base":
                 table = paired(
                     [c == "1" for c in summary["worst_case_robust"][i]],
