@@ -482,6 +482,14 @@ def _report(plan, results, rows, sweeps, twins) -> list[str]:
         ["dataset", "model", "ε", "clean", "FGSM", "PGD-40", "worst case", "premium [95% CI]", "flags fired"],
         table,
     )
+    widths = [(r["premium_high"] - r["premium_low"]) / 2 for r in rows if r["premium"] is not None]
+    if widths:
+        lines += [
+            f"Attacked images: {rows[0]['samples']} per model (the same images for every model); the "
+            f"premium's 95% intervals above have half widths from ±{min(widths):.1f} to ±{max(widths):.1f} "
+            "points.",
+            "",
+        ]
     lines += ["## Gradients, NFE and the learned field", ""]
     table = []
     for label, r in results.items():
@@ -571,8 +579,9 @@ def _report(plan, results, rows, sweeps, twins) -> list[str]:
 
 
 def _verdict(plan: Plan, rows: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[str]:
-    """Two or three sentences read off the numbers: the longest-t1 model's premium under the worst case and
-    under the paper's PGD-40, and what its gradients do."""
+    """Three sentences read off the numbers per dataset: the longest-t1 model's premium under the worst case
+    and under the paper's PGD-40; its gradients and the RK4 twin's premium; which of robust / harder to attack
+    / neither the intervals support."""
     sentences = []
     for dataset in _datasets(plan.scale):
         t1 = T1[dataset][-1]
@@ -598,10 +607,21 @@ def _verdict(plan: Plan, rows: list[dict[str, Any]], results: dict[str, dict[str
             if one and one["gradient_norms"]["median"]
             else None
         )
+        twin = [r for r in rows if r["dataset"] == dataset and r["solver"] == "rk4"]
         sentences.append(
             f"Its median input-gradient norm is {grads['median']:.3g}"
             + (f" ({ratio:.3g}× the t1 = {T1[dataset][0]:g} model's)" if ratio else "")
-            + f", {100 * grads['fraction_below']:.1f}% of the images below 1e-8."
+            + f", {100 * grads['fraction_below']:.1f}% of the images below 1e-8"
+            + (
+                "; the fixed-step RK4 twin's worst-case premium is "
+                + ", ".join(
+                    f"{r['premium']:+.1f} [{r['premium_low']:+.1f}, {r['premium_high']:+.1f}]" for r in twin
+                )
+                + " at the same ε"
+                if twin
+                else ""
+            )
+            + "."
         )
         if significant:
             sentences.append(
