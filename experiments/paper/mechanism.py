@@ -57,9 +57,9 @@ NOTES = {
     "cpu": (
         "MNIST only; `odenet_mnist_small` (7×7×32 state, f with 2 conv) instead of Appendix A's 4 conv × 128 "
         "channels; t1 ∈ {1, 10, 100} with dopri5 at rtol = atol = 1e-3",
-        "training: Table 1's ODE-net recipe cut to 1 epoch on the first 30k training images for every "
-        "model (Adam + one-cycle, lr 3e-3, batch 128; Table 1 trains 2 epochs on all 60k), f's closing "
-        "GroupNorm initialised at γ = 1/t1; the "
+        "training: every model 1 epoch on the first 30k training images, Adam lr 3e-3 with a cosine decay, "
+        "batch 64 (Table 1: 2 epochs on all 60k, one-cycle, batch 128), f's closing GroupNorm initialised at "
+        "γ = 1/t1; the "
         "ResNet (a transfer source only) is Table 1's model (same cache key)",
         "attacked: the first test images (count in the table); the tolerance sweep on a subset",
     ),
@@ -75,13 +75,20 @@ def _key(t1: float) -> str:
 
 
 def _recipe(scale: str, dataset: str) -> TrainSpec:
-    """Every model of a dataset trains the same way: smoke's token epoch; at cpu scale Table 1's ODE-net
-    recipe cut to one epoch on the first 30k images (Adam + one-cycle, lr 3e-3, batch 128); Appendix A at
-    paper."""
+    """Every model of a dataset trains the same way: smoke's token epoch; at cpu scale one epoch on the first
+    30k images, Adam at 3e-3 with a cosine decay and batch 64 (twice the steps of Table 1's batch 128 in the
+    same time: the one-cycle warm-up left the loss at 2.1–2.3 after one such epoch); Appendix A at paper."""
     if scale == "smoke":
         return scales.smoke_training()
     if scale == "cpu":
-        return scales.cpu_training(CPU_EPOCHS, CPU_TRAIN, lr=3e-3)
+        return TrainSpec(
+            epochs=CPU_EPOCHS,
+            batch_size=64,
+            optimizer="adam",
+            lr=3e-3,
+            schedule="cosine",
+            limit_train=CPU_TRAIN,
+        )
     return scales.appendix_a(dataset)
 
 
