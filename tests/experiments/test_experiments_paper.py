@@ -76,6 +76,9 @@ COLUMNS = {
         "premium",
         "premium_low",
         "premium_high",
+        "long_premium",
+        "long_premium_low",
+        "long_premium_high",
         "grad_median",
         "grad_p10",
         "grad_below_1e-8",
@@ -162,6 +165,7 @@ def test_mechanism_runs_every_model_variant_and_writes_every_output(smoke_run) -
     }
     for row in rows:  # the premium (with its interval) for every ODE-net, none for the base model itself
         assert (row["premium"] == "") == (row["model"] == "base")
+        assert (row["long_premium"] == "") == (row["model"] in ("base", "t1=1"))
         if row["premium"]:
             assert float(row["premium_low"]) <= float(row["premium"]) <= float(row["premium_high"])
         assert float(row["grad_median"]) >= 0 and (row["nfe_forward"] == "") == (row["model"] == "base")
