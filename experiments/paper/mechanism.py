@@ -679,8 +679,8 @@ def _verdict(plan: Plan, rows: list[dict[str, Any]], results: dict[str, dict[str
             )
         else:
             sentences.append(
-                "Neither protocol shows a premium the interval separates from zero: long integration does "
-                "not make this model more robust."
+                "No worst-case interval separates the premium from zero: on this evidence long integration "
+                "does not make the model more robust."
             )
     return [" ".join(sentences)]
 
