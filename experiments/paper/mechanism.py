@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.paper import flow, scales
-from experiments.paper.measure import constant_image_caps, honest, protocol, with_sanity_flag
+from experiments.paper.measure import constant_image_caps, counted, honest, protocol, with_sanity_flag
 from experiments.paper.premium import paired
 from experiments.paper.report import (
     flags_section,
@@ -236,7 +236,8 @@ def _measure(
             "field_gain": flow.field_gain(entry.model),
         }
 
-    measures, timings[f"{entry.label} flow"] = run_dir.part(f"flow {entry.label}", identity, flow_measures)
+    name = f"flow {entry.label}"
+    measures, timings[name] = run_dir.part(name, identity, counted(ctx, name, flow_measures), guard=ctx.guard)
     return {
         "label": entry.label,
         "fgsm": [row["robust_accuracy"] for row in fgsm],
@@ -284,7 +285,8 @@ def _sweep(ctx, run_dir, entry, eps, spec: EvalSpec, samples: int) -> tuple[list
                 )
         return rows
 
-    return run_dir.part(f"tolerance sweep {entry.label}", identity, compute)
+    name = f"tolerance sweep {entry.label}"
+    return run_dir.part(name, identity, counted(ctx, name, compute), guard=ctx.guard)
 
 
 def twin_model(ctx: Context, plan: Plan, run_dir: RunDirectory, dataset: str):
@@ -297,7 +299,8 @@ def twin_model(ctx: Context, plan: Plan, run_dir: RunDirectory, dataset: str):
     counts, _ = run_dir.part(
         f"twin steps {dataset}",
         {"model": longest.spec.key(), "n": int(x.shape[0])},
-        lambda: flow.step_counts(longest.model, x, spec.batch_size),
+        counted(ctx, f"twin steps {dataset}", lambda: flow.step_counts(longest.model, x, spec.batch_size)),
+        guard=ctx.guard,
     )
     steps = max(1, round(counts["steps_median"]))
     twin_spec = twin(plan.scale, dataset, steps)
