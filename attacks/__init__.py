@@ -4,7 +4,8 @@ Attacks are configured once and called on a batch, ``x_adv = attack(model, x, y)
 (see :mod:`attacks.base` for the contract).
 
 * White-box, L-inf: :class:`FGSM`, :class:`PGD`, :class:`DI2FGSM` (input diversity, optional momentum);
-  L-inf and L2: :class:`APGD` (CE or DLR loss), :class:`APGDT` (targeted DLR over the top-k classes).
+  L-inf and L2: :class:`APGD` (CE or DLR loss), :class:`APGDT` (targeted DLR over the top-k classes),
+  :class:`FABT` (targeted fast adaptive boundary over the top-k classes).
 * Score-based black-box, L-inf and L2: :class:`Square` (per-sample query budget).
 * Decision-based black-box, L2: :class:`BoundaryAttack` (per-sample query budget).
 * The evaluation suite (:mod:`attacks.suite`, :mod:`attacks.checks`): :func:`run_suite` runs a preset
@@ -23,6 +24,7 @@ from .boundary import BoundaryAttack
 from .checks import Flag, run_checks
 from .diverse_input import DI2FGSM, InputDiversity
 from .evaluation import evaluate_attack, gradient_masking_warnings, iterate_batches, sweep
+from .fab import FABT
 from .fgsm import FGSM
 from .pgd import PGD
 from .square import Square
@@ -35,6 +37,7 @@ __all__ = [
     "APGD",
     "APGDT",
     "AttackRecord",
+    "FABT",
     "Flag",
     "NonFiniteLogitsError",
     "Square",

@@ -83,7 +83,7 @@ def project_onto_hyperplane_in_box(point: Tensor, w: Tensor, b: Tensor, norm: st
     theta = (c[:, None] - saturated.gather(1, k)) / growing.gather(1, k).clamp_min(_TINY)
     feasible = c <= cap.sum(dim=1)
     theta = torch.where(feasible[:, None], theta.clamp_min(0.0), torch.inf)
-    step = torch.minimum(theta * slope, cap) / magnitude.clamp_min(_TINY)
+    step = torch.minimum(theta if norm == "linf" else theta * magnitude, room)
     return torch.where(active, step * torch.sign(w), 0.0)
 
 

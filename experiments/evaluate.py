@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=PRESET_NAMES,
         default="quick",
-        help="standard = AutoAttack (APGD-CE, APGD-T, Square-5000); quick = 50 iterations, "
+        help="standard = AutoAttack (APGD-CE, APGD-T, FAB-T, Square-5000); quick = 50 iterations, "
         "3 targets, 1000 queries; ode/ode-quick add the solver-aware attacks",
     )
     parser.add_argument(
