@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--convergence-samples", type=int, default=20, help="samples of the convergence check"
     )
+    parser.add_argument(
+        "--unit-test",
+        action="store_true",
+        help="instead of evaluating: the binarization test of the suite (Zimmermann et al. 2022) on each "
+        "sample and eps; writes unit_test.json",
+    )
     parser.add_argument("--force", action="store_true", help="recompute records even if they exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -184,6 +190,8 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         queries=args.queries,
     )
     out = Path(args.out)
+    if args.unit_test:
+        return run_unit_test(args, argv, model, x, config, against, outputs, world)
     identity = {
         "config": config.to_dict(),
         "checkpoint": _file_digest(args.checkpoint),
@@ -224,6 +232,22 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
     for path in write_outputs({Path(args.checkpoint).name: evaluation}, out, command, extra):
         outputs.add(path)
     print(summary_line(evaluation))
+    return 0
+
+
+def run_unit_test(args: argparse.Namespace, argv: Sequence[str], model: torch.nn.Module, x: torch.Tensor,
+                  config: EvaluationConfig, against: dict, outputs: Outputs, world: int) -> int:
+    """``--unit-test``: the binarization test of the configured suite, one line per eps."""
+    from experiments.unit_test import summary_lines, unit_test, write_unit_test
+
+    if world > 1:
+        raise UsageError("--unit-test runs in one process; start it without torchrun")
+    results = unit_test(model, x, config, against)
+    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in argv)
+    extra = {"config": config.to_dict(), "checkpoint": str(args.checkpoint)}
+    outputs.add(write_unit_test(results, Path(args.out), command, extra))
+    for line in summary_lines(results):
+        print(line)
     return 0
 
 
