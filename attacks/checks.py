@@ -19,7 +19,8 @@ al. 2019 ("On evaluating adversarial robustness"), Tramèr et al. 2020 and AutoA
 * ``randomness``: logits differ between two identical calls — use expectation over transformation.
 * the six indicators of attack failure of Pintor et al. 2022 (:mod:`attacks.indicators`):
   ``unavailable-gradients``, ``unstable-predictions``, ``silent-success``, ``incomplete-optimisation``,
-  ``transfer-failure``, ``unconstrained-attack-failure``.
+  ``transfer-failure``, ``unconstrained-attack-failure``; for models with ODE blocks also ``nfe-spread`` and
+  ``gradient-agreement`` (:mod:`attacks.solver_indicators`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .base import NonFiniteLogitsError, model_device, perturbation_size
 from .flags import Flag
 from .indicators import attack_failure_flags
 from .pgd import PGD
+from .solver_indicators import solver_flags
 from .suite import SuiteAttack, SuiteReport, batch_seed, predict
 
 __all__ = [
@@ -377,8 +379,10 @@ def _indicators(
         return [Flag("attack-failure-indicators", False, "not run: no correctly classified sample")]
     candidates = [e for e in report.eps if e > 0] or report.eps
     eps = min(candidates, key=lambda e: abs(report.worst_case_accuracy(e) - 0.5))
-    return attack_failure_flags(model, x[chosen], y[chosen], eps, attacks, norm=report.norm,
-                                tolerance=tolerance, seed=batch_seed(seed, -3))
+    flags = attack_failure_flags(model, x[chosen], y[chosen], eps, attacks, norm=report.norm,
+                                 tolerance=tolerance, seed=batch_seed(seed, -3))
+    few = chosen[:10]  # each sample solved alone, 5 times
+    return flags + solver_flags(model, x[few], y[few], eps, report.norm, tolerance, seed=batch_seed(seed, -4))
 
 
 def _convergence(
