@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .apgd import APGD
-from .base import Attack, eval_mode, model_device, perturbation_size
+from .base import Attack, NonFiniteLogitsError, eval_mode, model_device, perturbation_size
 from .flags import Flag
 from .suite import SuiteAttack, _Transfer
 
@@ -390,18 +390,42 @@ def attack_failure_flags(
     name = white.name if white is not None else "APGD-CE-100"
     probe = factory(eps)
     probe.reseed(seed)
-    _, fooled, paths = traced_attack(model, probe, x, y, eps, norm)
+    try:
+        _, fooled, paths = traced_attack(model, probe, x, y, eps, norm)
+        path_flags = [
+            silent_success(fooled, paths, name),
+            incomplete_optimisation(fooled, paths, name, tolerance=tolerance),
+        ]
+    except NonFiniteLogitsError:
+        path_flags = [_nonfinite("silent-success"), _nonfinite("incomplete-optimisation")]
     flags = [
-        unavailable_gradients(model, x, y, tolerance),
-        unstable_predictions(model, x, y, eps, norm, tolerance=tolerance, seed=seed),
-        silent_success(fooled, paths, name),
-        incomplete_optimisation(fooled, paths, name, tolerance=tolerance),
-        _transfer_flags(model, x, y, eps, entries, norm, seed),
-        unconstrained_attack_failure(model, x, y, factory, norm, name, tolerance),
+        _guarded("unavailable-gradients", lambda: unavailable_gradients(model, x, y, tolerance)),
+        _guarded(
+            "unstable-predictions",
+            lambda: unstable_predictions(model, x, y, eps, norm, tolerance=tolerance, seed=seed),
+        ),
+        *path_flags,
+        _guarded("transfer-failure", lambda: _transfer_flags(model, x, y, eps, entries, norm, seed)),
+        _guarded(
+            "unconstrained-attack-failure",
+            lambda: unconstrained_attack_failure(model, x, y, factory, norm, name, tolerance),
+        ),
     ]
     for flag in flags:
         flag.numbers.setdefault("eps", eps)
     return flags
+
+
+def _nonfinite(name: str) -> Flag:
+    return Flag(name, False, "not tested: the model returned NaN/inf logits (see nonfinite-logits)")
+
+
+def _guarded(name: str, indicator: Callable[[], Flag]) -> Flag:
+    """The indicator's flag, or "not tested" when the model breaks (NaN/inf logits) under it."""
+    try:
+        return indicator()
+    except NonFiniteLogitsError:
+        return _nonfinite(name)
 
 
 def _transfer_flags(
