@@ -10,7 +10,9 @@ Attacks are configured once and called on a batch, ``x_adv = attack(model, x, y)
 * Decision-based black-box, L2: :class:`BoundaryAttack` (per-sample query budget).
 * The evaluation suite (:mod:`attacks.suite`, :mod:`attacks.checks`): :func:`run_suite` runs a preset
   (``"standard"``/``"quick"``) plus any attacks passed in as a cascade and reports the per-example worst
-  case; :func:`run_checks` adds the flags (gradient masking, convergence, eps sanity, batch dependence).
+  case; :func:`run_checks` adds the flags (gradient masking, convergence, eps sanity, batch dependence, the
+  indicators of attack failure of :mod:`attacks.indicators` and :mod:`attacks.solver_indicators`);
+  :mod:`attacks.binarization` is the binarization test (an attack unit test).
 * Evaluation of single attacks: :func:`evaluate_attack`, :func:`sweep` (a :class:`ResultTable`, CSV/JSON),
   :func:`gradient_masking_warnings`.
 * Adversarial-training losses ``loss_fn(model, x, y)`` for ``nets.training``: :class:`PGDAdversarialLoss`
