@@ -30,7 +30,7 @@ def scipy_minimal_step(p: np.ndarray, w: np.ndarray, b: float, norm: str) -> flo
         return float(w @ np.clip(lam * w, -p, 1 - p) - (b - w @ p))
 
     high = 1.0
-    while gap(high) * np.sign(b - w @ p) < 0:
+    while gap(high) <= 0 or gap(-high) >= 0:  # bracket the root (the box reaches the hyperplane)
         high *= 2
     lam = brentq(gap, -high, high, xtol=1e-15, rtol=1e-15)
     return float(np.linalg.norm(np.clip(lam * w, -p, 1 - p)))
