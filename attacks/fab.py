@@ -221,10 +221,6 @@ class FABT(Attack):
             u = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return (x0 + 0.5 * self.eps * u / (_norm_column(u, self.norm) + _TINY)).clamp(0.0, 1.0)
 
-    @property
-    def min_classes(self) -> int:
-        return 2
-
     def _config(self) -> dict[str, object]:
         return {
             "eps": self.eps,
