@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from experiments.cli import Outputs, UsageError, add_data_arguments, make_parser, positive_int, run, setup
+from experiments.code_version import EVALUATION_CODE, CodeGuard, code_version
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
 from experiments.records import RecordStore, file_sha256
 
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sample and eps; writes unit_test.json",
     )
     parser.add_argument("--force", action="store_true", help="recompute records even if they exist")
+    parser.add_argument("--reuse-stale", action="store_true",
+                        help="reuse records made by other code (named) instead of recomputing them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -198,7 +201,8 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         "against": sorted(_file_digest(p) for p in args.against),
         "dataset": dataset,
     }
-    records = RecordStore(out / "records", force=args.force)
+    records = RecordStore(out / "records", force=args.force, code=code_version(EVALUATION_CODE),
+                          guard=CodeGuard(reuse_stale=args.reuse_stale))
     started = time.perf_counter()
     evaluation = evaluate(
         model,
