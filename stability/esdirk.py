@@ -46,6 +46,7 @@ def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor
     kappa = max(10 * torch.finfo(y.dtype).eps / max(rtol, 1e-300), min(0.03, math.sqrt(rtol)))
     k = [func(t, y) if first_stage is None else first_stage]
     failed = torch.zeros(y.shape[0] if per_sample else (), dtype=torch.bool, device=y.device)
+    eta = torch.ones(failed.shape, dtype=torch.float64, device=y.device)  # Newton's η, carried stage to stage
     grad = torch.is_grad_enabled()
     for c, a_row, predictor in tableau.stage_plan:
         t_stage = t + c * h
@@ -53,8 +54,9 @@ def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor
         with torch.no_grad():
             z = (linear_combination(y.detach(), [x.detach() for x in k], predictor, h) if predictor
                  else y.detach())
-            z, stage_failed = _newton(func, t_stage, rhs.detach(), z, hg, linearization, scale, kappa,
-                                      options.max_newton, per_sample)
+            z, stage_failed, iterations, eta = _newton(func, t_stage, rhs.detach(), z, hg, linearization,
+                                                       scale, kappa, eta, options.max_newton, per_sample)
+        linearization.stats.newton_iterations += iterations
         failed = failed | stage_failed
         if grad:  # as backward Euler: the graph of r_i + hγ f(t_i, z*), fed λ by the backward pass
             t_tensor = _as_time(t_stage, y)
@@ -67,27 +69,32 @@ def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor
     y_new = linear_combination(y, k, tableau.b_plan, h) if not tableau.fsal else z
     with torch.no_grad():
         error = linear_combination(None, k, tableau.error_plan, h)
-        if bool(failed.any()):
-            inflated = NEWTON_FAILURE * (1 + y.detach().abs())
-            error = torch.where(column(failed.double(), y) > 0, inflated, error) if per_sample else inflated
+    if bool(failed.any()):  # rejected: an error estimate every norm rejects, and y_new = y (finite)
+        linearization.stats.newton_failures += 1
+        mask = column(failed.double(), y) > 0 if per_sample else failed
+        error = torch.where(mask, NEWTON_FAILURE * (1 + y.detach().abs()), error)
+        y_new = torch.where(mask, y, y_new)
     return RKStep(y_new, error, [k[0], k[-1]])
 
 
 def _newton(func, t, rhs: Tensor, z: Tensor, hg, linearization: Linearization, scale: Tensor, kappa: float,
-            max_iterations: int, per_sample: bool) -> tuple[Tensor, Tensor]:
-    """Simplified Newton for z = rhs + hγ f(t, z): (z, failed) with failed per sample ([B]) or one flag."""
+            eta: Tensor, max_iterations: int, per_sample: bool) -> tuple[Tensor, Tensor, int, Tensor]:
+    """Simplified Newton for z = rhs + hγ f(t, z): (z, failed, iterations, η), failed per sample ([B]) or one
+    flag. The first iteration is judged with max(η, eps)^0.8 of the previous stage (Hairer–Wanner IV.8);
+    an iteration whose rate θ predicts no convergence within the remaining iterations fails at once."""
     shape = (z.shape[0],) if per_sample else ()
     converged = torch.zeros(shape, dtype=torch.bool, device=z.device)
     failed = torch.zeros(shape, dtype=torch.bool, device=z.device)
     previous = torch.full(shape, math.inf, dtype=torch.float64, device=z.device)
-    eta = torch.ones(shape, dtype=torch.float64, device=z.device)
+    eta = eta.clamp(min=torch.finfo(torch.float64).eps) ** 0.8
     for iteration in range(max_iterations):
         residual = z - rhs - hg * func(t, z)
         delta = linearization.solve(-residual)
         norm = rms(delta / scale, per_sample).double()
         if iteration > 0:
             theta = norm / previous
-            failed = failed | (~converged & ~(theta < 0.99))  # diverging (or non-finite)
+            hopeless = theta ** (max_iterations - 1 - iteration) / (1 - theta) * norm > kappa
+            failed = failed | (~converged & (~(theta < 0.99) | hopeless))  # diverging, slow, or non-finite
             eta = torch.where(theta < 0.99, theta / (1 - theta), eta)
         done = converged | failed
         step = ~done
@@ -96,7 +103,7 @@ def _newton(func, t, rhs: Tensor, z: Tensor, hg, linearization: Linearization, s
         previous = norm
         if bool((converged | failed).all()):
             break
-    return z, failed | ~converged
+    return z, failed | ~converged, iteration + 1, eta
 
 
 def _as_time(t, like: Tensor) -> Tensor:

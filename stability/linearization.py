@@ -34,13 +34,15 @@ from stability.solution import SolverStats
 @dataclass
 class StiffStats(SolverStats):
     """SolverStats plus the linear algebra of the stiff methods: dense Jacobians J = ∂f/∂y (``jacrev``), LU
-    factorisations, linear solves, and Jacobian-vector products (∂f/∂t, Krylov matvecs, backward products).
-    ``nfe`` counts evaluations of f only."""
+    factorisations, linear solves, Jacobian-vector products (∂f/∂t, Krylov matvecs, backward products), and
+    the ESDIRK's Newton iterations and failed solves. ``nfe`` counts evaluations of f only."""
 
     n_jacobians: int = 0
     n_factorizations: int = 0
     n_linear_solves: int = 0
     n_jvp: int = 0
+    newton_iterations: int = 0
+    newton_failures: int = 0
 
 
 class Linearization:

@@ -28,11 +28,13 @@ from stability.checks import (
     time_dtype,
     underflow_error,
 )
-from stability.methods import TABLEAUX
+from stability.linearization import StiffStats
+from stability.methods import STIFF, TABLEAUX
 from stability.options import SolverOptions
 from stability.runge_kutta import interpolant, rk_step
 from stability.solution import HIT_TOLERANCE, SolverStats, output_reached
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step, stiffness
+from stability.stiff_step import StiffStep
 
 
 class PerSampleStepper:
@@ -41,7 +43,12 @@ class PerSampleStepper:
 
     def __init__(self, func: TimeVectorField, y0: Tensor, times: list[float], options: SolverOptions) -> None:
         check_low_precision(y0.dtype, options.rtol)
-        self.func, self.options, self.times, self.tableau = func, options, times, TABLEAUX[options.method]
+        self.func, self.options, self.times = func, options, times
+        self.tableau = TABLEAUX.get(options.method) or STIFF[options.method]
+        # The step: the explicit RK step, or a stiff method's (Jacobians per sample; ``stiff_stats`` counts)
+        self.stiff_stats = StiffStats()
+        self.step = rk_step if options.method in TABLEAUX else functools.partial(
+            StiffStep(func, options, per_sample=True), stats=self.stiff_stats)
         self.norm = options.norm or functools.partial(error_ratio, per_sample=True)
         self.batch, self.time_dtype = y0.shape[0], time_dtype(y0)
         self.last_output: tuple[Tensor | None, int] = (None, 0)  # func's previous output and its version
@@ -110,7 +117,7 @@ class PerSampleStepper:
         if need.numel() > 0:
             fresh = self._evaluate(t_a.index_select(0, need), y_a.index_select(0, need), active[need])
             stage0 = stage0.index_copy(0, need, fresh)
-        step = rk_step(lambda s, z: self._evaluate(s, z, active), t_a, y_a, h, tableau, stage0)
+        step = self.step(lambda s, z: self._evaluate(s, z, active), t_a, y_a, h, tableau, stage0)
         ratio = self.norm(step.error, y_a, step.y, options.rtol, options.atol)
         accept = ratio <= 1.0
         previous = take(self.previous_ratio)
@@ -155,6 +162,8 @@ class PerSampleStepper:
 
     def _stiffness(self, b: int, h_abs: float) -> float | None:
         """``step_control.stiffness`` of one probe step of sample b with step h_abs (for an error message)."""
+        if self.options.method not in TABLEAUX:  # a stiff method already: no hint to give
+            return None
         y, h = self.y[b : b + 1].detach(), self.direction * h_abs
         with torch.no_grad():
             fun = lambda s, z: self.func(s.to(self.time_dtype), z)  # noqa: E731
