@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 
 from stability.errors import NonConvergenceError
@@ -61,7 +62,10 @@ class Linearization:
         self.stats.n_jvp += 1
         y = self.y.detach() if not torch.is_grad_enabled() else self.y
         try:
-            _, derivative = torch.func.jvp(lambda s: self.func(s, y), (self.t,), (torch.ones_like(self.t),))
+            with forward_ad.dual_level():
+                value = self.func(forward_ad.make_dual(self.t, torch.ones_like(self.t)), y)
+                derivative = forward_ad.unpack_dual(value).tangent
+            return torch.zeros_like(value) if derivative is None else derivative
         except RuntimeError:  # func converts t to a Python number: a central difference instead
             delta = math.sqrt(torch.finfo(self.t.dtype).eps) * max(1.0, float(self.t.abs().max()))
             derivative = (self.func(self.t + delta, y) - self.func(self.t - delta, y)) / (2 * delta)
@@ -80,10 +84,10 @@ class DenseLinearization(Linearization):
         self.rows = shape[0] if self.per_sample else 1
         flat = y.reshape(self.rows, -1)
         if self.per_sample:  # d/dy_b of Σ_b' f_b'(y_b') = ∂f_b/∂y_b: n reverse products for all samples
-            jacobian = torch.func.jacrev(lambda z: func(t, z.view(shape)).reshape(self.rows, -1).sum(0))(flat)
+            jacobian = _jacobian(lambda z: func(t, z.view(shape)).reshape(self.rows, -1).sum(0), flat)
             self.jacobian = jacobian.permute(1, 0, 2)  # [B, n, n]
         else:
-            whole = torch.func.jacrev(lambda z: func(t, z.view(shape)).reshape(-1))(flat.reshape(-1))
+            whole = _jacobian(lambda z: func(t, z.view(shape)).reshape(-1), flat.reshape(-1))
             self.jacobian = whole[None]  # [1, N, N]
         self.stats.n_jacobians += 1
         self.identity = torch.eye(self.jacobian.shape[-1], dtype=y.dtype, device=y.device)
@@ -130,6 +134,25 @@ class KrylovLinearization(Linearization):
             return x
         explicit = rhs + self.column(self.h_gamma, x) * _jvp_with_graph(self.func, self.t, self.y, x)
         return _KrylovSolve.apply(explicit, x, self)
+
+
+def _jacobian(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """∂function/∂x (function's output is 1-D), by ``torch.func.jacrev``; inside ``torch.utils.checkpoint``
+    (whose saved-tensor hooks torch.func refuses) by one ``torch.autograd.grad`` per output row instead."""
+    try:
+        return torch.func.jacrev(function)(x)
+    except RuntimeError as error:
+        if "saved tensor hooks" not in str(error):
+            raise
+    graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        z = x if x.requires_grad else x.detach().requires_grad_(True)
+        out = function(z)
+        rows = []
+        for i in range(out.shape[0]):
+            (row,) = torch.autograd.grad(out[i], z, retain_graph=True, create_graph=graph, allow_unused=True)
+            rows.append(torch.zeros_like(z) if row is None else row)
+    return torch.stack(rows)
 
 
 def _has_graph(linearization: Linearization) -> bool:

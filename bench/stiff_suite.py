@@ -1,0 +1,159 @@
+"""The adaptive stiff methods (rodas4, kvaerno5) against scipy's Radau and BDF at equal tolerances.
+
+Problems (float64, shared step control, scipy given the analytic Jacobian):
+- Robertson's chemical kinetics on [0, 40] (outputs at 0.4, 4, 40), y2 solved as 1e4·y2 so that one
+  atol = 1e-6 is an absolute tolerance of 1e-6 on y1 and y3 and 1e-10 on y2 (errors in original units);
+- Van der Pol with μ = 1e3 on [0, 3000] from (2, 0) (outputs at 1000, 2000, 3000), atol = rtol.
+At rtol 1e-3 and 1e-6. Error: the max-norm error over the outputs against scipy's Radau at rtol = 1e-12
+(atol 1e-14 Robertson, 1e-12 Van der Pol), relative to max(1, ‖y_ref‖∞). Work: accepted steps, f evaluations,
+Jacobians (ours: one ``torch.func.jacrev`` each; scipy: njev), LU factorisations, and f+J = nfe + njev; the
+ratios are ours over Radau's and BDF's f+J and steps.
+
+Run:  python -m bench.stiff_suite        (``--json PATH`` also writes the rows)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+import stability
+from nets.atomic import atomic_write_text
+
+TOLERANCES = (1e-3, 1e-6)
+METHODS = ("rodas4", "kvaerno5")
+MU = 1e3
+SCALE = np.array([1.0, 1e4, 1.0])  # Robertson's y2 is solved as 1e4·y2
+
+
+def robertson(t, y):
+    y1, y2, y3 = y[..., 0], y[..., 1] * 1e-4, y[..., 2]
+    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 1e4 * (0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2 * y2),
+                        3e7 * y2 * y2], dim=-1)
+
+
+def robertson_jacobian(t, y):
+    y2, y3 = y[1] * 1e-4, y[2]
+    return np.array([[-0.04, 1e4 * y3 * 1e-4, 1e4 * y2],
+                     [1e4 * 0.04, 1e4 * (-1e4 * y3 - 6e7 * y2) * 1e-4, 1e4 * (-1e4 * y2)],
+                     [0.0, 6e7 * y2 * 1e-4, 0.0]])
+
+
+def van_der_pol(t, y):
+    x, v = y[..., 0], y[..., 1]
+    return torch.stack([v, MU * (1 - x * x) * v - x], dim=-1)
+
+
+def van_der_pol_jacobian(t, y):
+    return np.array([[0.0, 1.0], [-2 * MU * y[0] * y[1] - 1, MU * (1 - y[0] ** 2)]])
+
+
+# name: (field, its Jacobian for scipy, y0, output times, atol (None: = rtol), reference atol, unscale)
+PROBLEMS = {
+    "robertson": (robertson, robertson_jacobian, [1.0, 0.0, 0.0], [0.0, 0.4, 4.0, 40.0], 1e-6, 1e-14, SCALE),
+    "van_der_pol_1e3": (van_der_pol, van_der_pol_jacobian, [2.0, 0.0], [0.0, 1000.0, 2000.0, 3000.0], None,
+                        1e-12, np.ones(2)),
+}
+
+
+@dataclass
+class Row:
+    problem: str
+    rtol: float
+    method: str
+    steps: int
+    rejected: int
+    nfe: int
+    njev: int
+    nlu: int
+    error: float
+    seconds: float
+    radau: dict
+    bdf: dict
+
+    @property
+    def work(self) -> int:
+        return self.nfe + self.njev
+
+    def ratio(self, peer: dict, what: str) -> float:
+        ours = self.work if what == "work" else self.steps
+        return ours / (peer["nfev"] + peer["njev"] if what == "work" else peer["steps"])
+
+
+def _numpy(func, shape):
+    def f(t, y):
+        return func(torch.tensor(t), torch.from_numpy(y).view(shape)).reshape(-1).numpy()
+    return f
+
+
+def _error(ys: np.ndarray, reference: np.ndarray, unscale: np.ndarray) -> float:
+    """Max-norm error over the outputs in the problem's original units, relative to max(1, ‖y_ref‖∞)."""
+    ys, reference = ys / unscale, reference / unscale
+    return float(np.abs(ys - reference).max()) / max(1.0, float(np.abs(reference).max()))
+
+
+def reference(problem: str) -> np.ndarray:
+    func, _, y0, times, _, ref_atol, _ = PROBLEMS[problem]
+    sol = solve_ivp(_numpy(func, (len(y0),)), (times[0], times[-1]), y0, method="Radau", t_eval=times[1:],
+                    rtol=1e-12, atol=ref_atol)
+    return sol.y.T
+
+
+def scipy_row(problem: str, rtol: float, method: str, ref: np.ndarray) -> dict:
+    """scipy's ``method`` at our tolerances: accepted steps, nfev, njev, nlu, and the error of its dense
+    output at the output times (as ours: outputs never shorten a step)."""
+    func, jacobian, y0, times, atol, _, unscale = PROBLEMS[problem]
+    atol = rtol if atol is None else atol
+    sol = solve_ivp(_numpy(func, (len(y0),)), (times[0], times[-1]), y0, method=method, rtol=rtol, atol=atol,
+                    jac=jacobian, dense_output=True)
+    return {"steps": int(sol.t.size - 1), "nfev": int(sol.nfev), "njev": int(sol.njev), "nlu": int(sol.nlu),
+            "error": _error(sol.sol(times[1:]).T, ref, unscale)}
+
+
+def run(problem: str, rtol: float, method: str, ref: np.ndarray | None = None) -> Row:
+    func, _, y0, times, atol, _, unscale = PROBLEMS[problem]
+    atol = rtol if atol is None else atol
+    ref = reference(problem) if ref is None else ref
+    start = time.perf_counter()
+    with torch.no_grad():
+        sol = stability.solve(func, torch.tensor(y0, dtype=torch.float64), times, method=method, rtol=rtol,
+                              atol=atol, max_steps=10**6)
+    seconds = time.perf_counter() - start
+    stats = sol.stats
+    return Row(problem, rtol, method, stats.n_accepted, stats.n_rejected, stats.nfe, stats.n_jacobians,
+               stats.n_factorizations, _error(sol.ys[1:].numpy(), ref, unscale), seconds,
+               scipy_row(problem, rtol, "Radau", ref), scipy_row(problem, rtol, "BDF", ref))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    rows = []
+    print(f"{'problem':>16} {'rtol':>6} {'method':>9} {'steps':>6} {'rej':>4} {'nfe':>6} {'njev':>5} "
+          f"{'nlu':>5} {'f+J':>6} {'error':>8} | {'Radau steps':>11} {'f+J':>6} {'error':>8} | {'BDF steps':>9} "
+          f"{'f+J':>6} {'error':>8} | {'f+J/Radau':>9} {'f+J/BDF':>7} {'steps/Radau':>11} {'steps/BDF':>9}")
+    for problem in PROBLEMS:
+        ref = reference(problem)
+        for rtol in TOLERANCES:
+            for method in METHODS:
+                r = run(problem, rtol, method, ref)
+                rows.append(r)
+                radau, bdf = r.radau, r.bdf
+                print(f"{r.problem:>16} {r.rtol:>6.0e} {r.method:>9} {r.steps:>6} {r.rejected:>4} {r.nfe:>6} "
+                      f"{r.njev:>5} {r.nlu:>5} {r.work:>6} {r.error:>8.1e} | {radau['steps']:>11} "
+                      f"{radau['nfev'] + radau['njev']:>6} {radau['error']:>8.1e} | {bdf['steps']:>9} "
+                      f"{bdf['nfev'] + bdf['njev']:>6} {bdf['error']:>8.1e} | {r.ratio(radau, 'work'):>9.2f} "
+                      f"{r.ratio(bdf, 'work'):>7.2f} {r.ratio(radau, 'steps'):>11.2f} "
+                      f"{r.ratio(bdf, 'steps'):>9.2f}", flush=True)
+    if args.json:
+        atomic_write_text(args.json, json.dumps([asdict(r) | {"work": r.work} for r in rows], indent=1))
+
+if __name__ == "__main__":
+    main()
