@@ -137,8 +137,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     print(f"{'problem':>16} {'rtol':>6} {'method':>9} {'steps':>6} {'rej':>4} {'nfe':>6} {'njev':>5} "
-          f"{'nlu':>5} {'f+J':>6} {'error':>8} | {'Radau steps':>11} {'f+J':>6} {'error':>8} | {'BDF steps':>9} "
-          f"{'f+J':>6} {'error':>8} | {'f+J/Radau':>9} {'f+J/BDF':>7} {'steps/Radau':>11} {'steps/BDF':>9}")
+          f"{'nlu':>5} {'f+J':>6} {'error':>8} | {'Radau steps':>11} {'f+J':>6} {'error':>8} | "
+          f"{'BDF steps':>9} {'f+J':>6} {'error':>8} | {'f+J/Radau':>9} {'f+J/BDF':>7} {'steps/Radau':>11} "
+          f"{'steps/BDF':>9}")
     for problem in PROBLEMS:
         ref = reference(problem)
         for rtol in TOLERANCES:
