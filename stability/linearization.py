@@ -16,7 +16,9 @@ system, Krylov above).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,7 +64,7 @@ class Linearization:
         self.stats.n_jvp += 1
         y = self.y.detach() if not torch.is_grad_enabled() else self.y
         try:
-            with forward_ad.dual_level():
+            with _forward_mode():
                 value = self.func(forward_ad.make_dual(self.t, torch.ones_like(self.t)), y)
                 derivative = forward_ad.unpack_dual(value).tangent
             return torch.zeros_like(value) if derivative is None else derivative
@@ -82,13 +84,8 @@ class DenseLinearization(Linearization):
         super().__init__(*args)
         y, shape, func, t = self.y, self.y.shape, self.func, self.t
         self.rows = shape[0] if self.per_sample else 1
-        flat = y.reshape(self.rows, -1)
-        if self.per_sample:  # d/dy_b of Σ_b' f_b'(y_b') = ∂f_b/∂y_b: n reverse products for all samples
-            jacobian = _jacobian(lambda z: func(t, z.view(shape)).reshape(self.rows, -1).sum(0), flat)
-            self.jacobian = jacobian.permute(1, 0, 2)  # [B, n, n]
-        else:
-            whole = _jacobian(lambda z: func(t, z.view(shape)).reshape(-1), flat.reshape(-1))
-            self.jacobian = whole[None]  # [1, N, N]
+        self.jacobian = _jacobian(lambda z: func(t, z.view(shape)).reshape(self.rows, -1),
+                                  y.reshape(self.rows, -1))  # [B, n, n] per sample, or [1, N, N]
         self.stats.n_jacobians += 1
         self.identity = torch.eye(self.jacobian.shape[-1], dtype=y.dtype, device=y.device)
 
@@ -137,22 +134,33 @@ class KrylovLinearization(Linearization):
 
 
 def _jacobian(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """∂function/∂x (function's output is 1-D), by ``torch.func.jacrev``; inside ``torch.utils.checkpoint``
-    (whose saved-tensor hooks torch.func refuses) by one ``torch.autograd.grad`` per output row instead."""
+    """The Jacobians ∂f_b/∂x_b of the rows of function: [B, n] → [B, n], shape [B, n, n] (rows independent, as
+    per-sample samples are; B = 1 for a whole state). By ``torch.func.jacrev`` of Σ_b f_b (its Jacobian is
+    block diagonal: n reverse products for every row at once); inside ``torch.utils.checkpoint``, whose
+    saved-tensor hooks torch.func refuses and where a reverse pass would start its recomputation, by n
+    forward-mode products (column i of every row's Jacobian at once)."""
     try:
-        return torch.func.jacrev(function)(x)
+        return torch.func.jacrev(lambda z: function(z).sum(0))(x).permute(1, 0, 2)
     except RuntimeError as error:
         if "saved tensor hooks" not in str(error):
             raise
-    graph = torch.is_grad_enabled()
-    with torch.enable_grad():
-        z = x if x.requires_grad else x.detach().requires_grad_(True)
-        out = function(z)
-        rows = []
-        for i in range(out.shape[0]):
-            (row,) = torch.autograd.grad(out[i], z, retain_graph=True, create_graph=graph, allow_unused=True)
-            rows.append(torch.zeros_like(z) if row is None else row)
-    return torch.stack(rows)
+    columns = []
+    for i in range(x.shape[1]):
+        tangent = torch.zeros_like(x)
+        tangent[:, i] = 1.0
+        with _forward_mode():
+            product = forward_ad.unpack_dual(function(forward_ad.make_dual(x, tangent))).tangent
+        columns.append(torch.zeros_like(x) if product is None else product)
+    return torch.stack(columns, dim=-1)
+
+
+@contextlib.contextmanager
+def _forward_mode():
+    """A forward-AD level, without the deprecation warning torch's first forward-AD call emits (it scripts
+    its decompositions)."""
+    with warnings.catch_warnings(), forward_ad.dual_level():
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
+        yield
 
 
 def _has_graph(linearization: Linearization) -> bool:
@@ -166,15 +174,10 @@ def _has_graph(linearization: Linearization) -> bool:
 
 
 def _jvp_with_graph(func: Callable, t: Tensor, y: Tensor, v: Tensor) -> Tensor:
-    """J(y) v with a graph to y and to func's parameters (v held constant): reverse over reverse."""
-    with torch.enable_grad():
-        z = y if y.requires_grad else y.detach().requires_grad_(True)
-        value = func(t, z)
-        u = torch.zeros_like(value, requires_grad=True)
-        (vjp,) = torch.autograd.grad(value, z, u, create_graph=True, allow_unused=True)
-        if vjp is None:
-            return torch.zeros_like(v)
-        (product,) = torch.autograd.grad(vjp, u, v.detach(), create_graph=True, allow_unused=True)
+    """J(y) v with a graph to y and to func's parameters (v held constant), by forward-mode AD (no reverse
+    pass: safe inside ``torch.utils.checkpoint``)."""
+    with torch.enable_grad(), _forward_mode():
+        product = forward_ad.unpack_dual(func(t, forward_ad.make_dual(y, v.detach()))).tangent
     return torch.zeros_like(v) if product is None else product
 
 

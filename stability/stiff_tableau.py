@@ -93,7 +93,7 @@ class RosenbrockTableau:
     alpha: tuple[float, ...]  # the stage times α_i
     gamma_t: tuple[float, ...]  # the coefficients γ_i of h f_t
     a: tuple[tuple[float, ...], ...]
-    c: tuple[tuple[float, ...], ...]  # the coupling c_ij (strictly lower)
+    coupling: tuple[tuple[float, ...], ...]  # the c_ij (strictly lower)
     m: tuple[float, ...]
     m_error: tuple[float, ...]
     dense = None  # cubic Hermite dense output (``runge_kutta.interpolant``)
@@ -103,7 +103,7 @@ class RosenbrockTableau:
     def __post_init__(self) -> None:
         s = len(self.alpha)
         _check_rows(self.name, self.a, s, "A")
-        _check_rows(self.name, self.c, s, "C")
+        _check_rows(self.name, self.coupling, s, "C")
         if len(self.gamma_t) != s or len(self.m) != s or len(self.m_error) != s:
             raise ValueError(f"{self.name}: gamma_t, m and m_error need {s} entries")
         if self.gamma <= 0:
@@ -113,10 +113,15 @@ class RosenbrockTableau:
     def stages(self) -> int:
         return len(self.alpha)
 
+    @property
+    def c(self) -> tuple[float, ...]:
+        """The stage times (as a Butcher tableau's c): α."""
+        return self.alpha
+
     @cached_property
     def stage_plan(self) -> tuple[tuple[float, float, tuple, tuple], ...]:
         """For each stage i: (α_i, γ_i, nonzero (j, a_ij), nonzero (j, c_ij))."""
-        return tuple((self.alpha[i], self.gamma_t[i], _nonzero(self.a[i]), _nonzero(self.c[i]))
+        return tuple((self.alpha[i], self.gamma_t[i], _nonzero(self.a[i]), _nonzero(self.coupling[i]))
                      for i in range(self.stages))
 
     @cached_property
