@@ -95,9 +95,10 @@ def _newton(func, t, rhs: Tensor, z: Tensor, hg, linearization: Linearization, s
             theta = norm / previous
             hopeless = theta ** (max_iterations - 1 - iteration) / (1 - theta) * norm > kappa
             failed = failed | (~converged & (~(theta < 0.99) | hopeless))  # diverging, slow, or non-finite
-            eta = torch.where(theta < 0.99, theta / (1 - theta), eta)
         done = converged | failed
         step = ~done
+        if iteration > 0:  # the rate of the samples still iterating (a finished one keeps its η)
+            eta = torch.where(step & (theta < 0.99), theta / (1 - theta), eta)
         z = z + delta * column(step.double(), z) if per_sample else (z + delta if bool(step) else z)
         converged = converged | (step & (eta * norm <= kappa))
         previous = norm
