@@ -10,6 +10,7 @@ Jacobians (ours: one ``torch.func.jacrev`` each; scipy: njev), LU factorisations
 ratios are ours over Radau's and BDF's f+J and steps.
 
 Run:  python -m bench.stiff_suite        (``--json PATH`` also writes the rows)
+      python -m bench.stiff_suite --gradients   (gradients against central differences, float64)
 """
 
 from __future__ import annotations
@@ -131,10 +132,69 @@ def run(problem: str, rtol: float, method: str, ref: np.ndarray | None = None) -
                scipy_row(problem, rtol, "Radau", ref), scipy_row(problem, rtol, "BDF", ref))
 
 
+GRADIENT_MU = 50.0
+
+
+def _gradient_loss(method: str, mu: torch.Tensor, y0: torch.Tensor, **options) -> torch.Tensor:
+    """A stiff, non-autonomous Van der Pol (μ = 50, forcing 0.1 cos t) from y0 on [0, 0.5]: Σ w·y at
+    t = 0.25 and 0.5, w = (0.3, −0.01)."""
+    def field(t, y):
+        x, v = y[..., 0], y[..., 1]
+        return torch.stack([v, mu * (1 - x * x) * v - x + 0.1 * torch.cos(t)], dim=-1)
+
+    y = y0[None] if options.get("per_sample") else y0
+    ys = stability.solve(field, y, [0.0, 0.25, 0.5], method=method, **options).ys
+    return (ys[1:] * torch.tensor([0.3, -0.01], dtype=torch.float64)).sum()
+
+
+def gradient_error(method: str, **options) -> float:
+    """Max relative difference between the gradient in (μ, y0[0]) of ``_gradient_loss`` (float64) and central
+    differences of the same solve (step 1e-6 relative)."""
+    mu = torch.tensor(GRADIENT_MU, dtype=torch.float64, requires_grad=True)
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64, requires_grad=True)
+    grad_mu, grad_y0 = torch.autograd.grad(_gradient_loss(method, mu, y0, **options), (mu, y0))
+    errors = []
+    with torch.no_grad():
+        for parameter, index, analytic in ((mu, (), grad_mu), (y0, 0, grad_y0[0])):
+            h = 1e-6 * max(1.0, abs(float(parameter[index])))
+            parameter[index] += h
+            plus = _gradient_loss(method, mu, y0, **options)
+            parameter[index] -= 2 * h
+            minus = _gradient_loss(method, mu, y0, **options)
+            parameter[index] += h
+            numeric = float((plus - minus) / (2 * h))
+            errors.append(abs(float(analytic) - numeric) / abs(numeric))
+    return max(errors)
+
+
+# (label, options) of the gradient table: every gradient mode the stiff methods accept, both linear algebras.
+GRADIENT_CASES = [
+    ("fixed h=0.125, backprop, dense", dict(step_size=0.125)),
+    ("fixed h=0.125, checkpoint, dense, per-sample", dict(step_size=0.125, gradient="checkpoint",
+                                                         per_sample=True)),
+    ("fixed h=0.125, backprop, krylov", dict(step_size=0.125,
+                                             implicit=stability.ImplicitOptions(jacobian="krylov"))),
+    ("adaptive rtol=1e-9, backprop, dense", dict(rtol=1e-9, atol=1e-9)),
+    ("adaptive rtol=1e-9, checkpoint, dense", dict(rtol=1e-9, atol=1e-9, gradient="checkpoint")),
+]
+
+
+def gradients() -> None:
+    print(f"{'case':>46} {'method':>9} {'max rel. diff. from central differences':>40}")
+    for label, options in GRADIENT_CASES:
+        for method in METHODS:
+            print(f"{label:>46} {method:>9} {gradient_error(method, **options):>40.1e}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--gradients", action="store_true",
+                        help="instead: gradients against central differences in float64")
     args = parser.parse_args()
+    if args.gradients:
+        gradients()
+        return
     rows = []
     print(f"{'problem':>16} {'rtol':>6} {'method':>9} {'steps':>6} {'rej':>4} {'nfe':>6} {'njev':>5} "
           f"{'nlu':>5} {'f+J':>6} {'error':>8} | {'Radau steps':>11} {'f+J':>6} {'error':>8} | "

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.stiff_suite import run
+from bench.stiff_suite import gradient_error, run
 from stability import ImplicitOptions, ODEInputError, solve
 
 METHODS = ["rodas4", "kvaerno5"]
@@ -38,39 +38,6 @@ def test_rodas4_work_within_one_and_a_half_of_radau_or_bdf(problem, rtol):
         assert row.error <= 100 * row.radau["error"]
 
 
-MU = 50.0
-
-
-def _loss(method, mu, y0, **options):
-    """A non-autonomous stiff Van der Pol (μ = 50, forcing 0.1 cos t): Σ w·y at two output times."""
-    def field(t, y):
-        x, v = y[..., 0], y[..., 1]
-        return torch.stack([v, mu * (1 - x * x) * v - x + 0.1 * torch.cos(t)], dim=-1)
-
-    y = y0[None] if options.get("per_sample") else y0
-    ys = solve(field, y, [0.0, 0.25, 0.5], method=method, **options).ys
-    return (ys[1:] * torch.tensor([0.3, -0.01], dtype=torch.float64)).sum()
-
-
-def _gradient_error(method, **options) -> float:
-    """Max relative difference of d loss/d(μ, y0) from central differences (h = 1e-6 relative)."""
-    mu = torch.tensor(MU, dtype=torch.float64, requires_grad=True)
-    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64, requires_grad=True)
-    grad_mu, grad_y0 = torch.autograd.grad(_loss(method, mu, y0, **options), (mu, y0))
-    errors = []
-    with torch.no_grad():
-        for parameter, index, analytic in ((mu, (), grad_mu), (y0, 0, grad_y0[0])):
-            h = 1e-6 * max(1.0, abs(float(parameter[index])))
-            parameter[index] += h
-            plus = _loss(method, mu, y0, **options)
-            parameter[index] -= 2 * h
-            minus = _loss(method, mu, y0, **options)
-            parameter[index] += h
-            numeric = float((plus - minus) / (2 * h))
-            errors.append(abs(float(analytic) - numeric) / abs(numeric))
-    return max(errors)
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("gradient, jacobian, per_sample", [
     ("backprop", "dense", False), ("checkpoint", "dense", True), ("backprop", "krylov", False)])
@@ -80,7 +47,7 @@ def test_gradients_at_fixed_steps_equal_finite_differences(method, gradient, jac
     of the same fixed-step solve (the differences' own error is ~1e-8)."""
     options = dict(step_size=0.125, gradient=gradient, per_sample=per_sample,
                    implicit=ImplicitOptions(jacobian=jacobian))
-    assert _gradient_error(method, **options) < 1e-6
+    assert gradient_error(method, **options) < 1e-6
 
 
 @pytest.mark.slow
@@ -89,7 +56,7 @@ def test_gradients_at_fixed_steps_equal_finite_differences(method, gradient, jac
 def test_adaptive_gradients_equal_finite_differences(method, gradient):
     """Adaptive steps at rtol 1e-9: the gradient of the computed solution (step sizes held) against central
     differences of the whole adaptive solve."""
-    assert _gradient_error(method, rtol=1e-9, atol=1e-9, gradient=gradient) < 1e-5
+    assert gradient_error(method, rtol=1e-9, atol=1e-9, gradient=gradient) < 1e-5
 
 
 @pytest.mark.parametrize("method", METHODS)
