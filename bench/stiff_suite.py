@@ -5,9 +5,10 @@ Problems (float64, shared step control, scipy given the analytic Jacobian):
   atol = 1e-6 is an absolute tolerance of 1e-6 on y1 and y3 and 1e-10 on y2 (errors in original units);
 - Van der Pol with μ = 1e3 on [0, 3000] from (2, 0) (outputs at 1000, 2000, 3000), atol = rtol.
 At rtol 1e-3 and 1e-6. Error: the max-norm error over the outputs against scipy's Radau at rtol = 1e-12
-(atol 1e-14 Robertson, 1e-12 Van der Pol), relative to max(1, ‖y_ref‖∞). Work: accepted steps, f evaluations,
-Jacobians (ours: one ``torch.func.jacrev`` each; scipy: njev), LU factorisations, and f+J = nfe + njev; the
-ratios are ours over Radau's and BDF's f+J and steps.
+(atol 1e-14 Robertson, 1e-12 Van der Pol), relative to max(1, ‖y_ref‖∞), and at the last output alone (a
+step end: no interpolation). Work: accepted steps, f evaluations, Jacobians (ours: one ``torch.func.jacrev``
+each; scipy: njev), LU factorisations, and f+J = nfe + njev; the ratios are ours over Radau's and BDF's f+J
+and steps.
 
 Run:  python -m bench.stiff_suite        (``--json PATH`` also writes the rows)
       python -m bench.stiff_suite --gradients   (gradients against central differences, float64)
@@ -74,6 +75,7 @@ class Row:
     njev: int
     nlu: int
     error: float
+    error_end: float
     seconds: float
     radau: dict
     bdf: dict
@@ -99,6 +101,12 @@ def _error(ys: np.ndarray, reference: np.ndarray, unscale: np.ndarray) -> float:
     return float(np.abs(ys - reference).max()) / max(1.0, float(np.abs(reference).max()))
 
 
+def _errors(ys: np.ndarray, reference: np.ndarray, unscale: np.ndarray) -> tuple[float, float]:
+    """(error over every output, error at the last one): the last output is the end of a step, the others
+    come from the dense output."""
+    return _error(ys, reference, unscale), _error(ys[-1:], reference[-1:], unscale)
+
+
 def reference(problem: str) -> np.ndarray:
     func, _, y0, times, _, ref_atol, _ = PROBLEMS[problem]
     sol = solve_ivp(_numpy(func, (len(y0),)), (times[0], times[-1]), y0, method="Radau", t_eval=times[1:],
@@ -113,8 +121,9 @@ def scipy_row(problem: str, rtol: float, method: str, ref: np.ndarray) -> dict:
     atol = rtol if atol is None else atol
     sol = solve_ivp(_numpy(func, (len(y0),)), (times[0], times[-1]), y0, method=method, rtol=rtol, atol=atol,
                     jac=jacobian, dense_output=True)
+    error, error_end = _errors(sol.sol(times[1:]).T, ref, unscale)
     return {"steps": int(sol.t.size - 1), "nfev": int(sol.nfev), "njev": int(sol.njev), "nlu": int(sol.nlu),
-            "error": _error(sol.sol(times[1:]).T, ref, unscale)}
+            "error": error, "error_end": error_end}
 
 
 def run(problem: str, rtol: float, method: str, ref: np.ndarray | None = None) -> Row:
@@ -128,7 +137,7 @@ def run(problem: str, rtol: float, method: str, ref: np.ndarray | None = None) -
     seconds = time.perf_counter() - start
     stats = sol.stats
     return Row(problem, rtol, method, stats.n_accepted, stats.n_rejected, stats.nfe, stats.n_jacobians,
-               stats.n_factorizations, _error(sol.ys[1:].numpy(), ref, unscale), seconds,
+               stats.n_factorizations, *_errors(sol.ys[1:].numpy(), ref, unscale), seconds,
                scipy_row(problem, rtol, "Radau", ref), scipy_row(problem, rtol, "BDF", ref))
 
 
@@ -197,9 +206,9 @@ def main() -> None:
         return
     rows = []
     print(f"{'problem':>16} {'rtol':>6} {'method':>9} {'steps':>6} {'rej':>4} {'nfe':>6} {'njev':>5} "
-          f"{'nlu':>5} {'f+J':>6} {'error':>8} | {'Radau steps':>11} {'f+J':>6} {'error':>8} | "
-          f"{'BDF steps':>9} {'f+J':>6} {'error':>8} | {'f+J/Radau':>9} {'f+J/BDF':>7} {'steps/Radau':>11} "
-          f"{'steps/BDF':>9}")
+          f"{'nlu':>5} {'f+J':>6} {'error':>8} {'at end':>8} | {'Radau steps':>11} {'f+J':>6} {'error':>8} "
+          f"{'at end':>8} | {'BDF steps':>9} {'f+J':>6} {'error':>8} {'at end':>8} | {'f+J/Radau':>9} "
+          f"{'f+J/BDF':>7} {'steps/Radau':>11} {'steps/BDF':>9}")
     for problem in PROBLEMS:
         ref = reference(problem)
         for rtol in TOLERANCES:
@@ -208,9 +217,10 @@ def main() -> None:
                 rows.append(r)
                 radau, bdf = r.radau, r.bdf
                 print(f"{r.problem:>16} {r.rtol:>6.0e} {r.method:>9} {r.steps:>6} {r.rejected:>4} {r.nfe:>6} "
-                      f"{r.njev:>5} {r.nlu:>5} {r.work:>6} {r.error:>8.1e} | {radau['steps']:>11} "
-                      f"{radau['nfev'] + radau['njev']:>6} {radau['error']:>8.1e} | {bdf['steps']:>9} "
-                      f"{bdf['nfev'] + bdf['njev']:>6} {bdf['error']:>8.1e} | {r.ratio(radau, 'work'):>9.2f} "
+                      f"{r.njev:>5} {r.nlu:>5} {r.work:>6} {r.error:>8.1e} {r.error_end:>8.1e} | "
+                      f"{radau['steps']:>11} {radau['nfev'] + radau['njev']:>6} {radau['error']:>8.1e} "
+                      f"{radau['error_end']:>8.1e} | {bdf['steps']:>9} {bdf['nfev'] + bdf['njev']:>6} "
+                      f"{bdf['error']:>8.1e} {bdf['error_end']:>8.1e} | {r.ratio(radau, 'work'):>9.2f} "
                       f"{r.ratio(bdf, 'work'):>7.2f} {r.ratio(radau, 'steps'):>11.2f} "
                       f"{r.ratio(bdf, 'steps'):>9.2f}", flush=True)
     if args.json:
