@@ -21,7 +21,8 @@ def rosenbrock_step(func: Callable, t: float | Tensor, y: Tensor, h: float | Ten
                     tableau: RosenbrockTableau, first_stage: Tensor | None,
                     linearization: Linearization) -> RKStep:
     """One step from (t, y) with step h; ``linearization`` holds J (and f_t) at (t, y); ``first_stage`` is
-    f(t, y) when known. Stages returned: [f(t, y)] (the start of the cubic Hermite dense output)."""
+    f(t, y) when known. Stages returned: u_i/h for the method's continuous extension (``tableau.dense``),
+    or [f(t, y)] for cubic Hermite."""
     h_gamma = h * tableau.gamma
     linearization.factor(h_gamma)
     scale = column(h_gamma, y) if isinstance(h_gamma, Tensor) else h_gamma
@@ -38,4 +39,7 @@ def rosenbrock_step(func: Callable, t: float | Tensor, y: Tensor, h: float | Ten
     y_new = linear_combination(y, u, tableau.m_plan, 1.0)
     with torch.no_grad():
         error = linear_combination(None, u, tableau.error_plan, 1.0)
-    return RKStep(y_new, error, [f0])
+    if tableau.dense is None:
+        return RKStep(y_new, error, [f0])
+    scale_back = (lambda x: x * column(inverse_h, x)) if isinstance(h, Tensor) else (lambda x: x * inverse_h)
+    return RKStep(y_new, error, [scale_back(x) for x in u])

@@ -96,7 +96,10 @@ class RosenbrockTableau:
     coupling: tuple[tuple[float, ...], ...]  # the c_ij (strictly lower)
     m: tuple[float, ...]
     m_error: tuple[float, ...]
-    dense = None  # cubic Hermite dense output (``runge_kutta.interpolant``)
+    # (d¹, d²) of the continuous extension
+    # y(θ) = (1 − θ) y_n + θ (y_{n+1} + (1 − θ)(Σ d¹_i u_i + θ Σ d²_i u_i)); None: cubic Hermite
+    # (``runge_kutta.interpolant``)
+    dense_weights: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     adaptive = True
     fsal = False  # f(t_{n+1}, y_{n+1}) is the next step's first stage, evaluated once
 
@@ -106,6 +109,8 @@ class RosenbrockTableau:
         _check_rows(self.name, self.coupling, s, "C")
         if len(self.gamma_t) != s or len(self.m) != s or len(self.m_error) != s:
             raise ValueError(f"{self.name}: gamma_t, m and m_error need {s} entries")
+        if self.dense_weights is not None and any(len(row) != s for row in self.dense_weights):
+            raise ValueError(f"{self.name}: dense_weights needs two rows of {s} entries")
         if self.gamma <= 0:
             raise ValueError(f"{self.name}: gamma must be positive")
 
@@ -123,6 +128,15 @@ class RosenbrockTableau:
         """For each stage i: (α_i, γ_i, nonzero (j, a_ij), nonzero (j, c_ij))."""
         return tuple((self.alpha[i], self.gamma_t[i], _nonzero(self.a[i]), _nonzero(self.coupling[i]))
                      for i in range(self.stages))
+
+    @cached_property
+    def dense(self) -> tuple[tuple[float, ...], ...] | None:
+        """The continuous extension as ``ButcherTableau.dense`` writes it for stages u_i/h:
+        y(θ) = y_n + Σ_i u_i [θ (m_i + d¹_i) + θ² (d²_i − d¹_i) − θ³ d²_i]."""
+        if self.dense_weights is None:
+            return None
+        first, second = self.dense_weights
+        return tuple((m + d1, d2 - d1, -d2) for m, d1, d2 in zip(self.m, first, second))
 
     @cached_property
     def m_plan(self) -> tuple[tuple[int, float], ...]:

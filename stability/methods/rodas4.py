@@ -3,7 +3,7 @@
 Rosenbrock method: 6 stages, each one linear solve with the matrix I − hγJ (γ = 1/4), no Newton iteration;
 order 4, embedded order 3 (the error estimate is the last stage u_6), stiffly accurate and L-stable, so it
 also solves index-1 DAEs. J = ∂f/∂y and f_t = ∂f/∂t at the start of the step (the order needs the exact J).
-Cubic Hermite dense output.
+Dense output: the RODAS code's continuous extension of order 3 from the stages (no extra evaluation).
 """
 
 from stability.stiff_tableau import RosenbrockTableau
@@ -35,4 +35,10 @@ RODAS4 = RosenbrockTableau(
     ),
     m=(*_A5, 1.0, 1.0),
     m_error=(0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
+    dense_weights=(
+        (10.12623508344586, -7.487995877610167, -34.80091861555747, -7.992771707568823, 1.025137723295662,
+         0.0),
+        (-0.6762803392801253, 6.087714651680015, 16.43084320892478, 24.76722511418386, -6.594389125716872,
+         0.0),
+    ),
 )
