@@ -2,7 +2,8 @@
 methods as Butcher tableaux run by one generic stepper, backward Euler by Newton–Krylov, the adaptive
 stiff methods kvaerno5 (ESDIRK) and rodas4 (Rosenbrock) with dense or matrix-free linear algebra;
 ``solve``/``odeint`` run one integration loop (``stability.integrate``) with any step control × any
-gradient strategy."""
+gradient strategy; per-sample events (``Event``, ``stability.event_loop``) and failure as a value
+(``throw=False``, ``Status``)."""
 
 from stability.adjoint import AdjointSolution
 from stability.backward_euler import BackwardEuler, ImplicitStats, backward_euler_step
@@ -15,6 +16,7 @@ from stability.errors import (
     SolverError,
     StepSizeUnderflowError,
 )
+from stability.events import Event
 from stability.memory import peak_memory
 from stability.odeint import (
     odeint,
@@ -27,8 +29,9 @@ from stability.odeint import (
     solve_per_sample,
 )
 from stability.options import ImplicitOptions, SolverOptions
-from stability.solution import PerSampleSolution, Solution, SolverStats
+from stability.solution import EventSolution, PerSampleSolution, Solution, SolverStats
 from stability.solver import RK4, SOLVERS, Bosh3, Dopri5, Euler, Heun, RungeKuttaSolver, Tsit5, step
+from stability.status import Status
 from stability.step_control import PIController
 from stability.stiff_solvers import Kvaerno5, Rodas4, StiffSolver
 from stability.tableau import ButcherTableau
@@ -50,6 +53,9 @@ __all__ = [
     "solve_per_sample",
     "SOLVERS",
     "ButcherTableau",
+    "Event",
+    "EventSolution",
+    "Status",
     "Bosh3",
     "Dopri5",
     "Tsit5",
