@@ -124,3 +124,23 @@ def test_a_conv_field_runs_matrix_free(method, per_sample, monkeypatch):
     assert 4 * steps <= reference.stats.n_accepted
     if not per_sample:
         assert sol.stats.n_jacobians == 0 and sol.stats.n_jvp > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_a_terminal_event_on_a_stiff_relaxation(method, per_sample):
+    """y1' = −1e3 (y1 − cos t): after the transient y1 = (1e3 cos t + sin t)/(1e3 + 1e-3), which falls
+    through 0 at t* = π/2 + atan(1e-3); located on the stiff method's dense output."""
+    import math
+
+    from stability import Event
+
+    def field(t, y):
+        return torch.stack([-1e3 * (y[:, 0] - torch.cos(t)), torch.ones_like(y[:, 0])], dim=-1)
+
+    y0 = torch.tensor([[1.0, 0.0], [0.5, 0.0]], dtype=torch.float64)
+    event = Event(lambda t, y: y[:, 0], direction=-1, terminal=True)
+    sol = solve(field, y0, [0.0, 3.0], method=method, rtol=1e-8, atol=1e-8, events=[event],
+                per_sample=per_sample)
+    t_hit, _ = sol.first(0)
+    assert torch.allclose(t_hit, torch.full_like(t_hit, math.pi / 2 + math.atan(1e-3)), rtol=0, atol=1e-7)
