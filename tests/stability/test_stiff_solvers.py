@@ -144,3 +144,13 @@ def test_a_terminal_event_on_a_stiff_relaxation(method, per_sample):
                 per_sample=per_sample)
     t_hit, _ = sol.first(0)
     assert torch.allclose(t_hit, torch.full_like(t_hit, math.pi / 2 + math.atan(1e-3)), rtol=0, atol=1e-7)
+
+
+def test_per_sample_tolerance_tensors_rodas4_takes_them_kvaerno5_refuses_them():
+    field = lambda t, y: -1e3 * (y - torch.cos(t)[:, None])  # noqa: E731
+    y0 = torch.ones(2, 3, dtype=torch.float64)
+    tolerances = torch.tensor([1e-3, 1e-7], dtype=torch.float64)
+    sol = solve(field, y0, [0.0, 1.0], method="rodas4", rtol=tolerances, atol=tolerances, per_sample=True)
+    assert sol.stats[0].n_accepted < sol.stats[1].n_accepted
+    with pytest.raises(ODEInputError, match="kvaerno5 takes numbers for rtol and atol"):
+        solve(field, y0, [0.0, 1.0], method="kvaerno5", rtol=tolerances, atol=tolerances, per_sample=True)
