@@ -41,7 +41,8 @@ def test_rodas4_work_within_one_and_a_half_of_radau_or_bdf(problem, rtol):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("gradient, jacobian, per_sample", [
-    ("backprop", "dense", False), ("checkpoint", "dense", True), ("backprop", "krylov", False)])
+    ("backprop", "dense", False), ("checkpoint", "dense", True),
+    pytest.param("backprop", "krylov", False, marks=pytest.mark.slow)])
 def test_gradients_at_fixed_steps_equal_finite_differences(method, gradient, jacobian, per_sample):
     """The discrete solution's exact gradient (rodas4: through J and the LU solves, or the Krylov solve's
     implicit-function theorem; kvaerno5: each stage's implicit-function theorem) against central differences
@@ -100,6 +101,7 @@ class DampedConvField(nn.Module):
         return self.func(t, y) - self.damping * y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_a_conv_field_runs_matrix_free(method, per_sample, monkeypatch):
@@ -126,6 +128,7 @@ def test_a_conv_field_runs_matrix_free(method, per_sample, monkeypatch):
         assert sol.stats.n_jacobians == 0 and sol.stats.n_jvp > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_a_terminal_event_on_a_stiff_relaxation(method, per_sample):
