@@ -29,7 +29,9 @@ from torch import Tensor, nn
 
 from attacks import APGD, AttackRecord, SuiteAttack, SuiteReport, preset, run_checks, run_suite, transfer
 from attacks.base import model_device
-from attacks.checks import batch_dependence, pgd_robust
+from attacks.budget import budget_preset
+from attacks.checks import batch_dependence, pgd_robust, report_flags
+from attacks.passes import PassCounter
 from attacks.suite import PRESETS, batch_seed
 from attacks.table import ResultTable
 from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
@@ -70,6 +72,8 @@ class EvaluationConfig:
     steps: int | None = None
     target_classes: int | None = None
     queries: int | None = None
+    budget: bool = False
+    """Budgeted mode (:mod:`attacks.budget`): MALT-ordered targets and a reduced Square for CPU runs."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESET_NAMES:
@@ -80,7 +84,9 @@ class EvaluationConfig:
             raise ValueError("samples and batch size must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        # ``budget`` is left out when off, so records stored before it existed keep their identity
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()
+                if not (k == "budget" and not v)}
 
 
 class SuiteStore:
@@ -102,15 +108,30 @@ class SuiteStore:
         found = {}
         for name in names:
             for e in eps:
-                stored = self.store.get((*self.prefix, name, e), self._config(name))
+                stored = self.store.get(
+                    (*self.prefix, name, e), self._config(name), parse=_record_reader(name, e, n)
+                )
                 if stored is not None:
-                    found[(name, e)] = AttackRecord.from_json(stored, n)
+                    found[(name, e)] = stored
         return found
 
     def save(self, record: AttackRecord) -> Path:
         return self.store.put(
             (*self.prefix, record.attack, record.eps), self._config(record.attack), record.to_json()
         )
+
+
+def _record_reader(name: str, eps: float, n: int) -> Callable[[dict[str, Any]], AttackRecord]:
+    """Reads a stored suite record of (``name``, ``eps``) on ``n`` images; raises ValueError when the body
+    names another attack or ε (a malformed record, recomputed by the store)."""
+
+    def read(body: dict[str, Any]) -> AttackRecord:
+        record = AttackRecord.from_json(body, n)
+        if record.attack != name or record.eps != float(eps):
+            raise ValueError(f"the body holds {record.attack} at ε {record.eps:g}, not {name} at ε {eps:g}")
+        return record
+
+    return read
 
 
 def solver_aware_attacks(
@@ -152,7 +173,7 @@ def suite_attacks(
     """The preset's attacks (budgets overridden by the configuration), then the solver-aware and transfer
     attacks."""
     base = "quick" if config.preset in ("quick", "ode-quick") else "standard"
-    attacks = preset(
+    attacks = (budget_preset if config.budget else preset)(
         base,
         config.norm,
         config.seed,
@@ -193,17 +214,31 @@ class Evaluation:
     seconds: dict[str, float]
     attacks: list[SuiteAttack]
     solver: dict[str, Any] = field(default_factory=dict)
+    protocol_robust: dict[str, dict[float, Tensor]] = field(default_factory=dict, repr=False)
+    """Per-sample robustness behind each protocol number (what a merge of shards averages)."""
+    passes: dict[str, int | None] = field(default_factory=dict)
+    """Per-sample forward and backward passes of the suite (:class:`attacks.passes.PassCounter`), summed
+    over its records; None where a record does not know its count (under ``torchrun``)."""
 
 
 def protocol_numbers(model: nn.Module, x: Tensor, y: Tensor, config: EvaluationConfig) -> dict[float, float]:
     """The paper's protocol: L-inf PGD, ``protocol_steps`` steps of ``protocol_alpha`` from a uniform random
     start, standalone on every sample (robust accuracy per eps)."""
+    return {e: float(robust.float().mean()) for e, robust in protocol_robust(model, x, y, config).items()}
+
+
+def protocol_robust(
+    model: nn.Module, x: Tensor, y: Tensor, config: EvaluationConfig, first_batch: int = 0
+) -> dict[float, Tensor]:
+    """Per-sample robustness under the paper's protocol (:func:`protocol_numbers`); ``first_batch`` is the
+    global index of ``x``'s first batch when ``x`` is a shard (seeds follow global batch indices)."""
     out = {}
     for e_index, e in enumerate(config.eps):
-        robust = pgd_robust(model, x, y, e, config.protocol_steps,
-                            lambda b, start, e_index=e_index: batch_seed(config.seed, -2, e_index, b),
-                            alpha=config.protocol_alpha if e > 0 else None, batch_size=config.batch_size)
-        out[e] = float(robust.float().mean())
+        out[e] = pgd_robust(
+            model, x, y, e, config.protocol_steps,
+            lambda b, start, e_index=e_index: batch_seed(config.seed, -2, e_index, first_batch + b),
+            alpha=config.protocol_alpha if e > 0 else None, batch_size=config.batch_size,
+        )
     return out
 
 
@@ -218,8 +253,15 @@ def evaluate(
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    first_batch: int = 0,
+    checks: bool = True,
 ) -> Evaluation:
-    """Suite + checks + protocol numbers for ``model`` on ``(x, y)``."""
+    """Suite + checks + protocol numbers for ``model`` on ``(x, y)``.
+
+    ``first_batch``: ``(x, y)`` is one shard of a larger set, starting at global batch ``first_batch``
+    (:mod:`experiments.shards`); ``checks=False`` leaves the checks that need the whole set to
+    :func:`run_evaluation_checks` (only the checks that read the report run).
+    """
     against = dict(against or {})
     model.eval()
     for source in against.values():
@@ -234,10 +276,18 @@ def evaluate(
         )
     bar = _bar(progress and rank == 0, len(names) * len(config.eps), "attack x eps records")
     seconds: dict[str, float] = {}
-    with deployed(model, config.per_sample):
+    counter = PassCounter(model, *against.values())
+    # run_suite's first forward pass is the clean prediction of every sample: not part of any record
+    last = [(x.shape[0], 0)]
+    with deployed(model, config.per_sample), counter:
         started = time.perf_counter()
 
         def on_record(record: AttackRecord) -> None:
+            forward, backward = counter.snapshot()
+            if world_size == 1:  # under torchrun this process sees only its own batches' passes
+                record.stats["forward_passes"] = forward - last[0][0]
+                record.stats["backward_passes"] = backward - last[0][1]
+            last[0] = (forward, backward)
             if store is not None:
                 store.save(record)
             if bar is not None:
@@ -259,31 +309,55 @@ def evaluate(
             on_record=on_record,
             rank=rank,
             world_size=world_size,
+            first_batch=first_batch,
         )
         if bar is not None:
             bar.close()
         seconds["suite"] = time.perf_counter() - started
         started = time.perf_counter()
-        protocol = {f"PGD-{config.protocol_steps} (paper protocol)": protocol_numbers(model, x, y, config)}
+        name = f"PGD-{config.protocol_steps} (paper protocol)"
+        robust = {name: protocol_robust(model, x, y, config, first_batch)}
+        protocol = {name: {e: float(mask.float().mean()) for e, mask in robust[name].items()}}
         seconds["protocol"] = time.perf_counter() - started
+    evaluation = Evaluation(config, report, protocol, seconds, attacks, solver_summary(model, config),
+                            robust, pass_totals(report))
+    if checks:
+        run_evaluation_checks(model, x, y, evaluation)
+    else:
+        report.flags = report_flags(report)
+    return evaluation
+
+
+def pass_totals(report: SuiteReport) -> dict[str, int | None]:
+    """Forward and backward passes summed over the report's records (None if a record lacks its count)."""
+    totals: dict[str, int | None] = {}
+    for key in ("forward_passes", "backward_passes"):
+        values = [record.stats.get(key) for record in report.records]
+        totals[key] = None if any(v is None for v in values) else int(sum(values))
+    return totals
+
+
+def run_evaluation_checks(model: nn.Module, x: Tensor, y: Tensor, evaluation: Evaluation) -> None:
+    """The checks over the whole evaluated set (:func:`attacks.run_checks` on the deployed model, then what
+    per-sample step control avoided); sets ``evaluation.report.flags``."""
+    config, report = evaluation.config, evaluation.report
+    with deployed(model, config.per_sample):
         started = time.perf_counter()
         run_checks(
             model,
             x,
             y,
             report,
-            protocol=protocol,
+            protocol=evaluation.protocol,
             convergence_steps=config.convergence_steps,
             convergence_samples=config.convergence_samples,
             dependence_samples=config.dependence_samples,
             batch_size=config.batch_size,
             seed=config.seed,
         )
-        seconds["checks"] = time.perf_counter() - started
+        evaluation.seconds["checks"] = time.perf_counter() - started
     if config.per_sample and ode_blocks(model):
         _shared_control_dependence(model, x, report, config)
-    solver = _solver_summary(model, config)
-    return Evaluation(config, report, protocol, seconds, attacks, solver)
 
 
 def _shared_control_dependence(
@@ -303,7 +377,7 @@ def _shared_control_dependence(
             flag.numbers["shared_step_control"] = numbers
 
 
-def _solver_summary(model: nn.Module, config: EvaluationConfig) -> dict[str, Any]:
+def solver_summary(model: nn.Module, config: EvaluationConfig) -> dict[str, Any]:
     blocks = ode_blocks(model)
     if not blocks:
         return {}
