@@ -34,8 +34,9 @@ def tableau_of(method: str | ButcherTableau) -> ButcherTableau:
         return method
     solver = SOLVERS.get(method)
     tableau = getattr(solver, "tableau", None)
-    if tableau is None:
-        known = sorted(name for name, cls in SOLVERS.items() if getattr(cls, "tableau", None) is not None)
+    if not isinstance(tableau, ButcherTableau):  # implicit methods (rodas4, kvaerno5) have other tableaux
+        known = sorted(name for name, cls in SOLVERS.items()
+                       if isinstance(getattr(cls, "tableau", None), ButcherTableau))
         raise ValueError(f"no explicit Runge–Kutta tableau named {method!r}; known: {', '.join(known)}")
     return tableau
 

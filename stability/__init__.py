@@ -1,7 +1,9 @@
 """ODE solvers in PyTorch written for the analysis of deep networks as numerical schemes: explicit Runge–Kutta
-methods as Butcher tableaux run by one generic stepper, backward Euler by Newton–Krylov; ``solve``/``odeint``
-run one integration loop (``stability.integrate``) with any step control × any gradient strategy; per-sample
-events (``Event``, ``stability.event_loop``) and failure as a value (``throw=False``, ``Status``)."""
+methods as Butcher tableaux run by one generic stepper, backward Euler by Newton–Krylov, the adaptive
+stiff methods kvaerno5 (ESDIRK) and rodas4 (Rosenbrock) with dense or matrix-free linear algebra;
+``solve``/``odeint`` run one integration loop (``stability.integrate``) with any step control × any
+gradient strategy; per-sample events (``Event``, ``stability.event_loop``) and failure as a value
+(``throw=False``, ``Status``)."""
 
 from stability.adjoint import AdjointSolution
 from stability.backward_euler import BackwardEuler, ImplicitStats, backward_euler_step
@@ -32,6 +34,7 @@ from stability.solution import EventSolution, PerSampleSolution, Solution, Solve
 from stability.solver import RK4, SOLVERS, Bosh3, Dopri5, Euler, Heun, RungeKuttaSolver, Tsit5, step
 from stability.status import Status
 from stability.step_control import PIController
+from stability.stiff_solvers import Kvaerno5, Rodas4, StiffSolver
 from stability.tableau import ButcherTableau
 
 __all__ = [
@@ -72,6 +75,9 @@ __all__ = [
     "SolverError",
     "SolverStats",
     "StepSizeUnderflowError",
+    "Kvaerno5",
+    "Rodas4",
+    "StiffSolver",
     "odeint",
     "solve",
     "step",

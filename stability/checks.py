@@ -223,7 +223,7 @@ def max_steps_error(max_steps: int, t0: float, t_bound: float, t: float, h: floa
     if stiff:
         message += (f"; the step size collapsed to {h / span:.2g} of the span with h·|∂f/∂y| ≈ "
                     f"{stiffness:.2g} (steps limited by stability, not accuracy): the problem looks stiff — "
-                    f"method='backward_euler' with a step_size solves stiff problems")
+                    f"use an adaptive stiff method: method='rodas4' (Rosenbrock) or 'kvaerno5' (ESDIRK)")
     error = MaxStepsExceededError(message, t=t, h=h)
     error.stiff_suspected = stiff  # Status.STIFF when throw=False
     return error

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from stability.checks import as_float_list, check_tolerances
 from stability.errors import ODEInputError
-from stability.methods import IMPLICIT, METHOD_NAMES, TABLEAUX
+from stability.methods import IMPLICIT, METHOD_NAMES, STIFF, TABLEAUX
 from stability.pid_controller import PIDController
 from stability.step_control import NAMED_NORMS, PIController
 
@@ -47,6 +47,9 @@ class ImplicitOptions:
     ``tol``: Newton stops at ‖G(z)‖_rms ≤ tol·max(1, ‖z‖_rms) (None: 1e-10 in float64, ~1e-5 in float32);
     the backward linear solve stops at a relative residual of ``tol``. Caps bound every loop. ``jvp``:
     "forward" (forward-mode AD) or "reverse" (double backward) Jacobian-vector products for Newton.
+    The adaptive stiff methods (``rodas4``, ``kvaerno5``) solve (I − hγJ)x = r with ``jacobian``: "dense"
+    (``torch.func.jacrev`` and LU), "krylov" (GMRES to ``tol`` on Jacobian-vector products, no matrix), or
+    "auto" (dense while a system has at most ``dense_size`` unknowns; ``stability.linearization``).
     """
 
     tol: float | None = None
@@ -55,16 +58,20 @@ class ImplicitOptions:
     max_linear: int = 60
     restart: int = 20
     max_fixed_point: int = 100
+    jacobian: str = "auto"
+    dense_size: int = 256
 
     def __post_init__(self) -> None:
         if self.tol is not None and not (math.isfinite(self.tol) and self.tol > 0):
             raise ODEInputError(f"tol must be positive and finite, got {self.tol}")
-        for name in ("max_newton", "max_linear", "restart", "max_fixed_point"):
+        for name in ("max_newton", "max_linear", "restart", "max_fixed_point", "dense_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ODEInputError(f"{name} must be a positive integer, got {value!r}")
         if self.jvp not in ("forward", "reverse"):
             raise ODEInputError(f"jvp must be 'forward' or 'reverse', got {self.jvp!r}")
+        if self.jacobian not in ("auto", "dense", "krylov"):
+            raise ODEInputError(f"jacobian must be 'auto', 'dense' or 'krylov', got {self.jacobian!r}")
 
     def tolerance(self, dtype: torch.dtype) -> float:
         return self.tol if self.tol is not None else max(1e-10, 100 * torch.finfo(dtype).eps)
@@ -120,7 +127,8 @@ class SolverOptions:
             object.__setattr__(self, "step_size", float(self.step_size))
         if self.grid is not None:
             object.__setattr__(self, "grid", tuple(as_float_list(self.grid, "grid")))
-        adaptive = self.fixed_step or (self.method in TABLEAUX and TABLEAUX[self.method].adaptive)
+        adaptive = self.fixed_step or self.method in STIFF or (
+            self.method in TABLEAUX and TABLEAUX[self.method].adaptive)
         compilable = self.method in TABLEAUX and not self.per_sample and self.gradient != "adjoint"
         misplaced = sorted(name for name, (gradient, default) in _GRADIENT_FIELDS.items()
                            if gradient != self.gradient and getattr(self, name) != default)
@@ -150,8 +158,12 @@ class SolverOptions:
              f"norm must be a function (ErrorNorm) or one of {', '.join(map(repr, NAMED_NORMS))}, got "
              f"{self.norm!r}"),
             (isinstance(self.implicit, (ImplicitOptions, type(None))), "implicit must be ImplicitOptions"),
-            (self.implicit is None or self.method in IMPLICIT,
-             f"implicit options apply to method='backward_euler' only, not {self.method!r}"),
+            (self.implicit is None or self.method in IMPLICIT or self.method in STIFF,
+             f"implicit options apply to the implicit methods ({', '.join((*IMPLICIT, *STIFF))}) only, not "
+             f"{self.method!r}"),
+            (self.method != "kvaerno5" or not any(isinstance(x, Tensor) for x in (self.rtol, self.atol)),
+             "kvaerno5 takes numbers for rtol and atol (its Newton iteration's stopping test uses them); "
+             "per-sample tolerance tensors work with rodas4 and the explicit methods"),
             (self.gradient in GRADIENTS,
              f"gradient must be 'backprop', 'checkpoint' or 'adjoint', got {self.gradient!r}"),
             (not misplaced, f"unknown options for gradient={self.gradient!r}: {', '.join(misplaced)}"),
@@ -194,8 +206,10 @@ class SolverOptions:
             (self.adjoint_norm in ("mixed", "seminorm"),
              f"adjoint_norm must be 'mixed' or 'seminorm', got {self.adjoint_norm!r}"),
             (self.method in TABLEAUX and backward in TABLEAUX,
-             f"the adjoint method needs explicit Runge–Kutta methods, got {self.method!r}/{backward!r} "
-             "(backward_euler's implicit-function-theorem backprop stores one evaluation per step)"),
+             f"the adjoint method needs explicit Runge–Kutta methods, got {self.method!r}/{backward!r}: use "
+             f"gradient='backprop' or 'checkpoint' for the implicit ones (backward_euler's and "
+             f"kvaerno5's implicit-function-theorem gradients store one evaluation per stage; rodas4's "
+             f"backprop is exact and 'checkpoint' bounds its memory)"),
             (self.fixed_step or getattr(TABLEAUX.get(backward), "adaptive", True),
              f"adjoint_method {backward!r} has no error estimate for the adaptive backward solve"),
         ):

@@ -11,6 +11,7 @@ sample b's trajectory and NFE are those of solving it alone, provided f treats s
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import torch
@@ -30,12 +31,14 @@ from stability.checks import (
     underflow_error,
 )
 from stability.errors import ODEInputError
-from stability.methods import TABLEAUX
+from stability.linearization import StiffStats
+from stability.methods import STIFF, TABLEAUX
 from stability.options import SolverOptions
 from stability.runge_kutta import interpolant, rk_step
 from stability.solution import HIT_TOLERANCE, SolverStats, output_reached
 from stability.status import Status, status_of
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_norm, initial_step, stiffness
+from stability.stiff_step import StiffStep
 
 
 class PerSampleStepper:
@@ -44,7 +47,12 @@ class PerSampleStepper:
 
     def __init__(self, func: TimeVectorField, y0: Tensor, times: list[float], options: SolverOptions) -> None:
         check_low_precision(y0.dtype, options.rtol)
-        self.func, self.options, self.times, self.tableau = func, options, times, TABLEAUX[options.method]
+        self.func, self.options, self.times = func, options, times
+        self.tableau = TABLEAUX.get(options.method) or STIFF[options.method]
+        # The step: the explicit RK step, or a stiff method's (Jacobians per sample; ``stiff_stats`` counts)
+        self.stiff_stats = StiffStats()
+        self.step = rk_step if options.method in TABLEAUX else functools.partial(
+            StiffStep(func, options, per_sample=True), stats=self.stiff_stats)
         self.norm = error_norm(options.norm, per_sample=True)
         self.own_norm = options.norm not in (None, "rms")  # the caller's function (blamed for a NaN)
         self.batch, self.time_dtype = y0.shape[0], time_dtype(y0, options.time_dtype)
@@ -142,7 +150,7 @@ class PerSampleStepper:
         if need.numel() > 0:
             fresh = self._evaluate(t_a.index_select(0, need), y_a.index_select(0, need), active[need])
             stage0 = stage0.index_copy(0, need, fresh)
-        step = rk_step(lambda s, z: self._evaluate(s, z, active), t_a, y_a, h, tableau, stage0)
+        step = self.step(lambda s, z: self._evaluate(s, z, active), t_a, y_a, h, tableau, stage0)
         rtol, atol = (take(x) if isinstance(x, Tensor) else x for x in (self.rtol, self.atol))
         ratio = self.norm(step.error, y_a, step.y, rtol, atol)
         accept = ratio <= 1.0
@@ -207,6 +215,8 @@ class PerSampleStepper:
 
     def _stiffness(self, b: int, h_abs: float) -> float | None:
         """``step_control.stiffness`` of one probe step of sample b with step h_abs (for an error message)."""
+        if self.options.method not in TABLEAUX:  # a stiff method already: no hint to give
+            return None
         y, h = self.y[b : b + 1].detach(), self.direction * h_abs
         with torch.no_grad():
             fun = lambda s, z: self.func(s.to(self.time_dtype), z)  # noqa: E731

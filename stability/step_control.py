@@ -203,8 +203,8 @@ def stiffness(y: Tensor | None, stages: Sequence[Tensor] | None, tableau: Butche
     """h·‖k_j − k_i‖/‖Y_j − Y_i‖ for two stages of the step (y, h) at the same time (DOPRI5's 6th and 7th;
     otherwise the first and last): h·|λ| for the dominant eigenvalue λ of ∂f/∂y (Hairer–Wanner II.10's
     stiffness test). Near the stability boundary (≈ 3.3 for DOPRI5) stability, not accuracy, limits h."""
-    if stages is None or y is None or len(stages) < 2:
-        return None
+    if stages is None or y is None or len(stages) < 2 or not isinstance(tableau, ButcherTableau):
+        return None  # no step yet, or a stiff method (no stiffness hint to give)
     j = len(stages) - 1
     i = j - 1 if tableau.c[j - 1] == tableau.c[j] else 0
     with torch.no_grad():

@@ -1,0 +1,159 @@
+"""The adaptive stiff solvers rodas4 and kvaerno5: work and accuracy against scipy's Radau/BDF (the
+``bench.stiff_suite`` rows), gradients against finite differences in float64 in every gradient mode they
+accept (and the adjoint refused), per-sample control equal to solving each sample alone, and a conv field
+solved matrix-free (no dense Jacobian is ever built)."""
+
+import pytest
+import torch
+from torch import nn
+
+from bench.stiff_suite import gradient_error, run
+from stability import ImplicitOptions, ODEInputError, solve
+
+METHODS = ["rodas4", "kvaerno5"]
+
+
+@pytest.mark.slow
+def test_robertson_at_loose_tolerance_rodas4_within_its_work_and_accuracy_targets():
+    """rtol 1e-3, atol 1e-6 (y2 scaled by 1e4): f+J and steps within 1.5× of the cheaper of Radau and BDF;
+    error at the step end ≤ 1e-5 in every species (measured 3.9e-6; Radau 6.5e-7, BDF 7.4e-5), over the
+    dense outputs ≤ 5e-5 (measured 1.6e-5; Radau 1.2e-6, BDF 2.0e-4)."""
+    row = run("robertson", 1e-3, "rodas4")
+    assert row.work <= 1.5 * min(row.radau["nfev"] + row.radau["njev"], row.bdf["nfev"] + row.bdf["njev"])
+    assert row.steps <= 1.5 * min(row.radau["steps"], row.bdf["steps"])
+    assert row.error_end <= 1e-5 and row.error <= 5e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem, rtol", [("robertson", 1e-6), ("van_der_pol_1e3", 1e-3),
+                                           ("van_der_pol_1e3", 1e-6)])
+def test_rodas4_work_within_one_and_a_half_of_radau_or_bdf(problem, rtol):
+    """The stiff suite's rodas4 rows: f+J (nfe + Jacobians) and accepted steps within 1.5× of Radau's or BDF's
+    (measured 0.76–0.91× Radau's f+J); at 1e-6 the error within 100× Radau's (measured 6× and 13×; at 1e-3
+    on Van der Pol 2.4e-3 against Radau's 1.0e-3 and BDF's 4.0e-2)."""
+    row = run(problem, rtol, "rodas4")
+    work = min(row.radau["nfev"] + row.radau["njev"], row.bdf["nfev"] + row.bdf["njev"])
+    assert row.work <= 1.5 * work
+    assert row.steps <= 1.5 * min(row.radau["steps"], row.bdf["steps"])
+    if rtol == 1e-6:
+        assert row.error <= 100 * row.radau["error"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("gradient, jacobian, per_sample", [
+    ("backprop", "dense", False), ("checkpoint", "dense", True),
+    pytest.param("backprop", "krylov", False, marks=pytest.mark.slow)])
+def test_gradients_at_fixed_steps_equal_finite_differences(method, gradient, jacobian, per_sample):
+    """The discrete solution's exact gradient (rodas4: through J and the LU solves, or the Krylov solve's
+    implicit-function theorem; kvaerno5: each stage's implicit-function theorem) against central differences
+    of the same fixed-step solve (the differences' own error is ~1e-8)."""
+    options = dict(step_size=0.125, gradient=gradient, per_sample=per_sample,
+                   implicit=ImplicitOptions(jacobian=jacobian))
+    assert gradient_error(method, **options) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("gradient", ["backprop", "checkpoint"])
+def test_adaptive_gradients_equal_finite_differences(method, gradient):
+    """Adaptive steps at rtol 1e-9: the gradient of the computed solution (step sizes held) against central
+    differences of the whole adaptive solve."""
+    assert gradient_error(method, rtol=1e-9, atol=1e-9, gradient=gradient) < 1e-5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_adjoint_is_refused_with_the_modes_that_work(method):
+    with pytest.raises(ODEInputError, match="gradient='backprop' or 'checkpoint' for the implicit ones"):
+        solve(lambda t, y: -y, torch.ones(2), [0.0, 1.0], method=method, gradient="adjoint")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_per_sample_equals_each_sample_solved_alone(method):
+    mu = 100.0
+
+    def field(t, y):
+        x, v = y[..., 0], y[..., 1]
+        return torch.stack([v, mu * (1 - x * x) * v - x], dim=-1)
+
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 0.5], [-1.5, 0.2]], dtype=torch.float64)
+    times = [0.0, 0.3, 1.0]
+    with torch.no_grad():
+        batch = solve(field, y0, times, method=method, rtol=1e-5, atol=1e-5, per_sample=True)
+        for b in range(3):
+            alone = solve(field, y0[b : b + 1], times, method=method, rtol=1e-5, atol=1e-5)
+            assert torch.equal(batch.ys[:, b], alone.ys[:, 0])
+            assert batch.stats[b].n_accepted == alone.stats.n_accepted
+            assert batch.stats[b].step_sizes == alone.stats.step_sizes
+    assert len({s.n_accepted for s in batch.stats}) > 1  # the samples really took their own steps
+
+
+class DampedConvField(nn.Module):
+    """odenet's ODE function (GroupNorm, ReLU, 3×3 convolutions, time as a channel) minus k·y, k = 1e3:
+    the damping makes it stiff (h|λ| ≤ 3.3 limits dopri5 to h ≲ 3e-3)."""
+
+    def __init__(self, channels: int = 8, damping: float = 1e3) -> None:
+        super().__init__()
+        from nets.odenet import ODEFunc
+
+        self.func, self.damping = ODEFunc(channels, conv_layers=2, time_dependent=True), damping
+
+    def forward(self, t, y):
+        return self.func(t, y) - self.damping * y
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_a_conv_field_runs_matrix_free(method, per_sample, monkeypatch):
+    """[2, 8, 6, 6] float32 states (288 unknowns a sample > dense_size 256): GMRES on Jacobian-vector
+    products, with torch.func.jacrev and jacfwd made to fail; the solution agrees with dopri5 at 1e-8 in
+    float64, which needs several times the steps."""
+    torch.manual_seed(0)
+    field = DampedConvField()
+    y0 = torch.randn(2, 8, 6, 6)
+    times = [0.0, 0.05, 0.2]
+    with torch.no_grad():
+        reference = solve(field.double(), y0.double(), times, method="dopri5", rtol=1e-8, atol=1e-8)
+    field.float()
+    forbidden = lambda *args, **kwargs: pytest.fail("a dense Jacobian was built")  # noqa: E731
+    monkeypatch.setattr(torch.func, "jacrev", forbidden)
+    monkeypatch.setattr(torch.func, "jacfwd", forbidden)
+    with torch.no_grad():
+        sol = solve(field, y0, times, method=method, rtol=1e-3, atol=1e-4, per_sample=per_sample)
+    error = float((sol.ys.double() - reference.ys).abs().max())
+    assert error <= 1e-2 * float(reference.ys.abs().max())
+    steps = max(s.n_accepted for s in sol.stats) if per_sample else sol.stats.n_accepted
+    assert 4 * steps <= reference.stats.n_accepted
+    if not per_sample:
+        assert sol.stats.n_jacobians == 0 and sol.stats.n_jvp > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_a_terminal_event_on_a_stiff_relaxation(method, per_sample):
+    """y1' = −1e3 (y1 − cos t): after the transient y1 = (1e3 cos t + sin t)/(1e3 + 1e-3), which falls
+    through 0 at t* = π/2 + atan(1e-3); located on the stiff method's dense output."""
+    import math
+
+    from stability import Event
+
+    def field(t, y):
+        return torch.stack([-1e3 * (y[:, 0] - torch.cos(t)), torch.ones_like(y[:, 0])], dim=-1)
+
+    y0 = torch.tensor([[1.0, 0.0], [0.5, 0.0]], dtype=torch.float64)
+    event = Event(lambda t, y: y[:, 0], direction=-1, terminal=True)
+    sol = solve(field, y0, [0.0, 3.0], method=method, rtol=1e-8, atol=1e-8, events=[event],
+                per_sample=per_sample)
+    t_hit, _ = sol.first(0)
+    assert torch.allclose(t_hit, torch.full_like(t_hit, math.pi / 2 + math.atan(1e-3)), rtol=0, atol=1e-7)
+
+
+def test_per_sample_tolerance_tensors_rodas4_takes_them_kvaerno5_refuses_them():
+    field = lambda t, y: -1e3 * (y - torch.cos(t)[:, None])  # noqa: E731
+    y0 = torch.ones(2, 3, dtype=torch.float64)
+    tolerances = torch.tensor([1e-3, 1e-7], dtype=torch.float64)
+    sol = solve(field, y0, [0.0, 1.0], method="rodas4", rtol=tolerances, atol=tolerances, per_sample=True)
+    assert sol.stats[0].n_accepted < sol.stats[1].n_accepted
+    with pytest.raises(ODEInputError, match="kvaerno5 takes numbers for rtol and atol"):
+        solve(field, y0, [0.0, 1.0], method="kvaerno5", rtol=tolerances, atol=tolerances, per_sample=True)
