@@ -33,7 +33,15 @@ import torch
 from torch import Tensor, nn
 
 from .apgd import APGD, APGDT
-from .base import Attack, NonFiniteLogitsError, check_inputs, eval_mode, model_device, perturbation_size
+from .base import (
+    Attack,
+    NonFiniteLogitsError,
+    check_inputs,
+    check_labels_in_range,
+    eval_mode,
+    model_device,
+    perturbation_size,
+)
 from .square import Square
 
 __all__ = ["AttackRecord", "SuiteAttack", "SuiteReport", "preset", "PRESETS", "run_suite", "transfer"]
@@ -371,6 +379,8 @@ def run_suite(
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     check_inputs(x, y)
+    if x.shape[0] == 0:
+        raise ValueError("run_suite got an empty batch (x has 0 samples): pass at least one sample")
     eps = [float(e) for e in eps]
     if not eps or any(not math.isfinite(e) or e < 0 for e in eps):
         raise ValueError(f"eps must be a non-empty list of finite values >= 0, got {eps}")
@@ -385,6 +395,7 @@ def run_suite(
     x, y = x.detach().cpu(), y.detach().cpu().long()
     n = x.shape[0]
     logits = predict(model, x.to(device), batch_size).cpu()
+    check_labels_in_range(logits, y)  # an out-of-range label would count as misclassified, silently
     finite = torch.isfinite(logits).all(dim=1)
     clean_correct = finite & (logits.argmax(dim=1) == y)
     skipped = _inapplicable(attacks, eps[0], logits.shape[1])
