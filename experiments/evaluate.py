@@ -26,7 +26,17 @@ from typing import Any
 
 import torch
 
-from experiments.cli import Outputs, UsageError, add_data_arguments, make_parser, positive_int, run, setup
+from experiments.cli import (
+    Outputs,
+    UsageError,
+    add_data_arguments,
+    budget,
+    distinct,
+    make_parser,
+    positive_int,
+    run,
+    setup,
+)
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
 from experiments.records import RecordStore, file_sha256
 
@@ -47,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--eps",
-        type=float,
+        type=budget,
         nargs="+",
         default=None,
         help="budgets (default: 0.1 0.2 0.3 0.4 on MNIST, 2 4 8 16 /255 on CIFAR-10)",
@@ -143,6 +153,8 @@ def _distributed() -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.eps:
+        distinct(args.eps, "--eps")
     setup(args)
     outputs = outputs if outputs is not None else Outputs()
     rank, world = _distributed()

@@ -45,6 +45,8 @@ from experiments.cli import (
     Outputs,
     UsageError,
     add_data_arguments,
+    budget,
+    distinct,
     make_parser,
     positive_int,
     run,
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs when a model must be trained (default: the recipe's)")
     parser.add_argument("--train-limit", type=positive_int, default=None,
                         help="train on the first N images only")
-    parser.add_argument("--eps", type=float, nargs="+", default=None,
+    parser.add_argument("--eps", type=budget, nargs="+", default=None,
                         help="L-inf budgets (default: 0.05 0.1 0.2 0.3 for MNIST, 1/255 2/255 4/255 "
                              "8/255 for CIFAR-10)")
     parser.add_argument("--samples", type=positive_int, default=200, help="test images attacked")
@@ -494,7 +496,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
     outputs = outputs if outputs is not None else Outputs()
     started = time.perf_counter()
     torch.manual_seed(args.seed)
-    eps = [float(e) for e in (args.eps or DEFAULT_EPS[args.dataset])]
+    eps = distinct([float(e) for e in (args.eps or DEFAULT_EPS[args.dataset])], "--eps")
     if any(not (0 <= e <= 1) for e in eps):
         raise UsageError(f"--eps values must lie in [0, 1] (images are in [0, 1]), got {eps}")
     out = Path(args.out)
