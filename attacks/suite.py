@@ -42,6 +42,7 @@ from .base import (
     model_device,
     perturbation_size,
 )
+from .progress import BatchProgress, SuiteProgress, innermost, passes_per_sample
 from .square import Square
 
 __all__ = ["AttackRecord", "SuiteAttack", "SuiteReport", "preset", "PRESETS", "run_suite", "transfer"]
@@ -368,6 +369,7 @@ def run_suite(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str | None = None,
+    monitor: SuiteProgress | None = None,
 ) -> SuiteReport:
     """Run ``attacks`` at every ``eps`` on ``(x, y)`` and return the :class:`SuiteReport` (no flags yet).
 
@@ -375,6 +377,8 @@ def run_suite(
     with each new record (e.g. to write it atomically). ``progress(n)`` is called after each batch with the
     number of samples attacked. ``cascade=False`` runs every attack on all clean-correct samples (standalone
     numbers per attack; the worst case is the same AND). ``rank``/``world_size`` shard the batches.
+    ``monitor`` (:class:`attacks.progress.SuiteProgress`) follows the run in model passes: the record running
+    and the work done, from inside long attacks too.
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
@@ -406,6 +410,8 @@ def run_suite(
     minimizers: dict[str, tuple[Tensor, Tensor, dict[str, float], float]] = {}
     batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     completed = completed or {}
+    tracker = _Tracker(progress, monitor, batches, rank, world_size)
+    tracker.start(attacks, eps, completed, clean_correct)
     for e_index, e in enumerate(eps):
         robust = clean_correct.clone()
         for a_index, entry in enumerate(attacks):
@@ -420,6 +426,8 @@ def run_suite(
                 raise TypeError(
                     f"attack {entry.name!r}: factory must return an Attack, got {type(probe).__name__}"
                 )
+            tracker.running(entry.name, e, probe, robust if cascade else clean_correct, clean_correct,
+                            first_run=probe.minimizes is None or entry.name not in minimizers)
             record = AttackRecord(
                 entry.name,
                 e,
@@ -442,7 +450,7 @@ def run_suite(
                         seed,
                         a_index,
                         device,
-                        progress,
+                        tracker,
                         rank,
                         world_size,
                         norm,
@@ -463,7 +471,7 @@ def run_suite(
                     batches,
                     (seed, a_index, e_index),
                     device,
-                    progress,
+                    tracker,
                     rank,
                     world_size,
                     norm,
@@ -474,6 +482,59 @@ def run_suite(
             if on_record is not None and rank == 0:
                 on_record(record)
     return report
+
+
+class _Tracker:
+    """Progress of one :func:`run_suite` call: the caller's ``progress(n)`` after each batch, and the
+    ``monitor``'s work in model passes (see :mod:`attacks.progress`) for this process's batches."""
+
+    def __init__(self, progress: Callable[[int], None] | None, monitor: SuiteProgress | None,
+                 batches: list[range], rank: int, world_size: int) -> None:
+        self.progress, self.monitor = progress, monitor
+        self.mine = [rows for b, rows in enumerate(batches) if b % world_size == rank]
+        self.batch: BatchProgress | None = None
+        self.cost = 0.0
+
+    def _count(self, mask: Tensor) -> int:
+        return sum(int(mask[rows.start : rows.stop].sum()) for rows in self.mine)
+
+    def start(self, attacks: Sequence[SuiteAttack], eps: Sequence[float],
+              completed: Mapping[tuple[str, float], AttackRecord], clean_correct: Tensor) -> None:
+        if self.monitor is None:
+            return
+        total, minimizers = 0.0, set()
+        for e in eps:
+            for entry in attacks:
+                if (entry.name, e) in completed or entry.name in minimizers:
+                    continue
+                attack = entry.factory(e)
+                if attack.minimizes is not None:
+                    minimizers.add(entry.name)
+                total += self._count(clean_correct) * passes_per_sample(attack)
+        self.monitor.start(total)
+
+    def running(self, name: str, e: float, attack: Attack, targets: Tensor, clean_correct: Tensor,
+                first_run: bool) -> None:
+        """A record starts: name it; credit the samples the cascade no longer attacks as done."""
+        if self.monitor is None:
+            return
+        self.monitor.running(name, e)
+        self.cost = passes_per_sample(attack)
+        if first_run:
+            attacked = self._count(clean_correct if attack.minimizes is not None else targets)
+            self.monitor.advance((self._count(clean_correct) - attacked) * self.cost)
+
+    def begin_batch(self, attack: Attack, size: int) -> None:
+        if self.monitor is not None:
+            self.batch = BatchProgress(self.monitor.advance, size * self.cost)
+            innermost(attack).on_progress = self.batch
+
+    def end_batch(self, size: int) -> None:
+        if self.batch is not None:
+            self.batch.finish()
+            self.batch = None
+        if self.progress is not None:
+            self.progress(size)
 
 
 def _attack_batch(
@@ -513,7 +574,7 @@ def _run_bounded(
     batches: list[range],
     seeds: tuple[int, int, int],
     device: torch.device,
-    progress: Callable[[int], None] | None,
+    tracker: _Tracker,
     rank: int,
     world_size: int,
     norm: str,
@@ -527,6 +588,7 @@ def _run_bounded(
         attack.reseed(batch_seed(seeds[0], seeds[1], seeds[2], b_index))
         xb, yb = x[index].to(device), y[index].to(device)
         record.attacked[index] = True
+        tracker.begin_batch(attack, index.numel())
         x_adv, fooled, bad = _attack_batch(model, attack, xb, yb)
         if x_adv is not None:
             fooled &= _within_budget(x_adv, xb, e, norm).cpu()
@@ -536,8 +598,7 @@ def _run_bounded(
             _accumulate(sums, attack.last_stats, index.numel())
         record.fooled[index] = fooled
         record.nonfinite[index] = bad
-        if progress is not None:
-            progress(index.numel())
+        tracker.end_batch(index.numel())
     record.seconds = _sum_across(time.perf_counter() - started, world_size)
     for name in ("attacked", "fooled", "nonfinite"):
         setattr(record, name, _gather(getattr(record, name), world_size))
@@ -556,7 +617,7 @@ def _run_minimizer(
     seed: int,
     a_index: int,
     device: torch.device,
-    progress: Callable[[int], None] | None,
+    tracker: _Tracker,
     rank: int,
     world_size: int,
     norm: str,
@@ -571,6 +632,7 @@ def _run_minimizer(
         attack = entry.factory(0.0)
         attack.reseed(batch_seed(seed, a_index, -1, b_index))
         xb, yb = x[index].to(device), y[index].to(device)
+        tracker.begin_batch(attack, index.numel())
         x_adv, success, _ = _attack_batch(model, attack, xb, yb)
         fooled[index] = success
         if x_adv is None:
@@ -578,8 +640,7 @@ def _run_minimizer(
         else:
             distance[index] = perturbation_size((x_adv - xb).cpu().double(), norm)
             _accumulate(sums, attack.last_stats, index.numel())
-        if progress is not None:
-            progress(index.numel())
+        tracker.end_batch(index.numel())
     seconds = _sum_across(time.perf_counter() - started, world_size)
     fooled = _gather(fooled, world_size)
     if world_size > 1:

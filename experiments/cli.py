@@ -4,8 +4,9 @@
 * An error is one line on stderr naming what went wrong and what to do; exit status 2 for usage and data
   errors (bad option values, missing or corrupt data, an existing run that would be overwritten, a resume
   with another configuration, a full disk), 1 for any other failure; ``--debug`` shows the traceback instead.
-* Ctrl-C stops cleanly: one line, exit status 130; what was complete is already on disk (every result file
-  is written atomically when complete) and the same command resumes from it.
+* Ctrl-C stops cleanly: one line, on a line of its own (open progress bars are closed first), exit status
+  130; what was complete is already on disk (every result file is written atomically when complete) and the
+  same command resumes from it.
 * The last line lists the files written (:class:`Outputs`); result files are mode 0644
   (:func:`attacks.table.atomic_write`, the project's one atomic writer).
 * ``--data-dir`` always comes with ``--download`` (:func:`add_data_arguments`); every command has
@@ -180,6 +181,17 @@ def _hint(error: BaseException) -> str:
     return ""
 
 
+def _end_progress_bars() -> None:
+    """Close every live tqdm bar, so that what follows starts on a fresh line (a bar left open keeps the
+    cursor at the end of its line; closing it ends the line, or clears it)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def run(main: Callable[..., Any], argv: Sequence[str] | None = None, *, stream=None) -> int:
     """Call ``main(argv, outputs=...)`` with the conventions of this module; returns the exit status.
 
@@ -197,6 +209,7 @@ def run(main: Callable[..., Any], argv: Sequence[str] | None = None, *, stream=N
     except SystemExit:  # argparse (--help, usage errors): it has printed its own message
         raise
     except KeyboardInterrupt:
+        _end_progress_bars()
         if debug:
             traceback.print_exc()
         done = f"; complete results kept: {outputs.line()[6:]}" if outputs.paths else ""

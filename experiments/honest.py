@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from attacks.checks import batch_dependence, pgd_robust
 from attacks.suite import PRESETS, batch_seed
 from attacks.table import ResultTable
 from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
+from experiments.progress import WorkBar
 from experiments.records import RecordStore
 from nets.atomic import atomic_write_text
 
@@ -218,8 +220,10 @@ def evaluate(
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    label: str = "suite",
 ) -> Evaluation:
-    """Suite + checks + protocol numbers for ``model`` on ``(x, y)``."""
+    """Suite + checks + protocol numbers for ``model`` on ``(x, y)``. With ``progress`` a bar follows the
+    suite in model passes, named after the record running, and a line announces each later phase."""
     against = dict(against or {})
     model.eval()
     for source in against.values():
@@ -232,7 +236,8 @@ def evaluate(
             f"resuming: {len(completed)} of {len(names) * len(config.eps)} (attack, eps) records reused "
             f"from {store.folder}"
         )
-    bar = _bar(progress and rank == 0, len(names) * len(config.eps), "attack x eps records")
+    show = progress and rank == 0
+    bar = WorkBar(label, enabled=show)
     seconds: dict[str, float] = {}
     with deployed(model, config.per_sample):
         started = time.perf_counter()
@@ -240,32 +245,35 @@ def evaluate(
         def on_record(record: AttackRecord) -> None:
             if store is not None:
                 store.save(record)
-            if bar is not None:
-                bar.set_postfix_str(f"{record.attack} @ {record.eps:g}")
-                bar.update(1)
 
-        if bar is not None:
-            bar.update(len(completed))
-        report = run_suite(
-            model,
-            x,
-            y,
-            config.eps,
-            attacks,
-            norm=config.norm,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            completed=completed,
-            on_record=on_record,
-            rank=rank,
-            world_size=world_size,
-        )
-        if bar is not None:
+        try:
+            report = run_suite(
+                model,
+                x,
+                y,
+                config.eps,
+                attacks,
+                norm=config.norm,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                completed=completed,
+                on_record=on_record,
+                rank=rank,
+                world_size=world_size,
+                monitor=bar,
+            )
+        finally:
             bar.close()
         seconds["suite"] = time.perf_counter() - started
+        _announce(show, f"{label}: paper-protocol PGD-{config.protocol_steps} on {x.shape[0]} images at "
+                        f"{len(config.eps)} eps")
         started = time.perf_counter()
         protocol = {f"PGD-{config.protocol_steps} (paper protocol)": protocol_numbers(model, x, y, config)}
         seconds["protocol"] = time.perf_counter() - started
+        steps = "/".join(str(k) for k in config.convergence_steps)
+        n = x.shape[0]
+        _announce(show, f"{label}: checks (PGD-{steps} on {min(config.convergence_samples, n)} images, "
+                        f"ε-sanity, batch dependence and randomness on {min(config.dependence_samples, n)})")
         started = time.perf_counter()
         run_checks(
             model,
@@ -318,12 +326,9 @@ def _solver_summary(model: nn.Module, config: EvaluationConfig) -> dict[str, Any
     }
 
 
-def _bar(enabled: bool, total: int, description: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="record", dynamic_ncols=True)
+def _announce(enabled: bool, line: str) -> None:
+    if enabled:
+        print(line, file=sys.stderr, flush=True)
 
 
 # -- outputs -------------------------------------------------------------------------------------------------
