@@ -462,9 +462,8 @@ def evaluate_model(model: torch.nn.Module, plan: ModelPlan, x: torch.Tensor, y: 
     n, nb = x.shape[0], min(args.boundary_samples, x.shape[0])
     show = not args.no_progress
     session.bar = WorkBar(f"[{plan.label}] paper attacks", enabled=show)
-    boundary = BoundaryAttack(max_queries=args.boundary_queries)
     session.bar.start(n * sum(passes_per_sample(s.factory(e)) for s in specs for e in eps)
-                      + nb * passes_per_sample(boundary))
+                      + nb * passes_per_sample(BoundaryAttack(max_queries=args.boundary_queries)))
     try:
         by_eps = [attacks_at_eps(model, e, specs, session) for e in eps]
         boundary = boundary_rows(model, eps, session)

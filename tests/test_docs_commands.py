@@ -31,6 +31,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FUTURE_PAGES = {"solvers.md", "stiff.md", "events.md", "attack_checks.md", "evaluation.md", "paper.md",
                 "mechanism.md"}
 CONSOLE_SCRIPTS = {"experiments-paper": "experiments.paper"}
+SHELL_OPERATORS = {"|", "||", "&&", ";", "&"}
 COMMAND_START = re.compile(r"(?:^|[\s;(&|])((?:python3?|torchrun|experiments-paper)\s.*)")
 
 
@@ -99,6 +100,10 @@ class Target:
 
 def parse_command(command: Command) -> Target:
     tokens = shlex.split(re.sub(r"\[(-[^\]]*)\]", r"\1", command.text))  # [--flag VALUE]: optional
+    for index, token in enumerate(tokens):  # the command ends at a pipe, a redirection or a next command
+        if token in SHELL_OPERATORS or re.match(r"^\d?>", token):
+            tokens = tokens[:index]
+            break
     program = tokens.pop(0)
     if program in CONSOLE_SCRIPTS:
         return Target(CONSOLE_SCRIPTS[program], None, tokens)
