@@ -3,12 +3,13 @@
 An attack's work on one sample is at most ``passes_per_sample(attack)`` model evaluations: its query
 budget for score- and decision-based attacks (Square, the Boundary Attack), and for gradient attacks
 ``2 x iterations x runs + 1`` (a forward and a backward pass per iteration, one run per restart and target
-class, one clean pass). A suite run's work is the sum over the (attack, eps) records it computes of
-``samples x passes_per_sample``; samples the cascade no longer attacks are credited as done when their
-record starts, and long attacks report the fraction of their budget spent on the current batch through
+class, one clean pass). A suite run plans, for each (attack, eps) record it computes, ``samples x
+passes_per_sample``; long attacks report the fraction of their budget spent on the current batch through
 :attr:`attacks.base.Attack.on_progress` (Square and the Boundary Attack per query, APGD per restart and
-target). The estimated time left is then the work left divided by the rate so far, not the cost of the
-last record.
+target), which advances the work done. Planned work that will not be done leaves the plan as soon as it is
+known (``skip``): samples the cascade no longer attacks (after each record, for the attacks left at that
+eps) and the budget an attack did not spend because every sample of its batch was fooled. The time left
+is then the work left divided by the rate of the work actually done, not the cost of the last record.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class SuiteProgress(Protocol):
     def advance(self, work: float) -> None:
         """``work`` more model passes done."""
 
+    def skip(self, work: float) -> None:
+        """``work`` model passes of the plan that will not be done (out of the total, not done)."""
+
 
 def innermost(attack: Attack) -> Attack:
     """The attack that does the work inside wrappers (transfer, surrogate solver): follows ``.inner``."""
@@ -52,12 +56,13 @@ def passes_per_sample(attack: Attack) -> float:
 
 
 class BatchProgress:
-    """Turns an attack's "fraction of my budget spent on this batch" into work advanced: ``callback`` gets
-    the increments of ``fraction x work``; :meth:`finish` credits the rest (an attack that stopped early,
-    or one that reports nothing)."""
+    """Turns an attack's "fraction of my budget spent on this batch" into work: ``advance`` gets the
+    increments of ``fraction x work``. :meth:`finish` settles the rest: skipped (``skip``) when the attack
+    reported progress and stopped early, advanced when it reported nothing (it did the work silently)."""
 
-    def __init__(self, advance: Callable[[float], None], work: float) -> None:
-        self.advance, self.work, self.done = advance, float(work), 0.0
+    def __init__(self, advance: Callable[[float], None], work: float,
+                 skip: Callable[[float], None] | None = None) -> None:
+        self.advance, self.skip, self.work, self.done = advance, skip, float(work), 0.0
 
     def __call__(self, fraction: float) -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)
@@ -66,4 +71,7 @@ class BatchProgress:
             self.done = fraction
 
     def finish(self) -> None:
+        if self.skip is not None and 0.0 < self.done < 1.0:
+            self.skip((1.0 - self.done) * self.work)
+            self.done = 1.0
         self(1.0)

@@ -479,6 +479,8 @@ def run_suite(
                 )
             report.records.append(record)
             robust &= ~record.fooled
+            if cascade:
+                tracker.expect(attacks[a_index + 1 :], e, robust)
             if on_record is not None and rank == 0:
                 on_record(record)
     return report
@@ -494,15 +496,26 @@ class _Tracker:
         self.mine = [rows for b, rows in enumerate(batches) if b % world_size == rank]
         self.batch: BatchProgress | None = None
         self.cost = 0.0
+        self.planned: dict[tuple[str, float], tuple[int, float]] = {}  # (samples, passes each) per record
+        self.minimizers: set[str] = set()
 
     def _count(self, mask: Tensor) -> int:
         return sum(int(mask[rows.start : rows.stop].sum()) for rows in self.mine)
+
+    def _plan(self, name: str, e: float, samples: int) -> None:
+        """At most ``samples`` will be attacked in record (name, e): the rest of its plan is skipped."""
+        if (name, e) in self.planned and self.monitor is not None:
+            before, cost = self.planned[(name, e)]
+            if samples < before:
+                self.monitor.skip((before - samples) * cost)
+                self.planned[(name, e)] = (samples, cost)
 
     def start(self, attacks: Sequence[SuiteAttack], eps: Sequence[float],
               completed: Mapping[tuple[str, float], AttackRecord], clean_correct: Tensor) -> None:
         if self.monitor is None:
             return
-        total, minimizers = 0.0, set()
+        minimizers = self.minimizers
+        samples = self._count(clean_correct)
         for e in eps:
             for entry in attacks:
                 if (entry.name, e) in completed or entry.name in minimizers:
@@ -510,23 +523,29 @@ class _Tracker:
                 attack = entry.factory(e)
                 if attack.minimizes is not None:
                     minimizers.add(entry.name)
-                total += self._count(clean_correct) * passes_per_sample(attack)
-        self.monitor.start(total)
+                self.planned[(entry.name, e)] = (samples, passes_per_sample(attack))
+        self.monitor.start(sum(count * cost for count, cost in self.planned.values()))
+
+    def expect(self, later: Sequence[SuiteAttack], e: float, robust: Tensor) -> None:
+        """After a record at ``e``: the cascade's later attacks at ``e`` attack at most the robust samples
+        (a minimization attack, run once on every clean-correct sample, excepted)."""
+        for entry in later:
+            if entry.name not in self.minimizers:
+                self._plan(entry.name, e, self._count(robust))
 
     def running(self, name: str, e: float, attack: Attack, targets: Tensor, clean_correct: Tensor,
                 first_run: bool) -> None:
-        """A record starts: name it; credit the samples the cascade no longer attacks as done."""
+        """A record starts: name it; the samples it does not attack leave the plan."""
         if self.monitor is None:
             return
         self.monitor.running(name, e)
         self.cost = passes_per_sample(attack)
-        if first_run:
-            attacked = self._count(clean_correct if attack.minimizes is not None else targets)
-            self.monitor.advance((self._count(clean_correct) - attacked) * self.cost)
+        if first_run and attack.minimizes is None:
+            self._plan(name, e, self._count(targets))
 
     def begin_batch(self, attack: Attack, size: int) -> None:
         if self.monitor is not None:
-            self.batch = BatchProgress(self.monitor.advance, size * self.cost)
+            self.batch = BatchProgress(self.monitor.advance, size * self.cost, self.monitor.skip)
             innermost(attack).on_progress = self.batch
 
     def end_batch(self, size: int) -> None:

@@ -277,17 +277,18 @@ def _surrogates(block, args: argparse.Namespace) -> tuple[dict[str, Any], dict[s
 
 class _Observed(Attack):
     """Runs ``inner`` unchanged, reports each batch (inputs, labels, adversarials) to ``on_batch`` and its
-    work in model passes to ``advance`` (from inside the attack: per query for the Boundary Attack)."""
+    work in model passes to the session's bar (from inside the attack: per query for the Boundary Attack)."""
 
     def __init__(self, inner: Attack, on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None],
-                 advance: Callable[[float], None]):
+                 session: Session):
         super().__init__(targeted=inner.targeted, seed=inner.seed)
-        self.inner, self.on_batch, self.advance = inner, on_batch, advance
+        self.inner, self.on_batch, self.session = inner, on_batch, session
         self.minimizes = inner.minimizes
         self.eps = getattr(inner, "eps", None)
 
     def _attack(self, model, x, y):
-        batch = BatchProgress(self.advance, x.shape[0] * passes_per_sample(self.inner))
+        work = x.shape[0] * passes_per_sample(self.inner)
+        batch = BatchProgress(self.session.advance, work, self.session.skip)
         self.inner.on_progress = batch
         x_adv = self.inner(model, x, y)
         batch.finish()
@@ -320,6 +321,11 @@ class Session:
         if self.bar is not None:
             self.bar.advance(work)
 
+    def skip(self, work: float) -> None:
+        """``work`` planned model passes that will not be done (a record reused, an attack done early)."""
+        if self.bar is not None:
+            self.bar.skip(work)
+
     def put(self, key: tuple, config: Mapping[str, Any], record: Mapping[str, Any]) -> None:
         path = self.store.put(key, config, record)
         if self.outputs is not None:
@@ -333,7 +339,7 @@ def run_attack(model: torch.nn.Module, attack: Attack, name: str, eps: float, se
     def on_batch(x, y, x_adv):
         adversarials.append(x_adv)
 
-    observed = _Observed(attack, on_batch, session.advance)
+    observed = _Observed(attack, on_batch, session)
     row = evaluate_attack(model, observed, (session.x, session.y), eps=eps, name=name,
                           batch_size=session.args.batch_size)
     with torch.no_grad():
@@ -363,8 +369,8 @@ def attacks_at_eps(model: torch.nn.Module, eps: float, specs: Sequence[AttackSpe
         if record is None:
             record = run_attack(model, attack, spec.name, eps, session)
             session.put(key, config, record)
-        elif session.bar is not None:
-            session.bar.skip(n * passes_per_sample(attack))
+        else:
+            session.skip(n * passes_per_sample(attack))
         rows.append(record["row"])
         if spec.worst_case:
             masks.append(record["robust"])
@@ -386,13 +392,13 @@ def boundary_rows(model: torch.nn.Module, eps: list[float], session: Session) ->
         if session.bar is not None:
             session.bar.running(f"Boundary ({nb} images, thresholded at every ε)", None)
         attack = _Observed(BoundaryAttack(max_queries=args.boundary_queries, seed=args.seed),
-                           lambda x, y, x_adv: None, session.advance)
+                           lambda x, y, x_adv: None, session)
         table = sweep(model, {"Boundary": lambda e: attack}, eps, (session.x[:nb], session.y[:nb]),
                       batch_size=args.batch_size, progress=False)
         record = {"rows": table.rows}
         session.put(key, config, record)
-    elif session.bar is not None:
-        session.bar.skip(nb * args.boundary_queries)
+    else:
+        session.skip(nb * args.boundary_queries)
     return record["rows"]
 
 
@@ -414,8 +420,8 @@ def agreement_record(model: torch.nn.Module, session: Session) -> dict[str, Any]
         record = gradient_agreement(model, session.x[:nd], session.y[:nd], tight, others,
                                     on_progress=session.advance)
         session.put(key, config, record)
-    elif session.bar is not None:
-        session.bar.skip(4 * nd)
+    else:
+        session.skip(4 * nd)
     return record
 
 
