@@ -8,8 +8,10 @@ passes_per_sample``; long attacks report the fraction of their budget spent on t
 :attr:`attacks.base.Attack.on_progress` (Square and the Boundary Attack per query, APGD per restart and
 target), which advances the work done. Planned work that will not be done leaves the plan as soon as it is
 known (``skip``): samples the cascade no longer attacks (after each record, for the attacks left at that
-eps) and the budget an attack did not spend because every sample of its batch was fooled. The time left
-is then the work left divided by the rate of the work actually done, not the cost of the last record.
+eps; after each eps, as an estimate, for the attacks after the first at the larger ones, corrected when
+their record starts) and the budget an attack did not spend because every sample of its batch was fooled.
+The time left is then the work left divided by the rate of the work actually done, not the cost of the
+last record.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class SuiteProgress(Protocol):
         """``work`` more model passes done."""
 
     def skip(self, work: float) -> None:
-        """``work`` model passes of the plan that will not be done (out of the total, not done)."""
+        """``work`` model passes of the plan that will not be done (out of the total, not done); negative when
+        an estimate proves low and work comes back into the plan."""
 
 
 def innermost(attack: Attack) -> Attack:

@@ -411,7 +411,7 @@ def run_suite(
     batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     completed = completed or {}
     tracker = _Tracker(progress, monitor, batches, rank, world_size)
-    tracker.start(attacks, eps, completed, clean_correct)
+    tracker.start(attacks, eps, completed, clean_correct, cascade)
     for e_index, e in enumerate(eps):
         robust = clean_correct.clone()
         for a_index, entry in enumerate(attacks):
@@ -426,7 +426,7 @@ def run_suite(
                 raise TypeError(
                     f"attack {entry.name!r}: factory must return an Attack, got {type(probe).__name__}"
                 )
-            tracker.running(entry.name, e, probe, robust if cascade else clean_correct, clean_correct,
+            tracker.running(a_index, e, probe, robust if cascade else clean_correct,
                             first_run=probe.minimizes is None or entry.name not in minimizers)
             record = AttackRecord(
                 entry.name,
@@ -479,8 +479,7 @@ def run_suite(
                 )
             report.records.append(record)
             robust &= ~record.fooled
-            if cascade:
-                tracker.expect(attacks[a_index + 1 :], e, robust)
+            tracker.finished(robust)
             if on_record is not None and rank == 0:
                 on_record(record)
     return report
@@ -488,7 +487,12 @@ def run_suite(
 
 class _Tracker:
     """Progress of one :func:`run_suite` call: the caller's ``progress(n)`` after each batch, and the
-    ``monitor``'s work in model passes (see :mod:`attacks.progress`) for this process's batches."""
+    ``monitor``'s work in model passes (see :mod:`attacks.progress`) for this process's batches.
+
+    The plan holds, per (attack, eps) record to compute, the samples it will attack and its passes per
+    sample. In a cascade the samples of a record not yet started are estimated from what the running
+    record fools so far (and, at a larger eps, from the samples robust at the smaller one); they are exact
+    once the record before has finished, and when the record starts."""
 
     def __init__(self, progress: Callable[[int], None] | None, monitor: SuiteProgress | None,
                  batches: list[range], rank: int, world_size: int) -> None:
@@ -498,60 +502,79 @@ class _Tracker:
         self.cost = 0.0
         self.planned: dict[tuple[str, float], tuple[int, float]] = {}  # (samples, passes each) per record
         self.minimizers: set[str] = set()
+        self.later: list[tuple[str, float]] = []  # records after the running one whose samples it decides
+        self.targets = self.attacked = self.fooled = 0
 
     def _count(self, mask: Tensor) -> int:
         return sum(int(mask[rows.start : rows.stop].sum()) for rows in self.mine)
 
-    def _plan(self, name: str, e: float, samples: int) -> None:
-        """At most ``samples`` will be attacked in record (name, e): the rest of its plan is skipped."""
-        if (name, e) in self.planned and self.monitor is not None:
-            before, cost = self.planned[(name, e)]
-            if samples < before:
+    def _plan(self, key: tuple[str, float], samples: int) -> None:
+        """Record ``key`` will attack ``samples``: the difference leaves the plan (negative: comes back)."""
+        if key in self.planned and self.monitor is not None:
+            before, cost = self.planned[key]
+            if samples != before:
                 self.monitor.skip((before - samples) * cost)
-                self.planned[(name, e)] = (samples, cost)
+                self.planned[key] = (samples, cost)
 
     def start(self, attacks: Sequence[SuiteAttack], eps: Sequence[float],
-              completed: Mapping[tuple[str, float], AttackRecord], clean_correct: Tensor) -> None:
+              completed: Mapping[tuple[str, float], AttackRecord], clean_correct: Tensor,
+              cascade: bool) -> None:
         if self.monitor is None:
             return
-        minimizers = self.minimizers
+        self.attacks, self.eps, self.cascade = list(attacks), list(eps), cascade
         samples = self._count(clean_correct)
         for e in eps:
             for entry in attacks:
-                if (entry.name, e) in completed or entry.name in minimizers:
+                if (entry.name, e) in completed or entry.name in self.minimizers:
                     continue
                 attack = entry.factory(e)
                 if attack.minimizes is not None:
-                    minimizers.add(entry.name)
+                    self.minimizers.add(entry.name)
                 self.planned[(entry.name, e)] = (samples, passes_per_sample(attack))
         self.monitor.start(sum(count * cost for count, cost in self.planned.values()))
 
-    def expect(self, later: Sequence[SuiteAttack], e: float, robust: Tensor) -> None:
-        """After a record at ``e``: the cascade's later attacks at ``e`` attack at most the robust samples
-        (a minimization attack, run once on every clean-correct sample, excepted)."""
-        for entry in later:
-            if entry.name not in self.minimizers:
-                self._plan(entry.name, e, self._count(robust))
+    def _cascade_after(self, a_index: int, e: float) -> list[tuple[str, float]]:
+        """The records whose samples depend on the cascade at (a_index, e): the later attacks at ``e`` and,
+        at each larger eps, the attacks after the first (a minimization attack, run on every clean-correct
+        sample, never)."""
+        if not self.cascade:
+            return []
+        keys = [(entry.name, e) for entry in self.attacks[a_index + 1 :]]
+        keys += [(entry.name, other) for other in self.eps if other > e for entry in self.attacks[1:]]
+        return [key for key in keys if key[0] not in self.minimizers]
 
-    def running(self, name: str, e: float, attack: Attack, targets: Tensor, clean_correct: Tensor,
-                first_run: bool) -> None:
-        """A record starts: name it; the samples it does not attack leave the plan."""
+    def running(self, a_index: int, e: float, attack: Attack, targets: Tensor, first_run: bool) -> None:
+        """A record starts: name it; its samples are known now."""
         if self.monitor is None:
             return
+        name = self.attacks[a_index].name
         self.monitor.running(name, e)
         self.cost = passes_per_sample(attack)
+        self.later, self.attacked, self.fooled = [], 0, 0
         if first_run and attack.minimizes is None:
-            self._plan(name, e, self._count(targets))
+            self.targets = self._count(targets)
+            self._plan((name, e), self.targets)
+            self.later = self._cascade_after(a_index, e)
+
+    def finished(self, robust: Tensor) -> None:
+        """The running record is done: the records after it attack (at most, at a larger eps) the robust."""
+        for key in self.later:
+            self._plan(key, self._count(robust))
 
     def begin_batch(self, attack: Attack, size: int) -> None:
         if self.monitor is not None:
             self.batch = BatchProgress(self.monitor.advance, size * self.cost, self.monitor.skip)
             innermost(attack).on_progress = self.batch
 
-    def end_batch(self, size: int) -> None:
+    def end_batch(self, size: int, fooled: int | None = None) -> None:
         if self.batch is not None:
             self.batch.finish()
             self.batch = None
+        if fooled is not None and self.later:  # estimate the next records from the rate fooled so far
+            self.attacked, self.fooled = self.attacked + size, self.fooled + fooled
+            survivors = round(self.targets * (1 - self.fooled / self.attacked))
+            for key in self.later:
+                self._plan(key, survivors)
         if self.progress is not None:
             self.progress(size)
 
@@ -617,7 +640,7 @@ def _run_bounded(
             _accumulate(sums, attack.last_stats, index.numel())
         record.fooled[index] = fooled
         record.nonfinite[index] = bad
-        tracker.end_batch(index.numel())
+        tracker.end_batch(index.numel(), int(fooled.sum()))
     record.seconds = _sum_across(time.perf_counter() - started, world_size)
     for name in ("attacked", "fooled", "nonfinite"):
         setattr(record, name, _gather(getattr(record, name), world_size))

@@ -43,7 +43,7 @@ class WorkBar:
     def skip(self, work: float) -> None:
         """Work planned but not done in this run (a record reused): out of the total, so that the rate, and
         with it the time left, comes from work actually done."""
-        if self.bar is not None and work > 0:
+        if self.bar is not None and work:  # negative: work back into the plan
             self.bar.total = max(self.bar.total - work, self.bar.n)
             self.bar.refresh()
 
