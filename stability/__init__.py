@@ -1,6 +1,7 @@
 """ODE solvers in PyTorch written for the analysis of deep networks as numerical schemes: explicit Runge–Kutta
 methods as Butcher tableaux run by one generic stepper, backward Euler by Newton–Krylov; ``solve``/``odeint``
-run one integration loop (``stability.integrate``) with any step control × any gradient strategy."""
+run one integration loop (``stability.integrate``) with any step control × any gradient strategy; per-sample
+events (``Event``, ``stability.event_loop``) and failure as a value (``throw=False``, ``Status``)."""
 
 from stability.adjoint import AdjointSolution
 from stability.backward_euler import BackwardEuler, ImplicitStats, backward_euler_step
@@ -13,6 +14,7 @@ from stability.errors import (
     SolverError,
     StepSizeUnderflowError,
 )
+from stability.events import Event
 from stability.memory import peak_memory
 from stability.odeint import (
     odeint,
@@ -25,8 +27,9 @@ from stability.odeint import (
     solve_per_sample,
 )
 from stability.options import ImplicitOptions, SolverOptions
-from stability.solution import PerSampleSolution, Solution, SolverStats
+from stability.solution import EventSolution, PerSampleSolution, Solution, SolverStats
 from stability.solver import RK4, SOLVERS, Bosh3, Dopri5, Euler, Heun, RungeKuttaSolver, Tsit5, step
+from stability.status import Status
 from stability.step_control import PIController
 from stability.tableau import ButcherTableau
 
@@ -47,6 +50,9 @@ __all__ = [
     "solve_per_sample",
     "SOLVERS",
     "ButcherTableau",
+    "Event",
+    "EventSolution",
+    "Status",
     "Bosh3",
     "Dopri5",
     "Tsit5",

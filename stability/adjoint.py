@@ -51,11 +51,13 @@ def solve_with_adjoint(func: TimeVectorField, y0: Tensor, t: Times, options: Sol
             _refuse_unlisted_gradients(func, y0, times[0], options.per_sample)
         with torch.no_grad():  # nothing to differentiate: never a silent O(steps) backprop graph
             sol = solve_backprop(func, y0, t, options)
-        return AdjointSolution(t=sol.t, ys=sol.ys, stats=sol.stats, method=options.method)
+        return AdjointSolution(t=sol.t, ys=sol.ys, stats=sol.stats, method=options.method, status=sol.status,
+                               t_reached=sol.t_reached, messages=sol.messages)
     context = _AdjointContext(func=func, t=t, times=times, options=options)
     ys = _AdjointFunction.apply(context, y0, *params)
     forward = context.forward_solution
     return AdjointSolution(t=forward.t, ys=ys, stats=forward.stats, method=options.method,
+                           status=forward.status, t_reached=forward.t_reached, messages=forward.messages,
                            adjoint_stats=context.adjoint_stats)
 
 

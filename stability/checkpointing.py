@@ -26,7 +26,12 @@ def solve_checkpoint(func: TimeVectorField, y0: Tensor, t: Times, options: Solve
     """Gradient strategy "checkpoint": the loop of ``integrate.run`` in chunks under
     ``torch.utils.checkpoint`` (any stepper: shared, fixed grid or per-sample)."""
     times = check_times(t)
-    stepper = make_stepper(func, y0, times, options)
+    stepper, values = run_checkpointed(make_stepper(func, y0, times, options), options)
+    return solution(stepper, y0, values, t, times, options)
+
+
+def run_checkpointed(stepper, options: SolverOptions) -> tuple[object, list[Tensor]]:
+    """``integrate.run`` in checkpointed chunks: (the finished stepper, the output values in order)."""
     chunk_sizes = _chunk_sizes(options, stepper)
     values: list[Tensor] = []
     checkpointing = torch.is_grad_enabled()
@@ -42,7 +47,7 @@ def solve_checkpoint(func: TimeVectorField, y0: Tensor, t: Times, options: Solve
         stepper = chunk.after
         stepper.set_state(tuple(produced[: len(state)]))
         values.extend(produced[len(state) :])
-    return solution(stepper, y0, values, t, times, options)
+    return stepper, values
 
 
 class _Chunk:

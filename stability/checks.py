@@ -152,11 +152,14 @@ def max_steps_error(max_steps: int, t0: float, t_bound: float, t: float, h: floa
     span = abs(t_bound - t0)
     message = (f"{sample}max_steps={max_steps} exceeded at t={t:.6g} ({100 * (abs(t - t0) / span):.1f}% of "
                f"[{t0:g}, {t_bound:g}]) with step size h={h:.3g}")
-    if h < 1e-3 * span and stiffness is not None and stiffness >= 1.0:
+    stiff = h < 1e-3 * span and stiffness is not None and stiffness >= 1.0
+    if stiff:
         message += (f"; the step size collapsed to {h / span:.2g} of the span with h·|∂f/∂y| ≈ "
                     f"{stiffness:.2g} (steps limited by stability, not accuracy): the problem looks stiff — "
                     f"method='backward_euler' with a step_size solves stiff problems")
-    return MaxStepsExceededError(message, t=t, h=h)
+    error = MaxStepsExceededError(message, t=t, h=h)
+    error.stiff_suspected = stiff  # Status.STIFF when throw=False
+    return error
 
 
 def as_float_list(values: Tensor | Sequence[float], name: str) -> list[float]:

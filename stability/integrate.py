@@ -14,17 +14,19 @@ deterministic re-run must reproduce); ``assemble(y0, values) -> ys``; ``statisti
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor
 
 from stability.base import OdeSolver, Times, TimeVectorField, shared_time
 from stability.checks import check_state, check_times
-from stability.errors import ODEInputError
+from stability.errors import ODEInputError, SolverError
 from stability.options import SolverOptions
 from stability.per_sample import PerSampleStepper
 from stability.solution import HIT_TOLERANCE, PerSampleSolution, Solution, SolverStats, output_reached
 from stability.solver import solver_class
+from stability.status import Status, status_of
 
 
 class SharedStepper:
@@ -36,6 +38,7 @@ class SharedStepper:
     def __init__(self, solver: OdeSolver, times: list[float], replicas: int | None = None) -> None:
         self.solver, self.times, self.index, self.replicas = solver, times, 1, replicas
         self.margin = HIT_TOLERANCE * abs(times[-1] - times[0])
+        self.failure: SolverError | None = None  # with throw=False: the error that ended the solve
 
     @property
     def finished(self) -> bool:
@@ -43,7 +46,13 @@ class SharedStepper:
 
     def advance(self) -> list[Tensor]:
         solver, times, margin = self.solver, self.times, self.margin
-        solver.step()
+        try:
+            solver.step()
+        except SolverError as failure:
+            if solver.options.throw:
+                raise
+            self.failure, self.index = failure, len(times)  # finished: the outputs not reached stay NaN
+            return []
         produced = []
         while self.index < len(times):
             target = times[self.index]
@@ -74,7 +83,17 @@ class SharedStepper:
         return self.solver.t, self.solver.stats.n_steps
 
     def assemble(self, y0: Tensor, values: list[Tensor]) -> Tensor:
-        return torch.stack([y0, *values])
+        # after a failure (throw=False) the outputs not reached are NaN
+        missing = [torch.full_like(y0, math.nan)] * (len(self.times) - 1 - len(values))
+        return torch.stack([y0, *values, *missing])
+
+    def outcome(self) -> tuple[Tensor, Tensor, list[str | None]]:
+        """(status, t_reached, messages): one integration (0-d), or ``replicas`` equal ones ([B])."""
+        status = Status.SUCCESS if self.failure is None else status_of(self.failure)
+        shape = () if self.replicas is None else (self.replicas,)
+        message = None if self.failure is None else str(self.failure)
+        return (torch.full(shape, int(status), dtype=torch.int64), torch.full(shape, self.solver.t,
+                dtype=torch.float64), [message] * (self.replicas or 1))
 
     def statistics(self) -> SolverStats | list[SolverStats]:
         stats = self.solver.stats
@@ -108,7 +127,9 @@ def solution(stepper, y0: Tensor, values: list[Tensor], t, times: list[float], o
     ys = stepper.assemble(y0, values)
     t_out = t if isinstance(t, Tensor) else torch.tensor(times, dtype=y0.dtype)
     kind = PerSampleSolution if options.per_sample else Solution
-    return kind(t=t_out, ys=ys, stats=stepper.statistics(), method=options.method)
+    status, t_reached, messages = stepper.outcome()
+    return kind(t=t_out, ys=ys, stats=stepper.statistics(), method=options.method, status=status,
+                t_reached=t_reached, messages=messages)
 
 
 def solve_backprop(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions):

@@ -67,7 +67,9 @@ class SolverOptions:
     ``adjoint_*``: given for another gradient they are an error). ``compile=True``: each step of an explicit
     RK method — stages with func traced in, stage sums, error ratio — runs as one ``torch.compile`` graph
     (``stability.compiled``: equal to rounding, not bitwise; seconds to compile, once per func, method and
-    tolerances); shared step control and gradient "backprop" or "checkpoint" only, else an ODEInputError."""
+    tolerances); shared step control and gradient "backprop" or "checkpoint" only, else an ODEInputError.
+    ``throw=False``: a failed integration returns its partial solution with a status per sample
+    (``stability.status``) instead of raising."""
 
     method: str = "dopri5"
     rtol: float = DEFAULT_RTOL
@@ -89,6 +91,7 @@ class SolverOptions:
     adjoint_params: tuple[Tensor, ...] | None = field(default=None, compare=False)
     adjoint_norm: str = "mixed"
     compile: bool = False
+    throw: bool = True
 
     def __post_init__(self) -> None:
         _known_method(self.method)
@@ -122,6 +125,11 @@ class SolverOptions:
             (self.checkpoint_every is None or _positive_int(self.checkpoint_every),
              f"checkpoint_every must be a positive integer, got {self.checkpoint_every!r}"),
             (isinstance(self.compile, bool), f"compile must be True or False, got {self.compile!r}"),
+            (isinstance(self.throw, bool), f"throw must be True or False, got {self.throw!r}"),
+            (self.throw or self.gradient != "adjoint",
+             "throw=False does not combine with gradient='adjoint': the adjoint integrates back from every "
+             "sample's final state, which a failed sample does not have; use gradient='backprop' or "
+             "'checkpoint'"),
             (not self.compile or compilable,
              f"compile=True compiles explicit Runge–Kutta steps under shared step control with gradient "
              f"'backprop' or 'checkpoint'; not method={self.method!r}, per_sample={self.per_sample}, "

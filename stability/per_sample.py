@@ -32,6 +32,7 @@ from stability.methods import TABLEAUX
 from stability.options import SolverOptions
 from stability.runge_kutta import interpolant, rk_step
 from stability.solution import HIT_TOLERANCE, SolverStats, output_reached
+from stability.status import Status, status_of
 from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step, stiffness
 
 
@@ -71,6 +72,10 @@ class PerSampleStepper:
         self.previous_ratio = torch.ones(batch, **f64)
         self.times_tensor = torch.tensor(times, **f64)
         self.next_output = torch.ones(batch, **counters)
+        # Samples that end before t_bound (a failure with throw=False, a terminal event) and why.
+        self.stopped, self.status = torch.zeros(batch, **flags), torch.zeros(batch, **counters)
+        self.messages: list[str | None] = [None] * batch
+        self.last_step = None  # (samples, t_old, h, y_old, y_new, stages) of the last attempt's accepted rows
 
     @property
     def finished(self) -> bool:
@@ -90,10 +95,12 @@ class PerSampleStepper:
             take = lambda x: x.index_select(0, active)  # noqa: E731
             put = lambda full, values: full.index_copy(0, active, values)  # noqa: E731
 
+        self.last_step = None
         t_a, y_a, h_a = take(self.t), take(self.y), take(self.h_abs)
         over = (self.n_accepted + self.n_rejected).index_select(0, active) >= options.max_steps
-        self._raise_at_first(over, active, t_a, h_a, lambda i, t, h, sample: max_steps_error(
-            options.max_steps, self.t0, self.t_bound, t, h, self._stiffness(int(active[i]), h), sample))
+        if self._fail_where(over, active, t_a, h_a, lambda i, t, h, sample: max_steps_error(
+                options.max_steps, self.t0, self.t_bound, t, h, self._stiffness(int(active[i]), h), sample)):
+            return []
         t_new = t_a + self.direction * h_a
         ends = self.direction * (t_new + STRETCH * self.direction * h_a - self.t_bound) >= 0
         overshoot = self.direction * (t_new - self.t_bound) >= 0
@@ -103,8 +110,9 @@ class PerSampleStepper:
         h_a = h.abs()
         resolution = (torch.nextafter(t_a, torch.full_like(t_a, self.direction * math.inf)) - t_a).abs()
         nonfinite_a = take(self.nonfinite)
-        self._raise_at_first(h_a < 10 * resolution, active, t_a, h_a, lambda i, t, h, sample: underflow_error(
-            t, h, self.direction, int(nonfinite_a[i]) > 0, sample))
+        if self._fail_where(h_a < 10 * resolution, active, t_a, h_a, lambda i, t, h, sample: underflow_error(
+                t, h, self.direction, int(nonfinite_a[i]) > 0, sample)):
+            return []
         stage0 = take(self.first_stage)
         need = (~take(self.known)).nonzero().squeeze(1)
         if need.numel() > 0:
@@ -117,8 +125,8 @@ class PerSampleStepper:
         factor = options.controller.factors(ratio, previous, tableau.error_order, take(self.rejected_before))
         h_next = torch.where(accept, (h_a * factor).clamp(max=options.max_step), h_a * factor)
         nonfinite = torch.where(accept | torch.isfinite(ratio), 0, nonfinite_a + 1)
-        self._raise_at_first(nonfinite >= MAX_NONFINITE_REJECTIONS, active, t_a, h_a,
-                             lambda i, t, h, sample: nonfinite_rejections_error(t, h, sample))
+        self._fail_where(nonfinite >= MAX_NONFINITE_REJECTIONS, active, t_a, h_a,
+                         lambda i, t, h, sample: nonfinite_rejections_error(t, h, sample))
         self.h_abs = put(self.h_abs, h_next)
         self.nonfinite = put(self.nonfinite, nonfinite)
         self.previous_ratio = put(self.previous_ratio, torch.where(accept, ratio.clamp(min=1e-4), previous))
@@ -143,15 +151,28 @@ class PerSampleStepper:
         if tableau.fsal:
             self.first_stage = stages[-1] if everyone else self.first_stage.index_copy(0, samples, stages[-1])
         self.known = self.known.index_fill(0, samples, tableau.fsal)
-        self.done = self.t == self.t_bound
+        self.done = (self.t == self.t_bound) | self.stopped
+        self.last_step = (samples, t_old, h_acc, y_old, y_acc, stages)
         return self._outputs(samples, t_old, h_acc, y_old, y_acc, stages)
 
-    @staticmethod
-    def _raise_at_first(mask: Tensor, active: Tensor, t_a: Tensor, h_a: Tensor, error) -> None:
-        """Raise ``error(i, t, h, "sample b: ")`` for the first active row i (sample b) where ``mask``."""
-        if bool(mask.any()):
-            i = int(mask.nonzero()[0, 0])
-            raise error(i, float(t_a[i]), float(h_a[i]), f"sample {int(active[i])}: ")
+    def _fail_where(self, mask: Tensor, active: Tensor, t_a: Tensor, h_a: Tensor, error) -> bool:
+        """Where ``mask`` (active rows i, samples b): raise ``error(i, t, h, "sample b: ")`` of the first one,
+        or with ``throw=False`` stop each such sample with its status code and message; whether any failed."""
+        if not bool(mask.any()):
+            return False
+        for i in mask.nonzero().squeeze(1).tolist():
+            failure = error(i, float(t_a[i]), float(h_a[i]), f"sample {int(active[i])}: ")
+            if self.options.throw:
+                raise failure
+            self.messages[int(active[i])] = str(failure)
+            self.stop(active[i : i + 1], status_of(failure))
+        return True
+
+    def stop(self, samples: Tensor, status: Status) -> None:
+        """End the integration of ``samples`` here (their outputs from now on stay missing: NaN)."""
+        self.stopped = self.stopped.index_fill(0, samples, True)
+        self.status = self.status.index_fill(0, samples, int(status))
+        self.done = self.done | self.stopped
 
     def _stiffness(self, b: int, h_abs: float) -> float | None:
         """``step_control.stiffness`` of one probe step of sample b with step h_abs (for an error message)."""
@@ -212,6 +233,7 @@ class PerSampleStepper:
         for name in ("nfe", "n_accepted", "n_rejected", "next_output"):
             setattr(other, name, getattr(self, name).clone())
         other.step_records, other.output_records = list(self.step_records), list(self.output_records)
+        other.messages = list(self.messages)
         other.last_output = (None, 0)
         return other
 
@@ -220,13 +242,24 @@ class PerSampleStepper:
 
     def assemble(self, y0: Tensor, values: list[Tensor]) -> Tensor:
         n_times, batch = len(self.times), self.batch
+        if not self.output_records:  # every sample stopped before its first output time
+            return torch.cat([y0.unsqueeze(0), torch.full((n_times - 1, *y0.shape), math.nan).to(y0)])
         pointers = torch.cat([p for p, _ in self.output_records])
         samples = torch.cat([s for _, s in self.output_records])
         flat = (pointers - 1) * batch + samples
         if flat.numel() != (n_times - 1) * batch or bool((torch.bincount(flat) != 1).any()):
-            raise RuntimeError("internal error: per-sample outputs are incomplete")  # pragma: no cover
-        ys = torch.cat(values).index_select(0, torch.argsort(flat))
+            if not bool(self.stopped.any()):
+                raise RuntimeError("internal error: per-sample outputs are incomplete")  # pragma: no cover
+            # stopped samples: the outputs they never reached are NaN
+            missing = y0.new_full(((n_times - 1) * batch, *y0.shape[1:]), math.nan)
+            ys = missing.index_copy(0, flat, torch.cat(values))
+        else:
+            ys = torch.cat(values).index_select(0, torch.argsort(flat))
         return torch.cat([y0.unsqueeze(0), ys.view(n_times - 1, batch, *y0.shape[1:])])
+
+    def outcome(self) -> tuple[Tensor, Tensor, list[str | None]]:
+        """(status [B], t_reached [B], messages) of every sample."""
+        return self.status.cpu(), self.t.cpu(), list(self.messages)
 
     def statistics(self) -> list[SolverStats]:
         stats = [SolverStats(nfe=int(n), n_accepted=int(a), n_rejected=int(r))
