@@ -181,7 +181,7 @@ def _hint(error: BaseException) -> str:
     return ""
 
 
-def _end_progress_bars() -> None:
+def end_progress_bars() -> None:
     """Close every live tqdm bar, so that what follows starts on a fresh line (a bar left open keeps the
     cursor at the end of its line; closing it ends the line, or clears it)."""
     try:
@@ -209,7 +209,7 @@ def run(main: Callable[..., Any], argv: Sequence[str] | None = None, *, stream=N
     except SystemExit:  # argparse (--help, usage errors): it has printed its own message
         raise
     except KeyboardInterrupt:
-        _end_progress_bars()
+        end_progress_bars()
         if debug:
             traceback.print_exc()
         done = f"; complete results kept: {outputs.line()[6:]}" if outputs.paths else ""
@@ -244,6 +244,7 @@ __all__ = [
     "add_data_arguments",
     "budget",
     "distinct",
+    "end_progress_bars",
     "make_parser",
     "one_line",
     "positive_int",
