@@ -266,3 +266,14 @@ def test_no_machine_paths():
         text = page.read_text(encoding="utf-8")
         for marker in ("/work/", "/home/", "/path/to", "/tmp/"):
             assert marker not in text, f"{page.name} holds a machine path ({marker})"
+
+
+def test_the_readme_is_a_front_door():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    block = text.split("<!-- ci:commands -->")[1].split("<!-- /ci:commands -->")[0]
+    commands = [line for line in block.splitlines() if line.strip() and not line.startswith("```")]
+    assert len(commands) == 2 and commands[1] == "python -m pytest -q"  # what .ci/run executes
+    assert 'python -m pytest -q -m "not slow"' in text
+    for page in re.findall(r"\]\((docs/[^)#]+\.md)\)", text):  # the docs map
+        assert (ROOT / page).is_file() or Path(page).name in FUTURE_PAGES, page
