@@ -6,6 +6,10 @@ Problems (float64, shared step control): the Arenstorf orbit (one period), the K
 oscillators (μ = 1) on [0, 10] solved as one state. The error is the max-norm error at the final time against
 DOP853 at rtol = atol = 1e-13, relative to max(1, ‖y_ref‖∞).
 
+A second table sets step controllers side by side on dopri5: the default I controller (PIController(beta=0),
+scipy's), the PI controller with beta = 0.04, and each of diffrax's suggested PID coefficient sets
+(``stability.pid_controller.PRESETS``), with scipy's RK45 for reference; then totals per controller.
+
 Run:  python -m bench.nfe_suite
 (asserted by ``tests/stability/test_solver_nfe_suite.py`` and ``test_solver_methods.py``)
 """
@@ -20,6 +24,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 import stability
+from stability.pid_controller import PRESETS
 
 TOLERANCES = (1e-3, 1e-6, 1e-9)
 
@@ -106,6 +111,39 @@ def run(problem: str, tol: float, method: str = "dopri5", **options) -> Row:
     return Row(problem, tol, sol.stats.nfe, rk45.nfev, error, error_rk45)
 
 
+def controllers() -> dict[str, object]:
+    """The controllers the second table compares, by name."""
+    named = {"I (default)": stability.PIController(), "PI beta=0.04": stability.PIController(beta=0.04)}
+    named.update({f"PID {name}": stability.PIDController.preset(name) for name in PRESETS if name != "I"})
+    return named
+
+
+def controller_table() -> None:
+    """NFE and error of dopri5 per controller on every problem and tolerance, then the totals."""
+    named = controllers()
+    print("\ndopri5 step controllers: nfe (error) per controller; scipy RK45 for reference")
+    print(f"{'problem':>20} {'tol':>6} {'scipy':>16} " + " ".join(f"{name:>20}" for name in named))
+    # per controller: total nfe, wins over the default (fewer nfe, error no larger), rows
+    totals = {name: [0, 0, 0] for name in named}
+    for problem in PROBLEMS:
+        for tol in TOLERANCES:
+            rows = {name: run(problem, tol, "dopri5", controller=c) for name, c in named.items()}
+            base = rows["I (default)"]
+            cells = []
+            for name, r in rows.items():
+                totals[name][0] += r.nfe
+                totals[name][1] += r.nfe < base.nfe and r.error <= base.error
+                totals[name][2] += 1
+                cells.append(f"{r.nfe:>7} ({r.error:.1e})")
+            print(f"{problem:>20} {tol:>6.0e} {base.nfe_rk45:>7} ({base.error_rk45:.1e}) " + " ".join(
+                f"{cell:>20}" for cell in cells))
+    default_total = totals["I (default)"][0]
+    print(f"\n{'controller':>20} {'total nfe':>10} {'vs default':>10} {'wins':>6}   (win: fewer nfe and an "
+          f"error no larger than the default's on one problem and tolerance)")
+    for name, (nfe, wins, rows) in totals.items():
+        print(f"{name:>20} {nfe:>10} {nfe / default_total:>10.3f} {wins:>3}/{rows}")
+
+
 def main() -> None:
     for method in ("dopri5", "bosh3", "tsit5"):
         peer = SCIPY_PEER.get(method, "RK45")
@@ -117,6 +155,7 @@ def main() -> None:
                 r = run(problem, tol, method)
                 print(f"{r.problem:>20} {r.tol:>6.0e} {r.nfe:>7} {r.nfe_rk45:>7} {r.nfe_ratio:>6.3f} "
                       f"{r.error:>9.2e} {r.error_rk45:>9.2e}")
+    controller_table()
 
 
 if __name__ == "__main__":

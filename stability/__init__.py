@@ -27,6 +27,7 @@ from stability.odeint import (
     solve_per_sample,
 )
 from stability.options import ImplicitOptions, SolverOptions
+from stability.pid_controller import PIDController
 from stability.solution import EventSolution, PerSampleSolution, Solution, SolverStats
 from stability.solver import RK4, SOLVERS, Bosh3, Dopri5, Euler, Heun, RungeKuttaSolver, Tsit5, step
 from stability.status import Status
@@ -64,6 +65,7 @@ __all__ = [
     "ODEInputError",
     "OdeSolver",
     "PIController",
+    "PIDController",
     "RungeKuttaSolver",
     "Solution",
     "SolverOptions",

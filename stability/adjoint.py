@@ -48,7 +48,7 @@ def solve_with_adjoint(func: TimeVectorField, y0: Tensor, t: Times, options: Sol
     times = check_times(t)
     if not (torch.is_grad_enabled() and (y0.requires_grad or len(params) > 0)):
         if torch.is_grad_enabled():
-            _refuse_unlisted_gradients(func, y0, times[0], options.per_sample)
+            _refuse_unlisted_gradients(func, y0, times[0], options.per_sample, options.time_dtype)
         with torch.no_grad():  # nothing to differentiate: never a silent O(steps) backprop graph
             sol = solve_backprop(func, y0, t, options)
         return AdjointSolution(t=sol.t, ys=sol.ys, stats=sol.stats, method=options.method, status=sol.status,
@@ -61,11 +61,12 @@ def solve_with_adjoint(func: TimeVectorField, y0: Tensor, t: Times, options: Sol
                            adjoint_stats=context.adjoint_stats)
 
 
-def _refuse_unlisted_gradients(func: TimeVectorField, y0: Tensor, t0: float, per_sample: bool) -> None:
+def _refuse_unlisted_gradients(func: TimeVectorField, y0: Tensor, t0: float, per_sample: bool,
+                               time: torch.dtype | None) -> None:
     """With nothing to differentiate (y0 without grad, no adjoint_params), a func that uses tensors requiring
     grad would get its gradients from plain backprop, silently; raise instead (costs one evaluation)."""
-    t = torch.full((y0.shape[0],) if per_sample else (), t0, dtype=time_dtype(y0), device=y0.device)
-    f0 = func(t, y0.detach())
+    t = torch.full((y0.shape[0],) if per_sample else (), t0, dtype=time_dtype(y0, time), device=y0.device)
+    f0 = func(t, y0.detach().clone())  # a copy: func may not change the caller's y0, even in place
     if isinstance(f0, Tensor) and f0.requires_grad:
         raise ODEInputError("gradient='adjoint': func uses tensors requiring grad, but y0 does not require "
                             "grad and adjoint_params is empty, so the adjoint would compute no gradient for "
@@ -110,15 +111,19 @@ def _integrate_adjoint(context: _AdjointContext, ys: Tensor, grad_ys: Tensor, pa
     forward_stats = context.forward_solution.stats
     forward_stats = forward_stats[0] if isinstance(forward_stats, list) else forward_stats
     grid = forward_stats.step_times + [times[-1]] if options.fixed_step else None
+    # Per-sample tolerances [B]: the shared backward solve runs at the strictest of them.
+    tolerances = {} if grid is not None else dict(
+        rtol=_strictest(options.rtol if options.adjoint_rtol is None else options.adjoint_rtol),
+        atol=_strictest(options.atol if options.adjoint_atol is None else options.adjoint_atol))
     backward_options = SolverOptions(
         method=options.adjoint_method or options.method,
-        rtol=options.rtol if options.adjoint_rtol is None else options.adjoint_rtol,
-        atol=options.atol if options.adjoint_atol is None else options.adjoint_atol,
         max_step=options.max_step,
         max_steps=options.max_steps,
         controller=options.controller,
         norm=functools.partial(_mixed_norm, sizes, 2 if options.adjoint_norm == "seminorm" else len(sizes)),
         grid=(times[0], times[-1]) if grid is not None else None,
+        time_dtype=options.time_dtype,
+        **tolerances,
     )
     stats = context.adjoint_stats
     adjoint = grad_ys[-1].reshape(-1)
@@ -145,6 +150,10 @@ def _integrate_adjoint(context: _AdjointContext, ys: Tensor, grad_ys: Tensor, pa
     grad_y0 = adjoint.view(shape)
     grad_params = [a.view_as(p).to(p.dtype) for a, p in zip(param_adjoints, params)]
     return grad_y0, grad_params
+
+
+def _strictest(tolerance: float | Tensor) -> float:
+    return float(tolerance.min()) if isinstance(tolerance, Tensor) else tolerance
 
 
 class _AugmentedSystem:

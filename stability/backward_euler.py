@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from stability import checks
 from stability.base import OdeSolver, TimeVectorField
-from stability.checks import LOW_PRECISION, all_finite, evaluate_checked, time_dtype
+from stability.checks import LOW_PRECISION, all_finite, evaluate_checked
 from stability.errors import NonConvergenceError, NonFiniteValueError
 from stability.krylov import gmres
 from stability.newton_krylov import make_jvp, newton_krylov
@@ -45,15 +46,17 @@ def rounding_floor(z: Tensor, y: Tensor, hf: Tensor) -> float:
 
 
 def backward_euler_step(func: TimeVectorField, t: float, y: Tensor, h: float, *,
-                        options: ImplicitOptions | None = None, stats: ImplicitStats | None = None) -> Tensor:
+                        options: ImplicitOptions | None = None, stats: ImplicitStats | None = None,
+                        time_dtype: torch.dtype | None = None) -> Tensor:
     """z = y + h·func(t + h, z) solved to tolerance; differentiable in y and func's parameters by the IFT.
 
-    ``func`` receives t + h as a 0-d tensor. Raises ``NonConvergenceError`` (with t, h and the residual) when
-    neither Newton–Krylov nor the fixed-point fallback reaches the tolerance.
+    ``func`` receives t + h as a 0-d tensor (of ``time_dtype``; default y's, float32 below it). Raises
+    ``NonConvergenceError`` (with t, h and the residual) when neither Newton–Krylov nor the fixed-point
+    fallback reaches the tolerance.
     """
     options = options or ImplicitOptions()
     t, h = float(t), float(h)
-    t_new = torch.full((), t + h, dtype=time_dtype(y), device=y.device)
+    t_new = torch.full((), t + h, dtype=checks.time_dtype(y, time_dtype), device=y.device)
     tol = options.tolerance(y.dtype)
     y_detached = y.detach()
 
@@ -189,7 +192,8 @@ class BackwardEuler(OdeSolver):
         return backward_euler_step(func, t, y, h, options=ImplicitOptions(**options) if options else None)
 
     def _fixed_step(self, h: float) -> tuple[Tensor, None]:
-        y_new = backward_euler_step(self._func, self.t, self.y, h, options=self.implicit, stats=self.stats)
+        y_new = backward_euler_step(self._func, self.t, self.y, h, options=self.implicit, stats=self.stats,
+                                    time_dtype=self._time_dtype)
         return y_new, None
 
     def dense_output(self) -> Callable[[float], Tensor]:

@@ -38,7 +38,8 @@ class OdeSolver:
         if not (math.isfinite(t0) and math.isfinite(t_bound)) or t0 == t_bound:
             raise ODEInputError(f"need finite t0 != t_bound, got t0={t0}, t_bound={t_bound}")
         self.options, self._func = options, func
-        self.t0, self.t_bound, self.t, self.y = t0, t_bound, t0, y0
+        # func works on the solver's copy: an in-place change by func is refused without changing y0
+        self.t0, self.t_bound, self.t, self.y = t0, t_bound, t0, y0.clone()
         self.direction = 1.0 if t_bound > t0 else -1.0
         self.rtol, self.atol = options.rtol, options.atol
         self.max_step, self.max_steps = float(options.max_step), options.max_steps
@@ -46,7 +47,7 @@ class OdeSolver:
         self.stats = SolverStats()
         self.status = "running"
         self.t_old = self.y_old = self._stages = self._h_last = None  # the last accepted step, once taken
-        self._time_dtype, self._device = time_dtype(y0), y0.device
+        self._time_dtype, self._device = time_dtype(y0, options.time_dtype), y0.device
         self._t_last, self._t_tensor = None, None
         self._last_output: tuple[Tensor | None, int] = (None, 0)  # func's previous output and its version
         self.grid = self._make_grid(options.step_size, options.grid)

@@ -21,9 +21,20 @@ from stability.errors import (
 LOW_PRECISION = {torch.float16: 1e-2, torch.bfloat16: 1e-1}
 
 
-def time_dtype(y: Tensor) -> torch.dtype:
-    """The dtype in which ``func`` receives t: y's for float32/float64 states, float32 below that."""
+def time_dtype(y: Tensor, given: torch.dtype | None = None) -> torch.dtype:
+    """The dtype in which ``func`` receives t: ``given`` (``SolverOptions.time_dtype``) when set, else y's for
+    float32/float64 states and float32 below that."""
+    if given is not None:
+        return given
     return y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def describe_time(where) -> str:
+    """How an error names the time of an evaluation: ``where`` is a float (one shared time), None (per-sample
+    times) or a phrase already written (e.g. the compiled step, where t is traced)."""
+    if isinstance(where, str):
+        return where
+    return "t=[per-sample times]" if where is None else f"t={where}"
 
 
 def all_finite(x: Tensor) -> bool:
@@ -34,6 +45,9 @@ def all_finite(x: Tensor) -> bool:
 def check_state(y0: Tensor) -> None:
     if not isinstance(y0, Tensor):
         raise ODEInputError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
+    if y0.is_meta:
+        raise ODEInputError("y0 is on the meta device (a shape without values): a solve needs its values; "
+                            "create it on 'cpu' or 'cuda'")
     if not y0.is_floating_point():
         raise ODEInputError(f"y0 must have a floating dtype, got {y0.dtype}")
     if y0.numel() == 0:
@@ -42,23 +56,57 @@ def check_state(y0: Tensor) -> None:
         raise ODEInputError("y0 contains NaN or infinite values")
 
 
-def check_tolerances(rtol: float, atol: float) -> None:
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ODEInputError(f"{name} must be a finite non-negative number, got {value!r}")
-    if rtol == 0 and atol == 0:
+def tolerance_value(name: str, value, per_sample: bool = False) -> float | Tensor:
+    """A tolerance as the solver uses it: a float (also from a 0-d tensor), or with ``per_sample`` a 1-D
+    float64 tensor [B] of per-sample values; anything else (a bool, a string, a tensor of another shape, a
+    negative, NaN or infinite value) is an ``ODEInputError`` naming what is wrong."""
+    if isinstance(value, Tensor):
+        if value.is_meta or not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+            raise ODEInputError(f"{name} must be a number or a floating tensor with values, got a tensor of "
+                                f"dtype {value.dtype} on {value.device}")
+        if value.dim() == 0:
+            value = float(value)
+        elif value.dim() == 1 and per_sample:
+            value = value.detach().to(torch.float64)
+            if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+                raise ODEInputError(f"{name} must hold finite non-negative values, got {value.tolist()}")
+            return value
+        else:
+            shape = tuple(value.shape)
+            raise ODEInputError(f"{name} must be a number, or a 1-D tensor of one value per sample with "
+                                f"per_sample=True; got a tensor of shape {shape}"
+                                + ("" if per_sample else " without per_sample"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ODEInputError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ODEInputError(f"{name} must be a finite non-negative number, got {value!r}")
+    return value
+
+
+def check_tolerances(rtol, atol, per_sample: bool = False) -> tuple[float | Tensor, float | Tensor]:
+    """rtol and atol as ``tolerance_value`` returns them, refused where both are zero."""
+    rtol, atol = tolerance_value("rtol", rtol, per_sample), tolerance_value("atol", atol, per_sample)
+    if isinstance(rtol, Tensor) and isinstance(atol, Tensor) and rtol.shape != atol.shape:
+        raise ODEInputError(f"per-sample rtol and atol must have the same length, got {rtol.numel()} and "
+                            f"{atol.numel()}")
+    if isinstance(rtol, Tensor) or isinstance(atol, Tensor):
+        both_zero = bool(torch.as_tensor((rtol == 0) & (atol == 0)).any())
+    else:
+        both_zero = rtol == 0 and atol == 0
+    if both_zero:
         raise ODEInputError("rtol and atol cannot both be zero")
+    return rtol, atol
 
 
 def check_output(f, y: Tensor, t, version: int | None = None) -> None:
     """Raise unless ``f`` is a tensor of y's shape and dtype and func left y as it was (``version``: y's
     version counter before the call); called on every evaluation that looks wrong."""
-    where = f"t={t}" if isinstance(t, float) else "t=[per-sample times]"
+    where = describe_time(t)
     if version is not None and y._version != version:
         raise ODEInputError(
             f"func modified its input y in place at {where}: the solver keeps y and the stage inputs, so an "
             f"in-place operation on y changes the solution silently; use out-of-place operations "
-            f"(y.clamp(...), not y.clamp_(...))")
+            f"(y.clamp(...), not y.clamp_(...)). Your y0 is unchanged: the solver works on its own copy")
     if not isinstance(f, Tensor):
         raise ODEInputError(f"func must return a torch.Tensor, got {type(f).__name__}")
     if f.shape != y.shape:
@@ -71,7 +119,7 @@ def check_output(f, y: Tensor, t, version: int | None = None) -> None:
 
 def reused_output_error(t) -> ODEInputError:
     """func wrote into and returned the memory of its previous output, which the solver still holds."""
-    where = f"t={t}" if isinstance(t, float) else "t=[per-sample times]"
+    where = describe_time(t)
     return ODEInputError(
         f"func returned, at {where}, the memory it returned at its previous evaluation after writing to it "
         f"(a reused output buffer, e.g. torch.neg(y, out=buf)): the solver keeps every stage, so overwriting "
@@ -93,6 +141,15 @@ def evaluate_checked(func, t, y: Tensor, where, last: tuple[Tensor | None, int])
     return f, (f, f._version)
 
 
+def check_norm_value(ratio, error: Tensor, y_new: Tensor, t, sample: str = "") -> None:
+    """A non-finite error ratio from the caller's ``norm`` for a finite error estimate and a finite step is
+    the norm's fault, not func's: an ``ODEInputError`` naming it (instead of rejections blamed on func)."""
+    if all_finite(error) and all_finite(y_new):
+        raise ODEInputError(f"{sample}norm returned {ratio} at {describe_time(t)} for a finite error "
+                            f"estimate and a finite step: the error norm (options.norm), not func, produced "
+                            f"it; it must return a finite non-negative ratio")
+
+
 def check_derivative(f: Tensor, y: Tensor, t: float) -> None:
     check_output(f, y, t)
     if not all_finite(f):
@@ -110,6 +167,8 @@ def check_low_precision(dtype: torch.dtype, rtol: float) -> None:
     """Adaptive control in float16/bfloat16 needs rtol above the state's resolution (the error norm and the
     controller themselves run in float32)."""
     floor = LOW_PRECISION.get(dtype)
+    if isinstance(rtol, Tensor):
+        rtol = float(rtol.min())
     if floor is not None and rtol < floor:
         raise ODEInputError(
             f"rtol={rtol:g} is below what a {dtype} state resolves (eps = {torch.finfo(dtype).eps:.2g}): "
@@ -140,6 +199,14 @@ def underflow_error(t: float, h: float, direction: float, nonfinite: bool, sampl
     return StepSizeUnderflowError(sample + message, t=t, h=h)
 
 
+def min_step_error(min_step: float, t: float, h: float, sample: str = "") -> StepSizeUnderflowError:
+    """The controller proposed a step below ``min_step`` (without ``force_min_step``)."""
+    return StepSizeUnderflowError(
+        f"{sample}the step size fell to h={h:.3g} at t={t!r}, below min_step={min_step:g} (the problem is "
+        f"probably stiff or singular there); lower min_step, or force_min_step=True to step on at min_step "
+        f"without error control", t=t, h=h)
+
+
 def nonfinite_rejections_error(t: float, h: float, sample: str = "") -> NonFiniteValueError:
     message = f"{sample}func returned non-finite values at t={t:.6g} even with the step shrunk to h={h:.3g}"
     return NonFiniteValueError(message, t=t, h=h)
@@ -164,6 +231,8 @@ def max_steps_error(max_steps: int, t0: float, t_bound: float, t: float, h: floa
 
 def as_float_list(values: Tensor | Sequence[float], name: str) -> list[float]:
     if isinstance(values, Tensor):
+        if values.is_meta:
+            raise ODEInputError(f"{name} is on the meta device (a shape without values): pass its values")
         if values.dim() != 1:
             raise ODEInputError(f"{name} must be one-dimensional, got shape {tuple(values.shape)}")
         return values.detach().double().cpu().tolist()

@@ -2,7 +2,10 @@
 ``func`` traced in, stage sums, error estimate and error ratio — as one ``torch.compile`` graph.
 
 Rounds differently from the eager step (fused kernels, t + c·h and the stage weights applied in one pass), so
-results agree with ``compile=False`` to rounding, not bitwise. Compiled once per (func, method, rtol, atol)
+results agree with ``compile=False`` to rounding, not bitwise, and the step sequence may differ: where the
+error estimate is itself at the rounding level (float32 at rtol ≈ 1e-6) the two error ratios of one step can
+differ by a factor of a few, enough to flip an accept/reject decision (``bench/compile_rounding.py``).
+Compiled once per (func, method, rtol, atol)
 and kept while that func object lives (pass the same module or function: a fresh lambda or bound method per
 solve compiles again); torch recompiles per shape, dtype and grad mode, and a Python side effect in func
 (e.g. an evaluation counter on the module) recompiles at every call until torch's recompile limit, after
@@ -19,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from stability import checks
 from stability.checks import LOW_PRECISION, check_output
 from stability.runge_kutta import RKStep
 from stability.tableau import ButcherTableau
@@ -26,20 +30,22 @@ from stability.tableau import ButcherTableau
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # func -> {(method, rtol, atol): step}
 
 
-def compiled_step(func: Callable, tableau: ButcherTableau, rtol: float, atol: float) -> Callable:
+def compiled_step(func: Callable, tableau: ButcherTableau, rtol: float, atol: float,
+                  time_dtype: torch.dtype | None = None) -> Callable:
     """``step(t_h, y, first_stage) -> (RKStep, ratio)``, t_h = tensor([t, h]) in float64; ratio: the mixed
     RMS error ratio as a 0-d tensor (None for fixed-step tableaux)."""
     try:
         steps = _CACHE.setdefault(func, {})
     except TypeError:  # func cannot be weakly referenced: compile for this solve only
         steps = {}
-    key = (tableau.name, rtol, atol)
+    key = (tableau.name, rtol, atol, time_dtype)
     if key not in steps:
-        steps[key] = _compile(func, tableau, rtol, atol)
+        steps[key] = _compile(func, tableau, rtol, atol, time_dtype)
     return steps[key]
 
 
-def _compile(func: Callable, tableau: ButcherTableau, rtol: float, atol: float) -> Callable:
+def _compile(func: Callable, tableau: ButcherTableau, rtol: float, atol: float,
+             time_dtype: torch.dtype | None) -> Callable:
     stage_plan, b_plan, error_plan = tableau.stage_plan, tableau.b_plan, tableau.error_plan
     func = _weak(func)  # the cache's value must not keep its key alive
 
@@ -48,9 +54,9 @@ def _compile(func: Callable, tableau: ButcherTableau, rtol: float, atol: float) 
         return total if y is None else y + total
 
     def evaluate(t: Tensor, y: Tensor) -> Tensor:
-        f = func()(t.to(y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32), y)
+        f = func()(t.to(checks.time_dtype(y, time_dtype)), y)
         if not isinstance(f, Tensor) or f.shape != y.shape or f.dtype != y.dtype:  # decided while tracing
-            check_output(f, y, "[compiled step]")
+            check_output(f, y, "a stage of the compiled step (compile=True: t is traced, not known)")
         return f
 
     def step(t_h: Tensor, y: Tensor, first_stage: Tensor | None):

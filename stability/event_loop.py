@@ -59,7 +59,8 @@ class EventStepper:
                 raise ODEInputError(f"events are not supported by the stepper {type(inner).__name__}")
             inner.solver._func = FrozenRows(inner.solver._func)
         self.direction = 1.0 if times[-1] > times[0] else -1.0
-        self.batch, self.time_dtype = y0.shape[0], time_dtype(y0)
+        options = inner.options if isinstance(inner, PerSampleStepper) else inner.solver.options
+        self.batch, self.time_dtype = y0.shape[0], time_dtype(y0, options.time_dtype)
         self.resolution = 4 * torch.finfo(y0.dtype).eps
         device = y0.device
         t0 = torch.full((self.batch,), times[0], dtype=torch.float64, device=device)

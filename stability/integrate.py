@@ -37,6 +37,7 @@ class SharedStepper:
 
     def __init__(self, solver: OdeSolver, times: list[float], replicas: int | None = None) -> None:
         self.solver, self.times, self.index, self.replicas = solver, times, 1, replicas
+        self.y0 = solver.y  # the solver's copy of y0: ys[0], so y0's gradient sums in one place as before
         self.margin = HIT_TOLERANCE * abs(times[-1] - times[0])
         self.failure: SolverError | None = None  # with throw=False: the error that ended the solve
 
@@ -83,9 +84,9 @@ class SharedStepper:
         return self.solver.t, self.solver.stats.n_steps
 
     def assemble(self, y0: Tensor, values: list[Tensor]) -> Tensor:
-        # after a failure (throw=False) the outputs not reached are NaN
-        missing = [torch.full_like(y0, math.nan)] * (len(self.times) - 1 - len(values))
-        return torch.stack([y0, *values, *missing])
+        # after a failure (throw=False) the outputs not reached are NaN; ys[0] is the solver's copy of y0
+        missing = [torch.full_like(self.y0, math.nan)] * (len(self.times) - 1 - len(values))
+        return torch.stack([self.y0, *values, *missing])
 
     def outcome(self) -> tuple[Tensor, Tensor, list[str | None]]:
         """(status, t_reached, messages): one integration (0-d), or ``replicas`` equal ones ([B])."""

@@ -13,7 +13,7 @@ from stability.checkpointing import solve_checkpoint
 from stability.event_loop import solve_with_events
 from stability.events import Event
 from stability.integrate import solve_backprop
-from stability.options import SolverOptions, as_options, option_keywords
+from stability.options import SolverOptions, as_options, option_keywords, time_precision
 from stability.solution import PerSampleSolution, Solution
 
 # The gradient strategies, each a function (func, y0, t, options) -> Solution around ``integrate``'s loop.
@@ -37,9 +37,11 @@ def solve(func: TimeVectorField, y0: Tensor, t: Times, options: SolverOptions | 
     sample along dim 0 (func gets t of shape [B]). ``compile=True``: each explicit RK step as one
     ``torch.compile`` graph (``stability.compiled``). ``events``: one ``Event`` or several, watched per sample
     along dim 0 (an ``EventSolution``; ``stability.event_loop``). ``throw=False``: a failed integration
-    returns its partial solution with ``status``/``t_reached`` per sample (``stability.status``).
+    returns its partial solution with ``status``/``t_reached`` per sample (``stability.status``). t given as
+    a float64 tensor with a lower-precision y0: func receives t in float64 (``time_dtype``), so late times
+    keep their resolution.
     """
-    options = as_options(options, keywords)
+    options = time_precision(as_options(options, keywords), y0, t)
     if events is not None:
         return solve_with_events(func, y0, t, events, options)
     return GRADIENT_STRATEGIES[options.gradient](func, y0, t, options)

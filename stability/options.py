@@ -19,14 +19,25 @@ from torch import Tensor
 from stability.checks import as_float_list, check_tolerances
 from stability.errors import ODEInputError
 from stability.methods import IMPLICIT, METHOD_NAMES, TABLEAUX
-from stability.step_control import PIController
+from stability.pid_controller import PIDController
+from stability.step_control import NAMED_NORMS, PIController
 
 DEFAULT_RTOL = 1e-7
 DEFAULT_ATOL = 1e-9
 DEFAULT_MAX_STEPS = 100_000
 GRADIENTS = ("backprop", "checkpoint", "adjoint")
-# ErrorNorm(error, y_old, y_new, rtol, atol) -> the ratio compared with 1: a number, or [B] per sample.
+# ErrorNorm(error, y_old, y_new, rtol, atol) -> the ratio compared with 1: a number, or [B] per sample
+# (per-sample mode: rtol and atol are then numbers or float64 tensors [B] of the samples in the step).
 ErrorNorm = Callable[[Tensor, Tensor, Tensor, float, float], float | Tensor]
+Controller = PIController | PIDController
+
+
+class Unstated(float):
+    """A tolerance the caller did not state: the default, or one ``replace`` carried over. Fixed steps
+    (``step_size``/``grid``) ignore it; a tolerance stated together with fixed steps is an error instead of
+    being silently ignored. Behaves as the float it holds."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -62,26 +73,34 @@ class ImplicitOptions:
 @dataclass(frozen=True)
 class SolverOptions:
     """Settings of one solve (defaults as ``solve``'s keywords): step control (``step_size`` or ``grid`` for
-    fixed steps; ``norm``: an ``ErrorNorm`` in place of the mixed RMS), ``per_sample`` control along dim 0,
+    fixed steps, which refuse stated tolerances; adaptive: ``rtol``/``atol`` — numbers, or tensors [B] of
+    per-sample values with ``per_sample`` —, ``controller`` a ``PIController`` or ``PIDController``,
+    ``min_step``/``force_min_step``, ``norm``: "rms" (the default mixed RMS), "max" or an ``ErrorNorm``),
+    ``per_sample`` control along dim 0, ``time_dtype`` (the dtype of the t func receives; None: y0's),
     ``implicit`` (backward Euler's Newton–Krylov), and ``gradient`` with its own options (``checkpoint_*``,
     ``adjoint_*``: given for another gradient they are an error). ``compile=True``: each step of an explicit
     RK method — stages with func traced in, stage sums, error ratio — runs as one ``torch.compile`` graph
-    (``stability.compiled``: equal to rounding, not bitwise; seconds to compile, once per func, method and
-    tolerances); shared step control and gradient "backprop" or "checkpoint" only, else an ODEInputError.
-    ``throw=False``: a failed integration returns its partial solution with a status per sample
-    (``stability.status``) instead of raising."""
+    (``stability.compiled``: equal to rounding, not bitwise, and not always the same steps; seconds to
+    compile, once per func, method and tolerances); shared step control and gradient "backprop" or
+    "checkpoint" only, else an ODEInputError. ``min_step``: a proposed step below it raises
+    ``StepSizeUnderflowError``, or with ``force_min_step`` is taken at min_step and accepted whatever its
+    (finite) error. ``throw=False``: a failed integration returns its partial solution with a status per
+    sample (``stability.status``) instead of raising."""
 
     method: str = "dopri5"
-    rtol: float = DEFAULT_RTOL
-    atol: float = DEFAULT_ATOL
+    rtol: float | Tensor = Unstated(DEFAULT_RTOL)
+    atol: float | Tensor = Unstated(DEFAULT_ATOL)
     step_size: float | None = None
     grid: tuple[float, ...] | None = None
     first_step: float | None = None
     max_step: float = math.inf
+    min_step: float = 0.0
+    force_min_step: bool = False
     max_steps: int = DEFAULT_MAX_STEPS
-    controller: PIController = PIController()
-    norm: ErrorNorm | None = None
+    controller: Controller = PIController()
+    norm: ErrorNorm | str | None = None
     per_sample: bool = False
+    time_dtype: torch.dtype | None = None
     implicit: ImplicitOptions | None = None
     gradient: str = "backprop"
     checkpoint_every: int | None = None
@@ -95,7 +114,7 @@ class SolverOptions:
 
     def __post_init__(self) -> None:
         _known_method(self.method)
-        check_tolerances(self.rtol, self.atol)
+        self._set_tolerances()
         _require(self.step_size is None or self.grid is None, "give either step_size or grid, not both")
         if self.step_size is not None:
             object.__setattr__(self, "step_size", float(self.step_size))
@@ -103,8 +122,8 @@ class SolverOptions:
             object.__setattr__(self, "grid", tuple(as_float_list(self.grid, "grid")))
         adaptive = self.fixed_step or (self.method in TABLEAUX and TABLEAUX[self.method].adaptive)
         compilable = self.method in TABLEAUX and not self.per_sample and self.gradient != "adjoint"
-        misplaced = sorted(name for name, default in _FIELD_DEFAULTS.items() if _gradient_of(name) not in
-                           (None, self.gradient) and getattr(self, name) != default)
+        misplaced = sorted(name for name, (gradient, default) in _GRADIENT_FIELDS.items()
+                           if gradient != self.gradient and getattr(self, name) != default)
         for ok, message in (
             (self.step_size is None or (math.isfinite(self.step_size) and self.step_size > 0),
              f"step_size must be positive and finite, got {self.step_size}"),
@@ -113,9 +132,23 @@ class SolverOptions:
             (adaptive, f"method '{self.method}' has no embedded error estimate: give step_size or grid"),
             (_positive_int(self.max_steps), f"max_steps must be a positive integer, got {self.max_steps!r}"),
             (self.max_step > 0, f"max_step must be positive, got {self.max_step}"),
+            (_number(self.min_step) and math.isfinite(self.min_step) and 0 <= self.min_step <= self.max_step,
+             f"min_step must be a finite number in [0, max_step={self.max_step}], got {self.min_step!r}"),
+            (isinstance(self.force_min_step, bool),
+             f"force_min_step must be True or False, got {self.force_min_step!r}"),
+            (not self.force_min_step or self.min_step > 0, "force_min_step=True needs a min_step > 0"),
+            (not (self.fixed_step and (self.min_step > 0 or self.force_min_step)),
+             "min_step and force_min_step control adaptive steps; fixed steps (step_size/grid) take exactly "
+             "the steps given: drop one or the other"),
+            (self.time_dtype in (None, torch.float32, torch.float64),
+             f"time_dtype must be None, torch.float32 or torch.float64, got {self.time_dtype!r}"),
             (self.first_step is None or (math.isfinite(self.first_step) and self.first_step > 0),
              f"first_step must be positive and finite, got {self.first_step}"),
-            (isinstance(self.controller, PIController), "controller must be a PIController"),
+            (isinstance(self.controller, (PIController, PIDController)),
+             f"controller must be a PIController or a PIDController, got {type(self.controller).__name__}"),
+            (self.norm is None or callable(self.norm) or self.norm in NAMED_NORMS,
+             f"norm must be a function (ErrorNorm) or one of {', '.join(map(repr, NAMED_NORMS))}, got "
+             f"{self.norm!r}"),
             (isinstance(self.implicit, (ImplicitOptions, type(None))), "implicit must be ImplicitOptions"),
             (self.implicit is None or self.method in IMPLICIT,
              f"implicit options apply to method='backward_euler' only, not {self.method!r}"),
@@ -138,6 +171,21 @@ class SolverOptions:
             _require(ok, message)
         if self.gradient == "adjoint":
             self._check_adjoint()
+
+    def _set_tolerances(self) -> None:
+        """rtol and atol validated (numbers; 1-D tensors [B] in per-sample mode) and normalised (a 0-d tensor
+        to a float); stated together with fixed steps they are an error, not silently ignored."""
+        rtol, atol = check_tolerances(self.rtol, self.atol, per_sample=self.per_sample)
+        stated = [name for name in ("rtol", "atol") if not isinstance(getattr(self, name), Unstated)]
+        _require(not (stated and self.fixed_step),
+                 f"{' and '.join(stated)} given with fixed steps (step_size={self.step_size}, grid="
+                 f"{'given' if self.grid is not None else None}): fixed steps take exactly the steps given "
+                 f"and have no error control, so tolerances would be ignored. Drop {'/'.join(stated)} for "
+                 f"fixed steps, or drop step_size/grid for adaptive steps at these tolerances")
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            if isinstance(getattr(self, name), Unstated):
+                value = Unstated(value)
+            object.__setattr__(self, name, value)
 
     def _check_adjoint(self) -> None:
         backward = self.adjoint_method or self.method
@@ -168,6 +216,10 @@ class SolverOptions:
         unknown = sorted(set(changes) - _FIELDS)
         gradient = changes.get("gradient", self.gradient)
         _require(not unknown, f"unknown options for gradient={gradient!r}: {', '.join(unknown)}")
+        for name in ("rtol", "atol"):  # carried over, not stated by this call
+            value = getattr(self, name)
+            if name not in changes and isinstance(value, float) and not isinstance(value, Unstated):
+                changes[name] = Unstated(value)
         return dataclasses.replace(self, **changes)
 
 
@@ -180,9 +232,18 @@ def _gradient_of(option: str) -> str | None:
     return next((gradient for gradient in GRADIENTS if option.startswith(gradient + "_")), None)
 
 
+# The options of one gradient strategy (``checkpoint_*``, ``adjoint_*``): name -> (strategy, default).
+_GRADIENT_FIELDS = {name: (_gradient_of(name), default) for name, default in _FIELD_DEFAULTS.items()
+                    if _gradient_of(name) is not None}
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ODEInputError(message)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _positive_int(value) -> bool:
@@ -209,6 +270,16 @@ def option_keywords(function):
     return function
 
 
+def time_precision(options: SolverOptions, y0, t) -> SolverOptions:
+    """``options`` with ``time_dtype=float64`` when t is a float64 tensor and y0 of lower precision (unless
+    ``time_dtype`` is set): func then gets t at its own resolution, not rounded to y0's dtype (in float32,
+    t = 1e6 resolves 0.06)."""
+    if (options.time_dtype is None and isinstance(t, Tensor) and t.dtype == torch.float64
+            and isinstance(y0, Tensor) and y0.dtype != torch.float64):
+        return options.replace(time_dtype=torch.float64)
+    return options
+
+
 def as_options(options: SolverOptions | None, keywords: dict, **implied) -> SolverOptions:
     """The entry points' merge: ``options`` (default: the defaults), then the caller's ``keywords``, then
     what the entry point implies (``solve_adjoint``: gradient="adjoint"); one validation of the result."""
@@ -216,5 +287,10 @@ def as_options(options: SolverOptions | None, keywords: dict, **implied) -> Solv
         options, keywords = None, {**options, **keywords}
     _require(options is None or isinstance(options, SolverOptions),
              f"options must be a SolverOptions (or a dict of its fields), got {type(options).__name__}")
+    for name, value in implied.items():  # e.g. solve_adjoint(..., gradient="backprop"): a contradiction
+        given = keywords.get(name, value if options is None else getattr(options, name))
+        _require(given == value or (name not in keywords and given == _FIELD_DEFAULTS[name]),
+                 f"this entry point implies {name}={value!r}, but {name}={given!r} was given: call "
+                 f"solve(...) with {name}={given!r} instead, or drop it")
     changes = {**keywords, **implied}
     return (options or _DEFAULTS).replace(**changes) if changes else (options or _DEFAULTS)

@@ -11,7 +11,6 @@ sample b's trajectory and NFE are those of solving it alone, provided f treats s
 from __future__ import annotations
 
 import copy
-import functools
 import math
 
 import torch
@@ -22,18 +21,21 @@ from stability.checks import (
     check_derivative,
     check_first_step,
     check_low_precision,
+    check_norm_value,
     evaluate_checked,
     max_steps_error,
+    min_step_error,
     nonfinite_rejections_error,
     time_dtype,
     underflow_error,
 )
+from stability.errors import ODEInputError
 from stability.methods import TABLEAUX
 from stability.options import SolverOptions
 from stability.runge_kutta import interpolant, rk_step
 from stability.solution import HIT_TOLERANCE, SolverStats, output_reached
 from stability.status import Status, status_of
-from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step, stiffness
+from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_norm, initial_step, stiffness
 
 
 class PerSampleStepper:
@@ -43,8 +45,11 @@ class PerSampleStepper:
     def __init__(self, func: TimeVectorField, y0: Tensor, times: list[float], options: SolverOptions) -> None:
         check_low_precision(y0.dtype, options.rtol)
         self.func, self.options, self.times, self.tableau = func, options, times, TABLEAUX[options.method]
-        self.norm = options.norm or functools.partial(error_ratio, per_sample=True)
-        self.batch, self.time_dtype = y0.shape[0], time_dtype(y0)
+        self.norm = error_norm(options.norm, per_sample=True)
+        self.own_norm = options.norm not in (None, "rms")  # the caller's function (blamed for a NaN)
+        self.batch, self.time_dtype = y0.shape[0], time_dtype(y0, options.time_dtype)
+        self.rtol, self.atol = (self._per_sample_tolerance(name, getattr(options, name), y0.device)
+                                for name in ("rtol", "atol"))
         self.last_output: tuple[Tensor | None, int] = (None, 0)  # func's previous output and its version
         self.t0, self.t_bound = times[0], times[-1]
         self.direction = 1.0 if self.t_bound > self.t0 else -1.0
@@ -56,7 +61,8 @@ class PerSampleStepper:
         self.step_records: list[tuple[Tensor, Tensor, Tensor]] = []  # (samples, h, t) of accepted steps
         self.output_records: list[tuple[Tensor, Tensor]] = []  # (output index, samples) of each value
         everyone = torch.arange(batch, device=y0.device)
-        self.t, self.y = torch.full((batch,), self.t0, **f64), y0
+        y0 = y0.clone()  # func works on the stepper's copy: an in-place change is refused, y0 left unchanged
+        self.t, self.y, self.y0 = torch.full((batch,), self.t0, **f64), y0, y0
         self.first_stage = self._evaluate(self.t, y0, everyone)  # f(t, y) of each sample, when ``known``
         check_derivative(self.first_stage, y0, self.t0)
         first_step = check_first_step(options.first_step, self.span)
@@ -64,12 +70,12 @@ class PerSampleStepper:
             h_abs = torch.full((batch,), first_step, **f64)
         else:
             h_abs = initial_step(lambda s, z: self._evaluate(s, z, everyone), self.t0, y0, self.first_stage,
-                                 self.direction, self.tableau.error_order, options.rtol, options.atol,
+                                 self.direction, self.tableau.error_order, self.rtol, self.atol,
                                  self.span, per_sample=True)
         self.h_abs = h_abs.clamp(max=options.max_step)
         self.known, self.done = torch.ones(batch, **flags), torch.zeros(batch, **flags)
         self.rejected_before = torch.zeros(batch, **flags)  # in the current step
-        self.previous_ratio = torch.ones(batch, **f64)
+        self.memory = options.controller.initial_memory_tensor(torch.ones(batch, **f64))
         self.times_tensor = torch.tensor(times, **f64)
         self.next_output = torch.ones(batch, **counters)
         # Samples that end before t_bound (a failure with throw=False, a terminal event) and why.
@@ -80,6 +86,15 @@ class PerSampleStepper:
     @property
     def finished(self) -> bool:
         return bool(self.done.all())
+
+    def _per_sample_tolerance(self, name: str, value, device) -> float | Tensor:
+        """rtol or atol: a number, or a float64 tensor [B] with one value per sample (checked against B)."""
+        if not isinstance(value, Tensor):
+            return value
+        if value.shape != (self.batch,):
+            raise ODEInputError(f"per-sample {name} has {value.numel()} values, but y0 holds {self.batch} "
+                                f"samples along dim 0")
+        return value.to(device)
 
     def _evaluate(self, t: Tensor, y: Tensor, samples: Tensor) -> Tensor:
         self.nfe.index_add_(0, samples, torch.ones_like(samples))
@@ -97,6 +112,13 @@ class PerSampleStepper:
 
         self.last_step = None
         t_a, y_a, h_a = take(self.t), take(self.y), take(self.h_abs)
+        forced = None
+        if options.min_step > 0 and bool((h_a < options.min_step).any()):
+            forced = h_a < options.min_step  # force_min_step: these step at min_step, accepted (finite error)
+            below_error = lambda i, t, h, sample: min_step_error(options.min_step, t, h, sample)  # noqa: E731
+            if not options.force_min_step and self._fail_where(forced, active, t_a, h_a, below_error):
+                return []
+            h_a = h_a.clamp(min=options.min_step)
         over = (self.n_accepted + self.n_rejected).index_select(0, active) >= options.max_steps
         if self._fail_where(over, active, t_a, h_a, lambda i, t, h, sample: max_steps_error(
                 options.max_steps, self.t0, self.t_bound, t, h, self._stiffness(int(active[i]), h), sample)):
@@ -119,17 +141,23 @@ class PerSampleStepper:
             fresh = self._evaluate(t_a.index_select(0, need), y_a.index_select(0, need), active[need])
             stage0 = stage0.index_copy(0, need, fresh)
         step = rk_step(lambda s, z: self._evaluate(s, z, active), t_a, y_a, h, tableau, stage0)
-        ratio = self.norm(step.error, y_a, step.y, options.rtol, options.atol)
+        rtol, atol = (take(x) if isinstance(x, Tensor) else x for x in (self.rtol, self.atol))
+        ratio = self.norm(step.error, y_a, step.y, rtol, atol)
         accept = ratio <= 1.0
-        previous = take(self.previous_ratio)
-        factor = options.controller.factors(ratio, previous, tableau.error_order, take(self.rejected_before))
+        if forced is not None:  # force_min_step: a step at min_step is accepted whatever its finite error
+            accept |= forced & torch.isfinite(ratio)
+        if self.own_norm and not bool(torch.isfinite(ratio).all()):
+            i = int((~torch.isfinite(ratio)).nonzero()[0, 0])
+            check_norm_value(float(ratio[i]), step.error[i], step.y[i], None, f"sample {int(active[i])}: ")
+        memory = _map(take, self.memory)
+        factor = options.controller.factors(ratio, memory, tableau.error_order, take(self.rejected_before))
         h_next = torch.where(accept, (h_a * factor).clamp(max=options.max_step), h_a * factor)
         nonfinite = torch.where(accept | torch.isfinite(ratio), 0, nonfinite_a + 1)
         self._fail_where(nonfinite >= MAX_NONFINITE_REJECTIONS, active, t_a, h_a,
                          lambda i, t, h, sample: nonfinite_rejections_error(t, h, sample))
         self.h_abs = put(self.h_abs, h_next)
         self.nonfinite = put(self.nonfinite, nonfinite)
-        self.previous_ratio = put(self.previous_ratio, torch.where(accept, ratio.clamp(min=1e-4), previous))
+        self.memory = _map2(put, self.memory, options.controller.remember_where(accept, memory, ratio))
         self.rejected_before = put(self.rejected_before, ~accept)
         self.n_rejected.index_add_(0, active, (~accept).long())
         self.n_accepted.index_add_(0, active, accept.long())
@@ -241,6 +269,7 @@ class PerSampleStepper:
         return tuple(self.t.tolist()), int((self.n_accepted + self.n_rejected).sum())
 
     def assemble(self, y0: Tensor, values: list[Tensor]) -> Tensor:
+        y0 = self.y0  # the stepper's copy: ys[0], so y0's gradient sums in one place as before the copy
         n_times, batch = len(self.times), self.batch
         if not self.output_records:  # every sample stopped before its first output time
             return torch.cat([y0.unsqueeze(0), torch.full((n_times - 1, *y0.shape), math.nan).to(y0)])
@@ -269,3 +298,14 @@ class PerSampleStepper:
                 stats[b].step_sizes.append(step_size)
                 stats[b].step_times.append(time)
         return stats
+
+
+def _map(function, memory):
+    """``function`` applied to a controller's per-sample memory: a tensor [B] or a tuple of them."""
+    return tuple(function(x) for x in memory) if isinstance(memory, tuple) else function(memory)
+
+
+def _map2(function, memory, values):
+    if isinstance(memory, tuple):
+        return tuple(function(x, v) for x, v in zip(memory, values))
+    return function(memory, values)

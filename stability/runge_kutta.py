@@ -29,19 +29,14 @@ def linear_combination(y: Tensor | None, stages: Sequence[Tensor], weights, h) -
     (per-sample step control). Accumulates into one fresh buffer (``add_``): one allocation per combination,
     and the in-place adds are safe for autograd because addition saves no inputs for its backward.
     """
-    if not weights:
-        return y.clone() if y is not None else torch.zeros_like(stages[0])
-    rest = iter(weights)
+    if not weights or not (isinstance(h, Tensor) or isinstance(weights[0][1], Tensor)):
+        return _combine_numbers(y, stages, weights, h)
+    rest = iter(weights)  # per sample: y + k·(h w) row by row, one pass a term
     j, w = next(rest)
-    if isinstance(h, Tensor) or isinstance(w, Tensor):  # per sample: y + k·(h w) row by row, one pass a term
-        c = column(h * w, stages[j])
-        out = stages[j] * c if y is None else torch.addcmul(y, stages[j], c)
-        for j, w in rest:
-            out.addcmul_(stages[j], column(h * w, stages[j]))
-        return out
-    out = torch.add(y, stages[j], alpha=h * w) if y is not None else stages[j] * (h * w)
+    c = column(h * w, stages[j])
+    out = stages[j] * c if y is None else torch.addcmul(y, stages[j], c)
     for j, w in rest:
-        out.add_(stages[j], alpha=h * w)
+        out.addcmul_(stages[j], column(h * w, stages[j]))
     return out
 
 
@@ -64,21 +59,34 @@ def rk_step(
     ``first_stage`` is f(t, y) when already known (FSAL or a previous interpolation), saving one evaluation.
     For an FSAL tableau the last stage is f(t + h, y_{n+1}): the next step's ``first_stage``.
     """
+    combine = linear_combination if isinstance(h, Tensor) else _combine_numbers
     stages = [func(t, y) if first_stage is None else first_stage]
     stage_input = y
     for c, row in tableau.stage_plan:
-        stage_input = linear_combination(y, stages, row, h)
+        stage_input = combine(y, stages, row, h)
         stages.append(func(t + c * h, stage_input))
     if tableau.fsal:
         y_new = stage_input
     else:
-        y_new = linear_combination(y, stages, tableau.b_plan, h)
+        y_new = combine(y, stages, tableau.b_plan, h)
     if not tableau.adaptive:
         return RKStep(y_new, None, stages)
     if not torch.is_grad_enabled():
-        return RKStep(y_new, linear_combination(None, stages, tableau.error_plan, h), stages)
+        return RKStep(y_new, combine(None, stages, tableau.error_plan, h), stages)
     with torch.no_grad():  # the error estimate only steers step control: no graph for it
-        return RKStep(y_new, linear_combination(None, stages, tableau.error_plan, h), stages)
+        return RKStep(y_new, combine(None, stages, tableau.error_plan, h), stages)
+
+
+def _combine_numbers(y: Tensor | None, stages: Sequence[Tensor], weights, h: float) -> Tensor:
+    """``linear_combination`` for a number h and numbers w_j (shared step control); ``rk_step`` calls it
+    directly: the hot path of an eager step, without the per-call type dispatch."""
+    if not weights:
+        return y.clone() if y is not None else torch.zeros_like(stages[0])
+    (j, w), *rest = weights
+    out = torch.add(y, stages[j], alpha=h * w) if y is not None else stages[j] * (h * w)
+    for j, w in rest:
+        out.add_(stages[j], alpha=h * w)
+    return out
 
 
 def interpolant(

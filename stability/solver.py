@@ -14,7 +14,9 @@ from stability.base import OdeSolver, TimeVectorField
 from stability.checks import (
     all_finite,
     check_first_step,
+    check_norm_value,
     max_steps_error,
+    min_step_error,
     non_finite_step,
     nonfinite_rejections_error,
     underflow_error,
@@ -22,7 +24,7 @@ from stability.checks import (
 from stability.compiled import compiled_step
 from stability.errors import ODEInputError
 from stability.runge_kutta import RKStep, interpolant, rk_step
-from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_ratio, initial_step, stiffness
+from stability.step_control import MAX_NONFINITE_REJECTIONS, STRETCH, error_norm, initial_step, stiffness
 from stability.tableau import ButcherTableau
 
 
@@ -40,11 +42,12 @@ class RungeKuttaSolver(OdeSolver):
         self, func: TimeVectorField, t0: float, y0: Tensor, t_bound: float, options=None, **keywords
     ) -> None:
         super().__init__(func, t0, y0, t_bound, options, **keywords)
-        self._norm = self.options.norm or error_ratio
-        self._compiled = (compiled_step(func, self.tableau, self.rtol, self.atol)
+        self._norm = error_norm(self.options.norm)
+        self._own_norm = self.options.norm not in (None, "rms")  # not the compiled graph's mixed RMS
+        self._compiled = (compiled_step(func, self.tableau, self.rtol, self.atol, self._time_dtype)
                           if self.options.compile else None)
         self._first_stage: Tensor | None = self._checked_first_evaluation()
-        self._previous_ratio, self._nonfinite_rejections = 1.0, 0
+        self._memory, self._nonfinite_rejections = self.controller.initial_memory(), 0
         if not self.fixed_step:
             interval = abs(self.t_bound - self.t0)
             h_abs = check_first_step(self.options.first_step, interval)
@@ -69,7 +72,7 @@ class RungeKuttaSolver(OdeSolver):
             first = self._first_stage if self.tableau.fsal else None  # one graph for every step
             self.stats.nfe += len(self.tableau.stage_plan) + (first is None)
             result, ratio = self._compiled(torch.tensor([t, h], dtype=torch.float64), y, first)
-        if result.error is not None and (ratio is None or self.options.norm is not None):
+        if result.error is not None and (ratio is None or self._own_norm):
             ratio = self._norm(result.error, y, result.y, self.rtol, self.atol)
         return result, None if ratio is None else float(ratio)
 
@@ -82,11 +85,13 @@ class RungeKuttaSolver(OdeSolver):
     def _adaptive_step(self) -> None:
         stats, controller, tableau, direction, t_bound = (
             self.stats, self.controller, self.tableau, self.direction, self.t_bound)
-        t, y, h_abs, rejected = self.t, self.y, self.h_abs, False
+        t, y, h_abs, rejected, forced = self.t, self.y, self.h_abs, False, False
         while True:
             if stats.n_accepted + stats.n_rejected >= self.max_steps:
                 estimate = stiffness(self.y_old, self._stages, tableau, self._h_last)
                 raise max_steps_error(self.max_steps, self.t0, t_bound, t, h_abs, estimate)
+            if h_abs < self.options.min_step:
+                h_abs, forced = self._below_min_step(t, h_abs)
             t_new = t + direction * h_abs
             if direction * (t_new + STRETCH * direction * h_abs - t_bound) >= 0 and (
                 direction * (t_new - t_bound) >= 0 or abs(t_bound - t) <= self.max_step
@@ -97,9 +102,9 @@ class RungeKuttaSolver(OdeSolver):
             if h_abs < 10 * abs(math.nextafter(t, direction * math.inf) - t):
                 raise underflow_error(t, h_abs, direction, self._nonfinite_rejections > 0)
             result, ratio = self._rk_step(t, y, h)
-            if ratio <= 1.0:
-                factor = controller.accept_factor(ratio, self._previous_ratio, tableau.error_order, rejected)
-                self._previous_ratio = max(ratio, 1e-4)
+            if ratio <= 1.0 or (forced and math.isfinite(ratio)):
+                factor = controller.accept_factor(ratio, self._memory, tableau.error_order, rejected)
+                self._memory = controller.remember(self._memory, ratio)
                 self.h_abs = min(h_abs * factor, self.max_step)
                 self._nonfinite_rejections = 0
                 self._commit(t_new, h, result.y, result.stages)
@@ -107,9 +112,18 @@ class RungeKuttaSolver(OdeSolver):
             stats.n_rejected += 1
             rejected = True
             self._nonfinite_rejections = 0 if math.isfinite(ratio) else self._nonfinite_rejections + 1
+            if self._nonfinite_rejections == 1 and self._own_norm:
+                check_norm_value(ratio, result.error, result.y, t)
             if self._nonfinite_rejections >= MAX_NONFINITE_REJECTIONS:
                 raise nonfinite_rejections_error(t, h_abs)
-            h_abs *= controller.reject_factor(ratio, tableau.error_order)
+            h_abs *= controller.reject_factor(ratio, tableau.error_order, self._memory)
+
+    def _below_min_step(self, t: float, h_abs: float) -> tuple[float, bool]:
+        """The step the controller proposed is below ``min_step``: taken at min_step and accepted whatever its
+        (finite) error with ``force_min_step``, else a ``StepSizeUnderflowError``."""
+        if self.options.force_min_step:
+            return self.options.min_step, True
+        raise min_step_error(self.options.min_step, t, h_abs)
 
     def _commit(self, t_new: float, h: float, y_new: Tensor, stages: list[Tensor]) -> None:
         super()._commit(t_new, h, y_new, stages)

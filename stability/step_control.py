@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ def error_ratio(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: 
         error, y_old, y_new = error.detach(), y_old.detach(), y_new.detach()
     if error.dtype in LOW_PRECISION:
         error, y_old, y_new = error.float(), y_old.float(), y_new.float()
+    if isinstance(rtol, Tensor) or isinstance(atol, Tensor):  # per-sample tolerances [B]
+        return rms(error / _scale(y_old, y_new, rtol, atol), True).double()
     scale = torch.maximum(y_old.abs(), y_new.abs())
     if rtol > 0:  # RMS(err / (atol + rtol·m)) = RMS(err / (atol/rtol + m)) / rtol: one memory pass fewer
         scaled, factor = error / scale.add_(atol / rtol), 1.0 / rtol
@@ -40,6 +43,40 @@ def error_ratio(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: 
     if per_sample:
         return rms(scaled, True, factor).double()
     return _times(torch.linalg.vector_norm(scaled), factor / math.sqrt(max(scaled.numel(), 1)))
+
+
+def max_error_ratio(error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float | Tensor, atol: float | Tensor,
+                    per_sample: bool = False) -> float | Tensor:
+    """max |err| / (atol + rtol·max(|y_n|, |y_{n+1}|)) (``norm="max"``): every component within tolerance. A
+    number, or with ``per_sample`` one float64 ratio per sample along dim 0."""
+    error, y_old, y_new = (x.detach().float() if x.dtype in LOW_PRECISION else x.detach()
+                           for x in (error, y_old, y_new))
+    scaled = (error / _scale(y_old, y_new, rtol, atol)).abs()
+    if per_sample:
+        return scaled.reshape(scaled.shape[0], -1).amax(dim=1).double()
+    return float(scaled.max())
+
+
+def _scale(y_old: Tensor, y_new: Tensor, rtol: float | Tensor, atol: float | Tensor) -> Tensor:
+    """atol + rtol·max(|y_n|, |y_{n+1}|), with per-sample tolerances [B] applied row by row."""
+    if isinstance(rtol, Tensor):
+        rtol = column(rtol, y_new)
+    if isinstance(atol, Tensor):
+        atol = column(atol, y_new)
+    return torch.maximum(y_old.abs(), y_new.abs()) * rtol + atol
+
+
+NAMED_NORMS = ("rms", "max")
+
+
+def error_norm(norm, per_sample: bool = False) -> Callable:
+    """The error norm ``norm`` names (``SolverOptions.norm``): None or "rms" the mixed RMS ``error_ratio``,
+    "max" ``max_error_ratio``, or the caller's function itself."""
+    if norm is None or norm == "rms":
+        return functools.partial(error_ratio, per_sample=True) if per_sample else error_ratio
+    if norm == "max":
+        return functools.partial(max_error_ratio, per_sample=per_sample)
+    return norm
 
 
 def _times(norm: Tensor, factor: float) -> float:
@@ -93,7 +130,22 @@ class PIController:
             factor = min(self.max_factor, max(self.min_factor, factor))
         return min(factor, 1.0) if after_reject else factor
 
-    def reject_factor(self, ratio: float, error_order: int) -> float:
+    def initial_memory(self) -> float:
+        """r_{n−1} before the first step (the controllers' protocol: ``PIDController`` remembers two)."""
+        return 1.0
+
+    def remember(self, previous_ratio: float, ratio: float) -> float:
+        """The memory after an accepted step with error ratio ``ratio`` (floored at 1e-4)."""
+        return max(ratio, 1e-4)
+
+    def initial_memory_tensor(self, like: Tensor) -> Tensor:
+        return torch.ones_like(like)
+
+    def remember_where(self, accept: Tensor, previous_ratio: Tensor, ratio: Tensor) -> Tensor:
+        """``remember`` for per-sample ratios [B], where ``accept``."""
+        return torch.where(accept, ratio.clamp(min=1e-4), previous_ratio)
+
+    def reject_factor(self, ratio: float, error_order: int, previous_ratio: float | None = None) -> float:
         if not math.isfinite(ratio):
             return self.min_factor
         alpha = 1.0 / (error_order + 1) - 0.75 * self.beta
@@ -127,7 +179,10 @@ def initial_step(func: Callable[[float | Tensor, Tensor], Tensor], t0: float, y0
             y0, f0 = y0.float(), f0.float()
             probe = func
             func = lambda t, y: probe(t, y.to(dtype)).float()  # noqa: E731
-        scale = y0.abs().mul(rtol).add_(atol)
+        if isinstance(rtol, Tensor) or isinstance(atol, Tensor):  # per-sample tolerances [B]
+            scale = _scale(y0, y0, rtol, atol)
+        else:
+            scale = y0.abs().mul(rtol).add_(atol)
         d0 = rms(y0 / scale, per_sample).double()
         d1 = rms(f0 / scale, per_sample).double()
         small = (d0 < 1e-5) | (d1 < 1e-5)

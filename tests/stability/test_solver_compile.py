@@ -51,9 +51,12 @@ def test_compile_is_off_by_default_and_a_keyword_of_the_entry_points():
 
 
 @pytest.mark.slow
-def test_compiled_dopri5_agrees_with_eager_to_rounding_with_the_same_steps(field):
+def test_compiled_dopri5_agrees_with_eager_to_rounding(field):
     eager, compiled = solved(field, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-5, atol=1e-6)
+    # On this field the steps coincide; in general they need not: in float32 at rtol 1e-6 the error estimate
+    # is at the rounding level and the compiled ratio may differ from eager's enough to flip a decision
+    # (docs/solvers.md, bench/compile_rounding.py).
     assert (compiled.stats.n_accepted, compiled.stats.n_rejected, compiled.stats.nfe) == (
         eager.stats.n_accepted, eager.stats.n_rejected, eager.stats.nfe)
     assert eager.stats.n_accepted > 10

@@ -25,8 +25,9 @@ def test_options_value_equals_the_keywords_and_keywords_override_it():
 
 
 def test_options_are_frozen_validated_once_and_replaced_not_mutated():
-    options = SolverOptions(rtol=1e-5, grid=torch.tensor([0.0, 0.5, 1.0]))
-    assert options.grid == (0.0, 0.5, 1.0) and options.fixed_step
+    fixed = SolverOptions(grid=torch.tensor([0.0, 0.5, 1.0]))
+    assert fixed.grid == (0.0, 0.5, 1.0) and fixed.fixed_step
+    options = SolverOptions(rtol=1e-5)
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.rtol = 1e-3
     assert options.replace(rtol=1e-3).rtol == 1e-3 and options.rtol == 1e-5
