@@ -167,8 +167,12 @@ class AttackRecord:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], n: int) -> AttackRecord:
         def mask(indices: Iterable[int]) -> Tensor:
+            chosen = list(indices)
+            wrong = [i for i in chosen if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n]
+            if wrong:
+                raise ValueError(f"sample indices {wrong[:3]} are not in 0..{n - 1}")
             out = torch.zeros(n, dtype=torch.bool)
-            out[list(indices)] = True
+            out[chosen] = True
             return out
 
         return cls(

@@ -37,6 +37,7 @@ from experiments.cli import (
     run,
     setup,
 )
+from experiments.code_version import EVALUATION_CODE, CodeGuard, code_version
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
 from experiments.records import RecordStore, file_sha256
 
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--convergence-samples", type=int, default=20, help="samples of the convergence check"
     )
     parser.add_argument("--force", action="store_true", help="recompute records even if they exist")
+    parser.add_argument("--reuse-stale", action="store_true",
+                        help="reuse records made by other code (named) instead of recomputing them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -202,7 +205,8 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         "against": sorted(_file_digest(p) for p in args.against),
         "dataset": dataset,
     }
-    records = RecordStore(out / "records", force=args.force)
+    records = RecordStore(out / "records", force=args.force, code=code_version(EVALUATION_CODE),
+                          guard=CodeGuard(reuse_stale=args.reuse_stale))
     started = time.perf_counter()
     evaluation = evaluate(
         model,

@@ -104,15 +104,30 @@ class SuiteStore:
         found = {}
         for name in names:
             for e in eps:
-                stored = self.store.get((*self.prefix, name, e), self._config(name))
+                stored = self.store.get(
+                    (*self.prefix, name, e), self._config(name), parse=_record_reader(name, e, n)
+                )
                 if stored is not None:
-                    found[(name, e)] = AttackRecord.from_json(stored, n)
+                    found[(name, e)] = stored
         return found
 
     def save(self, record: AttackRecord) -> Path:
         return self.store.put(
             (*self.prefix, record.attack, record.eps), self._config(record.attack), record.to_json()
         )
+
+
+def _record_reader(name: str, eps: float, n: int) -> Callable[[dict[str, Any]], AttackRecord]:
+    """Reads a stored suite record of (``name``, ``eps``) on ``n`` images; raises ValueError when the body
+    names another attack or ε (a malformed record, recomputed by the store)."""
+
+    def read(body: dict[str, Any]) -> AttackRecord:
+        record = AttackRecord.from_json(body, n)
+        if record.attack != name or record.eps != float(eps):
+            raise ValueError(f"the body holds {record.attack} at ε {record.eps:g}, not {name} at ε {eps:g}")
+        return record
+
+    return read
 
 
 def solver_aware_attacks(

@@ -13,6 +13,12 @@ record whose configuration differs is *stale*: :meth:`RecordStore.get` returns N
 recomputes it and :meth:`RecordStore.put` replaces it, and :meth:`RecordStore.summary` says which settings
 changed. Nothing is reused silently: :meth:`RecordStore.summary` reports what was resumed and what was
 recomputed.
+
+Each record also carries a SHA-256 of its content and, when the store is given one, the version of the code
+that made it (:mod:`experiments.code_version`). A record edited after it was written (checksum mismatch), one
+whose body its reader cannot parse (``get(..., parse=...)`` raised), one that is unreadable, or one made by
+other code is recomputed, and the file and the reason are named (``--reuse-stale``: a record from other code
+is reused and named instead).
 """
 
 from __future__ import annotations
@@ -21,13 +27,18 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from experiments.code_version import CodeGuard, describe_change
 from nets.atomic import atomic_write_text
 
-__all__ = ["RecordStore", "config_hash", "file_sha256"]
+__all__ = ["RecordStore", "config_hash", "content_sha256", "file_sha256"]
+
+T = TypeVar("T")
+#: what a reader raises on a malformed record body (a missing field, an index out of range, a wrong type)
+MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
 FORMAT = "natural-robustness record v1"
 
@@ -48,6 +59,13 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def content_sha256(record: Any) -> str:
+    """SHA-256 (16 hex digits) of a record's content as sorted JSON (after a JSON round trip, so the stored
+    and the reread record hash alike)."""
+    text = json.dumps(json.loads(json.dumps(record, default=_json_default)), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 (16 hex digits) of a file's bytes: the identity of a model's weights in a configuration."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
@@ -59,11 +77,19 @@ def _slug(part: Any) -> str:
 
 
 class RecordStore:
-    """Records under ``directory``, one ``<key parts joined by __>.json`` file per key."""
+    """Records under ``directory``, one ``<key parts joined by __>.json`` file per key.
 
-    def __init__(self, directory: str | Path, *, force: bool = False) -> None:
+    ``code``: the version of the code that makes the records (:func:`experiments.code_version.code_version`;
+    None: not checked); ``guard`` decides what happens to a record from other code (recompute, or reuse with
+    ``reuse_stale``) and names it.
+    """
+
+    def __init__(self, directory: str | Path, *, force: bool = False, code: Mapping[str, str] | None = None,
+                 guard: CodeGuard | None = None) -> None:
         self.directory = Path(directory)
         self.force = force
+        self.code = dict(code) if code is not None else None
+        self.guard = guard if guard is not None else CodeGuard()
         self.resumed: list[tuple[Any, ...]] = []
         self.computed: list[tuple[Any, ...]] = []
         self.stale: dict[tuple[Any, ...], list[str]] = {}
@@ -72,18 +98,32 @@ class RecordStore:
     def path(self, key: Sequence[Any]) -> Path:
         return self.directory / ("__".join(_slug(part) for part in key) + ".json")
 
-    def _read(self, key: Sequence[Any]) -> dict[str, Any] | None:
+    def _read(self, key: tuple[Any, ...]) -> dict[str, Any] | None:
         path = self.path(key)
         if not path.is_file():
             return None
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None  # unreadable: recomputed (and replaced) like a missing record
-        return stored if isinstance(stored, dict) and stored.get("format") == FORMAT else None
+        except (OSError, ValueError) as error:
+            return self._reject(key, f"unreadable ({type(error).__name__})")
+        if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+            return self._reject(key, "not a record of this format")
+        return stored
 
-    def get(self, key: Sequence[Any], config: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The stored record for ``key`` if it was made with ``config`` (and ``force`` is off), else None."""
+    def _reject(self, key: tuple[Any, ...], why: str) -> None:
+        """Mark the stored record of ``key`` for recomputation, naming its file and ``why``."""
+        self.stale[key] = [f"{why}: {self.path(key)}"]
+        self.guard.log(f"recomputing record {_describe(key)}: {why} ({self.path(key)})")
+        return None
+
+    def get(self, key: Sequence[Any], config: Mapping[str, Any],
+            parse: Callable[[dict[str, Any]], T] | None = None) -> dict[str, Any] | T | None:
+        """The stored record for ``key`` if it was made with ``config`` (and ``force`` is off), else None.
+
+        ``parse(record)`` (if given) reads the body; its result is returned, and a body it cannot read
+        (:data:`MALFORMED`) is recomputed and named. So is a record whose content checksum does not match
+        (edited after it was written) and one made by other code than ``code`` (unless ``reuse_stale``).
+        """
         key = tuple(key)
         stored = self._read(key)
         if stored is None:
@@ -94,14 +134,28 @@ class RecordStore:
         if stored.get("config_hash") != config_hash(config):
             self.stale[key] = _differences(stored.get("config", {}), _canonical(config))
             return None
+        record = stored.get("record")
+        if stored.get("record_sha256") != content_sha256(record):
+            return self._reject(key, "content checksum mismatch (edited after it was written)")
+        if self.code is not None:
+            what = f"record {_describe(key)} ({self.path(key)})"
+            if not self.guard.current(what, stored.get("code"), self.code):
+                self.stale[key] = [f"made by other code ({describe_change(stored.get('code'), self.code)})"]
+                return None
+        if parse is not None:
+            try:
+                record = parse(record)
+            except MALFORMED as error:
+                return self._reject(key, f"malformed record ({type(error).__name__}: {error})")
         self.resumed.append(key)
-        return stored["record"]
+        return record
 
     def put(self, key: Sequence[Any], config: Mapping[str, Any], record: Mapping[str, Any]) -> Path:
         """Store ``record`` for ``key`` made with ``config`` (atomically, replacing any older one)."""
         key = tuple(key)
         payload = {"format": FORMAT, "key": list(_canonical(key)), "config": _canonical(config),
-                   "config_hash": config_hash(config), "record": record}
+                   "config_hash": config_hash(config), "code": self.code,
+                   "record_sha256": content_sha256(record), "record": record}
         path = atomic_write_text(self.path(key), json.dumps(payload, indent=2, default=_json_default) + "\n")
         self.computed.append(key)
         self.written.append(path)
@@ -121,7 +175,7 @@ class RecordStore:
         stale = {k: v for k, v in self.stale.items() if k in self.computed and chosen(k)}
         if stale:
             changes = list(dict.fromkeys(change for v in stale.values() for change in v))
-            lines.append(f"recomputed {len(stale)} record(s) whose configuration changed "
+            lines.append(f"recomputed {len(stale)} record(s) whose configuration, content or code changed "
                          f"({'; '.join(changes)}): " + ", ".join(_describe(k) for k in stale))
         return lines
 

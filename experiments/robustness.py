@@ -17,9 +17,12 @@ Dormand–Prince), measured honestly.
    paper-protocol PGD-40 (alpha 0.01) number beside it, and the suite's flags with their verdicts. For
    models with ODE blocks the input-gradient agreement with a tight-tolerance solve is reported too.
 3. Resume. Every (model, attack, eps) result is a record in OUT/records, written atomically when complete
-   and stamped with its configuration (model weights, samples, eps, attack settings). A rerun reuses the
-   records whose configuration is unchanged, recomputes the others, and says which; Ctrl-C keeps every
-   complete record. --force recomputes everything.
+   and stamped with its configuration (model weights, samples, eps, attack settings), a checksum of its
+   content and the version of the code that made it (experiments.code_version). A rerun reuses the records
+   whose configuration and code are unchanged, recomputes the others (an edited or malformed record too),
+   and says which; Ctrl-C keeps every complete record. --force recomputes everything. A cached model trained
+   by other code (stability, nets) is retrained and named; --reuse-stale reuses such models and records
+   instead, and the report lists them.
 4. Output in OUT: results.csv (every row, 4 decimals), results.json, <model>.json per model, and
    report.md (the table, the verdicts, the configuration, the command, and the time each model's results
    took in the runs that computed them). Progress: a bar per phase in model passes, named after the attack
@@ -56,6 +59,13 @@ from experiments.cli import (
     positive_int,
     run,
     setup,
+)
+from experiments.code_version import (
+    EVALUATION_CODE,
+    MODEL_CODE,
+    CodeGuard,
+    code_version,
+    model_folder_is_current,
 )
 from experiments.honest import PRESET_NAMES, Evaluation, EvaluationConfig, SuiteStore, evaluate, result_rows
 from experiments.masking import gradient_agreement, ode_blocks
@@ -147,8 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the training recipes and of the attacks")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:K or auto")
     parser.add_argument("--force", action="store_true", help="recompute every record, even unchanged ones")
+    parser.add_argument("--reuse-stale", action="store_true",
+                        help="reuse cached models and records made by other code (named, and listed in "
+                             "report.md) instead of recomputing them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+#: what this job's records depend on: the evaluation code and this module (its own attack runners)
+JOB_CODE = EVALUATION_CODE + ("experiments/robustness.py",)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -222,8 +239,14 @@ def plan_models(args: argparse.Namespace, out: Path) -> list[ModelPlan]:
     return plans
 
 
-def ensure_trained(plan: ModelPlan, args: argparse.Namespace, outputs: Outputs | None) -> torch.nn.Module:
-    """Load ``plan.run_dir/model.pt``; train the model there first (resumable) when it is missing."""
+def ensure_trained(plan: ModelPlan, args: argparse.Namespace, outputs: Outputs | None,
+                   guard: CodeGuard | None = None) -> torch.nn.Module:
+    """Load ``plan.run_dir/model.pt``; train the model there first (resumable) when it is missing. A cache
+    entry trained (or half trained) by other ``stability``/``nets`` code is retrained from scratch and named,
+    unless ``guard.reuse_stale``."""
+    if plan.cached:
+        model_folder_is_current(plan.run_dir, code_version(MODEL_CODE), guard or CodeGuard(),
+                                f"model {plan.label} ({plan.run_dir})")
     if (plan.run_dir / MODEL_NAME).is_file():
         print(f"[{plan.label}] using the trained {plan.name} in {plan.run_dir}", flush=True)
     else:
@@ -362,7 +385,7 @@ def attacks_at_eps(model: torch.nn.Module, eps: float, specs: Sequence[AttackSpe
     for spec in specs:
         key = (session.label, spec.name, eps)
         config = session.config(spec.name, eps, spec.settings, n)
-        record = session.store.get(key, config)
+        record = session.store.get(key, config, parse=_attack_record_reader(n))
         attack = spec.factory(eps)
         if session.bar is not None:
             session.bar.running(spec.name, eps)
@@ -381,13 +404,35 @@ def attacks_at_eps(model: torch.nn.Module, eps: float, specs: Sequence[AttackSpe
     return rows
 
 
+def _attack_record_reader(n: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Checks a stored ``run_attack`` record on ``n`` images (a row, and a 0/1 robustness string of length n);
+    a malformed one raises (the store recomputes and names it)."""
+
+    def read(body: dict[str, Any]) -> dict[str, Any]:
+        row, robust = body["row"], body["robust"]
+        if not isinstance(row, dict) or not {"attack", "eps", "robust_accuracy"} <= set(row):
+            raise ValueError("its row lacks attack, eps or robust_accuracy")
+        if not isinstance(robust, str) or len(robust) != n or set(robust) - {"0", "1"}:
+            raise ValueError(f"its robustness mask is not {n} characters of 0/1")
+        return body
+
+    return read
+
+
+def _rows_reader(body: dict[str, Any]) -> dict[str, Any]:
+    """Checks a stored Boundary record: a list of rows with attack, eps and robust_accuracy."""
+    if not all(isinstance(r, dict) and {"attack", "eps", "robust_accuracy"} <= set(r) for r in body["rows"]):
+        raise ValueError("a row lacks attack, eps or robust_accuracy")
+    return body
+
+
 def boundary_rows(model: torch.nn.Module, eps: list[float], session: Session) -> list[dict[str, Any]]:
     """The Boundary Attack: one run on the first --boundary-samples images, thresholded at every eps."""
     args = session.args
     nb = min(args.boundary_samples, session.x.shape[0])
     key = (session.label, "Boundary")
     config = session.config("Boundary", eps, {"queries": args.boundary_queries, "seed": args.seed}, nb)
-    record = session.store.get(key, config)
+    record = session.store.get(key, config, parse=_rows_reader)
     if record is None:
         if session.bar is not None:
             session.bar.running(f"Boundary ({nb} images, thresholded at every ε)", None)
@@ -413,7 +458,7 @@ def agreement_record(model: torch.nn.Module, session: Session) -> dict[str, Any]
               "deployed_adjoint": {"solver_options": {**block.solver_options, "gradient": "adjoint"}}}
     key = (session.label, "gradient agreement")
     config = session.config("gradient agreement", None, {"reference": tight, "others": others}, nd)
-    record = session.store.get(key, config)
+    record = session.store.get(key, config, parse=_agreement_reader)
     if session.bar is not None:
         session.bar.running("input gradients against a tight dopri5 solve", None)
     if record is None:
@@ -423,6 +468,13 @@ def agreement_record(model: torch.nn.Module, session: Session) -> dict[str, Any]
     else:
         session.skip(4 * nd)
     return record
+
+
+def _agreement_reader(body: dict[str, Any]) -> dict[str, Any]:
+    """Checks a stored gradient-agreement record: per gradient, its cosine and relative-error statistics."""
+    for stats in body.values():
+        float(stats["median_cosine"]), float(stats["min_cosine"]), float(stats["median_relative_error"])
+    return body
 
 
 def suite_evaluation(model: torch.nn.Module, session: Session, eps: list[float],
@@ -532,7 +584,9 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
     n = min(args.samples, len(test.labels))
     x = test.images[:n].float().div(255).to(_device(args.device))
     y = test.labels[:n].to(_device(args.device))
-    store = RecordStore(out / "records", force=args.force)
+    guard = CodeGuard(reuse_stale=args.reuse_stale)
+    code = code_version(JOB_CODE)
+    store = RecordStore(out / "records", force=args.force, code=code, guard=guard)
     records: dict[str, Any] = {}
     models: dict[str, Any] = {}
     loaded: dict[str, torch.nn.Module] = {}
@@ -541,24 +595,23 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
         path = out / f"{plan.label}.json"
         weights = plan.run_dir / MODEL_NAME
         summary_config = {"plan": plan.identity, "dataset": args.dataset, "samples": n, "eps": eps,
-                          "settings": _settings(args), "run_dir": str(plan.run_dir),
-                          "weights_sha256": file_sha256(weights) if weights.is_file() else None}
-        reused = _reuse_summary(path, summary_config, args.force) if weights.is_file() else None
+                          "settings": _settings(args), "run_dir": str(plan.run_dir)}
+        model = ensure_trained(plan, args, outputs, guard)
+        summary_config["weights_sha256"] = file_sha256(weights)
+        reused = _reuse_summary(path, summary_config, args.force, code, guard)
         if reused is not None:
             records[plan.label] = reused
             reused_summaries.append(plan.label)
-            loaded[plan.label] = ensure_trained(plan, args, outputs)  # (loaded: a transfer source)
+            loaded[plan.label] = model  # (loaded: a transfer source)
             print(f"[{plan.label}] reusing the complete {path} (same configuration; --force recomputes)")
         else:
-            model = ensure_trained(plan, args, outputs)
             against = {label: m for label, m in loaded.items() if not ode_blocks(m)}
             record = evaluate_model(model, plan, x, y, args, eps, store, outputs, against)
             loaded[plan.label] = model
             for line in store.summary(plan.label):
                 print(f"[{plan.label}] {line}", flush=True)
-            summary_config["weights_sha256"] = file_sha256(weights)
             record.update({"registry_name": plan.name, "samples": n, "eps": eps, "dataset": args.dataset,
-                           "config_hash": config_hash(summary_config)})
+                           "config_hash": config_hash(summary_config), "code": code})
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")
             outputs.add(path)
             records[plan.label] = record
@@ -573,7 +626,8 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
     command = "python -m experiments.robustness " + " ".join(shlex.quote(a) for a in argv)
     this_run = {"wall_s": time.perf_counter() - started, "computed": len(store.computed),
                 "reused": len(store.resumed), "summaries_reused": reused_summaries}
-    report = report_markdown(records, eps, table, models, args, n, command, this_run)
+    report = report_markdown(records, eps, table, models, args, n, command, this_run,
+                             stale=guard.stamp_lines())
     atomic_write_text(out / "report.md", report)
     for name in ("results.csv", "results.json", "report.md"):
         outputs.add(out / name)
@@ -588,14 +642,19 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
                                                 "fixed_steps", "batch_size", "seed")}
 
 
-def _reuse_summary(path: Path, config: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
+def _reuse_summary(path: Path, config: Mapping[str, Any], force: bool, code: Mapping[str, str],
+                   guard: CodeGuard) -> dict[str, Any] | None:
+    """The model's complete summary at ``path`` if made with ``config`` by the running ``code`` (or by other
+    code under --reuse-stale, named), else None."""
     if force or not path.is_file():
         return None
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         return None
-    return stored if stored.get("config_hash") == config_hash(config) else None
+    if not isinstance(stored, dict) or stored.get("config_hash") != config_hash(config):
+        return None
+    return stored if guard.current(f"summary {path}", stored.get("code"), code) else None
 
 
 def _trained_accuracy(run_dir: Path) -> float | None:
@@ -661,11 +720,13 @@ def compute_seconds(record: Mapping[str, Any]) -> float:
 
 
 def report_markdown(records: Mapping[str, Any], eps: list[float], table: list[str], models: Mapping[str, Any],
-                    args: argparse.Namespace, samples: int, command: str, this_run: Mapping[str, Any]) -> str:
+                    args: argparse.Namespace, samples: int, command: str, this_run: Mapping[str, Any],
+                    stale: Sequence[str] = ()) -> str:
     """report.md: the table and verdicts as printed, the models, the configuration, the command, and the
     time of the runs that computed the results beside this run's own (a rerun that reuses every record
-    takes seconds; the results' time stays what it was)."""
-    lines = ["# Robustness report", "", "```text", *table, "```", "", "## Models", ""]
+    takes seconds; the results' time stays what it was); ``stale`` (``CodeGuard.stamp_lines``) names
+    results reused from other code."""
+    lines = ["# Robustness report", "", *stale, "```text", *table, "```", "", "## Models", ""]
     lines += ["| label | registry name | test accuracy | run directory | training recipe |",
               "| --- | --- | --- | --- | --- |"]
     for label, info in models.items():

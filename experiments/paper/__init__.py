@@ -4,7 +4,9 @@
 One module per artefact (``plan(scale) -> Plan``, ``run(ctx, plan, command) -> written paths``), on shared
 modules: ``specs`` (validated frozen configurations and their hashes), ``scales`` (what each scale trains and
 measures), ``runtime`` (data, model cache, run directory, cached parts), ``measure`` (paper-protocol attacks
-and the honest evaluation), ``report`` (atomic report.md / CSV / JSON / PNG), ``cli`` (the command line).
+and the honest evaluation), ``report`` (atomic report.md / CSV / JSON / PNG), ``estimate`` (``--plan``: time
+and memory before a run), ``cli`` (the command line). Cached results carry the version of the code that
+made them (``experiments.code_version``).
 """
 
 from __future__ import annotations

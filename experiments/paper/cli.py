@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    parser.add_argument("--download", action="store_true",
+                        help="download missing dataset files into --data-dir (needs internet)")
+    parser.add_argument("--reuse-stale", action="store_true",
+                        help="reuse cached models and results made by other code (named on stderr and in "
+                             "each report) instead of recomputing them")
+    parser.add_argument("--plan", action="store_true",
+                        help="print every model to train and every evaluation with estimated time and memory "
+                             "(calibrated by timing a few steps here), then exit without running")
     return parser
 
 
@@ -53,10 +61,10 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(
             "no data directory: pass --data-dir DIR (holding MNIST and CIFAR-10) or set NR_DATA_DIR"
         )
-    if not Path(data_dir).is_dir():
+    if not Path(data_dir).is_dir() and not args.download:
         raise UsageError(
             f"data directory {data_dir!r} does not exist: pass --data-dir DIR holding the MNIST "
-            "*-ubyte.gz files and CIFAR-10's cifar-10-batches-py/"
+            "*-ubyte.gz files and CIFAR-10's cifar-10-batches-py/, or add --download"
         )
     args.data_dir = data_dir
 
@@ -65,7 +73,9 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
     """Run the artefact(s) named by ``args``; returns the files written."""
     import torch
 
+    from experiments.code_version import CodeGuard
     from experiments.paper import ARTEFACTS
+    from experiments.paper.report import previous_run, record_run, stamp_stale
     from experiments.paper.runtime import Context
 
     if args.threads:
@@ -73,19 +83,29 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     names = list(ARTEFACTS) if args.artefact == "all" else [args.artefact]
     plans = {name: ARTEFACTS[name].plan(args.scale) for name in names}
+    if getattr(args, "plan", False):
+        from experiments.paper.estimate import print_plan
+
+        print_plan(plans, Path(args.out), torch.device(device))
+        return []
     ctx = Context(
         Path(args.out),
         args.data_dir,
         torch.device(device),
         progress=not args.no_progress,
         verify_data=all(p.verify_data for p in plans.values()),
+        download=getattr(args, "download", False),
+        guard=CodeGuard(reuse_stale=getattr(args, "reuse_stale", False)),
     )
     for dataset in sorted({d for plan in plans.values() for d in plan.eps_map}):
         ctx.dataset(dataset, "test")  # fail fast on missing or corrupt data, before any training
     written = []
     for name, plan in plans.items():
         started = time.perf_counter()
+        before, previous = len(ctx.computed), previous_run(Path(args.out) / name)
         paths = ARTEFACTS[name].run(ctx, plan, command)
+        stamp_stale(paths, ctx.guard.reused)
+        record_run(paths, ctx.computed[before:], time.perf_counter() - started, previous)
         written += paths
         print(f"{name}: {paths[0]} ({time.perf_counter() - started:.0f} s)", flush=True)
     return written

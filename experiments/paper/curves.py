@@ -11,6 +11,7 @@ from typing import Any
 from experiments.paper import scales
 from experiments.paper.measure import constant_image_caps, honest, protocol, with_sanity_flag
 from experiments.paper.report import (
+    caption,
     flags_section,
     header,
     markdown_table,
@@ -87,7 +88,7 @@ def run(
             caps = constant_image_caps(entry, data, eps, spec.batch_size)
             for i, e in enumerate(eps):
                 ours = curve[i]["clean_accuracy"] if e == 0 else curve[i]["robust_accuracy"]
-                fired = " ".join(summary["fired"])
+                fired = ""
                 if e > 0:
                     fired = with_sanity_flag(fired, entry.label, attack_name, e, ours, caps[i], failures)
                 rows.append(
@@ -104,6 +105,8 @@ def run(
                         "protocol_pgd": round(100 * summary["protocol"][i], 2),
                         "cap": percent(caps[i]),
                         "flags_fired": fired,
+                        "model_flags": " ".join(summary["fired"]) if i == 0 else "",
+                        "images": int(data[1].shape[0]),
                     }
                 )
             bar.update(1)
@@ -120,7 +123,7 @@ def run(
                 f"{r['protocol_pgd']:.2f}",
                 f"{r['worst_case']:.2f}",
                 "—" if r["cap"] is None else f"{r['cap']:.2f}",
-                r["flags_fired"] or "none",
+                r["flags_fired"] or "—",
             ]
             for r in rows
             if r["dataset"] == dataset
@@ -134,10 +137,17 @@ def run(
                 "PGD-40 (paper protocol)",
                 "worst case",
                 "ε-sanity cap",
-                "flags fired",
+                "ε-sanity flag",
             ],
             table,
         )
+        for model in ("resnet", "odenet"):
+            fired = summaries[f"{dataset} {model}"]["fired"]
+            lines.append(
+                f"- {dataset} {model}: flags of its honest evaluation: "
+                + (", ".join(f"`{name}` fired" for name in fired) if fired else "none fired")
+            )
+        lines.append("")
     lines += sanity_section(failures) + flags_section(summaries)
     return write(
         run_dir.folder,
@@ -149,12 +159,16 @@ def run(
         honest=summaries,
         models=ctx.model_records(models),
         command=command,
-        figures={f"{plan.artefact}.png": lambda path: _figure(rows, attack_name, title, path)},
+        figures={
+            f"{plan.artefact}.png": lambda path: _figure(
+                rows, attack_name, title, path, caption(plan, ctx.parameter_counts(models), spec.samples)
+            )
+        },
         eps_sanity_failures=failures,
     )
 
 
-def _figure(rows: list[dict[str, Any]], attack_name: str, title: str, path: Path) -> Path:
+def _figure(rows: list[dict[str, Any]], attack_name: str, title: str, path: Path, note: str) -> Path:
     plt = pyplot()
     figure, axes = plt.subplots(1, len(DATASETS), figsize=(11, 4), squeeze=False)
     for axis, dataset in zip(axes[0], DATASETS):
@@ -184,4 +198,4 @@ def _figure(rows: list[dict[str, Any]], attack_name: str, title: str, path: Path
         axis.legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
-    return save_figure(figure, path)
+    return save_figure(figure, path, note)

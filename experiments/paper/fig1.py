@@ -16,6 +16,7 @@ from typing import Any
 from experiments.paper import scales
 from experiments.paper.measure import constant_image_caps, honest, protocol, with_sanity_flag
 from experiments.paper.report import (
+    caption,
     flags_section,
     header,
     markdown_table,
@@ -123,8 +124,9 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
             "h": h,
             "architecture": target_spec.name,
             "paper": None,
-            "flags_fired": " ".join(summary["fired"]),
+            "flags_fired": "",
             "cap": None,
+            "images": int(data[1].shape[0]),
         }
         rows.append(
             {
@@ -133,6 +135,7 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
                 "eps": 0.0,
                 "ours": round(100 * curve[0]["clean_accuracy"], 2),
                 "worst_case": None,
+                "model_flags": " ".join(summary["fired"]),
             }
         )
         for i, e in enumerate(eps):
@@ -147,6 +150,7 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
                     "worst_case": round(100 * summary["worst_case"][i], 2),
                     "cap": percent(caps[i]),
                     "flags_fired": fired,
+                    "model_flags": "",
                 }
             )
         bar.update(1)
@@ -166,11 +170,12 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
             f"{r['ours']:.2f}",
             "—" if r["worst_case"] is None else f"{r['worst_case']:.2f}",
             "—" if r["cap"] is None else f"{r['cap']:.2f}",
-            r["flags_fired"] or "none",
+            r["flags_fired"] or "—",
+            r["model_flags"] if r["curve"] == "clean" else "",
         ]
         for r in rows
     ]
-    columns = ["h", "curve", "paper", "ours", "worst case", "ε-sanity cap", "flags fired"]
+    columns = ["h", "curve", "paper", "ours", "worst case", "ε-sanity cap", "ε-sanity flag", "model's flags"]
     lines += markdown_table(columns, table)
     source_summary = ctx.trained("source", models["source"]).info
     lines += [
@@ -190,21 +195,32 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
         models=ctx.model_records(models),
         eps_sanity_failures=failures,
         command=command,
-        figures={"fig1.png": lambda path: _figure(rows, path)},
+        figures={
+            "fig1.png": lambda path: _figure(
+                rows, path, caption(plan, ctx.parameter_counts(models), spec.samples)
+            )
+        },
     )
 
 
-def _figure(rows: list[dict[str, Any]], path: Path) -> Path:
+def _figure(rows: list[dict[str, Any]], path: Path, note: str) -> Path:
+    """The four curves against h (clean and FGSM transferred at each ε), each FGSM curve with the target's
+    honest worst case at that ε dashed beside it in the same colour."""
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    for curve in dict.fromkeys(r["curve"] for r in rows):
-        points = sorted((r["h"], r["ours"]) for r in rows if r["curve"] == curve)
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=curve)
+    figure, axis = plt.subplots(figsize=(7, 5))
+    for index, curve in enumerate(dict.fromkeys(r["curve"] for r in rows)):
+        colour = f"C{index}"
+        chosen = sorted((r for r in rows if r["curve"] == curve), key=lambda r: r["h"])
+        hs = [r["h"] for r in chosen]
+        axis.plot(hs, [r["ours"] for r in chosen], marker="o", color=colour, label=curve)
+        if all(r["worst_case"] is not None for r in chosen):
+            axis.plot(hs, [r["worst_case"] for r in chosen], ls="--", marker="s", color=colour, alpha=0.6,
+                      label=f"{curve.replace('FGSM', 'suite worst case')} (white-box + transfer)")
     axis.set_xscale("log")
     axis.set(
         xlabel="step size h", ylabel="accuracy (%)", ylim=(-2, 102), title="CIFAR-10 ResNet, FGSM transfer"
     )
     axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
     figure.tight_layout()
-    return save_figure(figure, path)
+    return save_figure(figure, path, note)

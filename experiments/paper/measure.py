@@ -63,7 +63,8 @@ def protocol(
             if row["attack"] != "worst-case"
         ]
 
-    return run.part(f"protocol {entry.label}", identity, compute)
+    return run.part(f"protocol {entry.label}", identity, counted(ctx, f"protocol {entry.label}", compute),
+                    guard=ctx.guard)
 
 
 def honest(
@@ -80,7 +81,9 @@ def honest(
     ``flags`` (name, fired, verdict), ``fired`` (names of fired flags), ``nfe`` (ODE forward NFE),
     ``preset``, ``samples``.
     """
+    from experiments.code_version import code_version
     from experiments.honest import SuiteStore, evaluate
+    from experiments.paper.runtime import PAPER_EVALUATION_CODE
     from experiments.records import RecordStore
 
     against = dict(against or {})
@@ -94,7 +97,8 @@ def honest(
     }
 
     def compute() -> dict[str, Any]:
-        store = SuiteStore(RecordStore(folder / "records"), identity, ("suite",))
+        records = RecordStore(folder / "records", code=code_version(PAPER_EVALUATION_CODE), guard=ctx.guard)
+        store = SuiteStore(records, identity, ("suite",))
         evaluation = evaluate(
             entry.model,
             x,
@@ -124,7 +128,44 @@ def honest(
         }
 
     folder = ctx.out / "evaluations" / digest(identity)
-    return cached_json(folder / "summary.json", f"honest {entry.label}", identity, compute)
+    name = f"honest evaluation of {entry.label}"
+    return cached_json(folder / "summary.json", name, identity, counted(ctx, name, compute), guard=ctx.guard)
+
+
+def counted(ctx: Context, name: str, compute: Callable[[], Any]) -> Callable[[], Any]:
+    """``compute``, noting in ``ctx.computed`` that this command computed ``name`` (not reused it)."""
+
+    def run() -> Any:
+        ctx.computed.append(name)
+        return compute()
+
+    return run
+
+
+def clean_accuracy(
+    run: RunDirectory, ctx: Context, entry: TrainedModel, dataset: str, batch_size: int
+) -> tuple[float, int]:
+    """Accuracy of ``entry`` on the whole test set of ``dataset`` (the paper's clean number is on the whole
+    test set; at smoke scale on the per-epoch test images only), cached as a part; returns (accuracy,
+    images)."""
+    from attacks.suite import predict
+
+    test = ctx.dataset(dataset, "test")
+    limit = run.plan.evaluation.test_samples if run.plan.scale == "smoke" else None
+    images = min(limit or len(test), len(test))
+    identity = {"model": entry.spec.key(), "dataset": dataset, "images": images}
+
+    @torch.no_grad()
+    def compute() -> float:
+        correct = 0
+        for start in range(0, images, 10 * batch_size):
+            x, y = ctx.test_tensors_slice(dataset, start, min(10 * batch_size, images - start))
+            correct += int((predict(entry.model, x, batch_size).argmax(1).cpu() == y.cpu()).sum())
+        return correct / images
+
+    value, _ = run.part(f"clean {entry.label}", identity, counted(ctx, f"clean {entry.label}", compute),
+                        guard=ctx.guard)
+    return float(value), images
 
 
 def constant_image_caps(

@@ -27,19 +27,9 @@ def environment() -> dict[str, Any]:
     """Versions and hardware of this run."""
     import numpy
 
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                cwd=Path(__file__).parent,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = _git("rev-parse", "HEAD") or None
+    if commit and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+uncommitted changes"
     cuda = torch.cuda.is_available()
     return {
         "python": platform.python_version(),
@@ -52,6 +42,15 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
     }
+
+
+def _git(*arguments: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *arguments], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def pct(value: float | None) -> str:
@@ -117,10 +116,25 @@ def header(plan: Plan, title: str, command: str) -> list[str]:
     return lines
 
 
-def save_figure(figure, path: Path) -> Path:
-    """``figure.savefig`` to a temporary file, then ``os.replace``."""
+def caption(plan: Plan, sizes: Mapping[str, int], images: int) -> str:
+    """What a figure was made from: the scale, each architecture with its parameter count, the image count
+    (so that a smoke figure never passes for a result)."""
+    models = ", ".join(f"{name} ({count / 1e6:.2g}M params)" for name, count in sizes.items())
+    warning = " — plumbing test, numbers meaningless" if plan.scale == "smoke" else ""
+    return f"scale {plan.scale}{warning}; {images:,} attacked test images; models: {models}"
+
+
+def save_figure(figure, path: Path, note: str | None = None) -> Path:
+    """``figure.savefig`` (with ``note``, e.g. :func:`caption`, along its bottom edge) to a temporary file,
+    then ``os.replace``."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
+    if note:
+        text = "\n".join(textwrap.wrap(note, 150))
+        figure.subplots_adjust(bottom=0.2 + 0.03 * text.count("\n"))
+        figure.text(0.01, 0.01, text, fontsize=6.5, ha="left", va="bottom", color="0.25")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temporary, dpi=110)
@@ -181,3 +195,70 @@ def write(
     for name, draw in figures.items():
         written.append(draw(folder / name))
     return written
+
+
+def stamp_stale(paths: Sequence[Path], reused: Sequence[str]) -> None:
+    """Stamp an artefact's report.md and results.json (among ``paths``) with the cache entries made by other
+    code that this command reused (``--reuse-stale``); nothing when there are none."""
+    if not reused:
+        return
+    from experiments.code_version import CodeGuard
+
+    lines = CodeGuard(reused=list(reused)).stamp_lines()
+    for path in paths:
+        if path.name == "report.md":
+            title, _, rest = path.read_text(encoding="utf-8").partition("\n")
+            atomic_write_text(path, "\n".join([title, "", *lines]) + "\n" + rest)
+        elif path.name == "results.json":
+            document = json.loads(path.read_text(encoding="utf-8"))
+            document["stale_reused"] = list(reused)
+            atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
+
+
+def previous_run(folder: Path) -> dict[str, Any] | None:
+    """The ``run`` record of the results.json already in ``folder`` (None if there is none)."""
+    try:
+        run = json.loads((folder / "results.json").read_text(encoding="utf-8")).get("run")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run if isinstance(run, dict) else None
+
+
+def record_run(
+    paths: Sequence[Path], computed: Sequence[str], seconds: float, previous: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Record in an artefact's results.json and report.md (among ``paths``) the run that computed its
+    numbers: this one when it computed anything (``computed``: what it did not take from the caches), else
+    the ``previous`` run record (this one only re-rendered the files, and says so). Returns the record."""
+    env = environment()
+    this = {
+        "commit": env["git_commit"],
+        "wall_s": round(seconds, 1),
+        "torch_threads": env["torch_threads"],
+        "cpu_count": env["cpu_count"],
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "computed": list(computed),
+    }
+    run = this if computed or previous is None else dict(previous)
+    rendered = None if run is this else {k: this[k] for k in ("commit", "wall_s", "finished_utc")}
+    line = (
+        f"Computed by commit `{run['commit']}` in {run['wall_s']:.0f} s wall ({run['torch_threads']} torch "
+        f"thread(s), {run['cpu_count']} cores), finished {run['finished_utc']}"
+    )
+    if rendered is not None:
+        line += (
+            f"; this report was re-rendered from the cached results by commit `{rendered['commit']}` "
+            f"({rendered['wall_s']:.0f} s)"
+        )
+    elif not computed:
+        line += " (every result taken from the caches)"
+    for path in paths:
+        if path.name == "results.json":
+            document = json.loads(path.read_text(encoding="utf-8"))
+            document["run"] = run
+            document["rendered"] = rendered
+            atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
+        elif path.name == "report.md":
+            title, _, rest = path.read_text(encoding="utf-8").partition("\n")
+            atomic_write_text(path, "\n".join([title, "", line + "."]) + "\n" + rest)
+    return run

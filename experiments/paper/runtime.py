@@ -3,11 +3,16 @@
 Layout under ``--out``::
 
     models/<registry name>-<model key>/   one training run per ModelSpec (nets.training; resumable),
-                                          shared by every artefact that asks for the same spec
+                                          shared by every artefact that asks for the same spec; code.json
+                                          is the version of the code that trained it
     evaluations/<key>/                    the honest evaluation's per-(attack, ε) records and its summary
     <artefact>/plan.json                  the Plan that owns this directory (another Plan is refused)
     <artefact>/parts/<key>.json           finished measurements (a rerun reuses them)
     <artefact>/report.md, results.{csv,json}, *.png
+
+Every cached model, part and evaluation carries the version of the code that made it
+(:mod:`experiments.code_version`); one from other code is recomputed and named, or with ``--reuse-stale``
+reused, named and listed in the report (:class:`~experiments.code_version.CodeGuard` in the Context).
 """
 
 from __future__ import annotations
@@ -22,8 +27,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from experiments.code_version import (
+    EVALUATION_CODE,
+    MODEL_CODE,
+    CodeGuard,
+    code_version,
+    model_folder_is_current,
+)
 from experiments.paper.specs import ModelSpec, Plan, digest
 from nets.atomic import atomic_write_text
+
+#: what a paper measurement depends on: the evaluation code and the module that summarises it
+PAPER_EVALUATION_CODE = EVALUATION_CODE + ("experiments/paper/measure.py",)
+
+
+def model_code(spec: ModelSpec) -> dict[str, str]:
+    """The version of the code a model of ``spec`` is trained by: stability and nets, plus attacks for an
+    adversarial-training loss."""
+    return code_version(MODEL_CODE + (("attacks",) if spec.train.loss != "natural" else ()))
 
 
 class PaperError(Exception):
@@ -58,6 +79,10 @@ class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = True
     verify_data: bool = True
+    download: bool = False
+    guard: CodeGuard = field(default_factory=CodeGuard)
+    #: what this command computed (trained models, measurements), as opposed to reused from the caches
+    computed: list[str] = field(default_factory=list)
     _data: dict[tuple[str, str], Any] = field(default_factory=dict)
     _models: dict[str, TrainedModel] = field(default_factory=dict)
 
@@ -67,7 +92,7 @@ class Context:
 
         if (name, split) not in self._data:
             self._data[(name, split)] = load_dataset(
-                name, split, self.data_dir, verify=self.verify_data, progress=False
+                name, split, self.data_dir, verify=self.verify_data, download=self.download, progress=False
             )
         return self._data[(name, split)]
 
@@ -77,10 +102,24 @@ class Context:
         n = min(samples, len(test))
         return test.images[:n].float().div(255).to(self.device), test.labels[:n].to(self.device)
 
+    def test_tensors_slice(self, name: str, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test images ``start`` … ``start + count - 1`` as floats in [0, 1] and their labels, on device."""
+        test = self.dataset(name, "test")
+        images, labels = test.images[start : start + count], test.labels[start : start + count]
+        return images.float().div(255).to(self.device), labels.to(self.device)
+
     def model_records(self, models: Mapping[str, ModelSpec]) -> dict[str, dict[str, Any]]:
         """Per label: the model's spec and its training record (for results.json)."""
         return {label: {"spec": spec.to_dict(), "training": self.trained(label, spec).info}
                 for label, spec in models.items()}
+
+    def parameter_counts(self, models: Mapping[str, ModelSpec]) -> dict[str, int]:
+        """Per architecture name (registry name and kwargs aside from the step size): its parameter count,
+        from the models this command loaded."""
+        counts = {}
+        for label, spec in models.items():
+            counts.setdefault(spec.name, sum(p.numel() for p in self.trained(label, spec).model.parameters()))
+        return counts
 
     def bar(self, total: int, description: str):
         """A progress bar with ETA over an artefact's units (a no-op object without ``progress``)."""
@@ -100,6 +139,7 @@ class Context:
             return TrainedModel(label, spec, cached.model, cached.folder, cached.info)
         folder = self.out / "models" / f"{spec.name}-{key}"
         folder.mkdir(parents=True, exist_ok=True)
+        model_folder_is_current(folder, model_code(spec), self.guard, f"model {label} ({folder})")
         spec_path = folder / "spec.json"
         if not spec_path.is_file():
             atomic_write_text(spec_path, json.dumps(spec.to_dict(), indent=2) + "\n")
@@ -111,6 +151,7 @@ class Context:
             if test_samples is not None:
                 test_set = test_set.subset(slice(0, test_samples))
             torch.manual_seed(spec.train.seed)
+            self.computed.append(f"model {label}")
             if self.progress:
                 print(
                     f"[{label}] training {spec.name} on {spec.dataset} for {spec.train.epochs} epochs "
@@ -200,29 +241,73 @@ class RunDirectory:
                 marker, json.dumps({"key": plan.key(), "plan": plan.to_dict()}, indent=2) + "\n"
             )
 
-    def part(self, name: str, identity: Any, compute: Callable[[], Any]) -> tuple[Any, float]:
-        """``compute()`` once per (name, identity); returns (value, seconds it took when computed)."""
+    def part(
+        self,
+        name: str,
+        identity: Any,
+        compute: Callable[[], Any],
+        *,
+        code: Mapping[str, str] | None = None,
+        guard: CodeGuard | None = None,
+    ) -> tuple[Any, float]:
+        """``compute()`` once per (name, identity) and code version (``code``, default: the paper's
+        evaluation code); returns (value, seconds it took when computed)."""
         return cached_json(
-            self.folder / "parts" / f"{digest([name, identity])}.json", name, identity, compute
+            self.folder / "parts" / f"{digest([name, identity])}.json",
+            name,
+            identity,
+            compute,
+            code=code,
+            guard=guard,
         )
 
 
-def cached_json(path: Path, name: str, identity: Any, compute: Callable[[], Any]) -> tuple[Any, float]:
+def cached_json(
+    path: Path,
+    name: str,
+    identity: Any,
+    compute: Callable[[], Any],
+    *,
+    code: Mapping[str, str] | None = None,
+    guard: CodeGuard | None = None,
+) -> tuple[Any, float]:
     """The value stored at ``path`` for ``identity``, or ``compute()`` stored there atomically first;
-    returns (value, seconds the computation took)."""
+    returns (value, seconds the computation took).
+
+    The entry carries ``code`` (default: the version of :data:`PAPER_EVALUATION_CODE`) and a checksum of its
+    value; one made by other code, or unreadable, or edited, is recomputed and named by ``guard`` (default:
+    a :class:`CodeGuard` that recomputes); with ``guard.reuse_stale`` one from other code is reused."""
+    code = dict(code) if code is not None else code_version(PAPER_EVALUATION_CODE)
+    guard = guard if guard is not None else CodeGuard()
     if path.is_file():
         try:
             stored = json.loads(path.read_text())
-            if stored["identity"] == json.loads(json.dumps(identity, default=str)):
+            same = stored["identity"] == json.loads(json.dumps(identity, default=str))
+            intact = stored.get("value_sha256") == _value_sha256(stored["value"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            guard.log(f"recomputing {name}: unreadable ({type(error).__name__}) ({path})")
+        else:
+            if same and not intact:
+                guard.log(f"recomputing {name}: content checksum mismatch (edited since written) ({path})")
+            elif same and guard.current(f"{name} ({path})", stored.get("code"), code):
                 return stored["value"], stored["seconds"]
-        except (OSError, json.JSONDecodeError, KeyError):
-            pass  # damaged or foreign: recompute
     started = time.perf_counter()
     value = compute()
     seconds = time.perf_counter() - started
-    atomic_write_text(
-        path,
-        json.dumps({"name": name, "identity": identity, "value": value, "seconds": seconds}, default=str)
-        + "\n",
-    )
+    document = {
+        "name": name,
+        "identity": identity,
+        "code": code,
+        "value_sha256": _value_sha256(value),
+        "value": value,
+        "seconds": seconds,
+    }
+    atomic_write_text(path, json.dumps(document, default=str) + "\n")
     return value, seconds
+
+
+def _value_sha256(value: Any) -> str:
+    """The content checksum of a cached value as it is stored (JSON, non-JSON values as their text)."""
+    from experiments.records import content_sha256
+
+    return content_sha256(json.loads(json.dumps(value, default=str)))

@@ -1,6 +1,7 @@
 """The three scales, and the models and budgets the artefacts share at each.
 
-``smoke``: plumbing only (tests): 2-channel models, one epoch on whatever tiny data is given, 4 images,
+``smoke``: a run that shows everything works, in minutes: 2-channel models, one epoch on the first
+:data:`SMOKE_TRAIN` training images, :data:`SMOKE_TEST` test images after the epoch, 4 attacked images,
 attack budgets cut to a few steps; its numbers mean nothing.
 
 ``cpu``: each artefact ≤ 60 minutes on 2 CPU cores. Models, epochs, training subsets and attacked-image
@@ -31,9 +32,17 @@ def check_scale(scale: str) -> str:
     return scale
 
 
+#: smoke scale: training images per model (the first N), and test images evaluated after its epoch
+SMOKE_TRAIN = 256
+SMOKE_TEST = 32
+
+
 # ------------------------------------------------------------------------------------------ training recipes
 def smoke_training(seed: int = 0, **loss) -> TrainSpec:
-    return TrainSpec(epochs=1, batch_size=8, optimizer="adam", lr=1e-3, seed=seed, **loss)
+    """One epoch of Adam on the first :data:`SMOKE_TRAIN` training images, batch 32."""
+    return TrainSpec(
+        epochs=1, batch_size=32, optimizer="adam", lr=1e-3, seed=seed, limit_train=SMOKE_TRAIN, **loss
+    )
 
 
 def he_et_al(*, augment: bool, seed: int = 0) -> TrainSpec:
@@ -148,6 +157,7 @@ def evaluation(scale: str) -> EvalSpec:
             fixed_steps=2,
             reference_tol=1e-3,
             batch_size=4,
+            test_samples=SMOKE_TEST,
         )
     if scale == "cpu":
         return EvalSpec(samples=100, test_samples=1000)
@@ -162,7 +172,8 @@ def budget(scale: str, paper_value: int, smoke_value: int) -> int:
 
 
 SHRINKAGE = {
-    "smoke": "2-channel models, 1 epoch, 4 attacked images, suite/PGD/DI²/Boundary budgets of 2-5 steps",
+    "smoke": f"2-channel models, 1 epoch on {SMOKE_TRAIN} training images, 4 attacked images, "
+    "suite/PGD/DI²/Boundary budgets of 2-5 steps",
     "cpu": "small models (see each report), 2-3 epochs on 10k-60k training images (Adam + one-cycle), "
     "100 attacked test images, 1000 for per-epoch accuracy; the attack protocols unchanged",
     "paper": "none: Appendix A / He et al. 2016, full test sets",

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments.paper import scales
-from experiments.paper.measure import honest, protocol
-from experiments.paper.report import diff, flags_section, header, markdown_table, write
+from experiments.paper.measure import clean_accuracy, honest, protocol
+from experiments.paper.report import caption, diff, flags_section, header, markdown_table, write
 from experiments.paper.runtime import Context, RunDirectory
 from experiments.paper.specs import Plan, TrainSpec, model
 
@@ -140,12 +140,16 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
         timings[f"{method} honest"] = seconds
         summaries[method] = summary
         paper_clean, paper_pgd = PAPER[method]
+        clean, clean_images = clean_accuracy(run_dir, ctx, entry, "cifar10", spec.batch_size)
         rows.append(
             {
                 "method": METHOD_NAMES[method],
                 "architecture": model_spec.name,
                 "paper_clean": paper_clean,
-                "ours_clean": round(100 * result[0]["clean_accuracy"], 2),
+                "ours_clean": round(100 * clean, 2),
+                "clean_images": clean_images,
+                "attacked_clean": round(100 * result[0]["clean_accuracy"], 2),
+                "images": int(data[1].shape[0]),
                 "paper_pgd20": paper_pgd,
                 "ours_pgd20": round(100 * result[0]["robust_accuracy"], 2),
                 "protocol_pgd40": round(100 * summary["protocol"][0], 2),
@@ -157,9 +161,11 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
         bar.update(1)
     bar.close()
     lines = header(plan, TITLE, command) + [
-        f"Accuracy in % at ε = 8/255 on {data[1].shape[0]} test images: the paper's clean and PGD-20 "
-        f"numbers, ours ({name}, α = 2/255, random start), the difference, Table 1's paper-protocol PGD "
-        "(α = 0.01) and the honest evaluation's per-example worst case.",
+        f"Accuracy in %: the paper's clean and PGD-20 numbers (its whole test set, 10,000 images), ours "
+        f"(clean on the whole test set, {rows[0]['clean_images']:,} images; {name} at ε = 8/255, α = 2/255, "
+        f"random start, on the first {data[1].shape[0]} test images, so its difference compares different "
+        "image sets), Table 1's paper-protocol PGD (α = 0.01) and the honest evaluation's per-example worst "
+        "case on the same attacked images; the model's flags last.",
         "",
     ]
     table = [
@@ -204,11 +210,15 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
         honest=summaries,
         models=ctx.model_records(plan.model_map),
         command=command,
-        figures={"table2.png": lambda path: _figure(rows, name, path)},
+        figures={
+            "table2.png": lambda path: _figure(
+                rows, name, path, caption(plan, ctx.parameter_counts(plan.model_map), spec.samples)
+            )
+        },
     )
 
 
-def _figure(rows: list[dict[str, Any]], name: str, path: Path) -> Path:
+def _figure(rows: list[dict[str, Any]], name: str, path: Path, note: str) -> Path:
     from experiments.paper.report import pyplot, save_figure
 
     plt = pyplot()
@@ -217,10 +227,10 @@ def _figure(rows: list[dict[str, Any]], name: str, path: Path) -> Path:
     width = 0.2
     for offset, (key, label) in enumerate(
         (
-            ("ours_clean", "clean"),
-            ("ours_pgd20", name),
+            ("attacked_clean", "clean (the attacked images)"),
+            ("ours_pgd20", f"ours {name}"),
             ("worst_case", "worst case"),
-            ("paper_pgd20", f"paper {name}"),
+            ("paper_pgd20", "paper PGD-20"),
         )
     ):
         axis.bar([p + (offset - 1.5) * width for p in positions], [r[key] for r in rows], width, label=label)
@@ -228,4 +238,4 @@ def _figure(rows: list[dict[str, Any]], name: str, path: Path) -> Path:
     axis.set(ylabel="accuracy (%)", ylim=(0, 100), title="CIFAR-10, ε = 8/255")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    return save_figure(figure, path)
+    return save_figure(figure, path, note)

@@ -125,6 +125,18 @@ def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
     assert ode["nfe"]["nfe_per_sample"] > 0  # NFE of the ODE models recorded
     fig1_rows = list(csv.DictReader((root / "out" / "fig1" / "results.csv").open()))
     assert {r["curve"] for r in fig1_rows} == {"clean", "FGSM ε=0.1", "FGSM ε=0.3", "FGSM ε=0.5"}
+    # the clean row is on the whole test set (6 MNIST, 4 CIFAR-10 images here), the attacked rows on the
+    # attacked subset (4);
+    # model-level flags once per model (on its clean row), not on every ε row
+    clean = [r for r in table if r["attack"] == "clean"]
+    assert {(r["dataset"], r["images"]) for r in clean} == {("mnist", "6"), ("cifar10", "4")}
+    assert {r["images"] for r in table if r["attack"] != "clean"} == {"4"}
+    assert all(r["model_flags"] == "" for r in table if r["attack"] != "clean")
+    assert all("eps-sanity" in r["flags_fired"] or not r["flags_fired"] for r in table)
+    for name in ARTEFACTS:  # the run that computed the numbers is recorded in results.json and report.md
+        run = json.loads((root / "out" / name / "results.json").read_text())["run"]
+        assert run["computed"] and run["wall_s"] > 0 and run["commit"] is not None
+        assert "Computed by commit" in (root / "out" / name / "report.md").read_text()
 
 
 def test_models_are_cached_by_configuration_and_reused(smoke_run) -> None:
@@ -139,8 +151,13 @@ def test_models_are_cached_by_configuration_and_reused(smoke_run) -> None:
     )
     stored += sorted((root / "out" / "models").rglob("model.pt"))
     stamps = [p.stat().st_mtime_ns for p in stored]
+    first_run = json.loads((root / "out" / "table1" / "results.json").read_text())["run"]
     assert cli.main(["table1", *argv[1:]]) == 0
     assert [p.stat().st_mtime_ns for p in stored] == stamps
+    # a re-render keeps the record of the run that computed the numbers, and says it re-rendered them
+    results = json.loads((root / "out" / "table1" / "results.json").read_text())
+    assert results["run"] == first_run and results["rendered"]["wall_s"] >= 0
+    assert "re-rendered from the cached results" in (root / "out" / "table1" / "report.md").read_text()
 
 
 def test_failures_are_one_line_with_exit_code_2(smoke_run, tmp_path, capsys) -> None:
@@ -152,10 +169,18 @@ def test_failures_are_one_line_with_exit_code_2(smoke_run, tmp_path, capsys) -> 
         (["table1", *data, "--scale", "huge", "--out", str(tmp_path)], "unknown scale"),
         (["table1", *data, "--scale", "smoke"], "--out"),
     ]
+    (tmp_path / "empty").mkdir()
+    cases += [  # missing data: the advice names --download, which this command accepts
+        (["table1", "--data-dir", str(tmp_path / "nowhere"), "--scale", "smoke", "--out", str(tmp_path)],
+         "--download"),
+        (["table1", "--data-dir", str(tmp_path / "empty"), "--scale", "smoke", "--out", str(tmp_path)],
+         "--download"),
+    ]
     for case, expected in cases:
         assert cli.main(case) == 2
         error = capsys.readouterr().err.strip()
         assert error.count("\n") == 0 and expected in error, error
+    assert cli.build_parser().parse_args(["table1", "--out", "x", "--download"]).download
     # a run directory written by another configuration is refused, never mixed
     other = tmp_path / "other"
     (other / "table1").mkdir(parents=True)
@@ -292,3 +317,41 @@ def test_paper_attack_numbers_above_the_constant_image_cap_are_flagged() -> None
     assert tiny is None  # no gray (multiples of 0.05) within 1e-4 of 0.23 or 0.77: no bound
     assert large == 0.0  # a gray on the other side of 0.5 lies in every ball
     assert above_cap(0.34, large) and not above_cap(0.0, large) and not above_cap(0.9, tiny)
+
+
+def test_plan_prints_every_model_and_evaluation_with_its_estimate_and_runs_nothing(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from experiments.paper import estimate
+
+    fixed = estimate.Calibration(train_s=1e-3, grad_s=2e-3, forward_s=5e-4, train_flops=7e9, grad_flops=7e9,
+                                 saved_bytes=2**20, parameters=1000, batch=8)
+    monkeypatch.setattr(estimate, "calibrate", lambda spec: fixed)
+    write_mnist(tmp_path / "data", n_train=8, n_test=6)
+    argv = ["table1", "--scale", "smoke", "--plan", "--data-dir", str(tmp_path / "data"), "--out",
+            str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+    plan = table1.plan("smoke")
+    for label, spec in plan.models:
+        (line,) = [row for row in printed.splitlines() if row.startswith(f"  {label} ") and "ep ×" in row]
+        # 1 epoch × 256 images × 1 ms + 32 test images × 0.5 ms = 0.272 s; GPU 256 × 7 GFLOP ÷ 7 TFLOP/s
+        assert spec.name in line and "1 ep × 256 img, batch 32" in line and " 0 s " in line
+        assert f"{(1000 * 4 * 4 + 2**20 * 32) / 2**20:.1f} MiB" in line  # Adam: 4 copies of the weights
+    evaluations = [row for row in printed.splitlines() if "quick" in row]
+    assert len(evaluations) == len(plan.models)
+    assert "UNCALIBRATED" in printed and "Basis:" in printed
+
+
+@pytest.mark.slow  # ~10 s on a loaded machine
+def test_calibration_measures_a_real_model() -> None:
+    from experiments.paper import estimate
+
+    spec = table1.plan("smoke").model_map["mnist resnet"]
+    measured = estimate.calibrate(spec)
+    assert measured.parameters == sum(p.numel() for p in spec.build().parameters())
+    assert 2 <= measured.batch <= 32 and measured.saved_bytes > 0
+    assert min(measured.train_s, measured.grad_s, measured.forward_s) > 0
+    # a training step and an input-gradient pass both run the network forward and backward once
+    assert measured.train_flops == pytest.approx(measured.grad_flops, rel=0.5)
