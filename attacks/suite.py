@@ -373,6 +373,7 @@ def run_suite(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str | None = None,
+    first_batch: int = 0,
     monitor: SuiteProgress | None = None,
 ) -> SuiteReport:
     """Run ``attacks`` at every ``eps`` on ``(x, y)`` and return the :class:`SuiteReport` (no flags yet).
@@ -381,8 +382,11 @@ def run_suite(
     with each new record (e.g. to write it atomically). ``progress(n)`` is called after each batch with the
     number of samples attacked. ``cascade=False`` runs every attack on all clean-correct samples (standalone
     numbers per attack; the worst case is the same AND). ``rank``/``world_size`` shard the batches.
-    ``monitor`` (:class:`attacks.progress.SuiteProgress`) follows the run in model passes: the record running
-    and the work done, from inside long attacks too.
+    ``first_batch``: the global index of ``x``'s first batch when ``(x, y)`` is one shard of a larger set
+    starting at sample ``first_batch * batch_size`` (seeds derive from global batch indices, so the shard's
+    records equal the corresponding rows of the whole run). ``monitor``
+    (:class:`attacks.progress.SuiteProgress`) follows the run in model passes: the record running and the
+    work done, from inside long attacks too.
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
@@ -399,6 +403,8 @@ def run_suite(
         raise ValueError(f"attack names must be distinct, got {names}")
     if not attacks:
         raise ValueError("the suite needs at least one attack")
+    if first_batch < 0:
+        raise ValueError(f"first_batch must be >= 0, got {first_batch}")
     device = torch.device(device) if device is not None else model_device(model)
     x, y = x.detach().cpu(), y.detach().cpu().long()
     n = x.shape[0]
@@ -413,6 +419,7 @@ def run_suite(
                          skipped=skipped)
     minimizers: dict[str, tuple[Tensor, Tensor, dict[str, float], float]] = {}
     batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    numbered = list(enumerate(batches, start=first_batch))
     completed = completed or {}
     tracker = _Tracker(progress, monitor, batches, rank, world_size)
     tracker.start(attacks, eps, completed, clean_correct, cascade)
@@ -450,7 +457,7 @@ def run_suite(
                         y,
                         entry,
                         clean_correct,
-                        batches,
+                        numbered,
                         seed,
                         a_index,
                         device,
@@ -472,7 +479,7 @@ def run_suite(
                     entry,
                     record,
                     targets,
-                    batches,
+                    numbered,
                     (seed, a_index, e_index),
                     device,
                     tracker,
@@ -598,10 +605,13 @@ def _attack_batch(
     return x_adv, (logits.argmax(dim=1) != yb).cpu() | bad, bad
 
 
-def _shard(batches: list[range], targets: Tensor, rank: int, world_size: int) -> Iterator[tuple[int, Tensor]]:
-    """This process's batches (every ``world_size``-th), as indices of the samples to attack in each."""
-    for b_index, rows in enumerate(batches):
-        if b_index % world_size != rank:
+def _shard(
+    batches: list[tuple[int, range]], targets: Tensor, rank: int, world_size: int
+) -> Iterator[tuple[int, Tensor]]:
+    """This process's batches (every ``world_size``-th of the numbered ``(global index, rows)``), as indices
+    of the samples to attack in each."""
+    for position, (b_index, rows) in enumerate(batches):
+        if position % world_size != rank:
             continue
         index = torch.tensor(list(rows))
         index = index[targets[index]]
@@ -617,7 +627,7 @@ def _run_bounded(
     entry: SuiteAttack,
     record: AttackRecord,
     targets: Tensor,
-    batches: list[range],
+    batches: list[tuple[int, range]],
     seeds: tuple[int, int, int],
     device: torch.device,
     tracker: _Tracker,
@@ -659,7 +669,7 @@ def _run_minimizer(
     y: Tensor,
     entry: SuiteAttack,
     targets: Tensor,
-    batches: list[range],
+    batches: list[tuple[int, range]],
     seed: int,
     a_index: int,
     device: torch.device,

@@ -9,12 +9,19 @@ and eps, the worst case, the paper-protocol PGD-40 number, flags with a one-line
 attack fooled it at each eps) and ``robustness.png``. Each (attack, eps) record is written atomically when
 complete under ``DIR/records/`` and reused by a rerun with the same configuration. Under
 ``torchrun --nproc_per_node K`` the samples are sharded across processes (batch by batch) and gathered; the
-result equals the single-process run.
+result equals the single-process run. ``model_info.json`` is the RobustBench-style model card
+(:mod:`experiments.model_card`).
+
+Independent jobs (any scheduler, any machine) split the same evaluation with ``--shard K/N`` (K = 0 .. N-1,
+each into its own ``--out``) and ``--merge DIR... --out DIR`` combines them after checking that every sample
+was evaluated exactly once by one configuration and one model (:mod:`experiments.shards`); the merged files
+equal the one-process run's. ``--budget`` is the budgeted mode for CPUs (:mod:`attacks.budget`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -39,7 +46,10 @@ from experiments.cli import (
 )
 from experiments.code_version import EVALUATION_CODE, CodeGuard, code_version
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
+from experiments.model_card import model_card
 from experiments.records import RecordStore, file_sha256
+from experiments.shards import merge_evaluation, parse_shard, read_shards, shard_config, write_shard
+from nets.atomic import atomic_write_text
 
 DEFAULT_EPS = {"mnist": [0.1, 0.2, 0.3, 0.4], "cifar10": [2 / 255, 4 / 255, 8 / 255, 16 / 255]}
 
@@ -47,7 +57,8 @@ DEFAULT_EPS = {"mnist": [0.1, 0.2, 0.3, 0.4], "cifar10": [2 / 255, 4 / 255, 8 / 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("python -m experiments.evaluate", __doc__)
     parser.add_argument(
-        "--checkpoint", required=True, help="run directory (or model.pt) of the model to evaluate"
+        "--checkpoint", default=None,
+        help="run directory (or model.pt) of the model to evaluate (required unless --merge)",
     )
     parser.add_argument(
         "--against",
@@ -120,6 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reuse-stale", action="store_true",
                         help="reuse records made by other code (named) instead of recomputing them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--shard", default=None, metavar="K/N",
+        help="evaluate only shard K of N (K = 0 .. N-1; contiguous whole batches of the selected samples) "
+        "and write its per-example records to --out; combine the N folders with --merge",
+    )
+    parser.add_argument(
+        "--merge", nargs="+", default=None, metavar="DIR",
+        help="combine the shard folders DIR... of one evaluation into --out (refuses gaps, duplicates, and "
+        "shards of another configuration or model); the configuration comes from the shards",
+    )
+    parser.add_argument(
+        "--no-checks", action="store_true",
+        help="skip the checks over the whole set that need the model again (convergence, eps sanity, batch "
+        "dependence, randomness); the report's own checks still run and the outputs say what was skipped",
+    )
+    parser.add_argument(
+        "--budget", action="store_true",
+        help="budgeted mode for CPUs: APGD-T on the 2 MALT-nearest targets, Square with a tenth of the "
+        "queries",
+    )
     return parser
 
 
@@ -160,6 +191,10 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         distinct(args.eps, "--eps")
     setup(args)
     outputs = outputs if outputs is not None else Outputs()
+    if args.merge:
+        return merge(args, argv, outputs)
+    if args.checkpoint is None:
+        raise UsageError("--checkpoint RUN is required (or --merge DIR... to combine shards)")
     rank, world = _distributed()
     device = _device(args.device)
     if world > 1 and device.type == "cuda":
@@ -174,7 +209,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         source, source_data = load_model(path, device)
         if source_data and source_data.lower().replace("-", "") != dataset:
             raise UsageError(f"--against {path} was trained on {source_data}, not {dataset}")
-        against[Path(path).name if Path(path).is_dir() else Path(path).parent.name] = source
+        against[_source_label(path)] = source
     from nets.datasets import load_dataset
 
     test = load_dataset(
@@ -197,7 +232,11 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         steps=args.steps,
         target_classes=args.target_classes,
         queries=args.queries,
+        budget=args.budget,
     )
+    shard = parse_shard(args.shard, n, args.batch_size) if args.shard else None
+    if shard is not None:
+        x, y = x[shard.start : shard.stop], y[shard.start : shard.stop]
     out = Path(args.out)
     identity = {
         "config": config.to_dict(),
@@ -207,6 +246,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
     }
     records = RecordStore(out / "records", force=args.force, code=code_version(EVALUATION_CODE),
                           guard=CodeGuard(reuse_stale=args.reuse_stale))
+    stamp = identity if shard is None else {**identity, "shard": shard.to_json()}
     started = time.perf_counter()
     evaluation = evaluate(
         model,
@@ -214,12 +254,23 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         y,
         config,
         against=against,
-        store=SuiteStore(records, identity, ("suite",)),
+        store=SuiteStore(records, stamp, ("suite",)),
         progress=not args.no_progress,
         rank=rank,
         world_size=world,
+        first_batch=0 if shard is None else shard.first_batch,
+        checks=shard is None and not args.no_checks,
     )
     if rank != 0:
+        return 0
+    label = Path(args.checkpoint).name
+    if shard is not None:
+        evaluation.seconds["wall"] = time.perf_counter() - started
+        sources = {"checkpoint": str(args.checkpoint), "against": list(args.against)}
+        made_by = {**identity, "code": code_version(EVALUATION_CODE)}  # shards of other code never merge
+        outputs.add(write_shard(out, shard, evaluation, made_by, label, sources))
+        print(f"shard {shard.label()} (samples {shard.start}-{shard.stop - 1}) in "
+              f"{evaluation.seconds['wall']:.0f} s: {summary_line(evaluation)}")
         return 0
     for line in records.summary():
         print(line)
@@ -236,11 +287,91 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
             "machine": platform.machine(),
         },
         "wall_seconds": time.perf_counter() - started,
+        **_skipped_checks(args),
     }
-    for path in write_outputs({Path(args.checkpoint).name: evaluation}, out, command, extra):
+    for path in write_outputs({label: evaluation}, out, command, extra):
         outputs.add(path)
+    outputs.add(_write_card(evaluation, label, args.checkpoint, dataset, out, command))
     print(summary_line(evaluation))
     return 0
+
+
+def merge(args: argparse.Namespace, argv: Sequence[str], outputs: Outputs) -> int:
+    """``--merge DIR...``: the shards' records combined into the one-process outputs, plus the checks over the
+    whole set (they need the model and the data: the checkpoint recorded in the shards, or --checkpoint)."""
+    from experiments.honest import run_evaluation_checks, solver_summary, suite_attacks
+    from nets.datasets import load_dataset
+
+    shards = read_shards(args.merge)
+    manifest = shards[0].manifest
+    identity, sources = manifest["identity"], manifest["sources"]
+    checkpoint = args.checkpoint or sources["checkpoint"]
+    digest = _file_digest(checkpoint)
+    if digest != identity["checkpoint"]:
+        raise UsageError(f"--merge: the shards were made with another model (weights "
+                         f"{identity['checkpoint']}) than {checkpoint} (weights {digest}); "
+                         "pass --checkpoint with theirs")
+    device = _device(args.device)
+    model, _ = load_model(checkpoint, device)
+    against = {_source_label(path): load_model(path, device)[0] for path in sources["against"]}
+    if sorted(_file_digest(p) for p in sources["against"]) != identity["against"]:
+        raise UsageError("--merge: an --against model recorded in the shards has changed since they ran")
+    started = time.perf_counter()
+    config = shard_config(shards)
+    attacks = suite_attacks(model, config, against)
+    evaluation = merge_evaluation(shards, attacks, solver_summary(model, config))
+    test = load_dataset(identity["dataset"], "test", args.data_dir, download=args.download,
+                        verify=not args.no_verify, progress=False)
+    n = config.samples
+    x, y = test.images[:n].float().div(255), test.labels[:n].long()
+    if not torch.equal(y, evaluation.report.labels):
+        raise UsageError(f"--merge: the labels in the shards differ from the first {n} of the "
+                         f"{identity['dataset']} test set under --data-dir; merge with the data the shards "
+                         "used")
+    model.eval()
+    if not args.no_checks:
+        run_evaluation_checks(model, x, y, evaluation)
+    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in argv)
+    out = Path(args.out)
+    extra = {
+        "dataset": identity["dataset"],
+        "checkpoint": checkpoint,
+        "against": sources["against"],
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "shards": [{"shard": s.spec.label(), "samples": [s.spec.start, s.spec.stop],
+                    "seconds": s.manifest["seconds"], "folder": s.folder.name} for s in shards],
+        "merge_seconds": time.perf_counter() - started,
+        **_skipped_checks(args),
+    }
+    label = manifest["label"]
+    for path in write_outputs({label: evaluation}, out, command, extra):
+        outputs.add(path)
+    outputs.add(_write_card(evaluation, label, checkpoint, identity["dataset"], out, command))
+    print(f"merged {len(shards)} shards: {summary_line(evaluation)}")
+    return 0
+
+
+def _skipped_checks(args: argparse.Namespace) -> dict[str, str]:
+    if not args.no_checks:
+        return {}
+    return {"checks": "whole-set checks skipped (--no-checks): only the report's own flags"}
+
+
+def _source_label(path: str) -> str:
+    """How a transfer source is named in the attack list: its run directory's name."""
+    return Path(path).name if Path(path).is_dir() else Path(path).parent.name
+
+
+def _write_card(evaluation: Any, label: str, checkpoint: str, dataset: str, out: Path, command: str) -> Path:
+    from nets.training import MODEL_NAME, load_checkpoint
+
+    file = Path(checkpoint) / MODEL_NAME if Path(checkpoint).is_dir() else Path(checkpoint)
+    architecture = (load_checkpoint(file).get("model_spec") or {}).get("name")
+    card = model_card(evaluation, label, architecture=architecture, dataset=dataset,
+                      extra={"checkpoint_sha256": _file_digest(checkpoint), "command": command})
+    path = atomic_write_text(out / "model_info.json", json.dumps(card, indent=2) + "\n")
+    path.chmod(0o644)
+    return path
 
 
 def summary_line(evaluation: Any) -> str:

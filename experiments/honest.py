@@ -30,7 +30,9 @@ from torch import Tensor, nn
 
 from attacks import APGD, AttackRecord, SuiteAttack, SuiteReport, preset, run_checks, run_suite, transfer
 from attacks.base import model_device
-from attacks.checks import batch_dependence, pgd_robust
+from attacks.budget import budget_preset
+from attacks.checks import batch_dependence, pgd_robust, report_flags
+from attacks.passes import PassCounter
 from attacks.suite import PRESETS, batch_seed
 from attacks.table import ResultTable
 from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
@@ -72,6 +74,8 @@ class EvaluationConfig:
     steps: int | None = None
     target_classes: int | None = None
     queries: int | None = None
+    budget: bool = False
+    """Budgeted mode (:mod:`attacks.budget`): MALT-ordered targets and a reduced Square for CPU runs."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESET_NAMES:
@@ -82,7 +86,9 @@ class EvaluationConfig:
             raise ValueError("samples and batch size must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        # ``budget`` is left out when off, so records stored before it existed keep their identity
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()
+                if not (k == "budget" and not v)}
 
 
 class SuiteStore:
@@ -169,7 +175,7 @@ def suite_attacks(
     """The preset's attacks (budgets overridden by the configuration), then the solver-aware and transfer
     attacks."""
     base = "quick" if config.preset in ("quick", "ode-quick") else "standard"
-    attacks = preset(
+    attacks = (budget_preset if config.budget else preset)(
         base,
         config.norm,
         config.seed,
@@ -210,17 +216,31 @@ class Evaluation:
     seconds: dict[str, float]
     attacks: list[SuiteAttack]
     solver: dict[str, Any] = field(default_factory=dict)
+    protocol_robust: dict[str, dict[float, Tensor]] = field(default_factory=dict, repr=False)
+    """Per-sample robustness behind each protocol number (what a merge of shards averages)."""
+    passes: dict[str, int | None] = field(default_factory=dict)
+    """Per-sample forward and backward passes of the suite (:class:`attacks.passes.PassCounter`), summed
+    over its records; None where a record does not know its count (under ``torchrun``)."""
 
 
 def protocol_numbers(model: nn.Module, x: Tensor, y: Tensor, config: EvaluationConfig) -> dict[float, float]:
     """The paper's protocol: L-inf PGD, ``protocol_steps`` steps of ``protocol_alpha`` from a uniform random
     start, standalone on every sample (robust accuracy per eps)."""
+    return {e: float(robust.float().mean()) for e, robust in protocol_robust(model, x, y, config).items()}
+
+
+def protocol_robust(
+    model: nn.Module, x: Tensor, y: Tensor, config: EvaluationConfig, first_batch: int = 0
+) -> dict[float, Tensor]:
+    """Per-sample robustness under the paper's protocol (:func:`protocol_numbers`); ``first_batch`` is the
+    global index of ``x``'s first batch when ``x`` is a shard (seeds follow global batch indices)."""
     out = {}
     for e_index, e in enumerate(config.eps):
-        robust = pgd_robust(model, x, y, e, config.protocol_steps,
-                            lambda b, start, e_index=e_index: batch_seed(config.seed, -2, e_index, b),
-                            alpha=config.protocol_alpha if e > 0 else None, batch_size=config.batch_size)
-        out[e] = float(robust.float().mean())
+        out[e] = pgd_robust(
+            model, x, y, e, config.protocol_steps,
+            lambda b, start, e_index=e_index: batch_seed(config.seed, -2, e_index, first_batch + b),
+            alpha=config.protocol_alpha if e > 0 else None, batch_size=config.batch_size,
+        )
     return out
 
 
@@ -235,10 +255,18 @@ def evaluate(
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    first_batch: int = 0,
+    checks: bool = True,
     label: str = "suite",
 ) -> Evaluation:
-    """Suite + checks + protocol numbers for ``model`` on ``(x, y)``. With ``progress`` a bar follows the
-    suite in model passes, named after the record running, and a line announces each later phase."""
+    """Suite + checks + protocol numbers for ``model`` on ``(x, y)``.
+
+    ``first_batch``: ``(x, y)`` is one shard of a larger set, starting at global batch ``first_batch``
+    (:mod:`experiments.shards`); ``checks=False`` leaves the checks that need the whole set to
+    :func:`run_evaluation_checks` (only the checks that read the report run). With ``progress`` a bar
+    named ``label`` follows the suite in model passes, named after the record running, and a line
+    announces each later phase.
+    """
     against = dict(against or {})
     model.eval()
     for source in against.values():
@@ -254,10 +282,18 @@ def evaluate(
     show = progress and rank == 0
     bar = WorkBar(label, enabled=show)
     seconds: dict[str, float] = {}
-    with deployed(model, config.per_sample):
+    counter = PassCounter(model, *against.values())
+    # run_suite's first forward pass is the clean prediction of every sample: not part of any record
+    last = [(x.shape[0], 0)]
+    with deployed(model, config.per_sample), counter:
         started = time.perf_counter()
 
         def on_record(record: AttackRecord) -> None:
+            forward, backward = counter.snapshot()
+            if world_size == 1:  # under torchrun this process sees only its own batches' passes
+                record.stats["forward_passes"] = forward - last[0][0]
+                record.stats["backward_passes"] = backward - last[0][1]
+            last[0] = (forward, backward)
             if store is not None:
                 store.save(record)
 
@@ -275,6 +311,7 @@ def evaluate(
                 on_record=on_record,
                 rank=rank,
                 world_size=world_size,
+                first_batch=first_batch,
                 monitor=bar,
             )
         finally:
@@ -283,30 +320,53 @@ def evaluate(
         _announce(show, f"{label}: paper-protocol PGD-{config.protocol_steps} on {x.shape[0]} images at "
                         f"{len(config.eps)} eps")
         started = time.perf_counter()
-        protocol = {f"PGD-{config.protocol_steps} (paper protocol)": protocol_numbers(model, x, y, config)}
+        name = f"PGD-{config.protocol_steps} (paper protocol)"
+        robust = {name: protocol_robust(model, x, y, config, first_batch)}
+        protocol = {name: {e: float(mask.float().mean()) for e, mask in robust[name].items()}}
         seconds["protocol"] = time.perf_counter() - started
+    evaluation = Evaluation(config, report, protocol, seconds, attacks, solver_summary(model, config),
+                            robust, pass_totals(report))
+    if checks:
         steps = "/".join(str(k) for k in config.convergence_steps)
         n = x.shape[0]
         _announce(show, f"{label}: checks (PGD-{steps} on {min(config.convergence_samples, n)} images, "
                         f"ε-sanity, batch dependence and randomness on {min(config.dependence_samples, n)})")
+        run_evaluation_checks(model, x, y, evaluation)
+    else:
+        report.flags = report_flags(report)
+    return evaluation
+
+
+def pass_totals(report: SuiteReport) -> dict[str, int | None]:
+    """Forward and backward passes summed over the report's records (None if a record lacks its count)."""
+    totals: dict[str, int | None] = {}
+    for key in ("forward_passes", "backward_passes"):
+        values = [record.stats.get(key) for record in report.records]
+        totals[key] = None if any(v is None for v in values) else int(sum(values))
+    return totals
+
+
+def run_evaluation_checks(model: nn.Module, x: Tensor, y: Tensor, evaluation: Evaluation) -> None:
+    """The checks over the whole evaluated set (:func:`attacks.run_checks` on the deployed model, then what
+    per-sample step control avoided); sets ``evaluation.report.flags``."""
+    config, report = evaluation.config, evaluation.report
+    with deployed(model, config.per_sample):
         started = time.perf_counter()
         run_checks(
             model,
             x,
             y,
             report,
-            protocol=protocol,
+            protocol=evaluation.protocol,
             convergence_steps=config.convergence_steps,
             convergence_samples=config.convergence_samples,
             dependence_samples=config.dependence_samples,
             batch_size=config.batch_size,
             seed=config.seed,
         )
-        seconds["checks"] = time.perf_counter() - started
+        evaluation.seconds["checks"] = time.perf_counter() - started
     if config.per_sample and ode_blocks(model):
         _shared_control_dependence(model, x, report, config)
-    solver = _solver_summary(model, config)
-    return Evaluation(config, report, protocol, seconds, attacks, solver)
 
 
 def _shared_control_dependence(
@@ -326,7 +386,7 @@ def _shared_control_dependence(
             flag.numbers["shared_step_control"] = numbers
 
 
-def _solver_summary(model: nn.Module, config: EvaluationConfig) -> dict[str, Any]:
+def solver_summary(model: nn.Module, config: EvaluationConfig) -> dict[str, Any]:
     blocks = ode_blocks(model)
     if not blocks:
         return {}

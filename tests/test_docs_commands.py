@@ -62,8 +62,9 @@ def _strip_comment(line: str) -> str:
 
 
 def _runs_something(text: str) -> bool:
-    """Not ``python -c``; a ``torchrun`` fragment ("under ``torchrun --nproc_per_node K``") only with -m."""
-    if re.match(r"python3?\s+-c\s", text):
+    """Not ``python -c`` or ``python -`` (stdin); a ``torchrun`` fragment ("under ``torchrun
+    --nproc_per_node K``") only with -m."""
+    if re.match(r"python3?\s+-[c]?(\s|$)", text):  # python -c CODE, python - (a script on stdin)
         return False
     return not text.startswith("torchrun") or bool(re.search(r"\s(-m|--module)\s", text))
 
