@@ -4,12 +4,15 @@ Attacks are configured once and called on a batch, ``x_adv = attack(model, x, y)
 (see :mod:`attacks.base` for the contract).
 
 * White-box, L-inf: :class:`FGSM`, :class:`PGD`, :class:`DI2FGSM` (input diversity, optional momentum);
-  L-inf and L2: :class:`APGD` (CE or DLR loss), :class:`APGDT` (targeted DLR over the top-k classes).
+  L-inf and L2: :class:`APGD` (CE or DLR loss), :class:`APGDT` (targeted DLR over the top-k classes),
+  :class:`FABT` (targeted fast adaptive boundary over the top-k classes).
 * Score-based black-box, L-inf and L2: :class:`Square` (per-sample query budget).
 * Decision-based black-box, L2: :class:`BoundaryAttack` (per-sample query budget).
 * The evaluation suite (:mod:`attacks.suite`, :mod:`attacks.checks`): :func:`run_suite` runs a preset
   (``"standard"``/``"quick"``) plus any attacks passed in as a cascade and reports the per-example worst
-  case; :func:`run_checks` adds the flags (gradient masking, convergence, eps sanity, batch dependence).
+  case; :func:`run_checks` adds the flags (gradient masking, convergence, eps sanity, batch dependence, the
+  indicators of attack failure of :mod:`attacks.indicators` and :mod:`attacks.solver_indicators`);
+  :mod:`attacks.binarization` is the binarization test (an attack unit test).
 * Evaluation of single attacks: :func:`evaluate_attack`, :func:`sweep` (a :class:`ResultTable`, CSV/JSON),
   :func:`gradient_masking_warnings`.
 * Adversarial-training losses ``loss_fn(model, x, y)`` for ``nets.training``: :class:`PGDAdversarialLoss`
@@ -23,6 +26,7 @@ from .boundary import BoundaryAttack
 from .checks import Flag, run_checks
 from .diverse_input import DI2FGSM, InputDiversity
 from .evaluation import evaluate_attack, gradient_masking_warnings, iterate_batches, sweep
+from .fab import FABT
 from .fgsm import FGSM
 from .pgd import PGD
 from .square import Square
@@ -35,6 +39,7 @@ __all__ = [
     "APGD",
     "APGDT",
     "AttackRecord",
+    "FABT",
     "Flag",
     "NonFiniteLogitsError",
     "Square",

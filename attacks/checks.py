@@ -17,20 +17,26 @@ al. 2019 ("On evaluating adversarial robustness"), Tramèr et al. 2020 and AutoA
 * ``batch-dependence``: predictions that change when an input is evaluated alone instead of in its batch
   (ODE solvers with step control shared by the batch do this).
 * ``randomness``: logits differ between two identical calls — use expectation over transformation.
+* the six indicators of attack failure of Pintor et al. 2022 (:mod:`attacks.indicators`):
+  ``unavailable-gradients``, ``unstable-predictions``, ``silent-success``, ``incomplete-optimisation``,
+  ``transfer-failure``, ``unconstrained-attack-failure``; for models with ODE blocks also ``nfe-spread`` and
+  ``gradient-agreement`` (:mod:`attacks.solver_indicators`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .base import NonFiniteLogitsError, model_device, perturbation_size
+from .flags import Flag
+from .indicators import attack_failure_flags
 from .pgd import PGD
-from .suite import SuiteReport, batch_seed, predict
+from .solver_indicators import solver_flags
+from .suite import SuiteAttack, SuiteReport, batch_seed, predict
 
 __all__ = [
     "Flag",
@@ -44,19 +50,6 @@ __all__ = [
 ]
 
 GRAYS = tuple(i / 20 for i in range(21))
-
-
-@dataclass(frozen=True)
-class Flag:
-    """A named check: whether it fired, a one-line verdict, and the numbers behind it."""
-
-    name: str
-    fired: bool
-    verdict: str
-    numbers: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def report_flags(report: SuiteReport, tolerance: float = 0.01) -> list[Flag]:
@@ -326,9 +319,13 @@ def run_checks(
     dependence_samples: int = 50,
     batch_size: int = 250,
     seed: int = 0,
+    attacks: Sequence[SuiteAttack] | None = None,
+    indicator_samples: int = 50,
 ) -> list[Flag]:
     """Every check; sets and returns ``report.flags``. ``protocol`` adds other numbers to test against the
-    eps-sanity cap (e.g. ``{"PGD-40": {0.5: 0.75}}``)."""
+    eps-sanity cap (e.g. ``{"PGD-40": {0.5: 0.75}}``). The indicators of attack failure
+    (:mod:`attacks.indicators`) run on the first ``indicator_samples`` correctly classified samples at the eps
+    whose worst case is closest to 50%, probing the first white-box attack of ``attacks`` (0: skipped)."""
     x, y = x.detach().cpu(), y.detach().cpu().long()
     flags = report_flags(report, tolerance)
     flags.append(_eps_sanity(model, x, y, report, protocol or {}, batch_size))
@@ -369,8 +366,31 @@ def run_checks(
             noise,
         )
     )
+    if indicator_samples > 0:
+        flags += _indicators(model, x, y, report, attacks, tolerance, indicator_samples, seed)
     report.flags = flags
     return flags
+
+
+def _indicators(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    report: SuiteReport,
+    attacks: Sequence[SuiteAttack] | None,
+    tolerance: float,
+    samples: int,
+    seed: int,
+) -> list[Flag]:
+    chosen = report.clean_correct.nonzero().squeeze(1)[:samples]
+    if chosen.numel() == 0:
+        return [Flag("attack-failure-indicators", False, "not run: no correctly classified sample")]
+    candidates = [e for e in report.eps if e > 0] or report.eps
+    eps = min(candidates, key=lambda e: abs(report.worst_case_accuracy(e) - 0.5))
+    flags = attack_failure_flags(model, x[chosen], y[chosen], eps, attacks, norm=report.norm,
+                                 tolerance=tolerance, seed=batch_seed(seed, -3))
+    few = chosen[:10]  # each sample solved alone, 5 times
+    return flags + solver_flags(model, x[few], y[few], eps, report.norm, tolerance, seed=batch_seed(seed, -4))
 
 
 def _convergence(

@@ -13,8 +13,9 @@ eps index, batch index)``. Hence results do not depend on how batches are spread
 and gathers per-sample outcomes, equal to the single-process run.
 
 Presets (:func:`preset`): ``"standard"`` = AutoAttack standard in its order: APGD-CE (100 iterations, one
-restart), APGD-T (100 iterations, 9 target classes), Square (5000 queries); ``"quick"`` for CPU runs =
-APGD-CE (50 iterations), APGD-T (50 iterations, 3 target classes), Square (1000 queries). Attacks passed in
+restart), APGD-T (100 iterations, 9 target classes), FAB-T (100 iterations, 9 target classes), Square (5000
+queries); ``"quick"`` for CPU runs = APGD-CE (50 iterations), APGD-T and FAB-T (50 iterations, 3 target
+classes each), Square (1000 queries). Attacks passed in
 by the caller (transfer from another model, surrogate solvers, the Boundary Attack) join the same cascade.
 
 Checks (:mod:`attacks.checks`) turn the run into named flags with a verdict.
@@ -42,6 +43,7 @@ from .base import (
     model_device,
     perturbation_size,
 )
+from .fab import FABT
 from .progress import BatchProgress, SuiteProgress, innermost, passes_per_sample
 from .square import Square
 
@@ -77,6 +79,10 @@ def _standard(norm: str, steps: int, targets: int, queries: int, seed: int) -> l
         SuiteAttack(
             f"APGD-T-{steps}x{targets}",
             lambda e: APGDT(e, steps=steps, target_classes=targets, norm=norm, seed=seed),
+        ),
+        SuiteAttack(
+            f"FAB-T-{steps}x{targets}",
+            lambda e: FABT(e, steps=steps, target_classes=targets, norm=norm, seed=seed),
         ),
         SuiteAttack(
             f"Square-{queries}",

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=PRESET_NAMES,
         default="quick",
-        help="standard = AutoAttack (APGD-CE, APGD-T, Square-5000); quick = 50 iterations, "
+        help="standard = AutoAttack (APGD-CE, APGD-T, FAB-T, Square-5000); quick = 50 iterations, "
         "3 targets, 1000 queries; ode/ode-quick add the solver-aware attacks",
     )
     parser.add_argument(
@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--convergence-samples", type=int, default=20, help="samples of the convergence check"
+    )
+    parser.add_argument(
+        "--unit-test",
+        action="store_true",
+        help="instead of evaluating: the binarization test of the suite (Zimmermann et al. 2022) on each "
+        "sample and eps; writes unit_test.json",
     )
     parser.add_argument("--force", action="store_true", help="recompute records even if they exist")
     parser.add_argument("--reuse-stale", action="store_true",
@@ -238,6 +244,8 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
     if shard is not None:
         x, y = x[shard.start : shard.stop], y[shard.start : shard.stop]
     out = Path(args.out)
+    if args.unit_test:
+        return run_unit_test(args, argv, model, x, config, against, outputs, world)
     identity = {
         "config": config.to_dict(),
         "checkpoint": _file_digest(args.checkpoint),
@@ -293,6 +301,22 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         outputs.add(path)
     outputs.add(_write_card(evaluation, label, args.checkpoint, dataset, out, command))
     print(summary_line(evaluation))
+    return 0
+
+
+def run_unit_test(args: argparse.Namespace, argv: Sequence[str], model: torch.nn.Module, x: torch.Tensor,
+                  config: EvaluationConfig, against: dict, outputs: Outputs, world: int) -> int:
+    """``--unit-test``: the binarization test of the configured suite, one line per eps."""
+    from experiments.unit_test import summary_lines, unit_test, write_unit_test
+
+    if world > 1:
+        raise UsageError("--unit-test runs in one process; start it without torchrun")
+    results = unit_test(model, x, config, against)
+    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in argv)
+    extra = {"config": config.to_dict(), "checkpoint": str(args.checkpoint)}
+    outputs.add(write_unit_test(results, Path(args.out), command, extra))
+    for line in summary_lines(results):
+        print(line)
     return 0
 
 

@@ -363,6 +363,7 @@ def run_evaluation_checks(model: nn.Module, x: Tensor, y: Tensor, evaluation: Ev
             dependence_samples=config.dependence_samples,
             batch_size=config.batch_size,
             seed=config.seed,
+            attacks=evaluation.attacks,
         )
         evaluation.seconds["checks"] = time.perf_counter() - started
     if config.per_sample and ode_blocks(model):
@@ -469,6 +470,8 @@ def markdown_report(evaluations: Mapping[str, Evaluation], command: str = "") ->
         lines += ["", "Flags:", ""]
         for flag in report.flags:
             lines.append(f"- {'**FIRED**' if flag.fired else 'ok'} `{flag.name}`: {flag.verdict}")
+            if flag.numbers:
+                lines.append(f"  - evidence: `{json.dumps(flag.numbers, default=str)}`")
         lines += [f"- skipped `{name}`: {why}" for name, why in report.skipped.items()]
         lines += ["", "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in ev.seconds.items()), ""]
     first = next(iter(evaluations.values()), None)

@@ -243,9 +243,14 @@ class ODENet(ImageClassifier):
         gradient: str | None = None,
         per_sample: bool | None = None,
         solver_options: Mapping[str, Any] | None = None,
+        field_gain: float = 1.0,
     ) -> None:
         """``options`` and the keywords after it: the ODE block's solver (see :func:`solver_options`;
-        dopri5 at rtol = atol = 1e-3 by default)."""
+        dopri5 at rtol = atol = 1e-3 by default). ``field_gain``: the initial scale γ of f's closing
+        GroupNorm (|f| ≈ γ at initialisation; trained freely afterwards), e.g. 1/t1 for a long integration
+        that starts with the displacement t1 · γ of the t1 = 1 model."""
+        if not (isinstance(field_gain, (int, float)) and math.isfinite(field_gain) and field_gain > 0):
+            raise ValueError(f"field_gain must be finite and > 0, got {field_gain!r}")
         settings = dict(method=method, rtol=rtol, atol=atol, step_size=step_size, max_steps=max_steps,
                         gradient=gradient, per_sample=per_sample, solver_options=solver_options)
         check_positive_int("in_channels", in_channels)
@@ -262,10 +267,42 @@ class ODENet(ImageClassifier):
         super().__init__(in_channels, first, nn.Sequential(*rest, block), head, mean, std)
         self.ode_block = block
         init_weights(self)
+        nn.init.constant_(block.func.norms[-1].weight, float(field_gain))
 
     def pop_solver_stats(self) -> dict[str, int]:
         """The ODE block's counters since the previous call (see :meth:`ODEBlock.pop_solver_stats`)."""
         return self.ode_block.pop_solver_stats()
+
+
+class StemHeadNet(ImageClassifier):
+    """An ODE-Net with its ODE block removed: normalize → the same downsampling stem → GN → ReLU → pool →
+    linear. The base model of the ODE premium (robust accuracy with the block minus without it)."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        channels: int = 32,
+    ) -> None:
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("channels", channels)
+        first, rest = downsampling_stem(in_channels, channels)
+        head = nn.Sequential(
+            group_norm(channels),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(channels, num_classes),
+        )
+        super().__init__(in_channels, first, rest, head, mean, std)
+        init_weights(self)
+
+
+register_model("odenet_stem_head")(StemHeadNet)
 
 
 def _odenet_factory(name: str, doc: str, *, in_channels: int, channels: int, conv_layers: int, t1: float):

@@ -54,7 +54,9 @@ class EventStepper:
 
     def __init__(self, inner, events: Sequence[Event], y0: Tensor, times: list[float]) -> None:
         self.inner, self.events, self.times = inner, tuple(events), times
-        if not isinstance(inner, PerSampleStepper):
+        if isinstance(inner, PerSampleStepper):
+            inner.keep_last_step = True  # the crossings are searched on the step it just accepted
+        else:
             if not isinstance(getattr(inner, "solver", None), OdeSolver):
                 raise ODEInputError(f"events are not supported by the stepper {type(inner).__name__}")
             inner.solver._func = FrozenRows(inner.solver._func)

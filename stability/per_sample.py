@@ -81,7 +81,9 @@ class PerSampleStepper:
         # Samples that end before t_bound (a failure with throw=False, a terminal event) and why.
         self.stopped, self.status = torch.zeros(batch, **flags), torch.zeros(batch, **counters)
         self.messages: list[str | None] = [None] * batch
-        self.last_step = None  # (samples, t_old, h, y_old, y_new, stages) of the last attempt's accepted rows
+        # (samples, t_old, h, y_old, y_new, stages) of the last attempt's accepted rows, kept only for a
+        # reader (events): holding a step's stages between checkpointed chunks would raise the memory peak
+        self.keep_last_step, self.last_step = False, None
 
     @property
     def finished(self) -> bool:
@@ -180,7 +182,8 @@ class PerSampleStepper:
             self.first_stage = stages[-1] if everyone else self.first_stage.index_copy(0, samples, stages[-1])
         self.known = self.known.index_fill(0, samples, tableau.fsal)
         self.done = (self.t == self.t_bound) | self.stopped
-        self.last_step = (samples, t_old, h_acc, y_old, y_acc, stages)
+        if self.keep_last_step:
+            self.last_step = (samples, t_old, h_acc, y_old, y_acc, stages)
         return self._outputs(samples, t_old, h_acc, y_old, y_acc, stages)
 
     def _fail_where(self, mask: Tensor, active: Tensor, t_a: Tensor, h_a: Tensor, error) -> bool:

@@ -1,5 +1,5 @@
-"""The paper's artefacts, one command each: ``python -m experiments.paper {fig1,table1,fig2,fig3,table2,all}
---data-dir DIR --scale {smoke,cpu,paper} --out DIR``.
+"""The paper's artefacts, one command each: ``python -m experiments.paper
+{fig1,table1,fig2,fig3,table2,mechanism,all} --data-dir DIR --scale {smoke,cpu,paper} --out DIR``.
 
 One module per artefact (``plan(scale) -> Plan``, ``run(ctx, plan, command) -> written paths``), on shared
 modules: ``specs`` (validated frozen configurations and their hashes), ``scales`` (what each scale trains and
@@ -11,10 +11,17 @@ made them (``experiments.code_version``).
 
 from __future__ import annotations
 
-from experiments.paper import fig1, fig2, fig3, table1, table2
+from experiments.paper import fig1, fig2, fig3, mechanism, table1, table2
 
-#: artefact name -> module; ``all`` runs them in this order (Table 1's models are reused by Figures 2, 3 and
-#: Table 2's ODE-net, so they are trained first)
-ARTEFACTS = {"table1": table1, "fig2": fig2, "fig3": fig3, "table2": table2, "fig1": fig1}
+#: artefact name -> module; ``all`` runs them in this order (Table 1's models are reused by Figures 2, 3,
+#: Table 2's ODE-net and the mechanism artefact, so they are trained first)
+ARTEFACTS = {
+    "table1": table1,
+    "fig2": fig2,
+    "fig3": fig3,
+    "table2": table2,
+    "fig1": fig1,
+    "mechanism": mechanism,
+}
 
 __all__ = ["ARTEFACTS"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from experiments.paper.specs import SCALES
 
 PROG = "python -m experiments.paper"
-CHOICES = ("table1", "fig2", "fig3", "table2", "fig1", "all")
+CHOICES = ("table1", "fig2", "fig3", "table2", "fig1", "mechanism", "all")
 
 
 class UsageError(Exception):

@@ -77,7 +77,8 @@ def honest(
 ) -> tuple[dict[str, Any], float]:
     """The honest evaluation of ``entry`` at ``eps`` on ``data``: a summary dict and the seconds spent.
 
-    Summary: ``clean``, ``worst_case`` and ``protocol`` (lists aligned with ``eps``), ``protocol_name``,
+    Summary: ``clean``, ``worst_case`` and ``protocol`` (lists aligned with ``eps``), ``worst_case_robust``
+    (per ε, one character per image: "1" robust against every attack), ``protocol_name``,
     ``flags`` (name, fired, verdict), ``fired`` (names of fired flags), ``nfe`` (ODE forward NFE),
     ``preset``, ``samples``.
     """
@@ -115,6 +116,9 @@ def honest(
             "eps": [float(e) for e in eps],
             "clean": float(report.clean_correct.float().mean()),
             "worst_case": [float(report.worst_case_accuracy(e)) for e in eps],
+            "worst_case_robust": [
+                "".join("1" if r else "0" for r in report.worst_case(e).tolist()) for e in eps
+            ],
             "protocol": [float(numbers[e]) for e in eps],
             "protocol_name": name,
             "attacks": list(report.attack_names),

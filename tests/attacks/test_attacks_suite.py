@@ -154,7 +154,10 @@ def test_no_flag_fires_on_a_plain_cnn(plain) -> None:
     fired = {name: f.verdict for name, f in flags.items() if f.fired}
     assert fired == {}
     assert set(flags) == {"gradient-free-or-transfer-wins", "gradients", "nonfinite-logits", "eps-monotone",
-                          "eps-sanity", "more-iterations-help", "batch-dependence", "randomness"}
+                          "eps-sanity", "more-iterations-help", "batch-dependence", "randomness",
+                          "unavailable-gradients", "unstable-predictions", "silent-success",
+                          "incomplete-optimisation", "transfer-failure", "unconstrained-attack-failure",
+                          "nfe-spread", "gradient-agreement"}
 
 
 def test_detached_gradients_fire_gradient_and_gradient_free_flags(plain) -> None:

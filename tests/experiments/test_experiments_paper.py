@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from experiments.paper import ARTEFACTS, cli, fig1, fig2, fig3, table1, table2
-from experiments.paper.specs import Plan
+from experiments.paper.specs import Plan, digest
 from nets.training import build_optimizer, build_scheduler
 from tests.nets.test_data import make_cifar, write_cifar_dir, write_mnist
 
@@ -63,6 +63,31 @@ COLUMNS = {
         "flags_fired",
     },
     "fig1": {"h", "curve", "eps", "paper", "ours", "worst_case", "cap", "flags_fired"},
+    "mechanism": {
+        "dataset",
+        "model",
+        "solver",
+        "t1",
+        "eps",
+        "clean",
+        "fgsm",
+        "pgd40",
+        "worst_case",
+        "premium",
+        "premium_low",
+        "premium_high",
+        "long_premium",
+        "long_premium_low",
+        "long_premium_high",
+        "grad_median",
+        "grad_p10",
+        "grad_below_1e-8",
+        "nfe_forward",
+        "nfe_backward_adjoint",
+        "field_gain",
+        "cap",
+        "flags_fired",
+    },
 }
 FIGURES = {
     "table1": [],
@@ -70,6 +95,7 @@ FIGURES = {
     "fig3": ["fig3.png"],
     "table2": ["table2.png"],
     "fig1": ["fig1.png"],
+    "mechanism": ["mechanism_robustness.png", "mechanism_gradients.png"],
 }
 
 
@@ -139,9 +165,41 @@ def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
         assert "Computed by commit" in (root / "out" / name / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_mechanism_runs_every_model_variant_and_writes_every_output(smoke_run) -> None:
+    root, _, code = smoke_run
+    assert code == 0
+    folder = root / "out" / "mechanism"
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    variants = {"t1=1", "t1=10", "t1=100", "base", "rk4 twin"}
+    assert {(r["model"], float(r["eps"])) for r in rows} == {(m, e) for m in variants for e in (0.1, 0.3)}
+    for row in rows:  # the premium (with its interval) for every ODE-net, none for the base model itself
+        assert (row["premium"] == "") == (row["model"] == "base")
+        assert (row["long_premium"] == "") == (row["model"] in ("base", "t1=1"))
+        if row["premium"]:
+            assert float(row["premium_low"]) <= float(row["premium"]) <= float(row["premium_high"])
+        assert float(row["grad_median"]) >= 0 and (row["nfe_forward"] == "") == (row["model"] == "base")
+    results = json.loads((folder / "results.json").read_text())
+    twin = results["twin"]["mnist"]
+    assert twin["steps"] == max(1, round(twin["from"]["steps_median"]))
+    assert twin["spec"]["kwargs"]["method"] == "rk4"
+    assert twin["spec"]["kwargs"]["step_size"] == pytest.approx(100.0 / twin["steps"])
+    sweep = results["tolerance_sweep"]["mnist"]
+    assert [row["tolerance"] for row in sweep] == [1e-1, 1e-3, 1e-5] and all(
+        len(r["pgd40"]) == 2 for r in sweep
+    )
+    for label, measured in results["measurements"].items():
+        assert {"gradient_norms", "steps", "backward_nfe", "field_gain", "fgsm"} <= set(measured), label
+        assert len(results["honest"][label]["worst_case_robust"][0]) == results["honest"][label]["samples"]
+    report = (folder / "report.md").read_text()
+    assert "## Verdict" in report and "premium" in report and "swept without retraining" in report
+
+
 def test_models_are_cached_by_configuration_and_reused(smoke_run) -> None:
     root, argv, _ = smoke_run
     keys = {spec.key() for module in ARTEFACTS.values() for _, spec in module.plan("smoke").models}
+    mechanism_run = json.loads((root / "out" / "mechanism" / "results.json").read_text())
+    keys |= {digest(twin["spec"]) for twin in mechanism_run["twin"].values()}  # picked after training
     folders = sorted((root / "out" / "models").iterdir())
     assert len(folders) == len(keys)  # Table 1's models serve Figures 2, 3 and Table 2's ODE-net
     assert {folder.name.rsplit("-", 1)[1] for folder in folders} == keys

@@ -27,6 +27,7 @@ SMALL = {  # registry name -> (dataset, extra kwargs keeping the test cheap)
     "fractalnet_heun": ("cifar10", {"blocks_per_stage": 1}),
     "revnet": ("cifar10", {"blocks_per_stage": 1, "widths": [8, 16]}),
     "odenet_mnist_small": ("mnist", {"channels": 8}),
+    "odenet_stem_head": ("mnist", {"channels": 8}),
     "odenet_cifar_small": ("cifar10", {"channels": 8}),
 }
 
