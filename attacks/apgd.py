@@ -263,7 +263,8 @@ class APGD(Attack):
         queries = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
         if self.eps > 0:
             generator = self.generator(x.device)
-            for target in self._targets(logits, y):
+            targets = self._targets(logits, y)
+            for run, target in enumerate(targets):
                 todo = (~fooled).nonzero().squeeze(1)
                 if todo.numel() == 0:
                     break
@@ -281,6 +282,7 @@ class APGD(Attack):
                 queries[todo] += self.steps + 1
                 x_adv[todo[success]] = candidate[success]
                 fooled[todo[success]] = True
+                self._progress((run + 1) / len(targets))
         summary = monitor.summary()
         self.last_stats = {**summary, "fooled": fooled.cpu(), "queries": queries.cpu()}
         return x_adv

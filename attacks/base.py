@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -140,6 +140,9 @@ class Attack:
     minimizes: str | None = None
     """``None`` for attacks bounded by ``eps``; the norm (``"l2"``) for minimization attacks such as the
     Boundary Attack, whose result is thresholded by the evaluation at each ``eps``."""
+    on_progress: Callable[[float], None] | None = None
+    """Set it to follow a long call: Square and the Boundary Attack call it per query, APGD per restart and
+    target, with the fraction of their budget spent on the current batch (0 to 1). Never changes results."""
 
     @property
     def min_classes(self) -> int:
@@ -190,6 +193,11 @@ class Attack:
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
         raise NotImplementedError
+
+    def _progress(self, fraction: float) -> None:
+        """Report the fraction of the budget spent on this batch to :attr:`on_progress`, if set."""
+        if self.on_progress is not None:
+            self.on_progress(fraction)
 
     def is_adversarial(self, logits: Tensor, y: Tensor) -> Tensor:
         """Per-sample success: prediction differs from ``y`` (untargeted) or equals the target ``y``."""

@@ -290,6 +290,7 @@ class BoundaryAttack(Attack):
                     spherical_checks = 0
                 if history is not None:
                     history[step - 1, state.index] = state.distance
+                self._progress(step / total)
             oracle.charge(state.index, calls)
             best[state.index] = state.adv
             state.keep(state.allowed > stop)

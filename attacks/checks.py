@@ -249,12 +249,18 @@ def batch_dependence(model: nn.Module, inputs: Tensor, batch_size: int = 250) ->
 
 
 def randomness(model: nn.Module, inputs: Tensor, batch_size: int = 250) -> dict[str, Any]:
-    """Largest logit difference and changed predictions between two identical calls."""
+    """Largest logit difference and changed predictions between two identical calls. A logit that is the same
+    NaN or inf in both calls is deterministic (counted in ``nonfinite_samples``: the ``nonfinite-logits``
+    flag's business); NaN in one call only is a difference of inf."""
     first, second = predict(model, inputs, batch_size), predict(model, inputs, batch_size)
-    difference = (first - second).abs().nan_to_num(nan=float("inf"))
+    same = (first == second) | (torch.isnan(first) & torch.isnan(second))
+    apart = (first - second).abs().nan_to_num(nan=float("inf"))
+    difference = torch.where(same, torch.zeros_like(first), apart)
+    finite = torch.isfinite(first).all(1) & torch.isfinite(second).all(1)
     return {
         "max_logit_difference": float(difference.max()) if difference.numel() else 0.0,
-        "changed_predictions": int((first.argmax(1) != second.argmax(1)).sum()),
+        "changed_predictions": int(((first.argmax(1) != second.argmax(1)) & ~same.all(1)).sum()),
+        "nonfinite_samples": int((~finite).sum()),
     }
 
 
@@ -354,7 +360,9 @@ def run_checks(
                 f"{noise['changed_predictions']} predictions): evaluate with EOT"
             )
             if fired
-            else "deterministic",
+            else "deterministic"
+            + (f" ({noise['nonfinite_samples']} samples with the same non-finite logits in both calls: see "
+               "nonfinite-logits)" if noise["nonfinite_samples"] else ""),
             noise,
         )
     )

@@ -191,6 +191,9 @@ class DI2FGSM(Attack):
                     transform=lambda z: self.diversity(z, generator), check_labels=step == 0,
                 )
             except RuntimeError as error:
+                mismatch = _dtype_mismatch(model, x)
+                if mismatch:
+                    raise ValueError(f"DI2FGSM: {mismatch}") from error
                 if step or self.diversity.output_size != "canvas":
                     raise
                 raise ValueError(
@@ -211,3 +214,14 @@ class DI2FGSM(Attack):
             "diversity_prob": d.probability, "resize_rate": d.resize_rate, "output_size": d.output_size,
             "variant": d.variant, "random_start": self.random_start, **super()._config(),
         }
+
+
+def _dtype_mismatch(model: nn.Module, x: Tensor) -> str:
+    """A sentence naming both dtypes when ``x``'s is none of ``model``'s floating parameters'; else ''."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if not dtypes or x.dtype in dtypes:
+        return ""
+    names = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+    have = str(x.dtype).replace("torch.", "")
+    return (f"the input is {have} but the model's parameters are {names}: convert one to the other "
+            f"(e.g. x.to({next(iter(sorted(dtypes, key=str)))}) or model.to({x.dtype}))")

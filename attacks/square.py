@@ -197,6 +197,7 @@ class Square(Attack):
             x_best[keep] = candidate[improved]
             margin[keep] = new_margin[improved]
             loss[keep] = torch.minimum(new_loss[improved], loss[keep])
+            self._progress((iteration + 2) / self.max_queries)
         self._record(queries, margin)
         return x_best
 

@@ -34,8 +34,17 @@ import torch
 from torch import Tensor, nn
 
 from .apgd import APGD, APGDT
-from .base import Attack, NonFiniteLogitsError, check_inputs, eval_mode, model_device, perturbation_size
+from .base import (
+    Attack,
+    NonFiniteLogitsError,
+    check_inputs,
+    check_labels_in_range,
+    eval_mode,
+    model_device,
+    perturbation_size,
+)
 from .fab import FABT
+from .progress import BatchProgress, SuiteProgress, innermost, passes_per_sample
 from .square import Square
 
 __all__ = ["AttackRecord", "SuiteAttack", "SuiteReport", "preset", "PRESETS", "run_suite", "transfer"]
@@ -371,6 +380,7 @@ def run_suite(
     world_size: int = 1,
     device: torch.device | str | None = None,
     first_batch: int = 0,
+    monitor: SuiteProgress | None = None,
 ) -> SuiteReport:
     """Run ``attacks`` at every ``eps`` on ``(x, y)`` and return the :class:`SuiteReport` (no flags yet).
 
@@ -380,11 +390,15 @@ def run_suite(
     numbers per attack; the worst case is the same AND). ``rank``/``world_size`` shard the batches.
     ``first_batch``: the global index of ``x``'s first batch when ``(x, y)`` is one shard of a larger set
     starting at sample ``first_batch * batch_size`` (seeds derive from global batch indices, so the shard's
-    records equal the corresponding rows of the whole run).
+    records equal the corresponding rows of the whole run). ``monitor``
+    (:class:`attacks.progress.SuiteProgress`) follows the run in model passes: the record running and the
+    work done, from inside long attacks too.
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     check_inputs(x, y)
+    if x.shape[0] == 0:
+        raise ValueError("run_suite got an empty batch (x has 0 samples): pass at least one sample")
     eps = [float(e) for e in eps]
     if not eps or any(not math.isfinite(e) or e < 0 for e in eps):
         raise ValueError(f"eps must be a non-empty list of finite values >= 0, got {eps}")
@@ -401,6 +415,7 @@ def run_suite(
     x, y = x.detach().cpu(), y.detach().cpu().long()
     n = x.shape[0]
     logits = predict(model, x.to(device), batch_size).cpu()
+    check_labels_in_range(logits, y)  # an out-of-range label would count as misclassified, silently
     finite = torch.isfinite(logits).all(dim=1)
     clean_correct = finite & (logits.argmax(dim=1) == y)
     skipped = _inapplicable(attacks, eps[0], logits.shape[1])
@@ -412,6 +427,8 @@ def run_suite(
     batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     numbered = list(enumerate(batches, start=first_batch))
     completed = completed or {}
+    tracker = _Tracker(progress, monitor, batches, rank, world_size)
+    tracker.start(attacks, eps, completed, clean_correct, cascade)
     for e_index, e in enumerate(eps):
         robust = clean_correct.clone()
         for a_index, entry in enumerate(attacks):
@@ -426,6 +443,8 @@ def run_suite(
                 raise TypeError(
                     f"attack {entry.name!r}: factory must return an Attack, got {type(probe).__name__}"
                 )
+            tracker.running(a_index, e, probe, robust if cascade else clean_correct,
+                            first_run=probe.minimizes is None or entry.name not in minimizers)
             record = AttackRecord(
                 entry.name,
                 e,
@@ -448,7 +467,7 @@ def run_suite(
                         seed,
                         a_index,
                         device,
-                        progress,
+                        tracker,
                         rank,
                         world_size,
                         norm,
@@ -469,7 +488,7 @@ def run_suite(
                     numbered,
                     (seed, a_index, e_index),
                     device,
-                    progress,
+                    tracker,
                     rank,
                     world_size,
                     norm,
@@ -477,9 +496,104 @@ def run_suite(
                 )
             report.records.append(record)
             robust &= ~record.fooled
+            tracker.finished(robust)
             if on_record is not None and rank == 0:
                 on_record(record)
     return report
+
+
+class _Tracker:
+    """Progress of one :func:`run_suite` call: the caller's ``progress(n)`` after each batch, and the
+    ``monitor``'s work in model passes (see :mod:`attacks.progress`) for this process's batches.
+
+    The plan holds, per (attack, eps) record to compute, the samples it will attack and its passes per
+    sample. In a cascade the samples of a record not yet started are estimated from what the running
+    record fools so far (and, at a larger eps, from the samples robust at the smaller one); they are exact
+    once the record before has finished, and when the record starts."""
+
+    def __init__(self, progress: Callable[[int], None] | None, monitor: SuiteProgress | None,
+                 batches: list[range], rank: int, world_size: int) -> None:
+        self.progress, self.monitor = progress, monitor
+        self.mine = [rows for b, rows in enumerate(batches) if b % world_size == rank]
+        self.batch: BatchProgress | None = None
+        self.cost = 0.0
+        self.planned: dict[tuple[str, float], tuple[int, float]] = {}  # (samples, passes each) per record
+        self.minimizers: set[str] = set()
+        self.later: list[tuple[str, float]] = []  # records after the running one whose samples it decides
+        self.targets = self.attacked = self.fooled = 0
+
+    def _count(self, mask: Tensor) -> int:
+        return sum(int(mask[rows.start : rows.stop].sum()) for rows in self.mine)
+
+    def _plan(self, key: tuple[str, float], samples: int) -> None:
+        """Record ``key`` will attack ``samples``: the difference leaves the plan (negative: comes back)."""
+        if key in self.planned and self.monitor is not None:
+            before, cost = self.planned[key]
+            if samples != before:
+                self.monitor.skip((before - samples) * cost)
+                self.planned[key] = (samples, cost)
+
+    def start(self, attacks: Sequence[SuiteAttack], eps: Sequence[float],
+              completed: Mapping[tuple[str, float], AttackRecord], clean_correct: Tensor,
+              cascade: bool) -> None:
+        if self.monitor is None:
+            return
+        self.attacks, self.eps, self.cascade = list(attacks), list(eps), cascade
+        samples = self._count(clean_correct)
+        for e in eps:
+            for entry in attacks:
+                if (entry.name, e) in completed or entry.name in self.minimizers:
+                    continue
+                attack = entry.factory(e)
+                if attack.minimizes is not None:
+                    self.minimizers.add(entry.name)
+                self.planned[(entry.name, e)] = (samples, passes_per_sample(attack))
+        self.monitor.start(sum(count * cost for count, cost in self.planned.values()))
+
+    def _cascade_after(self, a_index: int, e: float) -> list[tuple[str, float]]:
+        """The records whose samples depend on the cascade at (a_index, e): the later attacks at ``e`` and,
+        at each larger eps, the attacks after the first (a minimization attack, run on every clean-correct
+        sample, never)."""
+        if not self.cascade:
+            return []
+        keys = [(entry.name, e) for entry in self.attacks[a_index + 1 :]]
+        keys += [(entry.name, other) for other in self.eps if other > e for entry in self.attacks[1:]]
+        return [key for key in keys if key[0] not in self.minimizers]
+
+    def running(self, a_index: int, e: float, attack: Attack, targets: Tensor, first_run: bool) -> None:
+        """A record starts: name it; its samples are known now."""
+        if self.monitor is None:
+            return
+        name = self.attacks[a_index].name
+        self.monitor.running(name, e)
+        self.cost = passes_per_sample(attack)
+        self.later, self.attacked, self.fooled = [], 0, 0
+        if first_run and attack.minimizes is None:
+            self.targets = self._count(targets)
+            self._plan((name, e), self.targets)
+            self.later = self._cascade_after(a_index, e)
+
+    def finished(self, robust: Tensor) -> None:
+        """The running record is done: the records after it attack (at most, at a larger eps) the robust."""
+        for key in self.later:
+            self._plan(key, self._count(robust))
+
+    def begin_batch(self, attack: Attack, size: int) -> None:
+        if self.monitor is not None:
+            self.batch = BatchProgress(self.monitor.advance, size * self.cost, self.monitor.skip)
+            innermost(attack).on_progress = self.batch
+
+    def end_batch(self, size: int, fooled: int | None = None) -> None:
+        if self.batch is not None:
+            self.batch.finish()
+            self.batch = None
+        if fooled is not None and self.later:  # estimate the next records from the rate fooled so far
+            self.attacked, self.fooled = self.attacked + size, self.fooled + fooled
+            survivors = round(self.targets * (1 - self.fooled / self.attacked))
+            for key in self.later:
+                self._plan(key, survivors)
+        if self.progress is not None:
+            self.progress(size)
 
 
 def _attack_batch(
@@ -522,7 +636,7 @@ def _run_bounded(
     batches: list[tuple[int, range]],
     seeds: tuple[int, int, int],
     device: torch.device,
-    progress: Callable[[int], None] | None,
+    tracker: _Tracker,
     rank: int,
     world_size: int,
     norm: str,
@@ -536,6 +650,7 @@ def _run_bounded(
         attack.reseed(batch_seed(seeds[0], seeds[1], seeds[2], b_index))
         xb, yb = x[index].to(device), y[index].to(device)
         record.attacked[index] = True
+        tracker.begin_batch(attack, index.numel())
         x_adv, fooled, bad = _attack_batch(model, attack, xb, yb)
         if x_adv is not None:
             fooled &= _within_budget(x_adv, xb, e, norm).cpu()
@@ -545,8 +660,7 @@ def _run_bounded(
             _accumulate(sums, attack.last_stats, index.numel())
         record.fooled[index] = fooled
         record.nonfinite[index] = bad
-        if progress is not None:
-            progress(index.numel())
+        tracker.end_batch(index.numel(), int(fooled.sum()))
     record.seconds = _sum_across(time.perf_counter() - started, world_size)
     for name in ("attacked", "fooled", "nonfinite"):
         setattr(record, name, _gather(getattr(record, name), world_size))
@@ -565,7 +679,7 @@ def _run_minimizer(
     seed: int,
     a_index: int,
     device: torch.device,
-    progress: Callable[[int], None] | None,
+    tracker: _Tracker,
     rank: int,
     world_size: int,
     norm: str,
@@ -580,6 +694,7 @@ def _run_minimizer(
         attack = entry.factory(0.0)
         attack.reseed(batch_seed(seed, a_index, -1, b_index))
         xb, yb = x[index].to(device), y[index].to(device)
+        tracker.begin_batch(attack, index.numel())
         x_adv, success, _ = _attack_batch(model, attack, xb, yb)
         fooled[index] = success
         if x_adv is None:
@@ -587,8 +702,7 @@ def _run_minimizer(
         else:
             distance[index] = perturbation_size((x_adv - xb).cpu().double(), norm)
             _accumulate(sums, attack.last_stats, index.numel())
-        if progress is not None:
-            progress(index.numel())
+        tracker.end_batch(index.numel())
     seconds = _sum_across(time.perf_counter() - started, world_size)
     fooled = _gather(fooled, world_size)
     if world_size > 1:

@@ -2,10 +2,11 @@
 
 * ``--help`` shows every option's full description and its default (:func:`make_parser`).
 * An error is one line on stderr naming what went wrong and what to do; exit status 2 for usage and data
-  errors (bad option values, missing or corrupt data, an existing run that would be overwritten), 1 for any
-  other failure; ``--debug`` shows the traceback instead.
-* Ctrl-C stops cleanly: one line, exit status 130; what was complete is already on disk (every result file
-  is written atomically when complete) and the same command resumes from it.
+  errors (bad option values, missing or corrupt data, an existing run that would be overwritten, a resume
+  with another configuration, a full disk), 1 for any other failure; ``--debug`` shows the traceback instead.
+* Ctrl-C stops cleanly: one line, on a line of its own (open progress bars are closed first), exit status
+  130; what was complete is already on disk (every result file is written atomically when complete) and the
+  same command resumes from it.
 * The last line lists the files written (:class:`Outputs`); result files are mode 0644
   (:func:`attacks.table.atomic_write`, the project's one atomic writer).
 * ``--data-dir`` always comes with ``--download`` (:func:`add_data_arguments`); every command has
@@ -19,6 +20,7 @@ calls :func:`setup` and raises on failure (tests and other code call it directly
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -99,6 +101,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def budget(text: str) -> float:
+    """argparse type: a perturbation budget, a finite number >= 0 (``0.1`` or ``8/255``)."""
+    try:
+        top, _, bottom = text.partition("/")
+        value = float(top) / float(bottom) if bottom else float(top)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (0.1 or 8/255), got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"a budget must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def distinct(values: Sequence[float], option: str) -> list[float]:
+    """``values`` unchanged, or a :class:`UsageError` naming the repeated one (each budget is one record)."""
+    seen: set[float] = set()
+    for value in values:
+        if value in seen:
+            raise UsageError(f"{option} lists {value:g} twice: give each value once")
+        seen.add(value)
+    return list(values)
+
+
 def setup(args: argparse.Namespace) -> None:
     """Apply the common options: ``torch.set_num_threads(args.threads)``."""
     threads = getattr(args, "threads", None)
@@ -134,9 +158,12 @@ def one_line(error: BaseException) -> str:
 
 
 def _is_usage_error(error: BaseException) -> bool:
+    from nets.atomic import DiskFullError
     from nets.datasets import DatasetError
+    from nets.training import ResumeMismatchError
 
-    usage = (UsageError, DatasetError, FileNotFoundError, FileExistsError, NotADirectoryError)
+    usage = (UsageError, DatasetError, FileNotFoundError, FileExistsError, NotADirectoryError, DiskFullError,
+             ResumeMismatchError)
     return isinstance(error, usage)
 
 
@@ -152,6 +179,17 @@ def _hint(error: BaseException) -> str:
     if isinstance(error, DatasetError):
         return "check the files under --data-dir"
     return ""
+
+
+def end_progress_bars() -> None:
+    """Close every live tqdm bar, so that what follows starts on a fresh line (a bar left open keeps the
+    cursor at the end of its line; closing it ends the line, or clears it)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def run(main: Callable[..., Any], argv: Sequence[str] | None = None, *, stream=None) -> int:
@@ -171,6 +209,7 @@ def run(main: Callable[..., Any], argv: Sequence[str] | None = None, *, stream=N
     except SystemExit:  # argparse (--help, usage errors): it has printed its own message
         raise
     except KeyboardInterrupt:
+        end_progress_bars()
         if debug:
             traceback.print_exc()
         done = f"; complete results kept: {outputs.line()[6:]}" if outputs.paths else ""
@@ -203,6 +242,9 @@ __all__ = [
     "UsageError",
     "UsageExit",
     "add_data_arguments",
+    "budget",
+    "distinct",
+    "end_progress_bars",
     "make_parser",
     "one_line",
     "positive_int",

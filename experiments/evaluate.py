@@ -33,7 +33,17 @@ from typing import Any
 
 import torch
 
-from experiments.cli import Outputs, UsageError, add_data_arguments, make_parser, positive_int, run, setup
+from experiments.cli import (
+    Outputs,
+    UsageError,
+    add_data_arguments,
+    budget,
+    distinct,
+    make_parser,
+    positive_int,
+    run,
+    setup,
+)
 from experiments.code_version import EVALUATION_CODE, CodeGuard, code_version
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
 from experiments.model_card import model_card
@@ -59,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--eps",
-        type=float,
+        type=budget,
         nargs="+",
         default=None,
         help="budgets (default: 0.1 0.2 0.3 0.4 on MNIST, 2 4 8 16 /255 on CIFAR-10)",
@@ -183,6 +193,8 @@ def _distributed() -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.eps:
+        distinct(args.eps, "--eps")
     setup(args)
     outputs = outputs if outputs is not None else Outputs()
     if args.merge:

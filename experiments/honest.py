@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from attacks.passes import PassCounter
 from attacks.suite import PRESETS, batch_seed
 from attacks.table import ResultTable
 from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
+from experiments.progress import WorkBar
 from experiments.records import RecordStore
 from nets.atomic import atomic_write_text
 
@@ -255,12 +257,15 @@ def evaluate(
     world_size: int = 1,
     first_batch: int = 0,
     checks: bool = True,
+    label: str = "suite",
 ) -> Evaluation:
     """Suite + checks + protocol numbers for ``model`` on ``(x, y)``.
 
     ``first_batch``: ``(x, y)`` is one shard of a larger set, starting at global batch ``first_batch``
     (:mod:`experiments.shards`); ``checks=False`` leaves the checks that need the whole set to
-    :func:`run_evaluation_checks` (only the checks that read the report run).
+    :func:`run_evaluation_checks` (only the checks that read the report run). With ``progress`` a bar
+    named ``label`` follows the suite in model passes, named after the record running, and a line
+    announces each later phase.
     """
     against = dict(against or {})
     model.eval()
@@ -274,7 +279,8 @@ def evaluate(
             f"resuming: {len(completed)} of {len(names) * len(config.eps)} (attack, eps) records reused "
             f"from {store.folder}"
         )
-    bar = _bar(progress and rank == 0, len(names) * len(config.eps), "attack x eps records")
+    show = progress and rank == 0
+    bar = WorkBar(label, enabled=show)
     seconds: dict[str, float] = {}
     counter = PassCounter(model, *against.values())
     # run_suite's first forward pass is the clean prediction of every sample: not part of any record
@@ -290,30 +296,29 @@ def evaluate(
             last[0] = (forward, backward)
             if store is not None:
                 store.save(record)
-            if bar is not None:
-                bar.set_postfix_str(f"{record.attack} @ {record.eps:g}")
-                bar.update(1)
 
-        if bar is not None:
-            bar.update(len(completed))
-        report = run_suite(
-            model,
-            x,
-            y,
-            config.eps,
-            attacks,
-            norm=config.norm,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            completed=completed,
-            on_record=on_record,
-            rank=rank,
-            world_size=world_size,
-            first_batch=first_batch,
-        )
-        if bar is not None:
+        try:
+            report = run_suite(
+                model,
+                x,
+                y,
+                config.eps,
+                attacks,
+                norm=config.norm,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                completed=completed,
+                on_record=on_record,
+                rank=rank,
+                world_size=world_size,
+                first_batch=first_batch,
+                monitor=bar,
+            )
+        finally:
             bar.close()
         seconds["suite"] = time.perf_counter() - started
+        _announce(show, f"{label}: paper-protocol PGD-{config.protocol_steps} on {x.shape[0]} images at "
+                        f"{len(config.eps)} eps")
         started = time.perf_counter()
         name = f"PGD-{config.protocol_steps} (paper protocol)"
         robust = {name: protocol_robust(model, x, y, config, first_batch)}
@@ -322,6 +327,10 @@ def evaluate(
     evaluation = Evaluation(config, report, protocol, seconds, attacks, solver_summary(model, config),
                             robust, pass_totals(report))
     if checks:
+        steps = "/".join(str(k) for k in config.convergence_steps)
+        n = x.shape[0]
+        _announce(show, f"{label}: checks (PGD-{steps} on {min(config.convergence_samples, n)} images, "
+                        f"ε-sanity, batch dependence and randomness on {min(config.dependence_samples, n)})")
         run_evaluation_checks(model, x, y, evaluation)
     else:
         report.flags = report_flags(report)
@@ -393,12 +402,9 @@ def solver_summary(model: nn.Module, config: EvaluationConfig) -> dict[str, Any]
     }
 
 
-def _bar(enabled: bool, total: int, description: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="record", dynamic_ncols=True)
+def _announce(enabled: bool, line: str) -> None:
+    if enabled:
+        print(line, file=sys.stderr, flush=True)
 
 
 # -- outputs -------------------------------------------------------------------------------------------------

@@ -3,11 +3,12 @@ Dormand–Prince), measured honestly.
 
     python -m experiments.robustness --data-dir DIR --out runs/robustness
 
-1. Models. Each model is trained with its recipe (RECIPES below: the README's training commands; change it
-   with --resnet-train/--odenet-train KEY=VALUE or a --recipes JSON file) unless the model cache already
-   holds it. The cache (--models, else $NR_MODELS_DIR, else OUT/models) keys a model by registry name +
-   a hash of everything it was trained with, so any working directory reuses it and another recipe trains
-   another model. --resnet-run/--odenet-run use a given run directory instead.
+1. Models. Each model is trained with its recipe (the training table of docs/experiments.md, held in
+   experiments.robustness.RECIPES; change it with --resnet-train/--odenet-train KEY=VALUE or a --recipes
+   JSON file) unless the model cache already holds it. The cache (--models, else $NR_MODELS_DIR, else
+   OUT/models) keys a model by registry name + a hash of everything it was trained with, so any working
+   directory reuses it and another recipe trains another model. --resnet-run/--odenet-run use a given run
+   directory instead.
 2. Attacks. The first --samples test images: the paper's FGSM and DI²-FGSM at every --eps (L∞, each
    standalone) and its decision-based Boundary Attack (one run, thresholded at the same L∞ budgets); then the
    evaluation suite (experiments.honest, --preset): APGD-CE, APGD-T and Square as a cascade, for ODE models
@@ -23,7 +24,9 @@ Dormand–Prince), measured honestly.
    by other code (stability, nets) is retrained and named; --reuse-stale reuses such models and records
    instead, and the report lists them.
 4. Output in OUT: results.csv (every row, 4 decimals), results.json, <model>.json per model, and
-   report.md (the table, the verdicts, the configuration and the command).
+   report.md (the table, the verdicts, the configuration, the command, and the time each model's results
+   took in the runs that computed them). Progress: a bar per phase in model passes, named after the attack
+   running, with per-query progress inside the Boundary Attack and Square.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shlex
 import sys
@@ -44,10 +48,13 @@ import torch
 
 from attacks import DI2FGSM, FGSM, Attack, BoundaryAttack, ResultTable, sweep
 from attacks.evaluation import evaluate_attack
+from attacks.progress import BatchProgress, passes_per_sample
 from experiments.cli import (
     Outputs,
     UsageError,
     add_data_arguments,
+    budget,
+    distinct,
     make_parser,
     positive_int,
     run,
@@ -62,6 +69,7 @@ from experiments.code_version import (
 )
 from experiments.honest import PRESET_NAMES, Evaluation, EvaluationConfig, SuiteStore, evaluate, result_rows
 from experiments.masking import gradient_agreement, ode_blocks
+from experiments.progress import WorkBar
 from experiments.records import RecordStore, config_hash, file_sha256
 from experiments.train import TrainJob, _model_arg, model_kwargs_for, run_training
 from nets.atomic import atomic_write_text
@@ -75,7 +83,8 @@ DEFAULT_MODELS = {
 }
 MODELS_DIR_ENV = "NR_MODELS_DIR"
 
-# The README's training commands (section "Architectures as schemes and training"); --seed replaces seed.
+# The training table's commands (docs/experiments.md, "Architectures as schemes and training"); --seed
+# replaces seed.
 RECIPES: dict[str, TrainConfig] = {
     "mnist_resnet_small": TrainConfig(epochs=2, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
                                       nesterov=True, weight_decay=5e-4, schedule="onecycle"),
@@ -116,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs when a model must be trained (default: the recipe's)")
     parser.add_argument("--train-limit", type=positive_int, default=None,
                         help="train on the first N images only")
-    parser.add_argument("--eps", type=float, nargs="+", default=None,
+    parser.add_argument("--eps", type=budget, nargs="+", default=None,
                         help="L-inf budgets (default: 0.05 0.1 0.2 0.3 for MNIST, 1/255 2/255 4/255 "
                              "8/255 for CIFAR-10)")
     parser.add_argument("--samples", type=positive_int, default=200, help="test images attacked")
@@ -290,16 +299,22 @@ def _surrogates(block, args: argparse.Namespace) -> tuple[dict[str, Any], dict[s
 
 
 class _Observed(Attack):
-    """Runs ``inner`` unchanged and reports each batch (inputs, labels, adversarials) to ``on_batch``."""
+    """Runs ``inner`` unchanged, reports each batch (inputs, labels, adversarials) to ``on_batch`` and its
+    work in model passes to the session's bar (from inside the attack: per query for the Boundary Attack)."""
 
-    def __init__(self, inner: Attack, on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]):
+    def __init__(self, inner: Attack, on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None],
+                 session: Session):
         super().__init__(targeted=inner.targeted, seed=inner.seed)
-        self.inner, self.on_batch = inner, on_batch
+        self.inner, self.on_batch, self.session = inner, on_batch, session
         self.minimizes = inner.minimizes
         self.eps = getattr(inner, "eps", None)
 
     def _attack(self, model, x, y):
+        work = x.shape[0] * passes_per_sample(self.inner)
+        batch = BatchProgress(self.session.advance, work, self.session.skip)
+        self.inner.on_progress = batch
         x_adv = self.inner(model, x, y)
+        batch.finish()
         self.last_stats = self.inner.last_stats
         self.on_batch(x, y, x_adv)
         return x_adv
@@ -324,9 +339,15 @@ class Session:
         return {"dataset": self.args.dataset, "model": dict(self.model_identity), "samples": samples,
                 "what": what, "eps": eps, "settings": dict(settings), "batch_size": self.args.batch_size}
 
-    def advance(self, count: int) -> None:
+    def advance(self, work: float) -> None:
+        """``work`` more model passes done (the bar's unit)."""
         if self.bar is not None:
-            self.bar.update(count)
+            self.bar.advance(work)
+
+    def skip(self, work: float) -> None:
+        """``work`` planned model passes that will not be done (a record reused, an attack done early)."""
+        if self.bar is not None:
+            self.bar.skip(work)
 
     def put(self, key: tuple, config: Mapping[str, Any], record: Mapping[str, Any]) -> None:
         path = self.store.put(key, config, record)
@@ -340,9 +361,8 @@ def run_attack(model: torch.nn.Module, attack: Attack, name: str, eps: float, se
 
     def on_batch(x, y, x_adv):
         adversarials.append(x_adv)
-        session.advance(x.shape[0])
 
-    observed = _Observed(attack, on_batch)
+    observed = _Observed(attack, on_batch, session)
     row = evaluate_attack(model, observed, (session.x, session.y), eps=eps, name=name,
                           batch_size=session.args.batch_size)
     with torch.no_grad():
@@ -366,11 +386,14 @@ def attacks_at_eps(model: torch.nn.Module, eps: float, specs: Sequence[AttackSpe
         key = (session.label, spec.name, eps)
         config = session.config(spec.name, eps, spec.settings, n)
         record = session.store.get(key, config, parse=_attack_record_reader(n))
+        attack = spec.factory(eps)
+        if session.bar is not None:
+            session.bar.running(spec.name, eps)
         if record is None:
-            record = run_attack(model, spec.factory(eps), spec.name, eps, session)
+            record = run_attack(model, attack, spec.name, eps, session)
             session.put(key, config, record)
         else:
-            session.advance(n)
+            session.skip(n * passes_per_sample(attack))
         rows.append(record["row"])
         if spec.worst_case:
             masks.append(record["robust"])
@@ -411,14 +434,16 @@ def boundary_rows(model: torch.nn.Module, eps: list[float], session: Session) ->
     config = session.config("Boundary", eps, {"queries": args.boundary_queries, "seed": args.seed}, nb)
     record = session.store.get(key, config, parse=_rows_reader)
     if record is None:
+        if session.bar is not None:
+            session.bar.running(f"Boundary ({nb} images, thresholded at every ε)", None)
         attack = _Observed(BoundaryAttack(max_queries=args.boundary_queries, seed=args.seed),
-                           lambda x, y, x_adv: session.advance(x.shape[0]))
+                           lambda x, y, x_adv: None, session)
         table = sweep(model, {"Boundary": lambda e: attack}, eps, (session.x[:nb], session.y[:nb]),
                       batch_size=args.batch_size, progress=False)
         record = {"rows": table.rows}
         session.put(key, config, record)
     else:
-        session.advance(nb)
+        session.skip(nb * args.boundary_queries)
     return record["rows"]
 
 
@@ -434,10 +459,14 @@ def agreement_record(model: torch.nn.Module, session: Session) -> dict[str, Any]
     key = (session.label, "gradient agreement")
     config = session.config("gradient agreement", None, {"reference": tight, "others": others}, nd)
     record = session.store.get(key, config, parse=_agreement_reader)
+    if session.bar is not None:
+        session.bar.running("input gradients against a tight dopri5 solve", None)
     if record is None:
         record = gradient_agreement(model, session.x[:nd], session.y[:nd], tight, others,
                                     on_progress=session.advance)
         session.put(key, config, record)
+    else:
+        session.skip(4 * nd)
     return record
 
 
@@ -463,7 +492,7 @@ def suite_evaluation(model: torch.nn.Module, session: Session, eps: list[float],
                 "against": {label: _weights_digest(m) for label, m in against.items()}}
     suite_store = SuiteStore(session.store, identity, (session.label, "suite"))
     evaluation = evaluate(model, session.x.cpu(), session.y.cpu(), config, against=against, store=suite_store,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, label=f"[{session.label}] suite")
     if session.outputs is not None:
         for key in session.store.computed:
             if key[:2] == (session.label, "suite"):
@@ -484,16 +513,15 @@ def evaluate_model(model: torch.nn.Module, plan: ModelPlan, x: torch.Tensor, y: 
                    outputs: Outputs | None = None,
                    against: Mapping[str, torch.nn.Module] | None = None) -> dict[str, Any]:
     """All attacks and (for ODE models) the masking diagnostics for one model, resuming from ``store``."""
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     identity = {**plan.identity, "weights_sha256": file_sha256(plan.run_dir / MODEL_NAME)}
     session = Session(plan.label, identity, x, y, store, args, outputs=outputs)
     specs = attack_suite(model, args)
     n, nb = x.shape[0], min(args.boundary_samples, x.shape[0])
     show = not args.no_progress
-    session.bar = tqdm(total=n * len(specs) * len(eps) + nb, desc=f"[{plan.label}] attacks x eps",
-                       unit="img", disable=not show, file=sys.stderr, dynamic_ncols=True)
+    session.bar = WorkBar(f"[{plan.label}] paper attacks", enabled=show)
+    session.bar.start(n * sum(passes_per_sample(s.factory(e)) for s in specs for e in eps)
+                      + nb * passes_per_sample(BoundaryAttack(max_queries=args.boundary_queries)))
     try:
         by_eps = [attacks_at_eps(model, e, specs, session) for e in eps]
         boundary = boundary_rows(model, eps, session)
@@ -503,8 +531,8 @@ def evaluate_model(model: torch.nn.Module, plan: ModelPlan, x: torch.Tensor, y: 
     blocks = ode_blocks(model)
     if blocks:
         nd = min(args.diagnostic_samples, n)
-        session.bar = tqdm(total=4 * nd, desc=f"[{plan.label}] gradient agreement", unit="img",
-                           disable=not show, file=sys.stderr, dynamic_ncols=True)
+        session.bar = WorkBar(f"[{plan.label}] gradient agreement", enabled=show)
+        session.bar.start(4 * nd)  # input-gradient passes (one unit per image)
         try:
             record["gradient_agreement"] = agreement_record(model, session)
         finally:
@@ -546,7 +574,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
     outputs = outputs if outputs is not None else Outputs()
     started = time.perf_counter()
     torch.manual_seed(args.seed)
-    eps = [float(e) for e in (args.eps or DEFAULT_EPS[args.dataset])]
+    eps = distinct([float(e) for e in (args.eps or DEFAULT_EPS[args.dataset])], "--eps")
     if any(not (0 <= e <= 1) for e in eps):
         raise UsageError(f"--eps values must lie in [0, 1] (images are in [0, 1]), got {eps}")
     out = Path(args.out)
@@ -562,6 +590,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
     records: dict[str, Any] = {}
     models: dict[str, Any] = {}
     loaded: dict[str, torch.nn.Module] = {}
+    reused_summaries: list[str] = []
     for plan in plans:
         path = out / f"{plan.label}.json"
         weights = plan.run_dir / MODEL_NAME
@@ -572,6 +601,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
         reused = _reuse_summary(path, summary_config, args.force, code, guard)
         if reused is not None:
             records[plan.label] = reused
+            reused_summaries.append(plan.label)
             loaded[plan.label] = model  # (loaded: a transfer source)
             print(f"[{plan.label}] reusing the complete {path} (same configuration; --force recomputes)")
         else:
@@ -594,7 +624,9 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
     table = summary_lines(records, eps)
     print("\n" + "\n".join(table))
     command = "python -m experiments.robustness " + " ".join(shlex.quote(a) for a in argv)
-    report = report_markdown(records, eps, table, models, args, n, command, time.perf_counter() - started,
+    this_run = {"wall_s": time.perf_counter() - started, "computed": len(store.computed),
+                "reused": len(store.resumed), "summaries_reused": reused_summaries}
+    report = report_markdown(records, eps, table, models, args, n, command, this_run,
                              stale=guard.stamp_lines())
     atomic_write_text(out / "report.md", report)
     for name in ("results.csv", "results.json", "report.md"):
@@ -670,11 +702,30 @@ def print_summary(records: Mapping[str, Any], eps: list[float]) -> None:
     print("\n".join(summary_lines(records, eps)))
 
 
+def compute_seconds(record: Mapping[str, Any]) -> float:
+    """Seconds a model's results took in the runs that computed them: every row's own time (the Boundary
+    Attack's one run, repeated on its per-eps rows, once) and the suite's protocol and check phases."""
+    total, boundary_seen = 0.0, False
+    for row in record["rows"]:
+        seconds = row.get("seconds")
+        if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            continue
+        if row["attack"] == "Boundary":
+            if boundary_seen:
+                continue
+            boundary_seen = True
+        total += seconds
+    phases = record.get("suite_seconds", {})
+    return total + sum(float(phases.get(name, 0.0)) for name in ("protocol", "checks"))
+
+
 def report_markdown(records: Mapping[str, Any], eps: list[float], table: list[str], models: Mapping[str, Any],
-                    args: argparse.Namespace, samples: int, command: str, seconds: float,
+                    args: argparse.Namespace, samples: int, command: str, this_run: Mapping[str, Any],
                     stale: Sequence[str] = ()) -> str:
-    """report.md: the table and verdicts as printed, the models, the configuration and the command; ``stale``
-    (``CodeGuard.stamp_lines``) names results reused from other code."""
+    """report.md: the table and verdicts as printed, the models, the configuration, the command, and the
+    time of the runs that computed the results beside this run's own (a rerun that reuses every record
+    takes seconds; the results' time stays what it was); ``stale`` (``CodeGuard.stamp_lines``) names
+    results reused from other code."""
     lines = ["# Robustness report", "", *stale, "```text", *table, "```", "", "## Models", ""]
     lines += ["| label | registry name | test accuracy | run directory | training recipe |",
               "| --- | --- | --- | --- | --- |"]
@@ -684,8 +735,14 @@ def report_markdown(records: Mapping[str, Any], eps: list[float], table: list[st
         lines.append(f"| {label} | `{info['name']}` | {accuracy} | `{info['run_dir']}` | {recipe} |")
     settings = {"dataset": args.dataset, "samples": samples, "eps": eps, **_settings(args)}
     lines += ["", "## Configuration", "", *[f"- {key}: {value}" for key, value in settings.items()]]
-    lines += ["", "## Command", "", "```bash", command, "```", "",
-              f"Wall time of this run: {seconds:.0f} s (records resumed from earlier runs not included).", ""]
+    lines += ["", "## Command", "", "```bash", command, "```", "", "## Time", ""]
+    lines += ["Attack time of the results, each record timed in the run that computed it (training not "
+              "included): " + ", ".join(f"{label} {compute_seconds(r):.0f} s" for label, r in records.items())
+              + "."]
+    reused = this_run.get("summaries_reused") or []
+    whole = f", and reused the complete results of {', '.join(reused)}" if reused else ""
+    lines += [f"This run: {this_run['wall_s']:.0f} s wall; it computed {this_run['computed']} records and "
+              f"reused {this_run['reused']}{whole}.", ""]
     return "\n".join(lines)
 
 

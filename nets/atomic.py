@@ -2,13 +2,60 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["DiskFullError", "atomic_write", "atomic_write_text", "free_bytes", "require_free_space"]
+
+# errno values that mean "no room": no space left on device, disk quota exceeded
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(OSError):
+    """A write that failed because the disk (or quota) is full; names the file and the room left."""
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int | None:
+    """Bytes free to this user on the disk holding ``folder`` (or its nearest existing parent), or None."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _size(count: int | None) -> str:
+    return "unknown" if count is None else f"{count / 2**20:.1f} MiB"
+
+
+def require_free_space(folder: str | os.PathLike[str], needed: int, what: str) -> None:
+    """Raise :class:`DiskFullError` before a long computation whose result (``needed`` bytes) cannot be
+    written to ``folder``."""
+    free = free_bytes(folder)
+    if free is not None and free < needed:
+        raise DiskFullError(errno.ENOSPC, f"not enough free disk space for {what} in {str(folder)!r}: needs "
+                            f"about {_size(needed)}, {_size(free)} free; free some space or write elsewhere")
+
+
+def _disk_full(error: BaseException, path: Path) -> DiskFullError | None:
+    """The error a failed write becomes when the disk is full: ``OSError`` ENOSPC/EDQUOT, or torch's
+    serializer's ``RuntimeError`` (``[enforce fail at inline_container.cc] ... file write failed``), which
+    carries no errno, when the disk holding ``path`` has (almost) no room left."""
+    full = isinstance(error, OSError) and error.errno in _FULL
+    if isinstance(error, RuntimeError) and "write failed" in str(error):
+        free = free_bytes(path.parent)
+        full = free is not None and free < 2**20
+    if not full:
+        return None
+    return DiskFullError(errno.ENOSPC, f"no space left on the disk to write {str(path)!r} "
+                         f"({_size(free_bytes(path.parent))} free); free some space or write elsewhere")
 
 
 def _file_mode() -> int:
@@ -33,9 +80,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
             os.fsync(file.fileno())
         os.chmod(temporary, _file_mode())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        full = _disk_full(error, path)
+        if full is not None:
+            raise full from error
         raise
     return path
 

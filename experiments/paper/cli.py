@@ -121,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args, command)
         return 0
     except KeyboardInterrupt:
+        from experiments.cli import end_progress_bars
+
+        end_progress_bars()  # the line below starts a line of its own
         print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except SystemExit as exit_:  # --help

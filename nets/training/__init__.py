@@ -33,7 +33,14 @@ from nets.training.distributed import (
     unwrap_model,
 )
 from nets.training.loading import load_trained_model
-from nets.training.loop import BatchInfo, LossFn, TrainResult, cross_entropy_loss, train
+from nets.training.loop import (
+    BatchInfo,
+    LossFn,
+    ResumeMismatchError,
+    TrainResult,
+    cross_entropy_loss,
+    train,
+)
 from nets.training.metrics import evaluate
 from nets.training.solver_stats import pop_solver_stats
 from nets.training.state import (
@@ -55,6 +62,7 @@ __all__ = [
     "MODEL_NAME",
     "OPTIMIZERS",
     "RESULTS_NAME",
+    "ResumeMismatchError",
     "SCHEDULES",
     "BatchInfo",
     "DistributedContext",

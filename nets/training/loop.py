@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nets.atomic import require_free_space
 from nets.datasets import Augmentation, BatchIterator, ImageDataset
 from nets.training.config import TrainConfig, build_optimizer, build_scheduler
 from nets.training.distributed import (
@@ -202,6 +203,8 @@ def train(
         "device": str(device),
         "torch_version": torch.__version__,
     }
+    if context.is_main and start_epoch < config.epochs:  # fail now, not after an epoch's work
+        require_free_space(out_dir, 2 * _checkpoint_bytes(model), "the per-epoch checkpoint")
     show = progress and context.is_main
     for epoch in range(start_epoch + 1, config.epochs + 1):
         train_model.train()
@@ -343,9 +346,21 @@ def _check_finite(
     return loss_sum.item() / max(count, 1)
 
 
+class ResumeMismatchError(ValueError):
+    """``resume=True`` on a checkpoint written with another configuration (or format): a usage error."""
+
+
+def _checkpoint_bytes(model: nn.Module) -> int:
+    """About what one checkpoint takes: the weights and buffers, twice more for optimizer moments (Adam),
+    plus 1 MiB for the rest. The atomic write holds the old and the new file at once: callers double it."""
+    tensors = list(model.state_dict().values())
+    weights = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return 3 * weights + 2**20
+
+
 def _check_resumable(checkpoint: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
     if checkpoint.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise ResumeMismatchError(
             f"{str(path)!r}: checkpoint format {checkpoint.get('format_version')} != {FORMAT_VERSION}"
         )
     stored, current = checkpoint["config"], config.to_dict()
@@ -356,7 +371,10 @@ def _check_resumable(checkpoint: Mapping[str, Any], config: TrainConfig, path: P
     )
     if differing:
         detail = ", ".join(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}" for key in differing)
-        raise ValueError(f"cannot resume {str(path)!r} with a different config ({detail})")
+        raise ResumeMismatchError(
+            f"cannot resume {str(path)!r} with a different config ({detail}): rerun with the checkpoint's "
+            "settings, or use another --out"
+        )
 
 
 def _epoch_line(record: Mapping[str, Any], epochs: int) -> str:

@@ -86,9 +86,15 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    if path.stat().st_size == 0:
+        raise RuntimeError(
+            f"{str(path)!r} is not a readable checkpoint: the file is empty (0 bytes; a write that never "
+            "finished?): delete it and rerun"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
+        reason = str(error).strip() or type(error).__name__
         raise RuntimeError(
-            f"{str(path)!r} is not a readable checkpoint (corrupt or foreign?): {error}"
+            f"{str(path)!r} is not a readable checkpoint (corrupt or foreign?): {reason}"
         ) from error

@@ -296,6 +296,19 @@ def test_di2fgsm_on_a_fixed_size_model_names_the_canvas_and_the_fix() -> None:
     assert DI2FGSM(eps=0.1, steps=2, output_size="input")(model, x, y).shape == x.shape
 
 
+def test_di2fgsm_with_a_float64_input_and_a_float32_model_names_the_dtypes() -> None:
+    # Before: the dtype error was blamed on "a fixed-size head" (wrong advice).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    x, y = torch.rand(4, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    for output_size in ("canvas", "input"):
+        expected = "input is float64 but the model's parameters are float32"
+        with pytest.raises(ValueError, match=expected) as error:
+            DI2FGSM(eps=0.1, steps=2, diversity_prob=1.0, output_size=output_size)(model, x, y)
+        assert "fixed-size" not in str(error.value)
+    assert DI2FGSM(eps=0.1, steps=2)(model, x.float(), y).dtype == torch.float32
+
+
 def test_a_single_logit_model_is_refused_and_a_graph_input_is_accepted_quietly() -> None:
     torch.manual_seed(0)
     x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)

@@ -227,6 +227,57 @@ def test_nan_logits_fire_and_count_as_not_robust(plain) -> None:
     assert report.worst_case_accuracy(0.05) <= 1 - sum(r.nonfinite.sum() for r in report.records) / 12
 
 
+def test_nan_logits_everywhere_are_not_randomness(plain) -> None:
+    _, x, y = plain
+
+    class AllNaN(nn.Module):  # deterministic: the same NaN logits at every call
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, z):
+            return torch.full((z.shape[0], 10), float("nan")) * self.scale + 0 * z.flatten(1)[:, :1]
+
+    flags, report = run_all(AllNaN(), x, y, eps=(0.05,))
+    assert flags["nonfinite-logits"].fired
+    assert not flags["randomness"].fired, flags["randomness"].verdict
+    assert flags["randomness"].numbers["nonfinite_samples"] == 6  # the dependence subset
+    assert "non-finite" in flags["randomness"].verdict
+    assert report.worst_case_accuracy(0.05) == 0.0
+
+
+def test_nan_in_one_call_only_is_randomness() -> None:
+    from attacks.checks import randomness
+
+    calls = []
+
+    class Flaky(nn.Module):
+        def forward(self, z):
+            calls.append(1)
+            out = z.flatten(1)[:, :3].clone()
+            if len(calls) % 2:
+                out[0, 0] = float("nan")
+            return out
+
+    noise = randomness(Flaky(), torch.rand(4, 1, 2, 2))
+    assert noise["max_logit_difference"] == float("inf") and noise["changed_predictions"] <= 1
+
+
+def test_an_out_of_range_label_is_refused_not_counted_misclassified() -> None:
+    x, y = threshold_data()
+    y[3] = 2  # the model has 2 classes
+    attacks = [SuiteAttack("A", lambda e: PushMarked(e, 0.1))]
+    with pytest.raises(ValueError, match="label 2 out of range for a model with 2 classes"):
+        run_suite(Threshold(), x, y, [0.1], attacks)
+
+
+def test_an_empty_batch_is_a_clear_error() -> None:
+    x, y = threshold_data()
+    attacks = [SuiteAttack("A", lambda e: PushMarked(e, 0.1))]
+    with pytest.raises(ValueError, match="empty batch"):
+        run_suite(Threshold(), x[:0], y[:0], [0.1], attacks)
+
+
 def test_eps_sanity_fires_on_a_protocol_number_above_the_constant_image_cap(plain) -> None:
     model, x, y = plain
     possible, info = constant_image_cap(model, x, y, 0.5)

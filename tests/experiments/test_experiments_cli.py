@@ -168,3 +168,28 @@ def test_help_formatter_keeps_the_description_verbatim():
     assert "    indented example --flag" in text and "Last sentence ends here." in text
     assert "how many (default: 3)" in text
     assert isinstance(parser.formatter_class("x"), argparse.ArgumentDefaultsHelpFormatter)
+
+
+def test_ctrl_c_during_a_progress_bar_prints_its_line_on_a_fresh_line():
+    import io
+
+    from tqdm import tqdm
+
+    screen = io.StringIO()
+
+    def interrupted_mid_bar():
+        bar = tqdm(total=10, desc="suite: APGD-CE @ ε=0.1", file=screen, ascii=True)
+        bar.update(3)  # left open, as a bar is when Ctrl-C arrives inside the loop
+        raise KeyboardInterrupt
+
+    assert cli.run(_command(interrupted_mid_bar), [], stream=screen) == 130
+    text = screen.getvalue()
+    before, line = text[: text.index("interrupted")], text[text.index("interrupted"):]
+    assert before.endswith(("\n", "\r")) and "3/10" in before and line.count("\n") == 1
+
+
+def test_help_names_no_source_only_section():
+    from experiments import robustness
+
+    text = robustness.build_parser().format_help()
+    assert "RECIPES below" not in text and "docs/experiments.md" in text

@@ -113,3 +113,19 @@ def test_a_two_class_model_is_evaluated_with_the_attacks_that_apply_and_the_repo
     payload = json.loads((tmp_path / "results.json").read_text())["models"]["binary"]
     assert payload["skipped_attacks"] == {"APGD-T-5x3": "needs >= 4 classes, the model returns 2"}
     assert "APGD-T-5x3" not in payload["attacks"]
+
+
+@pytest.mark.parametrize("eps", [["-0.1"], ["nan"], ["inf"], ["0.1", "0.1"], ["8/255", "0.1", "8/255"]])
+def test_a_negative_nan_or_repeated_eps_is_a_usage_error(eps, tmp_path, capsys) -> None:
+    from experiments import robustness
+
+    for main in (evaluate.main, robustness.main):
+        args = ["--checkpoint", "never-read"] if main is evaluate.main else ["--data-dir", "never-read"]
+        try:
+            status = run(main, [*args, "--out", str(tmp_path), "--eps", *eps])
+        except SystemExit as exit:  # argparse's own error (the usage line, then one error line)
+            status = exit.code
+        assert status == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--eps" in error and (eps[0] if len(eps) == 1 else "twice") in error
+    assert not any(tmp_path.iterdir())  # refused before anything was read or written

@@ -21,7 +21,7 @@ from nets.registry import build_model
 from tests.nets.test_data import write_mnist
 
 
-def test_main_job_trains_attacks_writes_and_resumes(tmp_path, monkeypatch):
+def test_main_job_trains_attacks_writes_and_resumes(tmp_path, monkeypatch, capsys):
     files = write_mnist(tmp_path / "data", n_train=64, n_test=16)
     for name, digest in files["md5"].items():
         monkeypatch.setitem(mnist_module.MNIST_MD5, name, digest)
@@ -34,8 +34,19 @@ def test_main_job_trains_attacks_writes_and_resumes(tmp_path, monkeypatch):
             "--diagnostic-samples", "2",
             "--reference-tol", "1e-3", "--fixed-steps", "2",
             "--resnet-arg", "width=2", "--odenet-arg", "channels=2",
-            "--batch-size", "8", "--no-progress", "--device", "cpu"]
+            "--batch-size", "8", "--device", "cpu"]
     records = robustness.main(argv)
+    progress = capsys.readouterr().err
+    # the bars name what is running and every later phase says what it does (these untrained models
+    # classify no test image right, so the suite has no work and shows no bar: tests/attacks covers it)
+    for shown in ("[resnet] paper attacks: FGSM @ ε=0.3", "[resnet] paper attacks: DI2-FGSM @ ε=0.3",
+                  "[resnet] paper attacks: Boundary (2 images",
+                  "[odenet] gradient agreement: input gradients",
+                  "[odenet] suite: paper-protocol PGD-40 on 4 images",
+                  "[odenet] suite: checks (PGD-1/2 on 2 images, ε-sanity, batch dependence and randomness "
+                  "on 4)"):
+        assert shown in progress, shown
+    argv.append("--no-progress")
     assert set(records) == {"resnet", "odenet"}
     attacks = {row["attack"] for row in records["odenet"]["rows"]}
     expected = {"FGSM", "DI2-FGSM", "Boundary", "APGD-CE-2", "APGD-T-2x1", "Square-3", "worst-case",
@@ -53,6 +64,14 @@ def test_main_job_trains_attacks_writes_and_resumes(tmp_path, monkeypatch):
     (tmp_path / "out" / "resnet.json").write_text(json.dumps({**records["resnet"], "marker": 1}))
     again = robustness.main(argv)
     assert again["resnet"]["marker"] == 1
+    # the report of a run that reused everything keeps the time of the run that computed the results
+    report = (tmp_path / "out" / "report.md").read_text()
+    spent = {label: robustness.compute_seconds(record) for label, record in records.items()}
+    assert all(seconds > 0 for seconds in spent.values())
+    assert (f"each record timed in the run that computed it (training not included): resnet "
+            f"{spent['resnet']:.0f} s, odenet {spent['odenet']:.0f} s.") in report
+    assert "it computed 0 records and reused 0, and reused the complete results of resnet, odenet." in report
+    assert "Wall time of this run" not in report
 
 
 def test_solver_override_is_temporary_and_changes_the_solve():

@@ -20,6 +20,7 @@ from nets.registry import (
     unregister_model,
 )
 from nets.training import (
+    ResumeMismatchError,
     TrainConfig,
     build_optimizer,
     build_scheduler,
@@ -166,7 +167,7 @@ def test_existing_run_is_never_overwritten_and_config_must_match(tmp_path):
         train(
             tiny_model(0), train_set, None, TrainConfig(**{**CONFIG, "epochs": 1}), tmp_path, progress=False
         )
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ResumeMismatchError, match="lr"):
         train(
             tiny_model(0),
             train_set,
@@ -389,6 +390,7 @@ class FlatNet(nn.Module):
 
 def test_cli_trains_resumes_and_records_model_spec(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("NR_DATA_DIR", raising=False)
+    from experiments.cli import run
     from experiments.train import main
 
     write_tiny_mnist(tmp_path / "data" / "MNIST" / "raw")
@@ -443,6 +445,10 @@ def test_cli_trains_resumes_and_records_model_spec(tmp_path, capsys, monkeypatch
         )
         with pytest.raises(FileExistsError):
             main(args)
+        capsys.readouterr()
+        assert run(main, [*args, "--resume", "--lr", "0.02"]) == 2  # a usage error, named in one line
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "cannot resume" in error and "lr: 0.01 -> 0.02" in error
         main([*args, "--resume"])  # already finished: nothing left to train, files rewritten identically
         assert json.loads((tmp_path / "run" / "results.json").read_text())["history"] == results["history"]
         with pytest.raises(SystemExit, match="unknown model"):
@@ -478,3 +484,62 @@ def test_a_model_trained_under_other_solver_options_warns_when_loaded(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(results))
     with pytest.warns(UserWarning, match="other solver options .*controller: PIController.*beta=0.04"):
         load_trained_model(tmp_path)
+
+
+def test_an_empty_or_foreign_checkpoint_is_named_with_a_reason(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(RuntimeError, match=r"not a readable checkpoint: the file is empty \(0 bytes"):
+        load_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "short.pt").write_bytes(b"\x80")
+    with pytest.raises(RuntimeError, match="not a readable checkpoint") as error:
+        load_checkpoint(tmp_path / "short.pt")
+    assert not str(error.value).rstrip().endswith(":")  # a reason follows, never an empty one
+
+
+ENFORCE_FAIL = ("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file data/0: "
+                "file write failed")
+
+
+def test_a_full_disk_is_named_not_a_serializer_assertion(tmp_path, monkeypatch):
+    import errno
+
+    import nets.atomic
+    from nets.atomic import DiskFullError, atomic_write
+    from nets.training import atomic_torch_save
+
+    def torch_save_on_a_full_disk(obj, handle):
+        raise RuntimeError(ENFORCE_FAIL)
+
+    monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
+    monkeypatch.setattr(nets.atomic, "free_bytes", lambda folder: 4096)
+    with pytest.raises(DiskFullError, match="no space left on the disk to write .*c.pt"):
+        atomic_torch_save({"w": torch.ones(2)}, tmp_path / "c.pt")
+    monkeypatch.setattr(nets.atomic, "free_bytes", lambda folder: 2**40)  # room left: not a full disk
+    with pytest.raises(RuntimeError, match="inline_container"):
+        atomic_torch_save({"w": torch.ones(2)}, tmp_path / "c.pt")
+
+    def enospc(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError, match="no space left"):
+        atomic_write(tmp_path / "d.txt", enospc)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_training_checks_free_space_before_the_first_epoch(tmp_path, monkeypatch):
+    import nets.atomic
+    from experiments.cli import run
+    from nets.atomic import DiskFullError
+
+    monkeypatch.setattr(nets.atomic, "free_bytes", lambda folder: 1000)
+    batches = []
+    with pytest.raises(DiskFullError, match="not enough free disk space for the per-epoch checkpoint"):
+        train(tiny_model(0), synthetic_dataset(16, 0), None, TrainConfig(**CONFIG), tmp_path,
+              on_batch_end=batches.append, progress=False)
+    assert batches == []  # refused before any work
+
+    def command(argv, outputs=None):
+        train(tiny_model(0), synthetic_dataset(16, 0), None, TrainConfig(**CONFIG), tmp_path / "b",
+              progress=False)
+
+    assert run(command, []) == 2
