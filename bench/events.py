@@ -13,31 +13,9 @@ import torch
 from scipy.integrate import solve_ivp
 
 from stability import Event, Status, solve
+from tests.problems import DragProjectile, G, launch, projectile
 
-G = 9.81
 F64 = torch.float64
-
-
-def projectile(t, y):
-    vx, vz = y[:, 2], y[:, 3]
-    return torch.stack([vx, vz, torch.zeros_like(vx), torch.full_like(vz, -G)], 1)
-
-
-class DragProjectile(torch.nn.Module):
-    def __init__(self, k: float = 0.3) -> None:
-        super().__init__()
-        self.k = torch.nn.Parameter(torch.tensor(k, dtype=F64))
-
-    def forward(self, t, y):
-        vx, vz = y[:, 2], y[:, 3]
-        speed = torch.sqrt(vx**2 + vz**2)
-        return torch.stack([vx, vz, -self.k * speed * vx, -G - self.k * speed * vz], 1)
-
-
-def launch(z, vx, vz) -> torch.Tensor:
-    z, vx, vz = (torch.as_tensor(v, dtype=F64) for v in (z, vx, vz))
-    return torch.stack([torch.zeros_like(z), z, vx, vz], 1)
-
 
 GROUND = Event(lambda t, y: y[:, 1], direction=-1, terminal=True)
 APEX = Event(lambda t, y: y[:, 3], direction=-1)

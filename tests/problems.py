@@ -45,3 +45,31 @@ def scipy_reference(fun, y0, t_eval, rtol: float = 1e-13, atol: float = 1e-13) -
 def observed_order(step_sizes, errors) -> float:
     """Least-squares slope of log(error) against log(h)."""
     return float(np.polyfit(np.log(step_sizes), np.log(errors), 1)[0])
+
+
+# ---- a projectile, for the events (tests/stability/test_events.py, bench/events.py)
+G = 9.81  # gravity
+
+
+def projectile(t, y):
+    """y = [x, z, vx, vz] under gravity alone (autonomous: any time offset gives the same motion)."""
+    vx, vz = y[:, 2], y[:, 3]
+    return torch.stack([vx, vz, torch.zeros_like(vx), torch.full_like(vz, -G)], 1)
+
+
+class DragProjectile(torch.nn.Module):
+    """Quadratic drag k|v|v: no closed form, a parameter k to differentiate."""
+
+    def __init__(self, k: float = 0.3) -> None:
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(k, dtype=torch.float64))
+
+    def forward(self, t, y):
+        vx, vz = y[:, 2], y[:, 3]
+        speed = torch.sqrt(vx**2 + vz**2)
+        return torch.stack([vx, vz, -self.k * speed * vx, -G - self.k * speed * vz], 1)
+
+
+def launch(heights, speeds_x, speeds_z) -> torch.Tensor:
+    z, vx, vz = (torch.as_tensor(v, dtype=torch.float64) for v in (heights, speeds_x, speeds_z))
+    return torch.stack([torch.zeros_like(z), z, vx, vz], 1)

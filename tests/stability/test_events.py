@@ -10,34 +10,10 @@ from hypothesis import strategies as st
 
 from stability import Event, EventSolution, ODEInputError, SolverError, Status, solve
 from stability.events import locate
+from tests.problems import DragProjectile, G, launch, projectile
 
-G = 9.81
 F64 = torch.float64
 TIGHT = dict(rtol=1e-12, atol=1e-12)
-
-
-def projectile(t, y):
-    """y = [x, z, vx, vz] under gravity alone (autonomous: any time offset gives the same motion)."""
-    vx, vz = y[:, 2], y[:, 3]
-    return torch.stack([vx, vz, torch.zeros_like(vx), torch.full_like(vz, -G)], 1)
-
-
-class DragProjectile(torch.nn.Module):
-    """Quadratic drag k|v|v: no closed form, a parameter k to differentiate."""
-
-    def __init__(self, k: float = 0.3) -> None:
-        super().__init__()
-        self.k = torch.nn.Parameter(torch.tensor(k, dtype=F64))
-
-    def forward(self, t, y):
-        vx, vz = y[:, 2], y[:, 3]
-        speed = torch.sqrt(vx**2 + vz**2)
-        return torch.stack([vx, vz, -self.k * speed * vx, -G - self.k * speed * vz], 1)
-
-
-def launch(heights, speeds_x, speeds_z) -> torch.Tensor:
-    z, vx, vz = (torch.as_tensor(v, dtype=F64) for v in (heights, speeds_x, speeds_z))
-    return torch.stack([torch.zeros_like(z), z, vx, vz], 1)
 
 
 def ground(height=0.0, terminal=True) -> Event:
