@@ -33,12 +33,12 @@ from .base import (
     check_labels_in_range,
     require_count,
     require_nonnegative,
+    require_norm,
 )
 from .gradients import GradientMonitor
 
 __all__ = ["APGD", "APGDT", "apgd_checkpoints", "dlr_loss", "dlr_loss_targeted"]
 
-NORMS = ("linf", "l2")
 LOSSES = ("ce", "dlr")
 _TINY = 1e-12
 
@@ -239,8 +239,7 @@ class APGD(Attack):
         self.restarts = require_count("restarts", restarts)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        require_norm(norm)
         if targeted and loss == "dlr":
             raise ValueError("targeted DLR is APGDT (top-k target classes); use loss='ce' with targeted=True")
         self.loss, self.norm = loss, norm

@@ -58,6 +58,16 @@ def perturbation_size(delta: Tensor, norm: str) -> Tensor:
     return flat.abs().amax(dim=1) if norm == "linf" else torch.linalg.vector_norm(flat, dim=1)
 
 
+NORMS = ("linf", "l2")
+
+
+def require_norm(norm: str) -> str:
+    """Validate a perturbation norm name: ``"linf"`` or ``"l2"``."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm
+
+
 def require_nonnegative(name: str, value: float) -> float:
     """Validate a finite, non-negative real hyper-parameter (e.g. ``eps``) and return it as ``float``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

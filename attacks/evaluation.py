@@ -25,13 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, eval_mode, model_device
+from .base import Attack, eval_mode, model_device, require_norm
 from .table import ResultTable
 
 __all__ = ["evaluate_attack", "gradient_masking_warnings", "iterate_batches", "sweep"]
 
 Data = tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
-_NORMS = ("linf", "l2")
 
 
 def iterate_batches(data: Data, batch_size: int = 256, max_samples: int | None = None):
@@ -172,8 +171,7 @@ def evaluate_attack(model: nn.Module, attack: Attack, data: Data, *, eps: float 
 
     ``eps`` defaults to the attack's own ``eps``; for a minimization attack it is the threshold in ``norm``.
     """
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+    require_norm(norm)
     eps = getattr(attack, "eps", None) if eps is None else eps
     name = name or type(attack).__name__
     accumulator = _run(model, attack, data, device, batch_size, max_samples, progress, name)
@@ -189,8 +187,7 @@ def sweep(model: nn.Module, attacks: Mapping[str, Callable[[float], Attack]], ep
     result thresholded at every ``eps`` in ``norm``. The ``worst-case`` row counts a sample robust only if it
     survives every attack at that ``eps`` (the data must then be iterated in the same order each time).
     """
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+    require_norm(norm)
     eps_list = [float(e) for e in eps_list]
     if not eps_list or any(not math.isfinite(e) or e < 0 for e in eps_list):
         raise ValueError(f"eps_list must be non-empty finite values >= 0, got {eps_list}")

@@ -38,12 +38,12 @@ from .base import (
     perturbation_size,
     require_count,
     require_nonnegative,
+    require_norm,
 )
 from .gradients import GradientMonitor
 
 __all__ = ["FABT", "project_onto_hyperplane_in_box"]
 
-NORMS = ("linf", "l2")
 _TINY = 1e-12
 
 
@@ -59,8 +59,7 @@ def project_onto_hyperplane_in_box(point: Tensor, w: Tensor, b: Tensor, norm: st
     box corner closest to it (every coordinate at its room) is returned. ``point``, ``w``: ``(N, D)``;
     ``b``: ``(N,)``.
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    require_norm(norm)
     c = b - (w * point).sum(dim=1)
     sign = torch.where(c < 0, -1.0, 1.0).to(w.dtype)
     w, c = w * sign[:, None], c * sign
@@ -167,8 +166,7 @@ class FABT(Attack):
         self.steps = require_count("steps", steps)
         self.restarts = require_count("restarts", restarts)
         self.target_classes = require_count("target_classes", target_classes)
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        require_norm(norm)
         self.norm = norm
         self.alpha_max = require_nonnegative("alpha_max", alpha_max)
         if self.alpha_max > 1:

@@ -25,11 +25,17 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, check_finite_logits, check_labels_in_range, require_count, require_nonnegative
+from .base import (
+    Attack,
+    check_finite_logits,
+    check_labels_in_range,
+    require_count,
+    require_nonnegative,
+    require_norm,
+)
 
 __all__ = ["Square", "square_p_schedule"]
 
-NORMS = ("linf", "l2")
 _BREAKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
@@ -135,8 +141,7 @@ class Square(Attack):
         super().__init__(targeted=targeted, seed=seed)
         self.eps = require_nonnegative("eps", eps)
         self.max_queries = require_count("max_queries", max_queries)
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        require_norm(norm)
         self.norm = norm
         self.p_init = require_nonnegative("p_init", p_init)
         if not 0 < self.p_init <= 1:
