@@ -21,7 +21,7 @@ Attacks are configured once and called on a batch, ``x_adv = attack(model, x, y)
 """
 
 from .apgd import APGD, APGDT
-from .base import Attack, NonFiniteLogitsError, eval_mode
+from .base import Attack, AttackResult, NonFiniteLogitsError, WrappedAttack, eval_mode
 from .boundary import BoundaryAttack
 from .checks import Flag, run_checks
 from .diverse_input import DI2FGSM, InputDiversity
@@ -53,6 +53,8 @@ __all__ = [
     "FGSM",
     "PGD",
     "Attack",
+    "AttackResult",
+    "WrappedAttack",
     "BoundaryAttack",
     "InputDiversity",
     "LinearEpsWarmup",

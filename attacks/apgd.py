@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .base import (
     Attack,
+    AttackResult,
     check_finite_logits,
     check_labels_in_range,
     require_count,
@@ -215,7 +216,7 @@ def apgd_run(
 class APGD(Attack):
     """Auto-PGD with the cross-entropy (``loss="ce"``) or DLR (``"dlr"``) loss, L-inf or L2.
 
-    ``restarts`` random restarts, each only on the samples not yet fooled. ``last_stats``: ``fooled`` per
+    ``restarts`` random restarts, each only on the samples not yet fooled. Result ``stats``: ``fooled`` per
     sample, the objective curve of the first run, zero / non-finite gradient fractions, gradient queries per
     sample (``queries``: forward+backward passes).
     """
@@ -251,7 +252,7 @@ class APGD(Attack):
     def _targets(self, logits: Tensor, y: Tensor) -> list[Tensor | None]:
         return [None] * self.restarts
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         with torch.no_grad():
             logits = model(x)
         check_labels_in_range(logits, y)
@@ -283,8 +284,7 @@ class APGD(Attack):
                 fooled[todo[success]] = True
                 self._progress((run + 1) / len(targets))
         summary = monitor.summary()
-        self.last_stats = {**summary, "fooled": fooled.cpu(), "queries": queries.cpu()}
-        return x_adv
+        return AttackResult(x_adv, {**summary, "fooled": fooled.cpu(), "queries": queries.cpu()})
 
     @property
     def min_classes(self) -> int:

@@ -3,7 +3,8 @@
 An attack is configured once and called on a batch::
 
     attack = PGD(eps=0.3, alpha=0.01, steps=40)
-    x_adv = attack(model, x, y)
+    x_adv = attack(model, x, y)              # the adversarial batch
+    result = attack.run(model, x, y)         # AttackResult(x_adv, stats)
 
 * ``x`` is a float tensor of shape ``(N, ...)`` with values in ``[0, 1]`` (normalization lives inside the
   model); ``y`` holds ``N`` integer labels -- the true labels (untargeted, the default) or the target labels
@@ -12,21 +13,26 @@ An attack is configured once and called on a batch::
 * The model is put in eval mode for the attack and every submodule's mode is restored afterwards.
 * Randomness comes from a ``torch.Generator`` per device, seeded with ``seed`` at first use, so the same
   sequence of calls gives the same results; :meth:`Attack.reseed` restarts the stream.
-* After a call, ``attack.last_stats`` holds diagnostics of that call (loss curves, gradient health, queries).
+* :meth:`Attack.run` returns an :class:`AttackResult`: the adversarial batch and the call's diagnostics (loss
+  curves, gradient health, queries); calling the attack returns the batch alone.
+* :class:`WrappedAttack` runs another attack in a changed setting (another model, another solver) and forwards
+  its ``eps``, seed, reseeding, ``targeted``, ``min_classes`` and statistics.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Attack", "NonFiniteLogitsError", "check_finite_logits", "eval_mode", "check_inputs",
-           "check_labels_in_range", "model_device", "perturbation_size", "require_nonnegative"]
+__all__ = ["Attack", "AttackResult", "WrappedAttack", "NonFiniteLogitsError", "check_finite_logits",
+           "eval_mode", "check_inputs", "check_labels_in_range", "model_device", "perturbation_size",
+           "require_nonnegative"]
 
 
 class NonFiniteLogitsError(ValueError):
@@ -139,11 +145,20 @@ def check_finite_logits(logits: Tensor) -> None:
             "solver settings) before evaluating robustness")
 
 
+@dataclass(frozen=True)
+class AttackResult:
+    """One call of an attack: ``x_adv`` (same shape and dtype as ``x``) and that call's diagnostics ``stats``
+    (e.g. ``objective_curve``, ``zero_gradient_fraction``, per-sample ``queries`` and ``fooled``)."""
+
+    x_adv: Tensor
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Attack:
-    """Base class: validation, eval-mode handling, seeded generators and ``last_stats``.
+    """Base class: validation, eval-mode handling and seeded generators.
 
     Subclasses implement :meth:`_attack` on validated inputs (model already in eval mode) and return
-    ``x_adv`` of the same shape and dtype as ``x``.
+    ``x_adv`` of the same shape and dtype as ``x``, or an :class:`AttackResult` carrying their diagnostics.
     """
 
     targeted: bool = False
@@ -167,7 +182,6 @@ class Attack:
         self.targeted = targeted
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
-        self.last_stats: dict[str, Any] = {}
 
     # -- randomness -----------------------------------------------------------------------------------------
     def reseed(self, seed: int | None = None) -> None:
@@ -188,20 +202,26 @@ class Attack:
         return self._generators[device]
 
     # -- the contract ---------------------------------------------------------------------------------------
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> AttackResult:
+        """Attack the batch ``(x, y)``: the adversarial batch and this call's diagnostics."""
         if not callable(model):
             raise TypeError("model must be callable (an nn.Module returning logits)")
         check_inputs(x, y)
         y = y.long()
-        self.last_stats = {}
         if x.shape[0] == 0:
-            return x.clone()
+            return AttackResult(x.clone())
         context = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
         with context:
-            x_adv = self._attack(model, x.detach(), y.detach(), **kwargs)
-        return x_adv.detach()
+            out = self._attack(model, x.detach(), y.detach(), **kwargs)
+        if isinstance(out, AttackResult):
+            return AttackResult(out.x_adv.detach(), out.stats)
+        return AttackResult(out.detach())
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
+        """``run(model, x, y).x_adv``: the adversarial batch alone."""
+        return self.run(model, x, y, **kwargs).x_adv
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor | AttackResult:
         raise NotImplementedError
 
     def _progress(self, fraction: float) -> None:
@@ -220,3 +240,48 @@ class Attack:
 
     def _config(self) -> dict[str, Any]:
         return {"targeted": self.targeted, "seed": self.seed}
+
+
+class WrappedAttack(Attack):
+    """Runs ``inner`` in a changed setting: subclasses override :meth:`_attack` (or :meth:`_around`).
+
+    Everything that makes the wrapped attack what it is comes from ``inner``: ``eps``, ``targeted``, seed and
+    reseeding (the suite's per-batch :meth:`reseed` reaches the inner attack), ``minimizes``, ``min_classes``,
+    per-query progress and the statistics of each call. The default :meth:`_attack` runs ``inner`` on
+    ``model`` inside :meth:`_around`.
+    """
+
+    def __init__(self, inner: Attack) -> None:
+        if not isinstance(inner, Attack):
+            raise TypeError(f"inner must be an Attack, got {type(inner).__name__}")
+        super().__init__(targeted=inner.targeted, seed=inner.seed)
+        self.inner = inner
+        self.eps = getattr(inner, "eps", None)
+        self.minimizes = inner.minimizes
+
+    @property
+    def min_classes(self) -> int:
+        return self.inner.min_classes
+
+    def reseed(self, seed: int | None = None) -> None:
+        super().reseed(seed)
+        self.inner.reseed(seed)
+
+    @property
+    def on_progress(self) -> Callable[[float], None] | None:  # type: ignore[override]
+        return self.inner.on_progress
+
+    @on_progress.setter
+    def on_progress(self, value: Callable[[float], None] | None) -> None:
+        self.inner.on_progress = value
+
+    def _around(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """The setting ``inner`` runs in (default: none)."""
+        return contextlib.nullcontext()
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> AttackResult:
+        with self._around(model):
+            return self.inner.run(model, x, y, **kwargs)
+
+    def _config(self) -> dict[str, Any]:
+        return {"inner": repr(self.inner)}

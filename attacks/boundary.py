@@ -29,7 +29,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, check_finite_logits, check_labels_in_range, require_count, require_positive
+from .base import (
+    Attack,
+    AttackResult,
+    check_finite_logits,
+    check_labels_in_range,
+    require_count,
+    require_positive,
+)
 
 __all__ = ["BoundaryAttack"]
 
@@ -88,11 +95,12 @@ class BoundaryAttack(Attack):
             whose (already known) decision is adversarial for them, verified with one query.
         init_search_steps: bisection steps on the blend ``x + t (start - x)`` that bring the start close to
             the boundary (also applied to given ``starting_points``).
-        record_history: keep ``last_stats["l2_history"]`` (iterations x N, NaN once a sample stopped).
+        record_history: keep the result's ``stats["l2_history"]`` (iterations x N, NaN once a sample
+            stopped).
 
-    Call as ``attack(model, x, y, starting_points=None)``. ``last_stats`` holds per-sample ``queries``,
-    ``l2``, ``linf`` and ``success`` (whether an adversarial point was found; failures are returned
-    unchanged).
+    Call as ``attack(model, x, y, starting_points=None)``. The result's ``stats`` hold per-sample
+    ``queries``, ``l2``, ``linf`` and ``success`` (whether an adversarial point was found; failures are
+    returned unchanged).
     """
 
     minimizes = "l2"
@@ -133,7 +141,7 @@ class BoundaryAttack(Attack):
 
     # ------------------------------------------------------------------------------------------------------
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor,
-                starting_points: Tensor | None = None) -> Tensor:
+                starting_points: Tensor | None = None) -> AttackResult:
         n = x.shape[0]
         shape = tuple(x.shape[1:])
         flat_x = x.reshape(n, -1)
@@ -153,17 +161,15 @@ class BoundaryAttack(Attack):
         searched = self._bisect_towards_input(flat_x, start, oracle, found)
         best[searched.index] = searched.points
 
-        self._iterate(flat_x, best, searched.index, oracle, generator)
+        history = self._iterate(flat_x, best, searched.index, oracle, generator)
 
         success = found.clone()
         success[searched.index] = True
         l2 = torch.where(success, (best - flat_x).norm(dim=1), torch.full_like(best[:, 0], math.inf))
         linf = torch.where(success, (best - flat_x).abs().amax(dim=1), torch.full_like(best[:, 0], math.inf))
-        self.last_stats.update(
-            {"queries": oracle.queries, "model_calls": oracle.calls, "success": success, "l2": l2,
-             "linf": linf}
-        )
-        return best.view_as(x)
+        stats = {"queries": oracle.queries, "model_calls": oracle.calls, "success": success, "l2": l2,
+                 "linf": linf, "l2_history": history}
+        return AttackResult(best.view_as(x), stats)
 
     # -- initialization -----------------------------------------------------------------------------------
     def _checked_starting_points(self, starting_points: Tensor, x: Tensor, oracle: _QueryCounter,
@@ -255,15 +261,15 @@ class BoundaryAttack(Attack):
         return t
 
     def _iterate(self, flat_x: Tensor, best: Tensor, index: Tensor, oracle: _QueryCounter,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator) -> Tensor | None:
+        """The search after the initialization; returns the per-iteration L2 history (if recorded)."""
         allowed = self._iterations_allowed(self.max_queries - oracle.queries[index])
         total = int(allowed.max()) if allowed.numel() else 0
         history = None
         if self.record_history:
             history = torch.full((total, flat_x.shape[0]), math.nan, device=flat_x.device, dtype=flat_x.dtype)
-        self.last_stats["l2_history"] = history
         if total == 0:
-            return
+            return history
         state = _State(flat_x, best, oracle.labels, index, allowed, self.spherical_step, self.source_step)
         state.keep(allowed > 0)
         k, factor, dimension = self.spherical_check_every, self.step_adaptation, flat_x.shape[1]
@@ -294,6 +300,7 @@ class BoundaryAttack(Attack):
             oracle.charge(state.index, calls)
             best[state.index] = state.adv
             state.keep(state.allowed > stop)
+        return history
 
     def _config(self) -> dict[str, object]:
         return {

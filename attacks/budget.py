@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .apgd import APGD, APGDT
-from .base import check_finite_logits, check_labels_in_range
+from .base import AttackResult, check_finite_logits, check_labels_in_range
 from .square import Square
 from .suite import PRESETS, SuiteAttack
 
@@ -78,7 +78,7 @@ class MALTAPGDT(APGDT):
     """Targeted APGD (targeted DLR loss) against the ``target_classes`` MALT-nearest classes of each sample
     (:func:`malt_targets`) instead of the highest-scoring ones."""
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         self._ranked = malt_targets(model, x, y, self.target_classes, self.norm)
         try:
             return super()._attack(model, x, y)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Attack, require_count, require_nonnegative
+from .base import Attack, AttackResult, require_count, require_nonnegative
 from .gradients import GradientMonitor, objective_and_gradient
 from .pgd import linf_box
 
@@ -174,7 +174,7 @@ class DI2FGSM(Attack):
         self.random_start = bool(random_start)
         self.diversity = InputDiversity(resize_rate, diversity_prob, output_size, variant)
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         generator = self.generator(x.device)
         lower, upper = linf_box(x, self.eps)
         x_adv = x.clone()
@@ -204,8 +204,7 @@ class DI2FGSM(Attack):
             scale = gradient.abs().mean(dim=reduce_dims, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
             momentum = self.decay * momentum + gradient / scale
             x_adv = torch.clamp(x_adv + self.alpha * momentum.sign(), min=lower, max=upper)
-        self.last_stats = monitor.summary()
-        return x_adv
+        return AttackResult(x_adv, monitor.summary())
 
     def _config(self) -> dict[str, object]:
         d = self.diversity

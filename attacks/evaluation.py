@@ -102,7 +102,8 @@ def _run(model: nn.Module, attack: Attack, data: Data, device: torch.device | No
     for x, y in batches:
         x, y = x.to(device), y.to(device).long()
         start = time.perf_counter()
-        x_adv = attack(model, x, y)
+        result = attack.run(model, x, y)
+        x_adv = result.x_adv
         seconds = time.perf_counter() - start
         with eval_mode(model), torch.no_grad():
             clean_prediction = model(x).argmax(dim=1)
@@ -113,7 +114,7 @@ def _run(model: nn.Module, attack: Attack, data: Data, device: torch.device | No
         else:
             clean_correct = clean_prediction == y
             fooled = adversarial_prediction != y
-        accumulator.add(clean_correct, fooled, _norms(x_adv - x), attack.last_stats, seconds)
+        accumulator.add(clean_correct, fooled, _norms(x_adv - x), result.stats, seconds)
     if accumulator.count == 0:
         raise ValueError("no samples to evaluate")
     return accumulator

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .base import (
     Attack,
+    AttackResult,
     check_finite_logits,
     check_labels_in_range,
     perturbation_size,
@@ -143,7 +144,7 @@ class FABT(Attack):
     run per target and restart, on the samples not yet fooled within ``eps``). Untargeted in effect: ``y``
     holds the true labels and success means misclassification within ``eps``.
 
-    ``last_stats``: ``fooled`` per sample, ``min_distance`` (closest adversarial found, inf where none),
+    Result ``stats``: ``fooled`` per sample, ``min_distance`` (closest adversarial found, inf where none),
     zero / non-finite gradient fractions, the mean of ``f_t - f_y`` per iteration of the first run
     (``objective_curve``) and ``queries`` (forward+backward passes per sample).
     """
@@ -176,7 +177,7 @@ class FABT(Attack):
         if not 0 < self.beta < 1:
             raise ValueError(f"beta must be in (0, 1), got {beta}")
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         with torch.no_grad():
             logits = model(x)
         check_labels_in_range(logits, y)
@@ -207,10 +208,9 @@ class FABT(Attack):
                     success = distance <= self.eps
                     x_adv[todo[success]] = best[success]
                     fooled[todo[success]] = True
-        self.last_stats = {**monitor.summary(), "objective_curve": [float(v) for v in curve],
-                           "fooled": fooled.cpu(), "queries": queries.cpu(),
-                           "min_distance": min_distance.cpu()}
-        return x_adv
+        return AttackResult(x_adv, {**monitor.summary(), "objective_curve": [float(v) for v in curve],
+                                    "fooled": fooled.cpu(), "queries": queries.cpu(),
+                                    "min_distance": min_distance.cpu()})
 
     def _random_start(self, x0: Tensor, generator: torch.Generator) -> Tensor:
         if self.norm == "linf":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import Attack, require_nonnegative
+from .base import Attack, AttackResult, require_nonnegative
 from .gradients import GradientMonitor, objective_and_gradient
 
 __all__ = ["FGSM"]
@@ -22,15 +22,14 @@ class FGSM(Attack):
         super().__init__(targeted=targeted, seed=seed)
         self.eps = require_nonnegative("eps", eps)
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         monitor = GradientMonitor()
         objective, gradient, _ = objective_and_gradient(
             model, x, y, targeted=self.targeted, check_labels=True
         )
         gradient = monitor.record(objective, gradient)
         x_adv = (x + self.eps * gradient.sign()).clamp_(0.0, 1.0)
-        self.last_stats = monitor.summary()
-        return x_adv
+        return AttackResult(x_adv, monitor.summary())
 
     def _config(self) -> dict[str, object]:
         return {"eps": self.eps, **super()._config()}

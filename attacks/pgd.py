@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, require_count, require_nonnegative, require_positive
+from .base import Attack, AttackResult, require_count, require_nonnegative, require_positive
 from .gradients import GradientMonitor, objective_and_gradient
 
 __all__ = ["PGD", "linf_box", "signed_gradient_ascent"]
@@ -50,8 +50,8 @@ def signed_gradient_ascent(
 class PGD(Attack):
     """L-inf PGD with uniform random start, step ``alpha``, ``steps`` iterations and ``restarts`` restarts.
 
-    ``alpha`` defaults to ``2.5 * eps / steps`` (Madry et al.). ``last_stats`` holds, per restart, the mean
-    objective before each step, and the fractions of zero / non-finite input gradients.
+    ``alpha`` defaults to ``2.5 * eps / steps`` (Madry et al.). The result's ``stats`` hold, per restart, the
+    mean objective before each step, and the fractions of zero / non-finite input gradients.
     """
 
     def __init__(
@@ -98,14 +98,14 @@ class PGD(Attack):
         )
         return x_adv, monitor
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         x_adv, monitor = self._run_once(model, x, y, first=True)
         monitors = [monitor]
         if self.restarts > 1:
             x_adv = self._restarts(model, x, y, x_adv, monitors)
         summaries = [m.summary() for m in monitors]
         total = sum(len(s["objective_curve"]) for s in summaries) or 1
-        self.last_stats = {
+        stats = {
             "objective_curve": [s["objective_curve"] for s in summaries],
             "zero_gradient_fraction": sum(
                 s["zero_gradient_fraction"] * len(s["objective_curve"]) for s in summaries
@@ -114,7 +114,7 @@ class PGD(Attack):
                 s["nonfinite_gradient_fraction"] * len(s["objective_curve"]) for s in summaries
             ) / total,
         }
-        return x_adv
+        return AttackResult(x_adv, stats)
 
     @torch.no_grad()
     def _score(self, model: nn.Module, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

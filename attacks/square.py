@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .base import (
     Attack,
+    AttackResult,
     check_finite_logits,
     check_labels_in_range,
     require_count,
@@ -122,7 +123,7 @@ def _l2_norm(v: Tensor) -> Tensor:
 class Square(Attack):
     """Square Attack; ``attack(model, x, y)`` for images ``x`` of shape ``(N, C, H, W)`` in [0, 1].
 
-    ``last_stats``: ``queries`` per sample (initial point included, ``<= max_queries``), ``fooled`` per
+    Result ``stats``: ``queries`` per sample (initial point included, ``<= max_queries``), ``fooled`` per
     sample, ``final_margin`` (the margin at the returned point; <= 0 means fooled).
     """
 
@@ -166,7 +167,7 @@ class Square(Attack):
         return margin, (cross_entropy if self.targeted else -cross_entropy)
 
     # -- the search -----------------------------------------------------------------------------------------
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
         if x.dim() != 4:
             raise ValueError(f"Square needs images of shape (N, C, H, W), got {tuple(x.shape)}")
         n, c, h, w = x.shape
@@ -177,8 +178,7 @@ class Square(Attack):
         if self.eps == 0:
             margin, _ = self._margin_and_loss(model, x, y)
             queries += 1
-            self._record(queries, margin)
-            return x.clone()
+            return AttackResult(x.clone(), self._stats(queries, margin))
         x_best = self._initial_point(x, generator)
         margin, loss = self._margin_and_loss(model, x_best, y)
         queries += 1
@@ -203,15 +203,11 @@ class Square(Attack):
             margin[keep] = new_margin[improved]
             loss[keep] = torch.minimum(new_loss[improved], loss[keep])
             self._progress((iteration + 2) / self.max_queries)
-        self._record(queries, margin)
-        return x_best
+        return AttackResult(x_best, self._stats(queries, margin))
 
-    def _record(self, queries: Tensor, margin: Tensor) -> None:
-        self.last_stats = {
-            "queries": queries.cpu(),
-            "fooled": (margin <= 0).cpu(),
-            "final_margin": margin.cpu(),
-        }
+    @staticmethod
+    def _stats(queries: Tensor, margin: Tensor) -> dict[str, Tensor]:
+        return {"queries": queries.cpu(), "fooled": (margin <= 0).cpu(), "final_margin": margin.cpu()}
 
     def _initial_point(self, x: Tensor, generator: torch.Generator) -> Tensor:
         n, c, h, w = x.shape

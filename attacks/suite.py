@@ -36,7 +36,9 @@ from torch import Tensor, nn
 from .apgd import APGD, APGDT
 from .base import (
     Attack,
+    AttackResult,
     NonFiniteLogitsError,
+    WrappedAttack,
     check_inputs,
     check_labels_in_range,
     eval_mode,
@@ -111,23 +113,15 @@ def preset(name: str, norm: str = "linf", seed: int = 0, *, steps: int | None = 
     return _standard(norm, **budget, seed=seed)
 
 
-class _Transfer(Attack):
+class _Transfer(WrappedAttack):
     """Craft on ``source`` with ``inner``; the suite evaluates the result on the deployed model."""
 
     def __init__(self, source: nn.Module, inner: Attack) -> None:
-        super().__init__(targeted=inner.targeted, seed=inner.seed)
-        self.source, self.inner = source, inner
-        self.eps = getattr(inner, "eps", None)
-        self.minimizes = inner.minimizes
+        super().__init__(inner)
+        self.source = source
 
-    def reseed(self, seed: int | None = None) -> None:
-        super().reseed(seed)
-        self.inner.reseed(seed)
-
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        x_adv = self.inner(self.source, x, y)
-        self.last_stats = self.inner.last_stats
-        return x_adv
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackResult:
+        return self.inner.run(self.source, x, y)
 
     def _config(self) -> dict[str, Any]:
         return {"inner": repr(self.inner), "source": type(self.source).__name__}
@@ -598,17 +592,17 @@ class _Tracker:
 
 def _attack_batch(
     model: nn.Module, attack: Attack, xb: Tensor, yb: Tensor
-) -> tuple[Tensor | None, Tensor, Tensor]:
-    """Run one batch; return ``(x_adv, misclassified, nonfinite)`` as verified on the deployed model."""
+) -> tuple[AttackResult | None, Tensor, Tensor]:
+    """Run one batch; return ``(result, misclassified, nonfinite)`` as verified on the deployed model."""
     try:
-        x_adv = attack(model, xb, yb)
+        result = attack.run(model, xb, yb)
     except NonFiniteLogitsError:
         every = torch.ones(xb.shape[0], dtype=torch.bool)
         return None, every, every
     with eval_mode(model), torch.no_grad():
-        logits = model(x_adv)
+        logits = model(result.x_adv)
     bad = ~torch.isfinite(logits).all(dim=1).cpu()
-    return x_adv, (logits.argmax(dim=1) != yb).cpu() | bad, bad
+    return result, (logits.argmax(dim=1) != yb).cpu() | bad, bad
 
 
 def _shard(
@@ -651,13 +645,14 @@ def _run_bounded(
         xb, yb = x[index].to(device), y[index].to(device)
         record.attacked[index] = True
         tracker.begin_batch(attack, index.numel())
-        x_adv, fooled, bad = _attack_batch(model, attack, xb, yb)
-        if x_adv is not None:
+        result, fooled, bad = _attack_batch(model, attack, xb, yb)
+        if result is not None:
+            x_adv = result.x_adv
             fooled &= _within_budget(x_adv, xb, e, norm).cpu()
             if bool(fooled.any()):
                 found_index.append(index[fooled])
                 found_x.append(x_adv[fooled.to(x_adv.device)].cpu())
-            _accumulate(sums, attack.last_stats, index.numel())
+            _accumulate(sums, result.stats, index.numel())
         record.fooled[index] = fooled
         record.nonfinite[index] = bad
         tracker.end_batch(index.numel(), int(fooled.sum()))
@@ -695,13 +690,13 @@ def _run_minimizer(
         attack.reseed(batch_seed(seed, a_index, -1, b_index))
         xb, yb = x[index].to(device), y[index].to(device)
         tracker.begin_batch(attack, index.numel())
-        x_adv, success, _ = _attack_batch(model, attack, xb, yb)
+        result, success, _ = _attack_batch(model, attack, xb, yb)
         fooled[index] = success
-        if x_adv is None:
+        if result is None:
             distance[index] = 0.0
         else:
-            distance[index] = perturbation_size((x_adv - xb).cpu().double(), norm)
-            _accumulate(sums, attack.last_stats, index.numel())
+            distance[index] = perturbation_size((result.x_adv - xb).cpu().double(), norm)
+            _accumulate(sums, result.stats, index.numel())
         tracker.end_batch(index.numel())
     seconds = _sum_across(time.perf_counter() - started, world_size)
     fooled = _gather(fooled, world_size)

@@ -35,7 +35,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from crosscheck_attacks import CountingModel, load_mnist_float, train_small_cnn  # noqa: E402
 
-from attacks import PGD, BoundaryAttack  # noqa: E402
+from attacks import PGD, AttackResult, BoundaryAttack  # noqa: E402
 from nets.atomic import atomic_write_text  # noqa: E402
 
 
@@ -119,10 +119,8 @@ def boundary_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repea
 
     steps = 1000
 
-    def ours_on(target: nn.Module) -> BoundaryAttack:
-        attack = BoundaryAttack(max_queries=10**9, steps=steps, seed=seed)
-        attack(target, x, y)
-        return attack
+    def ours_on(target: nn.Module) -> AttackResult:
+        return BoundaryAttack(max_queries=10**9, steps=steps, seed=seed).run(target, x, y)
 
     def foolbox_on(target: nn.Module) -> None:
         torch.manual_seed(seed)
@@ -140,7 +138,7 @@ def boundary_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repea
         "foolbox_floor": replay(model, foolbox_calls.batch_sizes, shape),
     }, repeats)
     medians["ours_model_calls"] = ours_calls.calls
-    medians["ours_queries_per_sample"] = int(recorded.last_stats["queries"].max())
+    medians["ours_queries_per_sample"] = int(recorded.stats["queries"].max())
     medians["foolbox_model_calls"] = foolbox_calls.calls
     return medians
 

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_attacks import interleaved, ratio_line, replay  # noqa: E402
 from crosscheck_attacks import CountingModel, load_mnist_float, train_small_cnn  # noqa: E402
 
-from attacks import APGD, Square  # noqa: E402
+from attacks import APGD, AttackResult, Square  # noqa: E402
 from nets.atomic import atomic_write_text  # noqa: E402
 
 
@@ -65,10 +65,8 @@ def square_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats
                      queries: int, eps: float) -> dict:
     from pyautoattack.square import SquareAttack
 
-    def ours_on(target: nn.Module) -> Square:
-        attack = Square(eps, max_queries=queries, p_init=0.8, seed=seed)
-        attack(target, x, y)
-        return attack
+    def ours_on(target: nn.Module) -> AttackResult:
+        return Square(eps, max_queries=queries, p_init=0.8, seed=seed).run(target, x, y)
 
     def reference_on(target: nn.Module) -> None:
         SquareAttack(target, norm="Linf", n_queries=queries, eps=eps, p_init=0.8, n_restarts=1, seed=seed,
@@ -91,8 +89,8 @@ def square_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats
     }, repeats)
     medians["ours_model_calls"] = ours_calls.calls
     medians["ours_rows_evaluated"] = sum(ours_calls.batch_sizes)
-    medians["ours_max_queries_per_sample"] = int(recorded.last_stats["queries"].max())
-    medians["ours_fooled"] = int(recorded.last_stats["fooled"].sum())
+    medians["ours_max_queries_per_sample"] = int(recorded.stats["queries"].max())
+    medians["ours_fooled"] = int(recorded.stats["fooled"].sum())
     medians["pyautoattack_model_calls"] = reference_calls.calls
     medians["pyautoattack_rows_evaluated"] = sum(reference_calls.batch_sizes)
     return medians

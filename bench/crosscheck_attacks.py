@@ -187,12 +187,13 @@ def main(argv: list[str] | None = None) -> dict:
     ours = BoundaryAttack(max_queries=args.budget, seed=args.seed)
     counting = CountingModel(model).eval()
     start = time.perf_counter()
-    ours_adv = ours(counting, bx, by)
+    ours_result = ours.run(counting, bx, by)
+    ours_adv = ours_result.x_adv
     ours_seconds = time.perf_counter() - start
     with torch.no_grad():
         assert bool((model(ours_adv).argmax(1) != by).all()), "a returned point is not adversarial"
     ours_l2 = l2_norms(ours_adv - bx)
-    ours_queries = int(ours.last_stats["queries"].max())
+    ours_queries = int(ours_result.stats["queries"].max())
 
     start = time.perf_counter()
     fb_adv, fb_queries, fb_starts = foolbox_boundary(model, bx, by, args.budget, args.seed)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attacks import Attack
+from attacks.base import WrappedAttack
 from nets.odenet import ODEBlock
 
 SOLVER_FIELDS = ("method", "rtol", "atol", "step_size", "per_sample", "gradient", "solver_options")
@@ -46,7 +47,7 @@ def solver_override(model: nn.Module, **options: Any) -> Iterator[nn.Module]:
         yield model
 
 
-class SurrogateSolverAttack(Attack):
+class SurrogateSolverAttack(WrappedAttack):
     """Craft with ``inner`` while the model's ODE blocks use the surrogate solver; evaluate as deployed.
 
     A transfer attack from the same weights: if it beats the direct white-box attack, the deployed solver's
@@ -54,15 +55,11 @@ class SurrogateSolverAttack(Attack):
     """
 
     def __init__(self, inner: Attack, **solver_options: Any) -> None:
-        super().__init__(targeted=inner.targeted, seed=inner.seed)
-        self.inner, self.solver_options = inner, solver_options
-        self.eps = getattr(inner, "eps", None)
+        super().__init__(inner)
+        self.solver_options = solver_options
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        with solver_override(model, **self.solver_options):
-            x_adv = self.inner(model, x, y)
-        self.last_stats = self.inner.last_stats
-        return x_adv
+    def _around(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        return solver_override(model, **self.solver_options)
 
     def _config(self) -> dict[str, Any]:
         return {"inner": repr(self.inner), **self.solver_options}

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from attacks import DI2FGSM, FGSM, Attack, BoundaryAttack, ResultTable, sweep
+from attacks import DI2FGSM, FGSM, Attack, BoundaryAttack, ResultTable, WrappedAttack, sweep
 from attacks.evaluation import evaluate_attack
 from attacks.progress import BatchProgress, passes_per_sample
 from experiments.cli import (
@@ -298,26 +298,23 @@ def _surrogates(block, args: argparse.Namespace) -> tuple[dict[str, Any], dict[s
     return tight, fixed
 
 
-class _Observed(Attack):
+class _Observed(WrappedAttack):
     """Runs ``inner`` unchanged, reports each batch (inputs, labels, adversarials) to ``on_batch`` and its
     work in model passes to the session's bar (from inside the attack: per query for the Boundary Attack)."""
 
     def __init__(self, inner: Attack, on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None],
                  session: Session):
-        super().__init__(targeted=inner.targeted, seed=inner.seed)
-        self.inner, self.on_batch, self.session = inner, on_batch, session
-        self.minimizes = inner.minimizes
-        self.eps = getattr(inner, "eps", None)
+        super().__init__(inner)
+        self.on_batch, self.session = on_batch, session
 
     def _attack(self, model, x, y):
         work = x.shape[0] * passes_per_sample(self.inner)
         batch = BatchProgress(self.session.advance, work, self.session.skip)
         self.inner.on_progress = batch
-        x_adv = self.inner(model, x, y)
+        result = self.inner.run(model, x, y)
         batch.finish()
-        self.last_stats = self.inner.last_stats
-        self.on_batch(x, y, x_adv)
-        return x_adv
+        self.on_batch(x, y, result.x_adv)
+        return result
 
 
 @dataclass

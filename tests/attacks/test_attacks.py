@@ -108,14 +108,15 @@ def test_pgd_restarts_only_improve_and_objective_curve_rises() -> None:
     eps = 0.2
     single = PGD(eps, steps=5, seed=11)
     multi = PGD(eps, steps=5, restarts=4, seed=11)
+    result = single.run(MODEL, x, y)
     with torch.no_grad():
-        fooled_single = MODEL(single(MODEL, x, y)).argmax(1) != y
+        fooled_single = MODEL(result.x_adv).argmax(1) != y
         fooled_multi = MODEL(multi(MODEL, x, y)).argmax(1) != y
     assert bool((fooled_multi | ~fooled_single).all())  # a superset: the first restart is the single run
-    curve = single.last_stats["objective_curve"][0]
+    curve = result.stats["objective_curve"][0]
     assert len(curve) == 5 and curve[-1] > curve[0]
-    assert single.last_stats["zero_gradient_fraction"] == 0.0
-    assert single.last_stats["nonfinite_gradient_fraction"] == 0.0
+    assert result.stats["zero_gradient_fraction"] == 0.0
+    assert result.stats["nonfinite_gradient_fraction"] == 0.0
 
 
 def test_targeted_pgd_reaches_the_target_on_a_linear_model() -> None:
@@ -218,11 +219,12 @@ def test_zero_and_nan_gradients_are_reported_and_never_produce_nan_inputs() -> N
 
     x, y = random_images(6, 4)
     attack = PGD(0.1, steps=3, random_start=False)
-    assert torch.equal(attack(Quantized(), x, y), x)  # masked: PGD cannot move
-    assert attack.last_stats["zero_gradient_fraction"] == 1.0
-    x_adv = attack(NaNGradient(), x, y)
-    assert bool(torch.isfinite(x_adv).all())
-    assert attack.last_stats["nonfinite_gradient_fraction"] == 1.0
+    masked = attack.run(Quantized(), x, y)
+    assert torch.equal(masked.x_adv, x)  # masked: PGD cannot move
+    assert masked.stats["zero_gradient_fraction"] == 1.0
+    broken = attack.run(NaNGradient(), x, y)
+    assert bool(torch.isfinite(broken.x_adv).all())
+    assert broken.stats["nonfinite_gradient_fraction"] == 1.0
 
 
 # -- input diversity ---------------------------------------------------------------------------------------

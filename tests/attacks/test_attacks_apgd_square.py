@@ -120,11 +120,11 @@ def test_square_never_exceeds_its_query_budget(norm: str, budget: int) -> None:
     calls = []
     counted = lambda z: calls.append(z.shape[0]) or model(z)  # noqa: E731
     attack = Square(0.05, max_queries=budget, norm=norm)
-    attack(counted, x, y)
-    queries = attack.last_stats["queries"]
+    result = attack.run(counted, x, y)
+    queries = result.stats["queries"]
     assert int(queries.max()) <= budget and int(queries.min()) >= 1
     assert sum(calls) - 1 == int(queries.sum())  # all counted (+1: label check)
-    fooled = attack.last_stats["fooled"]
+    fooled = result.stats["fooled"]
     assert bool((queries[fooled] <= budget).all())
 
 
@@ -144,9 +144,9 @@ def test_square_finds_the_linear_l_inf_optimum_within_its_budget() -> None:
     for i in range(x.shape[0]):  # just above the needed eps: only the exact optimum vertex is adversarial
         eps = float(eps_needed[i]) * 1.02
         attack = Square(eps, max_queries=2000, seed=i)
-        x_adv = attack(model, x[i:i + 1], y[i:i + 1])
-        assert bool(attack.last_stats["fooled"][0]), f"sample {i} not fooled"
-        assert int(attack.last_stats["queries"][0]) <= 2000
+        stats = attack.run(model, x[i:i + 1], y[i:i + 1]).stats
+        assert bool(stats["fooled"][0]), f"sample {i} not fooled"
+        assert int(stats["queries"][0]) <= 2000
     for i in range(x.shape[0]):  # just below: cannot be fooled; the search ends at the optimum vertex
         eps = float(eps_needed[i]) * 0.9
         attack = Square(eps, max_queries=2000, seed=i)

@@ -57,12 +57,13 @@ def test_query_budget_is_never_exceeded_and_every_query_is_counted(budget: int, 
     y[0] = (y[0] + 1) % 5  # one sample misclassified from the start
     counting = Counting(MODEL)
     attack = BoundaryAttack(max_queries=budget, spherical_check_every=check_every, seed=seed)
-    x_adv = attack(counting, x, y)
-    queries = attack.last_stats["queries"]
+    result = attack.run(counting, x, y)
+    x_adv = result.x_adv
+    queries = result.stats["queries"]
     assert int(queries.max()) <= budget
     assert int(queries.sum()) == counting.rows
     assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
-    success = attack.last_stats["success"]
+    success = result.stats["success"]
     assert bool(success[0]) and torch.equal(x_adv[0], x[0]) and int(queries[0]) == 1
     fooled = predictions(MODEL, x_adv) != y
     assert bool((fooled | ~success).all())  # whatever is reported found is adversarial
@@ -73,10 +74,11 @@ def test_result_is_adversarial_and_l2_never_increases() -> None:
     x = data(12, 1)
     y = predictions(MODEL, x)
     attack = BoundaryAttack(max_queries=400, record_history=True, seed=3)
-    x_adv = attack(MODEL, x, y)
-    assert bool(attack.last_stats["success"].all())
+    result = attack.run(MODEL, x, y)
+    x_adv = result.x_adv
+    assert bool(result.stats["success"].all())
     assert bool((predictions(MODEL, x_adv) != y).all())
-    history = attack.last_stats["l2_history"]
+    history = result.stats["l2_history"]
     assert history.shape[1] == 12 and history.shape[0] > 300
     steps = history.diff(dim=0)
     assert bool((steps[~steps.isnan()] <= 0).all())
@@ -96,8 +98,7 @@ def test_converges_towards_the_analytic_minimum_of_a_linear_classifier() -> None
     y = predictions(model, x)
     optimum = (x.flatten(1) @ w.flatten()).abs() / w.norm()
     attack = BoundaryAttack(max_queries=1000, seed=0)
-    attack(model, x, y)
-    ratio = attack.last_stats["l2"] / optimum
+    ratio = attack.run(model, x, y).stats["l2"] / optimum
     assert float(ratio.min()) >= 1.0 - 1e-4  # never below the true minimum (it is adversarial)
     assert float(ratio.median()) < 1.1
 
@@ -112,11 +113,12 @@ def test_targeted_attack_from_given_starting_points() -> None:
     target = torch.tensor([next(c for c in present if c != label) for label in y.tolist()])
     starts = torch.stack([pool[(pool_labels == t).nonzero()[0, 0]] for t in target.tolist()])
     attack = BoundaryAttack(max_queries=300, targeted=True, seed=1)
-    x_adv = attack(MODEL, x, target, starting_points=starts)
-    assert bool(attack.last_stats["success"].all())
+    result = attack.run(MODEL, x, target, starting_points=starts)
+    x_adv = result.x_adv
+    assert bool(result.stats["success"].all())
     assert torch.equal(predictions(MODEL, x_adv), target)
     start_l2 = torch.linalg.vector_norm((starts - x).flatten(1), dim=1)
-    assert bool((attack.last_stats["l2"] < start_l2).all())
+    assert bool((result.stats["l2"] < start_l2).all())
 
 
 def test_non_adversarial_starting_points_are_rejected() -> None:
@@ -136,11 +138,12 @@ def test_samples_without_an_adversarial_start_are_reported_and_returned_unchange
     x = data(3, 7)
     y = torch.zeros(3, dtype=torch.long)
     attack = BoundaryAttack(max_queries=30, init_attempts=5)
-    x_adv = attack(constant, x, y)
-    assert not bool(attack.last_stats["success"].any())
+    result = attack.run(constant, x, y)
+    x_adv = result.x_adv
+    assert not bool(result.stats["success"].any())
     assert torch.equal(x_adv, x)
-    assert bool(torch.isinf(attack.last_stats["l2"]).all())
-    assert int(attack.last_stats["queries"].max()) == 6
+    assert bool(torch.isinf(result.stats["l2"]).all())
+    assert int(result.stats["queries"].max()) == 6
 
 
 def test_steps_cap_and_reproducibility() -> None:
@@ -148,9 +151,9 @@ def test_steps_cap_and_reproducibility() -> None:
     y = predictions(MODEL, x)
     a = BoundaryAttack(max_queries=10_000, steps=50, seed=2)
     b = BoundaryAttack(max_queries=10_000, steps=50, seed=2)
-    first = a(MODEL, x, y)
-    assert torch.equal(first, b(MODEL, x, y))
-    per_sample_init = a.last_stats["queries"] - 50 - 50 // a.spherical_check_every
+    first = a.run(MODEL, x, y)
+    assert torch.equal(first.x_adv, b(MODEL, x, y))
+    per_sample_init = first.stats["queries"] - 50 - 50 // a.spherical_check_every
     assert bool((per_sample_init >= 2).all()) and bool((per_sample_init <= 1 + 100 + 10).all())
 
 
@@ -172,9 +175,8 @@ def test_batch_fallback_starts_samples_that_noise_cannot_start() -> None:
     y = predictions(model, x)
     assert y.tolist() == [0, 0, 0, 0, 1, 1]
     with_fallback = BoundaryAttack(max_queries=100, init_attempts=3)
-    x_adv = with_fallback(model, x, y)
-    assert bool(with_fallback.last_stats["success"].all())
-    assert bool((predictions(model, x_adv) != y).all())
+    result = with_fallback.run(model, x, y)
+    assert bool(result.stats["success"].all())
+    assert bool((predictions(model, result.x_adv) != y).all())
     without = BoundaryAttack(max_queries=100, init_attempts=3, init_from_batch=False)
-    without(model, x, y)
-    assert without.last_stats["success"].tolist() == [False] * 4 + [True] * 2
+    assert without.run(model, x, y).stats["success"].tolist() == [False] * 4 + [True] * 2

@@ -71,8 +71,7 @@ def test_fab_finds_the_minimal_distance_of_a_linear_model_within_one_percent(nor
     y = (margin > 0).long()
     exact = margin.abs() / (weight.abs().sum() if norm == "linf" else weight.norm())  # box never binds here
     attack = FABT(10.0, steps=100, target_classes=1, norm=norm)
-    attack(model, x, y)
-    ratio = attack.last_stats["min_distance"] / exact
+    ratio = attack.run(model, x, y).stats["min_distance"] / exact
     assert float(ratio.min()) >= 1.0 - 1e-5 and float(ratio.max()) <= 1.01
     for scale, fooled in ((0.99, False), (1.02, True)):  # fooled at eps iff the minimal distance is inside
         eps = float(exact[0]) * scale
@@ -94,17 +93,18 @@ def test_fab_results_are_misclassified_inside_the_ball_and_the_box_or_untouched(
         y = model(x).argmax(1)
     eps = 0.05 if norm == "linf" else 0.5
     attack = FABT(eps, steps=20, target_classes=3, norm=norm)
-    x_adv = attack(model, x, y)
+    result = attack.run(model, x, y)
+    x_adv = result.x_adv
     delta = (x_adv - x).flatten(1)
     size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
     with torch.no_grad():
         fooled = model(x_adv).argmax(1) != y
     assert bool((size <= eps * 1.0001).all()) and float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
-    assert torch.equal(fooled, attack.last_stats["fooled"])
+    assert torch.equal(fooled, result.stats["fooled"])
     assert bool((size[~fooled] == 0).all())  # nothing found: the clean point comes back
     assert 0 < int(fooled.sum()) < 24
     # per target: 1 + steps linearizations, plus one per step back; the clean forward pass once
-    assert int(attack.last_stats["queries"].min()) >= 1 + 21
+    assert int(result.stats["queries"].min()) >= 1 + 21
 
 
 def test_fab_is_reproducible_with_restarts_and_validates_its_arguments() -> None:
