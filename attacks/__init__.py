@@ -10,11 +10,12 @@ Attacks are configured once and called on a batch, ``x_adv = attack(model, x, y)
 * Decision-based black-box, L2: :class:`BoundaryAttack` (per-sample query budget).
 * The evaluation suite (:mod:`attacks.suite`, :mod:`attacks.checks`): :func:`run_suite` runs a preset
   (``"standard"``/``"quick"``) plus any attacks passed in as a cascade and reports the per-example worst
-  case; :func:`run_checks` adds the flags (gradient masking, convergence, eps sanity, batch dependence, the
-  indicators of attack failure of :mod:`attacks.indicators` and :mod:`attacks.solver_indicators`);
+  case, with protocol attacks (kind ``"protocol"``) reported beside it; :func:`run_checks` adds the flags
+  (gradient masking, convergence, eps sanity, batch dependence, the indicators of attack failure of
+  :mod:`attacks.indicators` and :mod:`attacks.solver_indicators`);
   :mod:`attacks.binarization` is the binarization test (an attack unit test).
-* Evaluation of single attacks: :func:`evaluate_attack`, :func:`sweep` (a :class:`ResultTable`, CSV/JSON),
-  :func:`gradient_masking_warnings`.
+* Standalone attacks over data as report rows, a view over :func:`run_suite`: :func:`evaluate_attack`,
+  :func:`sweep` (a :class:`ResultTable`, CSV/JSON).
 * Adversarial-training losses ``loss_fn(model, x, y)`` for ``nets.training``: :class:`PGDAdversarialLoss`
   (Madry et al.), :class:`TRADESLoss` (Zhang et al. 2019b), :class:`YOPOLoss` (Zhang et al. 2019a; needs the
   first-layer protocol of :func:`split_first_layer`).
@@ -25,7 +26,7 @@ from .base import Attack, AttackResult, NonFiniteLogitsError, WrappedAttack, eva
 from .boundary import BoundaryAttack
 from .checks import Flag, run_checks
 from .diverse_input import DI2FGSM, InputDiversity
-from .evaluation import evaluate_attack, gradient_masking_warnings, iterate_batches, sweep
+from .evaluation import evaluate_attack, iterate_batches, sweep
 from .fab import FABT
 from .fgsm import FGSM
 from .pgd import PGD
@@ -64,7 +65,6 @@ __all__ = [
     "YOPOLoss",
     "eval_mode",
     "evaluate_attack",
-    "gradient_masking_warnings",
     "iterate_batches",
     "split_first_layer",
     "sweep",

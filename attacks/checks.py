@@ -5,6 +5,9 @@ al. 2019 ("On evaluating adversarial robustness"), Tramèr et al. 2020 and AutoA
 
 * ``gradient-free-or-transfer-wins``: score-/decision-based or transfer attacks fool more than
   ``tolerance`` of the samples that survived every white-box attack — the gradients are masked.
+* ``protocol-wins``: a standalone protocol attack (e.g. single-step FGSM) fools more than ``tolerance`` of
+  its samples that survived every attack of the cascade (the per-example worst case) — the iterative
+  attacks were masked or stopped short.
 * ``gradients``: identically zero or non-finite input gradients in more than ``tolerance`` of the steps.
 * ``nonfinite-logits``: the model returned NaN/inf logits (such samples are counted as not robust).
 * ``more-iterations-help``: PGD with more iterations (20 -> 100 -> 1000 by default) still lowers robust
@@ -53,10 +56,11 @@ GRAYS = tuple(i / 20 for i in range(21))
 
 
 def report_flags(report: SuiteReport, tolerance: float = 0.01) -> list[Flag]:
-    """The checks that need only the report: gradient-free/transfer wins, gradients, non-finite logits and
-    monotonicity in eps."""
+    """The checks that need only the report: gradient-free/transfer wins, protocol wins, gradients,
+    non-finite logits and monotonicity in eps."""
     return [
         _gradient_free_wins(report, tolerance),
+        _protocol_wins(report, tolerance),
         _gradient_health(report, tolerance),
         _nonfinite_logits(report),
         _eps_monotone(report),
@@ -102,6 +106,27 @@ def _gradient_free_wins(report: SuiteReport, tolerance: float) -> Flag:
         f"white-box attacks found everything the others did (within {100 * tolerance:g} pts)",
         numbers,
     )
+
+
+def _protocol_wins(report: SuiteReport, tolerance: float) -> Flag:
+    """Per protocol record: the share of its attacked samples it fooled although they are robust in the
+    worst case at that eps (fired above ``tolerance``)."""
+    if not report.protocol or not report.records:
+        return Flag("protocol-wins", False, "not tested: the suite needs protocol attacks and a cascade")
+    numbers: dict[str, dict[str, Any]] = {}
+    fired_at = []
+    for record in report.protocol:
+        missed = record.fooled & report.worst_case(record.eps) & record.attacked
+        share = int(missed.sum()) / max(int(record.attacked.sum()), 1)
+        numbers.setdefault(f"{record.eps:g}", {})[record.attack] = {"missed_by_cascade": int(missed.sum()),
+                                                                      "share": share}
+        if share > tolerance:
+            fired_at.append(f"{record.attack} at eps {record.eps:g} (+{100 * share:.1f} pts)")
+    if fired_at:
+        return Flag("protocol-wins", True, "gradient masking or unconverged attacks: standalone attacks fool "
+                    "samples the whole cascade missed: " + "; ".join(fired_at), numbers)
+    return Flag("protocol-wins", False, f"the cascade found everything the protocol attacks did (within "
+                f"{100 * tolerance:g} pts)", numbers)
 
 
 def _gradient_health(report: SuiteReport, tolerance: float) -> Flag:

@@ -51,7 +51,7 @@ from .square import Square
 
 __all__ = ["AttackRecord", "SuiteAttack", "SuiteReport", "preset", "PRESETS", "run_suite", "transfer"]
 
-KINDS = ("white-box", "score-based", "decision-based", "transfer")
+KINDS = ("white-box", "score-based", "decision-based", "transfer", "protocol")
 
 
 @dataclass(frozen=True)
@@ -62,17 +62,32 @@ class SuiteAttack:
     ``"decision-based"`` (labels only), ``"transfer"`` (crafted on another model or solver, evaluated on the
     deployed one). The kind decides the checks: gradient-free and transfer attacks must not beat the white-box
     ones.
+
+    ``"protocol"``: a standalone attack of a published protocol (the paper's FGSM, DI²-FGSM, Boundary,
+    PGD-40). It runs on every sample of the first ``samples`` (all when None), in the same batches as the
+    clean pass, whatever the cascade did; its number (clean-correct and not fooled) is reported beside the
+    worst case and is never counted in it. ``seed_of(eps index, global batch index)`` seeds each batch (a
+    fresh attack per batch, so shards equal the one-process run); without it one attack per eps runs over
+    the batches in order, its random stream running on as in a plain loop over the data (such a run cannot
+    be sharded).
     """
 
     name: str
     factory: Callable[[float], Attack]
     kind: str = "white-box"
+    samples: int | None = None
+    seed_of: Callable[[int, int], int] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if not self.name or "@" in self.name:
             raise ValueError(f"attack name must be non-empty and free of '@', got {self.name!r}")
+        if self.kind != "protocol" and (self.samples is not None or self.seed_of is not None):
+            raise ValueError(f"attack {self.name!r}: samples and seed_of belong to protocol attacks")
+        if self.samples is not None and (isinstance(self.samples, bool) or not isinstance(self.samples, int)
+                                         or self.samples < 1):
+            raise ValueError(f"attack {self.name!r}: samples must be an int >= 1, got {self.samples!r}")
 
 
 def _standard(norm: str, steps: int, targets: int, queries: int, seed: int) -> list[SuiteAttack]:
@@ -139,6 +154,10 @@ class AttackRecord:
     ``attacked``: the sample was still robust and so was attacked; ``fooled``: the suite verified an
     adversarial for it; ``nonfinite``: the model returned NaN/inf logits while it was attacked (counted as
     fooled: a model that breaks inside the ball is not robust there).
+
+    A protocol record (every sample of its subset attacked) also holds ``per_sample`` values over the
+    ``N`` samples: ``clean_correct`` (predicted in the protocol's own batches), the ``linf`` and ``l2`` sizes
+    of ``x_adv - x`` and, for attacks that count them, ``queries`` (-1 where not attacked).
     """
 
     attack: str
@@ -150,9 +169,10 @@ class AttackRecord:
     nonfinite: Tensor
     seconds: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
+    per_sample: dict[str, Tensor] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "attack": self.attack,
             "eps": self.eps,
             "kind": self.kind,
@@ -163,6 +183,9 @@ class AttackRecord:
             "seconds": self.seconds,
             "stats": self.stats,
         }
+        if self.per_sample:
+            data["per_sample"] = {key: value.tolist() for key, value in self.per_sample.items()}
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], n: int) -> AttackRecord:
@@ -175,6 +198,12 @@ class AttackRecord:
             out[chosen] = True
             return out
 
+        per_sample = {}
+        for key, values in dict(data.get("per_sample", {})).items():
+            value = torch.tensor(values, dtype=torch.bool if key == "clean_correct" else torch.float64)
+            if value.shape != (n,):
+                raise ValueError(f"per-sample {key!r} holds {tuple(value.shape)} values, not ({n},)")
+            per_sample[key] = value
         return cls(
             data["attack"],
             float(data["eps"]),
@@ -185,6 +214,7 @@ class AttackRecord:
             mask(data["nonfinite"]),
             float(data["seconds"]),
             dict(data["stats"]),
+            per_sample,
         )
 
 
@@ -204,6 +234,28 @@ class SuiteReport:
     """Attacks of the suite that do not apply to this model (name -> why), e.g. APGD-T below 4 classes."""
     adversarials: dict[tuple[str, float], tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
     """``(attack, eps) -> (indices, x_adv)`` of the adversarials found in this process (not serialized)."""
+    protocol: list[AttackRecord] = field(default_factory=list)
+    """The records of the protocol attacks (kind ``"protocol"``): beside the worst case, never in it."""
+
+    @property
+    def protocol_names(self) -> list[str]:
+        return list(dict.fromkeys(record.attack for record in self.protocol))
+
+    def protocol_record(self, attack: str, eps: float) -> AttackRecord:
+        for record in self.protocol:
+            if record.attack == attack and record.eps == eps:
+                return record
+        raise KeyError(f"no protocol record for {attack!r} at eps={eps:g}")
+
+    def protocol_robust(self, attack: str, eps: float) -> Tensor:
+        """Per-sample robustness under a protocol attack, over the samples it attacked: clean-correct (in its
+        own batches) and not fooled."""
+        record = self.protocol_record(attack, eps)
+        clean = record.per_sample.get("clean_correct", self.clean_correct)
+        return (clean & ~record.fooled)[record.attacked]
+
+    def protocol_accuracy(self, attack: str, eps: float) -> float:
+        return float(self.protocol_robust(attack, eps).float().mean())
 
     @property
     def samples(self) -> int:
@@ -346,6 +398,16 @@ def _gather(mask: Tensor, world_size: int) -> Tensor:
     return buffer.cpu().bool()
 
 
+def _gather_max(values: Tensor, world_size: int) -> Tensor:
+    """Element-wise maximum over the processes (each filled its own samples; the others hold -1)."""
+    if world_size == 1:
+        return values
+    import torch.distributed as dist
+
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
 def _sum_across(value: float, world_size: int) -> float:
     if world_size == 1:
         return value
@@ -414,6 +476,12 @@ def run_suite(
     clean_correct = finite & (logits.argmax(dim=1) == y)
     skipped = _inapplicable(attacks, eps[0], logits.shape[1])
     attacks = [entry for entry in attacks if entry.name not in skipped]
+    protocols = [entry for entry in attacks if entry.kind == "protocol"]
+    attacks = [entry for entry in attacks if entry.kind != "protocol"]
+    streamed = [entry.name for entry in protocols if entry.seed_of is None]
+    if streamed and (world_size > 1 or first_batch > 0):
+        raise ValueError(f"protocol attacks {streamed} run one random stream over all batches (no seed_of) "
+                         "and cannot be sharded: give them seed_of, or run them in one process")
     names = [entry.name for entry in attacks]
     report = SuiteReport(eps, norm, y, clean_correct, [], names, clean_nonfinite=int((~finite).sum()),
                          skipped=skipped)
@@ -421,8 +489,10 @@ def run_suite(
     batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     numbered = list(enumerate(batches, start=first_batch))
     completed = completed or {}
+    subsets = {entry.name: _subset(n, entry.samples) for entry in protocols}
     tracker = _Tracker(progress, monitor, batches, rank, world_size)
-    tracker.start(attacks, eps, completed, clean_correct, cascade)
+    tracker.start(attacks, eps, completed, clean_correct, cascade, protocols, subsets)
+    protocol_runs: dict[str, _ProtocolRun] = {}
     for e_index, e in enumerate(eps):
         robust = clean_correct.clone()
         for a_index, entry in enumerate(attacks):
@@ -432,11 +502,7 @@ def run_suite(
                 report.records.append(record)
                 robust &= ~record.fooled
                 continue
-            probe = entry.factory(e)
-            if not isinstance(probe, Attack):
-                raise TypeError(
-                    f"attack {entry.name!r}: factory must return an Attack, got {type(probe).__name__}"
-                )
+            probe = _built(entry, e)
             tracker.running(a_index, e, probe, robust if cascade else clean_correct,
                             first_run=probe.minimizes is None or entry.name not in minimizers)
             record = AttackRecord(
@@ -493,7 +559,119 @@ def run_suite(
             tracker.finished(robust)
             if on_record is not None and rank == 0:
                 on_record(record)
+        for entry in protocols:
+            if (entry.name, e) in completed:
+                report.protocol.append(completed[(entry.name, e)])
+                continue
+            probe = _built(entry, e)
+            tracker.running_protocol(entry.name, e, probe, subsets[entry.name],
+                                     first_run=probe.minimizes is None or entry.name not in protocol_runs)
+            if probe.minimizes is None or entry.name not in protocol_runs:
+                protocol_runs[entry.name] = _run_protocol(
+                    model, x, y, e, e_index, entry, subsets[entry.name], clean_correct, numbered, batch_size,
+                    device, tracker, rank, world_size, norm,
+                )
+            record = protocol_runs[entry.name].record(entry, e, repr(probe), norm)
+            report.protocol.append(record)
+            if on_record is not None and rank == 0:
+                on_record(record)
     return report
+
+
+def _built(entry: SuiteAttack, eps: float) -> Attack:
+    attack = entry.factory(eps)
+    if not isinstance(attack, Attack):
+        raise TypeError(f"attack {entry.name!r}: factory must return an Attack, got {type(attack).__name__}")
+    return attack
+
+
+def _subset(n: int, samples: int | None) -> Tensor:
+    """The first ``samples`` of ``n`` samples (all when None), as a mask."""
+    return torch.arange(n) < (n if samples is None else min(samples, n))
+
+
+@dataclass
+class _ProtocolRun:
+    """One protocol attack over its subset at one eps (or, for a minimization attack, at every eps)."""
+
+    attacked: Tensor
+    fooled: Tensor
+    nonfinite: Tensor
+    distance: Tensor | None  # a minimization attack's per-sample distance in the suite's norm
+    per_sample: dict[str, Tensor]
+    stats: dict[str, float]
+    seconds: float
+
+    def record(self, entry: SuiteAttack, eps: float, config: str, norm: str) -> AttackRecord:
+        fooled = self.fooled.clone()
+        if self.distance is not None:  # thresholded at eps, as the cascade does
+            fooled &= self.distance <= eps * (1 + 1e-5) + 1e-7
+        return AttackRecord(entry.name, eps, entry.kind, config, self.attacked.clone(), fooled,
+                            self.nonfinite.clone(), self.seconds, dict(self.stats),
+                            {key: value.clone() for key, value in self.per_sample.items()})
+
+
+def _run_protocol(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    e: float,
+    e_index: int,
+    entry: SuiteAttack,
+    subset: Tensor,
+    clean_correct: Tensor,
+    batches: list[tuple[int, range]],
+    batch_size: int,
+    device: torch.device,
+    tracker: _Tracker,
+    rank: int,
+    world_size: int,
+    norm: str,
+) -> _ProtocolRun:
+    """Every sample of ``subset`` attacked in the clean pass's batches; per-sample outcome and sizes."""
+    n = x.shape[0]
+    attacked = torch.zeros(n, dtype=torch.bool)
+    fooled, nonfinite = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    sizes = {key: torch.full((n,), -1.0, dtype=torch.float64) for key in ("linf", "l2", "queries")}
+    sums: dict[str, float] = {}
+    started = time.perf_counter()
+    stream = _built(entry, e) if entry.seed_of is None else None
+    minimizes = (stream or _built(entry, e)).minimizes
+    for b_index, index in _shard(batches, subset, rank, world_size):
+        attack = stream or _built(entry, e)
+        if entry.seed_of is not None:
+            attack.reseed(entry.seed_of(e_index, b_index))
+        xb, yb = x[index].to(device), y[index].to(device)
+        attacked[index] = True
+        tracker.begin_batch(attack, index.numel())
+        result, wrong, bad = _attack_batch(model, attack, xb, yb)
+        if result is None:
+            sizes["linf"][index] = sizes["l2"][index] = 0.0
+        else:
+            delta = (result.x_adv - xb).cpu()
+            sizes["linf"][index] = perturbation_size(delta, "linf").double()
+            sizes["l2"][index] = perturbation_size(delta, "l2").double()
+            queries = result.stats.get("queries")
+            if isinstance(queries, Tensor) and queries.shape == (index.numel(),):
+                sizes["queries"][index] = queries.cpu().double()
+            if minimizes is None:
+                wrong &= _within_budget(result.x_adv, xb, e, norm).cpu()
+            _accumulate(sums, result.stats, index.numel())
+        fooled[index], nonfinite[index] = wrong, bad
+        tracker.end_batch(index.numel())
+    seconds = _sum_across(time.perf_counter() - started, world_size)
+    attacked, fooled, nonfinite = (_gather(mask, world_size) for mask in (attacked, fooled, nonfinite))
+    for key, value in sizes.items():
+        sizes[key] = _gather_max(value, world_size)
+    if bool((sizes["queries"][attacked] < 0).all()):
+        del sizes["queries"]
+    if not bool(subset.all()):  # clean predictions in the protocol's own batches
+        clean = predict(model, x[subset].to(device), batch_size).cpu()
+        clean_correct = torch.zeros(n, dtype=torch.bool)
+        clean_correct[subset] = torch.isfinite(clean).all(dim=1) & (clean.argmax(dim=1) == y[subset])
+    distance = None if minimizes is None else torch.where(attacked, sizes[norm], math.inf)
+    return _ProtocolRun(attacked, fooled, nonfinite, distance, {"clean_correct": clean_correct, **sizes},
+                        _mean_stats(sums, world_size), seconds)
 
 
 class _Tracker:
@@ -529,19 +707,22 @@ class _Tracker:
 
     def start(self, attacks: Sequence[SuiteAttack], eps: Sequence[float],
               completed: Mapping[tuple[str, float], AttackRecord], clean_correct: Tensor,
-              cascade: bool) -> None:
+              cascade: bool, protocols: Sequence[SuiteAttack] = (),
+              subsets: Mapping[str, Tensor] | None = None) -> None:
+        """Plan the work: the cascade's records on the clean-correct samples, each protocol record on its
+        subset (a minimization attack once)."""
         if self.monitor is None:
             return
         self.attacks, self.eps, self.cascade = list(attacks), list(eps), cascade
-        samples = self._count(clean_correct)
         for e in eps:
-            for entry in attacks:
+            for entry in [*attacks, *protocols]:
                 if (entry.name, e) in completed or entry.name in self.minimizers:
                     continue
                 attack = entry.factory(e)
                 if attack.minimizes is not None:
                     self.minimizers.add(entry.name)
-                self.planned[(entry.name, e)] = (samples, passes_per_sample(attack))
+                mask = clean_correct if entry.kind != "protocol" else (subsets or {})[entry.name]
+                self.planned[(entry.name, e)] = (self._count(mask), passes_per_sample(attack))
         self.monitor.start(sum(count * cost for count, cost in self.planned.values()))
 
     def _cascade_after(self, a_index: int, e: float) -> list[tuple[str, float]]:
@@ -566,6 +747,16 @@ class _Tracker:
             self.targets = self._count(targets)
             self._plan((name, e), self.targets)
             self.later = self._cascade_after(a_index, e)
+
+    def running_protocol(self, name: str, e: float, attack: Attack, subset: Tensor, first_run: bool) -> None:
+        """A protocol record starts: name it (its samples were known from the start)."""
+        if self.monitor is None:
+            return
+        self.monitor.running(name, e)
+        self.cost = passes_per_sample(attack)
+        self.later, self.attacked, self.fooled = [], 0, 0
+        if first_run and attack.minimizes is None:
+            self._plan((name, e), self._count(subset))
 
     def finished(self, robust: Tensor) -> None:
         """The running record is done: the records after it attack (at most, at a larger eps) the robust."""

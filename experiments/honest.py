@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attacks import APGD, AttackRecord, SuiteAttack, SuiteReport, preset, run_checks, run_suite, transfer
+from attacks import APGD, PGD, AttackRecord, SuiteAttack, SuiteReport, preset, run_checks, run_suite, transfer
 from attacks.base import model_device
 from attacks.budget import budget_preset
-from attacks.checks import batch_dependence, pgd_robust, report_flags
+from attacks.checks import batch_dependence, report_flags
 from attacks.passes import PassCounter
 from attacks.suite import PRESETS, batch_seed
 from attacks.table import ResultTable
@@ -224,24 +224,24 @@ class Evaluation:
 
 
 def protocol_numbers(model: nn.Module, x: Tensor, y: Tensor, config: EvaluationConfig) -> dict[float, float]:
-    """The paper's protocol: L-inf PGD, ``protocol_steps`` steps of ``protocol_alpha`` from a uniform random
-    start, standalone on every sample (robust accuracy per eps)."""
-    return {e: float(robust.float().mean()) for e, robust in protocol_robust(model, x, y, config).items()}
+    """Robust accuracy per eps under the paper's protocol alone (:func:`protocol_attack` in the suite)."""
+    paper = protocol_attack(config)
+    report = run_suite(model, x, y, config.eps, [paper], norm=config.norm, batch_size=config.batch_size,
+                       seed=config.seed)
+    return {e: report.protocol_accuracy(paper.name, e) for e in config.eps}
 
 
-def protocol_robust(
-    model: nn.Module, x: Tensor, y: Tensor, config: EvaluationConfig, first_batch: int = 0
-) -> dict[float, Tensor]:
-    """Per-sample robustness under the paper's protocol (:func:`protocol_numbers`); ``first_batch`` is the
-    global index of ``x``'s first batch when ``x`` is a shard (seeds follow global batch indices)."""
-    out = {}
-    for e_index, e in enumerate(config.eps):
-        out[e] = pgd_robust(
-            model, x, y, e, config.protocol_steps,
-            lambda b, start, e_index=e_index: batch_seed(config.seed, -2, e_index, first_batch + b),
-            alpha=config.protocol_alpha if e > 0 else None, batch_size=config.batch_size,
-        )
-    return out
+def protocol_attack(config: EvaluationConfig) -> SuiteAttack:
+    """The paper's protocol as a protocol entry of the suite: L-inf PGD, ``protocol_steps`` steps of
+    ``protocol_alpha`` from a uniform random start, standalone on every sample; batch ``b`` at the ``i``-th
+    eps is seeded ``batch_seed(seed, -2, i, b)`` (global batch indices, so shards equal the whole run)."""
+    steps, alpha, seed = config.protocol_steps, config.protocol_alpha, config.seed
+    return SuiteAttack(
+        f"PGD-{steps} (paper protocol)",
+        lambda e: PGD(e, alpha=alpha if e > 0 else None, steps=steps),
+        kind="protocol",
+        seed_of=lambda e_index, b: batch_seed(seed, -2, e_index, b),
+    )
 
 
 def evaluate(
@@ -272,7 +272,8 @@ def evaluate(
     for source in against.values():
         source.eval()
     attacks = suite_attacks(model, config, against)
-    names = [a.name for a in attacks]
+    paper = protocol_attack(config)
+    names = [a.name for a in attacks] + [paper.name]
     completed = store.load(names, config.eps, x.shape[0]) if store is not None else {}
     if completed and progress and rank == 0:
         print(
@@ -303,7 +304,7 @@ def evaluate(
                 x,
                 y,
                 config.eps,
-                attacks,
+                [*attacks, paper],
                 norm=config.norm,
                 batch_size=config.batch_size,
                 seed=config.seed,
@@ -316,14 +317,11 @@ def evaluate(
             )
         finally:
             bar.close()
-        seconds["suite"] = time.perf_counter() - started
-        _announce(show, f"{label}: paper-protocol PGD-{config.protocol_steps} on {x.shape[0]} images at "
-                        f"{len(config.eps)} eps")
-        started = time.perf_counter()
-        name = f"PGD-{config.protocol_steps} (paper protocol)"
-        robust = {name: protocol_robust(model, x, y, config, first_batch)}
-        protocol = {name: {e: float(mask.float().mean()) for e, mask in robust[name].items()}}
-        seconds["protocol"] = time.perf_counter() - started
+    seconds["protocol"] = sum(record.seconds for record in report.protocol if (record.attack, record.eps)
+                              not in completed)
+    seconds["suite"] = time.perf_counter() - started - seconds["protocol"]
+    robust = {paper.name: {e: report.protocol_robust(paper.name, e) for e in config.eps}}
+    protocol = {paper.name: {e: report.protocol_accuracy(paper.name, e) for e in config.eps}}
     evaluation = Evaluation(config, report, protocol, seconds, attacks, solver_summary(model, config),
                             robust, pass_totals(report))
     if checks:

@@ -10,7 +10,8 @@ Dormand–Prince), measured honestly.
    directory reuses it and another recipe trains another model. --resnet-run/--odenet-run use a given run
    directory instead.
 2. Attacks. The first --samples test images: the paper's FGSM and DI²-FGSM at every --eps (L∞, each
-   standalone) and its decision-based Boundary Attack (one run, thresholded at the same L∞ budgets); then the
+   standalone) and its decision-based Boundary Attack (one run, thresholded at the same L∞ budgets), protocol
+   attacks of the evaluation suite (attacks.run_suite) on the model as trained; then the
    evaluation suite (experiments.honest, --preset): APGD-CE, APGD-T and Square as a cascade, for ODE models
    (evaluated with per-sample step control) also APGD crafted through surrogate solvers (RK4, tight dopri5),
    through adjoint gradients and on the ResNet (transfer); the per-example worst case over all of them, the
@@ -39,16 +40,15 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from attacks import DI2FGSM, FGSM, Attack, BoundaryAttack, ResultTable, WrappedAttack, sweep
-from attacks.evaluation import evaluate_attack
-from attacks.progress import BatchProgress, passes_per_sample
+from attacks import DI2FGSM, FGSM, AttackRecord, BoundaryAttack, ResultTable, SuiteAttack, run_suite
+from attacks.evaluation import protocol_rows
 from experiments.cli import (
     Outputs,
     UsageError,
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: what this job's records depend on: the evaluation code and this module (its own attack runners)
+#: what this job's records depend on: the evaluation code and this module (the paper attacks it lists)
 JOB_CODE = EVALUATION_CODE + ("experiments/robustness.py",)
 
 
@@ -262,33 +262,45 @@ def ensure_trained(plan: ModelPlan, args: argparse.Namespace, outputs: Outputs |
 
 
 # ----------------------------------------------------------------------------------------------- attacks
-# Another attack suite plugs in here: attack_suite() lists the eps-bounded attacks of a model and
-# attacks_at_eps() is everything run for one model at one eps (one resumable record per attack, through
-# Session.store); evaluate_model() calls it once per eps, then the model-level units (Boundary, gradient
-# agreement).
+# The paper's attacks are protocol entries of the evaluation suite (attacks.run_suite), run on the model as
+# trained; the suite's cascade and checks run in suite_evaluation() (experiments.honest). Every (attack, eps)
+# result is a resumable record in the session's store.
 
 
-@dataclass(frozen=True)
-class AttackSpec:
-    """One eps-bounded attack of the suite: ``factory(eps)`` builds it; ``settings`` is everything its result
-    depends on besides the model, the images and eps (stamped on its records); ``worst_case``: counted in
-    the per-eps worst-case row."""
-
-    name: str
-    factory: Callable[[float], Attack]
-    settings: Mapping[str, Any]
-    worst_case: bool = True
-
-
-def attack_suite(model: torch.nn.Module, args: argparse.Namespace) -> list[AttackSpec]:
-    """The paper's eps-bounded attacks, each standalone on every image: FGSM and DI²-FGSM (the paper-protocol
-    PGD-40 comes with the evaluation suite). Not in the worst case: the suite's worst case is the number."""
+def paper_attacks(args: argparse.Namespace, samples: int) -> list[SuiteAttack]:
+    """The paper's standalone attacks: FGSM and DI²-FGSM at every eps on every image, and its
+    decision-based Boundary Attack once on the first --boundary-samples images, thresholded at every eps
+    (each beside the suite's worst case, never in it; the paper-protocol PGD-40 comes with the suite)."""
     seed = args.seed
     return [
-        AttackSpec("FGSM", lambda e: FGSM(e, seed=seed), {"seed": seed}, worst_case=False),
-        AttackSpec("DI2-FGSM", lambda e: DI2FGSM(e, steps=args.difgsm_steps, seed=seed),
-                   {"steps": args.difgsm_steps, "seed": seed}, worst_case=False),
+        SuiteAttack("FGSM", lambda e: FGSM(e, seed=seed), kind="protocol"),
+        SuiteAttack("DI2-FGSM", lambda e: DI2FGSM(e, steps=args.difgsm_steps, seed=seed), kind="protocol"),
+        SuiteAttack("Boundary", lambda e: BoundaryAttack(max_queries=args.boundary_queries, seed=seed),
+                    kind="protocol", samples=min(args.boundary_samples, samples)),
     ]
+
+
+def paper_rows(model: torch.nn.Module, eps: list[float], session: Session) -> list[dict[str, Any]]:
+    """The rows of :func:`paper_attacks` on the session's images: the Boundary Attack's, then FGSM's and
+    DI²-FGSM's, eps ascending."""
+    args = session.args
+    n = int(session.x.shape[0])
+    attacks = paper_attacks(args, n)
+    settings = {"difgsm_steps": args.difgsm_steps, "boundary_samples": args.boundary_samples,
+                "boundary_queries": args.boundary_queries, "seed": args.seed}
+    store = SuiteStore(session.store, session.config("paper attacks", eps, settings, n),
+                       (session.label, "paper attacks"))
+    completed = store.load([a.name for a in attacks], eps, n)
+
+    def on_record(record: AttackRecord) -> None:
+        path = store.save(record)
+        if session.outputs is not None:
+            session.outputs.add(path)
+
+    report = run_suite(model, session.x.cpu(), session.y.cpu(), eps, attacks, batch_size=args.batch_size,
+                       seed=args.seed, completed=completed, on_record=on_record, monitor=session.bar)
+    rows = {(row["attack"], row["eps"]): row for row in protocol_rows(report)}
+    return [rows[(name, e)] for name in ("Boundary", "FGSM", "DI2-FGSM") for e in eps]
 
 
 def _surrogates(block, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -296,25 +308,6 @@ def _surrogates(block, args: argparse.Namespace) -> tuple[dict[str, Any], dict[s
     tight = {"method": "dopri5", "rtol": tol, "atol": tol, "step_size": None}
     fixed = {"method": "rk4", "step_size": block.t1 / args.fixed_steps}
     return tight, fixed
-
-
-class _Observed(WrappedAttack):
-    """Runs ``inner`` unchanged, reports each batch (inputs, labels, adversarials) to ``on_batch`` and its
-    work in model passes to the session's bar (from inside the attack: per query for the Boundary Attack)."""
-
-    def __init__(self, inner: Attack, on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None],
-                 session: Session):
-        super().__init__(inner)
-        self.on_batch, self.session = on_batch, session
-
-    def _attack(self, model, x, y):
-        work = x.shape[0] * passes_per_sample(self.inner)
-        batch = BatchProgress(self.session.advance, work, self.session.skip)
-        self.inner.on_progress = batch
-        result = self.inner.run(model, x, y)
-        batch.finish()
-        self.on_batch(x, y, result.x_adv)
-        return result
 
 
 @dataclass
@@ -350,98 +343,6 @@ class Session:
         path = self.store.put(key, config, record)
         if self.outputs is not None:
             self.outputs.add(path)
-
-
-def run_attack(model: torch.nn.Module, attack: Attack, name: str, eps: float, session: Session) -> dict:
-    """One attack at one eps on the session's images: its report row and which images stayed robust."""
-    adversarials: list[torch.Tensor] = []
-
-    def on_batch(x, y, x_adv):
-        adversarials.append(x_adv)
-
-    observed = _Observed(attack, on_batch, session)
-    row = evaluate_attack(model, observed, (session.x, session.y), eps=eps, name=name,
-                          batch_size=session.args.batch_size)
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        clean = torch.cat([model(x).argmax(1) for x in session.x.split(session.args.batch_size)])
-        adversarial = torch.cat([model(x).argmax(1) for x in adversarials])
-        model.train(was_training)
-    robust = (clean == session.y) & (adversarial == session.y)
-    return {"row": row, "robust": "".join("1" if r else "0" for r in robust.tolist())}
-
-
-def attacks_at_eps(model: torch.nn.Module, eps: float, specs: Sequence[AttackSpec],
-                   session: Session) -> list[dict[str, Any]]:
-    """Every attack of ``specs`` on one model at one eps (each result a resumable record), then the per-eps
-    worst case over the specs marked ``worst_case``: a sample counts robust only if it survives all of
-    them. Returns the report rows."""
-    n = session.x.shape[0]
-    rows, masks = [], []
-    for spec in specs:
-        key = (session.label, spec.name, eps)
-        config = session.config(spec.name, eps, spec.settings, n)
-        record = session.store.get(key, config, parse=_attack_record_reader(n))
-        attack = spec.factory(eps)
-        if session.bar is not None:
-            session.bar.running(spec.name, eps)
-        if record is None:
-            record = run_attack(model, attack, spec.name, eps, session)
-            session.put(key, config, record)
-        else:
-            session.skip(n * passes_per_sample(attack))
-        rows.append(record["row"])
-        if spec.worst_case:
-            masks.append(record["robust"])
-    if len(masks) > 1:
-        robust = [all(mask[i] == "1" for mask in masks) for i in range(n)]
-        rows.append({"attack": "worst-case", "eps": eps, "norm": "linf", "samples": n,
-                     "clean_accuracy": rows[0]["clean_accuracy"], "robust_accuracy": sum(robust) / n})
-    return rows
-
-
-def _attack_record_reader(n: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Checks a stored ``run_attack`` record on ``n`` images (a row, and a 0/1 robustness string of length n);
-    a malformed one raises (the store recomputes and names it)."""
-
-    def read(body: dict[str, Any]) -> dict[str, Any]:
-        row, robust = body["row"], body["robust"]
-        if not isinstance(row, dict) or not {"attack", "eps", "robust_accuracy"} <= set(row):
-            raise ValueError("its row lacks attack, eps or robust_accuracy")
-        if not isinstance(robust, str) or len(robust) != n or set(robust) - {"0", "1"}:
-            raise ValueError(f"its robustness mask is not {n} characters of 0/1")
-        return body
-
-    return read
-
-
-def _rows_reader(body: dict[str, Any]) -> dict[str, Any]:
-    """Checks a stored Boundary record: a list of rows with attack, eps and robust_accuracy."""
-    if not all(isinstance(r, dict) and {"attack", "eps", "robust_accuracy"} <= set(r) for r in body["rows"]):
-        raise ValueError("a row lacks attack, eps or robust_accuracy")
-    return body
-
-
-def boundary_rows(model: torch.nn.Module, eps: list[float], session: Session) -> list[dict[str, Any]]:
-    """The Boundary Attack: one run on the first --boundary-samples images, thresholded at every eps."""
-    args = session.args
-    nb = min(args.boundary_samples, session.x.shape[0])
-    key = (session.label, "Boundary")
-    config = session.config("Boundary", eps, {"queries": args.boundary_queries, "seed": args.seed}, nb)
-    record = session.store.get(key, config, parse=_rows_reader)
-    if record is None:
-        if session.bar is not None:
-            session.bar.running(f"Boundary ({nb} images, thresholded at every ε)", None)
-        attack = _Observed(BoundaryAttack(max_queries=args.boundary_queries, seed=args.seed),
-                           lambda x, y, x_adv: None, session)
-        table = sweep(model, {"Boundary": lambda e: attack}, eps, (session.x[:nb], session.y[:nb]),
-                      batch_size=args.batch_size, progress=False)
-        record = {"rows": table.rows}
-        session.put(key, config, record)
-    else:
-        session.skip(nb * args.boundary_queries)
-    return record["rows"]
 
 
 def agreement_record(model: torch.nn.Module, session: Session) -> dict[str, Any]:
@@ -513,18 +414,14 @@ def evaluate_model(model: torch.nn.Module, plan: ModelPlan, x: torch.Tensor, y: 
     started = time.perf_counter()
     identity = {**plan.identity, "weights_sha256": file_sha256(plan.run_dir / MODEL_NAME)}
     session = Session(plan.label, identity, x, y, store, args, outputs=outputs)
-    specs = attack_suite(model, args)
-    n, nb = x.shape[0], min(args.boundary_samples, x.shape[0])
+    n = x.shape[0]
     show = not args.no_progress
     session.bar = WorkBar(f"[{plan.label}] paper attacks", enabled=show)
-    session.bar.start(n * sum(passes_per_sample(s.factory(e)) for s in specs for e in eps)
-                      + nb * passes_per_sample(BoundaryAttack(max_queries=args.boundary_queries)))
     try:
-        by_eps = [attacks_at_eps(model, e, specs, session) for e in eps]
-        boundary = boundary_rows(model, eps, session)
+        rows = paper_rows(model, eps, session)
     finally:
         session.bar.close()
-    record: dict[str, Any] = {"model": plan.label, "rows": _ordered(by_eps, boundary, specs)}
+    record: dict[str, Any] = {"model": plan.label, "rows": rows}
     blocks = ode_blocks(model)
     if blocks:
         nd = min(args.diagnostic_samples, n)
@@ -545,16 +442,6 @@ def evaluate_model(model: torch.nn.Module, plan: ModelPlan, x: torch.Tensor, y: 
     record["warnings"] += [f"skipped {name}: {why}" for name, why in evaluation.report.skipped.items()]
     record["time_s"] = time.perf_counter() - started
     return record
-
-
-def _ordered(by_eps: list[list[dict]], boundary: list[dict], specs: Sequence[AttackSpec]) -> list[dict]:
-    """Rows grouped by attack (direct attacks, worst case, Boundary, surrogate transfers), eps ascending."""
-    names = [s.name for s in specs if s.worst_case] + ["worst-case"]
-    rows = [row for name in names for group in by_eps for row in group if row["attack"] == name]
-    rows += boundary
-    rows += [row for s in specs if not s.worst_case for group in by_eps for row in group
-             if row["attack"] == s.name]
-    return rows
 
 
 def _device(name: str) -> torch.device:

@@ -127,6 +127,10 @@ def write_shard(
             {**stored, **{name: _shifted(stored[name], offset) for name in MASKS}}
             for stored in (record.to_json() for record in report.records)
         ],
+        "protocol_records": [
+            {**stored, **{name: _shifted(stored[name], offset) for name in MASKS}}
+            for stored in (record.to_json() for record in report.protocol)
+        ],
         "protocol": {
             name: {repr(e): _shifted(mask.nonzero().squeeze(1).tolist(), offset)
                    for e, mask in values.items()}
@@ -270,6 +274,25 @@ def shard_config(shards: Sequence[Shard]) -> EvaluationConfig:
     return EvaluationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
 
 
+def _merged_records(shards: Sequence[Shard], key: str, n: int) -> list[AttackRecord]:
+    """The one-process records from the shards' ``key`` lists (the same records in the same order): masks
+    joined, per-sample values concatenated in shard order, seconds summed, statistics sample-weighted."""
+    records = []
+    for position, entry in enumerate(shards[0].manifest.get(key, [])):
+        parts = [shard.manifest[key][position] for shard in shards]
+        merged = {
+            **entry,
+            **{name: [i for part in parts for i in part[name]] for name in MASKS},
+            "seconds": sum(part["seconds"] for part in parts),
+            "stats": _merged_stats([(len(part["attacked"]), part["stats"]) for part in parts]),
+        }
+        if "per_sample" in entry:
+            merged["per_sample"] = {name: [v for part in parts for v in part["per_sample"][name]]
+                                    for name in entry["per_sample"]}
+        records.append(AttackRecord.from_json(merged, n))
+    return records
+
+
 def merge_evaluation(
     shards: Sequence[Shard], attacks: Sequence[Any], solver: Mapping[str, Any]
 ) -> Evaluation:
@@ -282,19 +305,10 @@ def merge_evaluation(
     labels = torch.tensor([label for shard in shards for label in shard.manifest["labels"]], dtype=torch.long)
     clean_correct = _mask([i for s in shards for i in s.manifest["clean_correct"]], n)
     names = first["attack_names"]
-    records = []
-    for position, entry in enumerate(first["records"]):
-        parts = [shard.manifest["records"][position] for shard in shards]
-        merged = {
-            **entry,
-            **{name: [i for part in parts for i in part[name]] for name in MASKS},
-            "seconds": sum(part["seconds"] for part in parts),
-            "stats": _merged_stats([(len(part["attacked"]), part["stats"]) for part in parts]),
-        }
-        records.append(AttackRecord.from_json(merged, n))
+    records, protocol_records = (_merged_records(shards, key, n) for key in ("records", "protocol_records"))
     report = SuiteReport(list(config.eps), config.norm, labels, clean_correct, records, list(names),
                          clean_nonfinite=sum(s.manifest["clean_nonfinite"] for s in shards),
-                         skipped=dict(first["skipped"]))
+                         skipped=dict(first["skipped"]), protocol=protocol_records)
     report.adversarials = _merged_adversarials(shards, config.dependence_samples)
     report.flags = report_flags(report)  # the whole-set checks need the model: run_evaluation_checks
     robust = {

@@ -1,4 +1,5 @@
-"""Evaluation: robust accuracy / success definitions, the eps sweep table, CSV/JSON, masking warnings."""
+"""Standalone attacks as rows (a view over the suite's protocol attacks): robust accuracy / success
+definitions, the eps sweep table, CSV/JSON, and the protocol-wins flag."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import FGSM, PGD, BoundaryAttack, ResultTable, evaluate_attack, gradient_masking_warnings, sweep
+from attacks import FGSM, PGD, BoundaryAttack, SuiteAttack, evaluate_attack, run_suite, sweep
+from attacks.checks import report_flags
 from tests.attacks.support import linear_binary
 
 
@@ -55,22 +57,22 @@ def test_sweep_table_runs_minimization_attacks_once_and_exports(tmp_path) -> Non
     model, _, _, x, y = linear_problem(120, seed=1)
     counting = Counting(model)
     eps_list = [0.0, 0.02, 0.05]
-    boundary_calls: list[int] = []
+    boundary_batches: list[int] = []
+
+    class Boundary(BoundaryAttack):
+        def _attack(self, model, x, y):
+            boundary_batches.append(x.shape[0])
+            return super()._attack(model, x, y)
 
     def boundary(eps: float) -> BoundaryAttack:
-        boundary_calls.append(counting.calls)
-        return BoundaryAttack(max_queries=200)
+        return Boundary(max_queries=200)
 
     table = sweep(counting, {"FGSM": FGSM, "PGD": lambda e: PGD(e, steps=5), "Boundary": boundary}, eps_list,
                   (x, y), batch_size=50, progress=False)
-    assert len(table) == 3 * 3 + 3
-    assert set(table.column("attack")) == {"FGSM", "PGD", "Boundary", "worst-case"}
+    assert len(table) == 3 * 3
+    assert table.column("attack") == ["FGSM"] * 3 + ["PGD"] * 3 + ["Boundary"] * 3
     by = {(r["attack"], r["eps"]): r for r in table.rows}
-    # the boundary attack ran once (its later factory calls made no model calls in between)
-    assert boundary_calls[1] == boundary_calls[2]
-    for eps in eps_list:
-        worst = by[("worst-case", eps)]["robust_accuracy"]
-        assert worst <= min(by[(a, eps)]["robust_accuracy"] for a in ("FGSM", "PGD", "Boundary")) + 1e-12
+    assert boundary_batches == [50, 50, 20]  # the boundary attack ran once over the data
     assert by[("PGD", 0.0)]["robust_accuracy"] == by[("PGD", 0.0)]["clean_accuracy"]
     assert by[("Boundary", 0.0)]["robust_accuracy"] == by[("Boundary", 0.0)]["clean_accuracy"]
     boundary_robust = [by[("Boundary", e)]["robust_accuracy"] for e in eps_list]
@@ -78,7 +80,6 @@ def test_sweep_table_runs_minimization_attacks_once_and_exports(tmp_path) -> Non
     assert by[("Boundary", 0.05)]["max_queries"] <= 200
     # the black-box attack cannot beat the exact white-box one on a linear model
     assert by[("Boundary", 0.05)]["robust_accuracy"] >= by[("FGSM", 0.05)]["robust_accuracy"]
-    assert gradient_masking_warnings(table) == []
 
     table.to_csv(tmp_path / "sweep.csv")
     table.to_json(tmp_path / "sweep.json")
@@ -86,33 +87,32 @@ def test_sweep_table_runs_minimization_attacks_once_and_exports(tmp_path) -> Non
         rows = list(csv.DictReader(file))
     assert len(rows) == len(table) and float(rows[0]["eps"]) == 0.0
     loaded = json.loads((tmp_path / "sweep.json").read_text())
-    assert len(loaded) == len(table) and loaded[-1]["attack"] == "worst-case"
+    assert len(loaded) == len(table) and loaded[-1]["attack"] == "Boundary"
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary files
     assert "robust_accuracy" in str(table)
 
 
-def test_masked_gradients_are_flagged() -> None:
+def _protocol_wins(cascade_alpha: float):
+    """FGSM (one full step of eps) as a protocol attack beside a cascade of one PGD step of ``alpha``."""
     model, _, _, x, y = linear_problem(100, seed=2)
-
-    class Quantized(nn.Module):  # a piecewise-constant input map: zero gradients, same decisions
-        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-            return model(torch.round(inputs * 64) / 64)
-
-    table = sweep(Quantized(), {"FGSM": FGSM, "PGD": lambda e: PGD(e, steps=5),
-                                "Boundary": lambda e: BoundaryAttack(max_queries=300)},
-                  [0.05], (x, y), progress=False)
-    warnings = gradient_masking_warnings(table)
-    assert any("black-box" in w for w in warnings)
-    assert any("zero_gradient_fraction" in w for w in warnings)
-    assert any("did not rise" in w for w in warnings)
+    attacks = [SuiteAttack("PGD-1", lambda e: PGD(e, alpha=cascade_alpha * e, steps=1, random_start=False)),
+               SuiteAttack("FGSM", FGSM, kind="protocol")]
+    report = run_suite(model, x, y, [0.05], attacks, batch_size=50)
+    return {flag.name: flag for flag in report_flags(report)}["protocol-wins"], report
 
 
-def test_fgsm_beating_pgd_is_flagged() -> None:
-    table = ResultTable([
-        {"attack": "FGSM", "eps": 0.1, "robust_accuracy": 0.2},
-        {"attack": "PGD", "eps": 0.1, "robust_accuracy": 0.5, "objective_start": 1.0, "objective_end": 2.0},
-    ])
-    assert len(gradient_masking_warnings(table)) == 1
+def test_a_single_step_protocol_attack_beating_the_iterative_cascade_fires_protocol_wins() -> None:
+    flag, report = _protocol_wins(0.1)  # a tenth of the step: the cascade misses what FGSM finds
+    assert flag.fired and "FGSM at eps 0.05" in flag.verdict
+    assert flag.numbers["0.05"]["FGSM"]["missed_by_cascade"] > 0
+    # the protocol number is beside the worst case, never in it
+    assert report.worst_case_accuracy(0.05) > report.protocol_accuracy("FGSM", 0.05)
+
+
+def test_protocol_wins_stays_quiet_when_the_cascade_finds_everything_the_protocol_does() -> None:
+    flag, report = _protocol_wins(1.0)  # the same step: PGD-1 without random start is FGSM
+    assert not flag.fired and flag.numbers["0.05"]["FGSM"]["missed_by_cascade"] == 0
+    assert report.worst_case_accuracy(0.05) == report.protocol_accuracy("FGSM", 0.05) < 1.0
 
 
 def test_bad_sweep_arguments_raise() -> None:

@@ -3,6 +3,7 @@ a model built to trigger it while staying quiet on a plain CNN."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -11,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from attacks import Attack, SuiteAttack, preset, run_checks, run_suite
+from attacks import Attack, AttackRecord, SuiteAttack, preset, run_checks, run_suite
 from attacks.checks import constant_image_cap
 from tests.attacks.support import random_images, small_cnn
 
@@ -89,6 +90,38 @@ def test_resume_reuses_completed_records_and_recomputes_the_rest() -> None:
         assert torch.equal(resumed.worst_case(eps), full.worst_case(eps))
 
 
+def test_protocol_attacks_run_on_every_sample_beside_the_worst_case_and_never_in_it() -> None:
+    x, y = threshold_data()
+    y[0] = 1 - y[0]  # one sample misclassified
+    cascade = [SuiteAttack("marked 0.1", lambda e: PushMarked(e, 0.1))]
+    alone = run_suite(Threshold(), x, y, [0.1], cascade, batch_size=5)
+    everything = SuiteAttack("everything", lambda e: PushMarked(e, 0.3), kind="protocol")
+    first_four = SuiteAttack("first four", lambda e: PushMarked(e, 0.3), kind="protocol", samples=4)
+    both = run_suite(Threshold(), x, y, [0.1], [everything, *cascade, first_four], batch_size=5)
+    assert torch.equal(both.worst_case(0.1), alone.worst_case(0.1))  # never counted in the worst case
+    assert both.attack_names == ["marked 0.1"] and both.protocol_names == ["everything", "first four"]
+    record = both.protocol_record("everything", 0.1)
+    assert bool(record.attacked.all())  # every sample, misclassified and already fooled ones too
+    marked = x.view(12, -1)[:, 1] == 0.3
+    assert torch.equal(record.fooled, marked | ~both.clean_correct)  # misclassified after the attack
+    assert torch.equal(both.protocol_robust("everything", 0.1), both.clean_correct & ~marked)
+    assert both.protocol_record("first four", 0.1).attacked.tolist() == [True] * 4 + [False] * 8
+    assert len(both.protocol_robust("first four", 0.1)) == 4
+    saved = both.protocol_record("first four", 0.1)
+    restored = AttackRecord.from_json(json.loads(json.dumps(saved.to_json())), 12)
+    assert torch.equal(restored.fooled, saved.fooled)
+    assert restored.per_sample.keys() == saved.per_sample.keys()
+
+
+def test_a_protocol_attack_without_per_batch_seeds_refuses_to_be_sharded() -> None:
+    x, y = threshold_data()
+    streamed = SuiteAttack("streamed", lambda e: PushMarked(e, 0.3), kind="protocol")
+    with pytest.raises(ValueError, match="cannot be sharded"):
+        run_suite(Threshold(), x, y, [0.1], [streamed], first_batch=2)
+    with pytest.raises(ValueError, match="belong to protocol attacks"):
+        SuiteAttack("cascade", lambda e: PushMarked(e, 0.3), samples=3)
+
+
 def _shard(rank: int, world: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
@@ -153,9 +186,9 @@ def test_no_flag_fires_on_a_plain_cnn(plain) -> None:
     flags, report = run_all(*plain)
     fired = {name: f.verdict for name, f in flags.items() if f.fired}
     assert fired == {}
-    assert set(flags) == {"gradient-free-or-transfer-wins", "gradients", "nonfinite-logits", "eps-monotone",
-                          "eps-sanity", "more-iterations-help", "batch-dependence", "randomness",
-                          "unavailable-gradients", "unstable-predictions", "silent-success",
+    assert set(flags) == {"gradient-free-or-transfer-wins", "protocol-wins", "gradients", "nonfinite-logits",
+                          "eps-monotone", "eps-sanity", "more-iterations-help", "batch-dependence",
+                          "randomness", "unavailable-gradients", "unstable-predictions", "silent-success",
                           "incomplete-optimisation", "transfer-failure", "unconstrained-attack-failure",
                           "nfe-spread", "gradient-agreement"}
 

@@ -64,7 +64,7 @@ def test_ode_preset_writes_every_file_with_its_columns_and_resumes(setup, capsys
     assert "worst case" in report and "eps-sanity" in report and "batch-dependence" in report
     results = json.loads((out / "results.json").read_text())
     assert results["models"]["ode"]["solver"]["evaluated_with_per_sample_control"] is True
-    assert len(results["models"]["ode"]["flags"]) == 16  # the suite's 8 checks + the 8 indicators of failure
+    assert len(results["models"]["ode"]["flags"]) == 17  # the suite's 9 checks + the 8 indicators of failure
     per_sample = list(csv.DictReader((out / "per_sample.csv").open()))
     assert len(per_sample) == 4 and "fooled_by@0.1" in per_sample[0]
     first = capsys.readouterr().out

@@ -38,11 +38,11 @@ def test_main_job_trains_attacks_writes_and_resumes(tmp_path, monkeypatch, capsy
     records = robustness.main(argv)
     progress = capsys.readouterr().err
     # the bars name what is running and every later phase says what it does (these untrained models
-    # classify no test image right, so the suite has no work and shows no bar: tests/attacks covers it)
+    # classify no test image right, so the cascade has no work; the protocol attacks run on every image)
     for shown in ("[resnet] paper attacks: FGSM @ ε=0.3", "[resnet] paper attacks: DI2-FGSM @ ε=0.3",
-                  "[resnet] paper attacks: Boundary (2 images",
+                  "[resnet] paper attacks: Boundary @ ε=0.3",
                   "[odenet] gradient agreement: input gradients",
-                  "[odenet] suite: paper-protocol PGD-40 on 4 images",
+                  "[odenet] suite: PGD-40 (paper protocol) @ ε=0.3",
                   "[odenet] suite: checks (PGD-1/2 on 2 images, ε-sanity, batch dependence and randomness "
                   "on 4)"):
         assert shown in progress, shown
