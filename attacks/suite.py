@@ -485,14 +485,17 @@ def run_suite(
     names = [entry.name for entry in attacks]
     report = SuiteReport(eps, norm, y, clean_correct, [], names, clean_nonfinite=int((~finite).sum()),
                          skipped=skipped)
-    minimizers: dict[str, tuple[Tensor, Tensor, dict[str, float], float]] = {}
+    minimizers: dict[str, _Standalone] = {}
     batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     numbered = list(enumerate(batches, start=first_batch))
     completed = completed or {}
     subsets = {entry.name: _subset(n, entry.samples) for entry in protocols}
+    protocol_clean = {name: clean_correct if bool(subset.all())
+                      else _clean_correct(model, x, y, subset, batch_size, device)
+                      for name, subset in subsets.items()}
     tracker = _Tracker(progress, monitor, batches, rank, world_size)
     tracker.start(attacks, eps, completed, clean_correct, cascade, protocols, subsets)
-    protocol_runs: dict[str, _ProtocolRun] = {}
+    protocol_runs: dict[str, _Standalone] = {}
     for e_index, e in enumerate(eps):
         robust = clean_correct.clone()
         for a_index, entry in enumerate(attacks):
@@ -517,25 +520,15 @@ def run_suite(
             targets = robust if cascade else clean_correct
             if probe.minimizes is not None:  # eps-free: run once on every clean-correct sample, threshold
                 if entry.name not in minimizers:
-                    minimizers[entry.name] = _run_minimizer(
-                        model,
-                        x,
-                        y,
-                        entry,
-                        clean_correct,
-                        numbered,
-                        seed,
-                        a_index,
-                        device,
-                        tracker,
-                        rank,
-                        world_size,
-                        norm,
+                    seeds = (lambda a: lambda b: batch_seed(seed, a, -1, b))(a_index)
+                    minimizers[entry.name] = _run_standalone(
+                        model, x, y, e, _reseeded(entry, 0.0, seeds), clean_correct, numbered, device,
+                        tracker, rank, world_size, norm, probe.minimizes,
                     )
-                fooled, distance, stats, seconds = minimizers[entry.name]
+                run = minimizers[entry.name]
                 record.attacked = targets.clone()
-                record.fooled = targets & fooled & (distance <= e * (1 + 1e-5) + 1e-7)
-                record.stats, record.seconds = dict(stats), seconds
+                record.fooled = targets & run.fooled_at(e)
+                record.stats, record.seconds = dict(run.stats), run.seconds
             else:
                 _run_bounded(
                     model,
@@ -567,11 +560,11 @@ def run_suite(
             tracker.running_protocol(entry.name, e, probe, subsets[entry.name],
                                      first_run=probe.minimizes is None or entry.name not in protocol_runs)
             if probe.minimizes is None or entry.name not in protocol_runs:
-                protocol_runs[entry.name] = _run_protocol(
-                    model, x, y, e, e_index, entry, subsets[entry.name], clean_correct, numbered, batch_size,
-                    device, tracker, rank, world_size, norm,
+                protocol_runs[entry.name] = _run_standalone(
+                    model, x, y, e, _protocol_attacks(entry, e, e_index, probe), subsets[entry.name],
+                    numbered, device, tracker, rank, world_size, norm, probe.minimizes,
                 )
-            record = protocol_runs[entry.name].record(entry, e, repr(probe), norm)
+            record = protocol_runs[entry.name].record(entry, e, repr(probe), protocol_clean[entry.name])
             report.protocol.append(record)
             if on_record is not None and rank == 0:
                 on_record(record)
@@ -585,72 +578,105 @@ def _built(entry: SuiteAttack, eps: float) -> Attack:
     return attack
 
 
+def _protocol_attacks(entry: SuiteAttack, eps: float, e_index: int, probe: Attack) -> Callable[[int], Attack]:
+    """The attack of each batch of a protocol entry: reseeded by its ``seed_of``, or else ``probe`` for every
+    batch (one attack whose random stream runs on over the batches)."""
+    if entry.seed_of is None:
+        return lambda b: probe
+    seed_of = entry.seed_of
+    return _reseeded(entry, eps, lambda b: seed_of(e_index, b))
+
+
+def _reseeded(entry: SuiteAttack, eps: float, seed_of: Callable[[int], int]) -> Callable[[int], Attack]:
+    """A fresh ``entry.factory(eps)`` per global batch index ``b``, reseeded with ``seed_of(b)``."""
+
+    def attack_for(b: int) -> Attack:
+        attack = _built(entry, eps)
+        attack.reseed(seed_of(b))
+        return attack
+
+    return attack_for
+
+
+def _clean_correct(model: nn.Module, x: Tensor, y: Tensor, subset: Tensor, batch_size: int,
+                   device: torch.device) -> Tensor:
+    """Clean correctness of the samples of ``subset``, predicted in their own batches (a batch-dependent
+    model, e.g. shared step control, sees what an attack on the subset sees); False elsewhere."""
+    logits = predict(model, x[subset].to(device), batch_size).cpu()
+    out = torch.zeros(x.shape[0], dtype=torch.bool)
+    out[subset] = torch.isfinite(logits).all(dim=1) & (logits.argmax(dim=1) == y[subset])
+    return out
+
+
 def _subset(n: int, samples: int | None) -> Tensor:
     """The first ``samples`` of ``n`` samples (all when None), as a mask."""
     return torch.arange(n) < (n if samples is None else min(samples, n))
 
 
 @dataclass
-class _ProtocolRun:
-    """One protocol attack over its subset at one eps (or, for a minimization attack, at every eps)."""
+class _Standalone:
+    """One attack run on every sample of a target set: at one eps, or (a minimization attack) at every eps,
+    thresholded by its per-sample ``distance`` in the suite's norm."""
 
     attacked: Tensor
     fooled: Tensor
     nonfinite: Tensor
-    distance: Tensor | None  # a minimization attack's per-sample distance in the suite's norm
-    per_sample: dict[str, Tensor]
+    distance: Tensor | None
+    sizes: dict[str, Tensor]
     stats: dict[str, float]
     seconds: float
 
-    def record(self, entry: SuiteAttack, eps: float, config: str, norm: str) -> AttackRecord:
-        fooled = self.fooled.clone()
-        if self.distance is not None:  # thresholded at eps, as the cascade does
-            fooled &= self.distance <= eps * (1 + 1e-5) + 1e-7
-        return AttackRecord(entry.name, eps, entry.kind, config, self.attacked.clone(), fooled,
+    def fooled_at(self, eps: float) -> Tensor:
+        if self.distance is None:
+            return self.fooled.clone()
+        return self.fooled & (self.distance <= eps * (1 + 1e-5) + 1e-7)
+
+    def record(self, entry: SuiteAttack, eps: float, config: str, clean_correct: Tensor) -> AttackRecord:
+        """The protocol record at ``eps``; ``clean_correct`` as predicted in the protocol's batches."""
+        return AttackRecord(entry.name, eps, entry.kind, config, self.attacked.clone(), self.fooled_at(eps),
                             self.nonfinite.clone(), self.seconds, dict(self.stats),
-                            {key: value.clone() for key, value in self.per_sample.items()})
+                            {"clean_correct": clean_correct, **{k: v.clone() for k, v in self.sizes.items()}})
 
 
-def _run_protocol(
+def _run_standalone(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     e: float,
-    e_index: int,
-    entry: SuiteAttack,
-    subset: Tensor,
-    clean_correct: Tensor,
+    attack_for: Callable[[int], Attack],
+    targets: Tensor,
     batches: list[tuple[int, range]],
-    batch_size: int,
     device: torch.device,
     tracker: _Tracker,
     rank: int,
     world_size: int,
     norm: str,
-) -> _ProtocolRun:
-    """Every sample of ``subset`` attacked in the clean pass's batches; per-sample outcome and sizes."""
+    minimizes: str | None,
+) -> _Standalone:
+    """``attack_for(global batch index)`` on every sample of ``targets``, in the suite's batches: per-sample
+    outcome, perturbation sizes (``linf``, ``l2``; ``queries`` where the attack counts them; -1 where not
+    attacked) and, for a minimization attack, the distance its eps-thresholds read."""
     n = x.shape[0]
     attacked = torch.zeros(n, dtype=torch.bool)
     fooled, nonfinite = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
-    sizes = {key: torch.full((n,), -1.0, dtype=torch.float64) for key in ("linf", "l2", "queries")}
+    sizes = {key: torch.full((n,), -1.0, dtype=torch.float64) for key in ("linf", "l2", "queries",
+                                                                          "distance")}
     sums: dict[str, float] = {}
     started = time.perf_counter()
-    stream = _built(entry, e) if entry.seed_of is None else None
-    minimizes = (stream or _built(entry, e)).minimizes
-    for b_index, index in _shard(batches, subset, rank, world_size):
-        attack = stream or _built(entry, e)
-        if entry.seed_of is not None:
-            attack.reseed(entry.seed_of(e_index, b_index))
+    for b_index, index in _shard(batches, targets, rank, world_size):
+        attack = attack_for(b_index)
         xb, yb = x[index].to(device), y[index].to(device)
         attacked[index] = True
         tracker.begin_batch(attack, index.numel())
         result, wrong, bad = _attack_batch(model, attack, xb, yb)
         if result is None:
-            sizes["linf"][index] = sizes["l2"][index] = 0.0
+            for key in ("linf", "l2", "distance"):
+                sizes[key][index] = 0.0
         else:
             delta = (result.x_adv - xb).cpu()
             sizes["linf"][index] = perturbation_size(delta, "linf").double()
             sizes["l2"][index] = perturbation_size(delta, "l2").double()
+            sizes["distance"][index] = perturbation_size(delta.double(), norm)
             queries = result.stats.get("queries")
             if isinstance(queries, Tensor) and queries.shape == (index.numel(),):
                 sizes["queries"][index] = queries.cpu().double()
@@ -661,17 +687,12 @@ def _run_protocol(
         tracker.end_batch(index.numel())
     seconds = _sum_across(time.perf_counter() - started, world_size)
     attacked, fooled, nonfinite = (_gather(mask, world_size) for mask in (attacked, fooled, nonfinite))
-    for key, value in sizes.items():
-        sizes[key] = _gather_max(value, world_size)
-    if bool((sizes["queries"][attacked] < 0).all()):
+    sizes = {key: _gather_max(value, world_size) for key, value in sizes.items()}
+    distance = sizes.pop("distance")
+    if not bool((sizes["queries"] >= 0).any()):
         del sizes["queries"]
-    if not bool(subset.all()):  # clean predictions in the protocol's own batches
-        clean = predict(model, x[subset].to(device), batch_size).cpu()
-        clean_correct = torch.zeros(n, dtype=torch.bool)
-        clean_correct[subset] = torch.isfinite(clean).all(dim=1) & (clean.argmax(dim=1) == y[subset])
-    distance = None if minimizes is None else torch.where(attacked, sizes[norm], math.inf)
-    return _ProtocolRun(attacked, fooled, nonfinite, distance, {"clean_correct": clean_correct, **sizes},
-                        _mean_stats(sums, world_size), seconds)
+    return _Standalone(attacked, fooled, nonfinite, None if minimizes is None else distance, sizes,
+                       _mean_stats(sums, world_size), seconds)
 
 
 class _Tracker:
@@ -853,50 +874,6 @@ def _run_bounded(
     record.stats = _mean_stats(sums, world_size)
     if found_index:
         report.adversarials[(entry.name, e)] = (torch.cat(found_index), torch.cat(found_x))
-
-
-def _run_minimizer(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    entry: SuiteAttack,
-    targets: Tensor,
-    batches: list[tuple[int, range]],
-    seed: int,
-    a_index: int,
-    device: torch.device,
-    tracker: _Tracker,
-    rank: int,
-    world_size: int,
-    norm: str,
-) -> tuple[Tensor, Tensor, dict[str, float], float]:
-    """A minimization attack (e.g. Boundary) once: per-sample success and distance in ``norm``."""
-    n = x.shape[0]
-    fooled = torch.zeros(n, dtype=torch.bool)
-    distance = torch.full((n,), -1.0, dtype=torch.float64)
-    sums: dict[str, float] = {}
-    started = time.perf_counter()
-    for b_index, index in _shard(batches, targets, rank, world_size):
-        attack = entry.factory(0.0)
-        attack.reseed(batch_seed(seed, a_index, -1, b_index))
-        xb, yb = x[index].to(device), y[index].to(device)
-        tracker.begin_batch(attack, index.numel())
-        result, success, _ = _attack_batch(model, attack, xb, yb)
-        fooled[index] = success
-        if result is None:
-            distance[index] = 0.0
-        else:
-            distance[index] = perturbation_size((result.x_adv - xb).cpu().double(), norm)
-            _accumulate(sums, result.stats, index.numel())
-        tracker.end_batch(index.numel())
-    seconds = _sum_across(time.perf_counter() - started, world_size)
-    fooled = _gather(fooled, world_size)
-    if world_size > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(distance, op=dist.ReduceOp.MAX)
-    stats = _mean_stats(sums, world_size)
-    return fooled, distance, stats, seconds
 
 
 STAT_KEYS = ("zero_gradient_fraction", "nonfinite_gradient_fraction", "mean_queries", "objective_start",
