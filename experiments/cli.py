@@ -95,8 +95,9 @@ def shown_command(program: str, argv: Sequence[str], cwd: Path | None = None) ->
     """The command line a report prints: ``program`` and ``argv`` shell-quoted, with this machine's folders
     taken out, so that a reader can run it anywhere.
 
-    The value of ``--data-dir`` becomes ``DIR`` (README's convention; the data may also come from ``$NR_DATA_DIR``), and an absolute path inside ``cwd`` (default: the working directory) becomes relative
-    to it. Other arguments are kept as given.
+    The value of ``--data-dir`` becomes ``DIR`` (README's convention; the data may also come from
+    ``$NR_DATA_DIR``), and an absolute path inside ``cwd`` (default: the working directory) becomes
+    relative to it. Other arguments are kept as given.
     """
     base = (cwd or Path.cwd()).resolve()
     shown: list[str] = []

@@ -201,7 +201,8 @@ def test_shown_command_takes_this_machines_folders_out(tmp_path):
     from experiments.cli import shown_command
 
     out = tmp_path / "runs" / "robustness"
-    argv = ["--data-dir", "/srv/data/mnist", "--out", str(out), "--eps", "0.1", "--checkpoint", "/elsewhere/m.pt"]
+    argv = ["--data-dir", "/srv/data/mnist", "--out", str(out), "--eps", "0.1",
+            "--checkpoint", "/elsewhere/m.pt"]
     shown = shown_command("python -m experiments.evaluate", argv, cwd=tmp_path)
     assert shown == ("python -m experiments.evaluate --data-dir DIR --out runs/robustness --eps 0.1 "
                      "--checkpoint /elsewhere/m.pt")
