@@ -95,14 +95,18 @@ class SuiteStore:
     """A model's (attack, eps) suite records in the project's :class:`experiments.records.RecordStore`, under
     keys ``prefix + (attack, eps)``, each stamped with ``identity`` (model, data, the whole evaluation
     configuration: in a cascade a record depends on every attack before it). Written atomically, so an
-    interrupted run loses at most the record in progress; another configuration is recomputed."""
+    interrupted run loses at most the record in progress; another configuration is recomputed.
+    ``per_attack[attack]`` stamps what only that attack's records depend on (a standalone protocol attack's
+    own settings: changing one recomputes its records alone)."""
 
-    def __init__(self, store: RecordStore, identity: Mapping[str, Any], prefix: tuple[Any, ...] = ()) -> None:
+    def __init__(self, store: RecordStore, identity: Mapping[str, Any], prefix: tuple[Any, ...] = (),
+                 per_attack: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.store, self.identity, self.prefix = store, dict(identity), tuple(prefix)
+        self.per_attack = {name: dict(config) for name, config in (per_attack or {}).items()}
         self.folder = store.directory
 
     def _config(self, attack: str) -> dict[str, Any]:
-        return {**self.identity, "attack": attack}
+        return {**self.identity, **self.per_attack.get(attack, {}), "attack": attack}
 
     def load(
         self, names: Sequence[str], eps: Sequence[float], n: int

@@ -286,10 +286,10 @@ def paper_rows(model: torch.nn.Module, eps: list[float], session: Session) -> li
     args = session.args
     n = int(session.x.shape[0])
     attacks = paper_attacks(args, n)
-    settings = {"difgsm_steps": args.difgsm_steps, "boundary_samples": args.boundary_samples,
-                "boundary_queries": args.boundary_queries, "seed": args.seed}
-    store = SuiteStore(session.store, session.config("paper attacks", eps, settings, n),
-                       (session.label, "paper attacks"))
+    settings = {"FGSM": {"seed": args.seed}, "DI2-FGSM": {"steps": args.difgsm_steps, "seed": args.seed},
+                "Boundary": {"queries": args.boundary_queries, "seed": args.seed}}
+    store = SuiteStore(session.store, session.config("paper attacks", None, {}, n), (session.label,),
+                       {a.name: {"settings": settings[a.name], "samples": a.samples or n} for a in attacks})
     completed = store.load([a.name for a in attacks], eps, n)
 
     def on_record(record: AttackRecord) -> None:

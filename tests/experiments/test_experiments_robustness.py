@@ -181,7 +181,7 @@ def test_smoke_main_job_report_files_model_cache_and_recomputation(tmp_path, cap
         assert "resnet FGSM 0.1" in resumed[0] and "odenet Boundary" in resumed[1]
         stored = json.loads((out / "records" / "resnet__DI2-FGSM__0.1.json").read_text())
         assert stored["config"]["settings"]["steps"] == 3
-        assert stored["record"]["row"]["samples"] == 4
+        assert len(stored["record"]["attacked"]) == 4
 
         # Another recipe: another model in the cache, trained with it.
         assert cli.run(robustness.main, [*argv, "--resnet-train", "lr=0.05"]) == 0
