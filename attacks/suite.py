@@ -506,8 +506,8 @@ def run_suite(
                 robust &= ~record.fooled
                 continue
             probe = _built(entry, e)
-            tracker.running(a_index, e, probe, robust if cascade else clean_correct,
-                            first_run=probe.minimizes is None or entry.name not in minimizers)
+            tracker.running(entry.name, e, probe, robust if cascade else clean_correct,
+                            probe.minimizes is None or entry.name not in minimizers, a_index)
             record = AttackRecord(
                 entry.name,
                 e,
@@ -557,8 +557,8 @@ def run_suite(
                 report.protocol.append(completed[(entry.name, e)])
                 continue
             probe = _built(entry, e)
-            tracker.running_protocol(entry.name, e, probe, subsets[entry.name],
-                                     first_run=probe.minimizes is None or entry.name not in protocol_runs)
+            tracker.running(entry.name, e, probe, subsets[entry.name],
+                            first_run=probe.minimizes is None or entry.name not in protocol_runs)
             if probe.minimizes is None or entry.name not in protocol_runs:
                 protocol_runs[entry.name] = _run_standalone(
                     model, x, y, e, _protocol_attacks(entry, e, e_index, probe), subsets[entry.name],
@@ -756,28 +756,19 @@ class _Tracker:
         keys += [(entry.name, other) for other in self.eps if other > e for entry in self.attacks[1:]]
         return [key for key in keys if key[0] not in self.minimizers]
 
-    def running(self, a_index: int, e: float, attack: Attack, targets: Tensor, first_run: bool) -> None:
-        """A record starts: name it; its samples are known now."""
+    def running(self, name: str, e: float, attack: Attack, targets: Tensor, first_run: bool,
+                a_index: int | None = None) -> None:
+        """A record starts: name it; its samples are known now (and, for the cascade's ``a_index``-th
+        attack, they decide the samples of the records after it)."""
         if self.monitor is None:
             return
-        name = self.attacks[a_index].name
         self.monitor.running(name, e)
         self.cost = passes_per_sample(attack)
         self.later, self.attacked, self.fooled = [], 0, 0
         if first_run and attack.minimizes is None:
             self.targets = self._count(targets)
             self._plan((name, e), self.targets)
-            self.later = self._cascade_after(a_index, e)
-
-    def running_protocol(self, name: str, e: float, attack: Attack, subset: Tensor, first_run: bool) -> None:
-        """A protocol record starts: name it (its samples were known from the start)."""
-        if self.monitor is None:
-            return
-        self.monitor.running(name, e)
-        self.cost = passes_per_sample(attack)
-        self.later, self.attacked, self.fooled = [], 0, 0
-        if first_run and attack.minimizes is None:
-            self._plan((name, e), self._count(subset))
+            self.later = [] if a_index is None else self._cascade_after(a_index, e)
 
     def finished(self, robust: Tensor) -> None:
         """The running record is done: the records after it attack (at most, at a larger eps) the robust."""
