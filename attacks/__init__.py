@@ -26,7 +26,7 @@ from .base import Attack, AttackResult, NonFiniteLogitsError, WrappedAttack, eva
 from .boundary import BoundaryAttack
 from .checks import Flag, run_checks
 from .diverse_input import DI2FGSM, InputDiversity
-from .evaluation import evaluate_attack, iterate_batches, sweep
+from .evaluation import evaluate_attack, sweep
 from .fab import FABT
 from .fgsm import FGSM
 from .pgd import PGD
@@ -65,7 +65,6 @@ __all__ = [
     "YOPOLoss",
     "eval_mode",
     "evaluate_attack",
-    "iterate_batches",
     "split_first_layer",
     "sweep",
     "unwrap_model",

@@ -27,28 +27,9 @@ from .base import Attack, require_norm
 from .suite import AttackRecord, SuiteAttack, SuiteReport, run_suite
 from .table import ResultTable
 
-__all__ = ["evaluate_attack", "iterate_batches", "protocol_row", "protocol_rows", "sweep"]
+__all__ = ["evaluate_attack", "protocol_row", "protocol_rows", "sweep"]
 
 Data = tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
-
-
-def iterate_batches(data: Data, batch_size: int = 256, max_samples: int | None = None):
-    """Yield ``(x, y)`` batches from an ``(x, y)`` tensor pair or an iterable of batches (``max_samples``
-    samples at most)."""
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        inputs, labels = data
-        if inputs.shape[0] != labels.shape[0]:
-            raise ValueError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
-        starts = range(0, len(inputs), batch_size)
-        data = [(inputs[i:i + batch_size], labels[i:i + batch_size]) for i in starts]
-    seen = 0
-    for x, y in data:
-        if max_samples is not None:
-            if seen >= max_samples:
-                return
-            x, y = x[: max_samples - seen], y[: max_samples - seen]
-        seen += x.shape[0]
-        yield x, y
 
 
 def protocol_row(report: SuiteReport, record: AttackRecord) -> dict[str, Any]:
@@ -93,10 +74,16 @@ def protocol_rows(report: SuiteReport) -> list[dict[str, Any]]:
 
 
 def _tensors(data: Data, max_samples: int | None) -> tuple[Tensor, Tensor]:
-    pairs = list(iterate_batches(data, max_samples=max_samples))
-    if not pairs:
+    """``(x, y)`` from a tensor pair or an iterable of batches, the first ``max_samples`` at most."""
+    is_pair = isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
+    pairs = [data] if is_pair else list(data)
+    if not pairs or any(x.shape[0] != y.shape[0] for x, y in pairs):
+        raise ValueError("data must be (x, y) tensors or (x, y) batches with as many labels as inputs")
+    x, y = torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+    x, y = x[:max_samples], y[:max_samples]
+    if x.shape[0] == 0:
         raise ValueError("no samples to evaluate")
-    return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+    return x, y
 
 
 def sweep(model: nn.Module, attacks: Mapping[str, Callable[[float], Attack]], eps_list: Sequence[float],

@@ -125,3 +125,14 @@ def test_bad_sweep_arguments_raise() -> None:
         sweep(model, {"bad": lambda e: None}, [0.1], (x, y), progress=False)
     with pytest.raises(ValueError):
         evaluate_attack(model, FGSM(0.1), (x[:0], y[:0]))
+
+
+def test_a_sweep_over_batches_equals_the_sweep_over_their_tensors() -> None:
+    model, _, _, x, y = linear_problem(40, seed=3)
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 40, 16)]
+    whole = sweep(model, {"PGD": lambda e: PGD(e, steps=3)}, [0.05], (x, y), batch_size=16, progress=False)
+    parts = sweep(model, {"PGD": lambda e: PGD(e, steps=3)}, [0.05], batches, batch_size=16, progress=False)
+    assert [dict(r, seconds=0) for r in whole.rows] == [dict(r, seconds=0) for r in parts.rows]
+    assert whole.rows[0]["robust_accuracy"] < whole.rows[0]["clean_accuracy"]  # PGD did something
+    short = sweep(model, {"PGD": lambda e: PGD(e, steps=3)}, [0.05], batches, max_samples=10, progress=False)
+    assert short.rows[0]["samples"] == 10
