@@ -34,12 +34,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import NonFiniteLogitsError, model_device, perturbation_size
+from .base import model_device, perturbation_size
 from .flags import Flag
 from .indicators import attack_failure_flags
 from .pgd import PGD
 from .solver_indicators import solver_flags
-from .suite import SuiteAttack, SuiteReport, batch_seed, predict
+from .suite import SuiteAttack, SuiteReport, batch_seed, predict, run_suite
 
 __all__ = [
     "Flag",
@@ -299,22 +299,13 @@ def pgd_robust(
     alpha: float | None = None,
     batch_size: int = 250,
 ) -> Tensor:
-    """Per-sample robustness of ``(x, y)`` under L-inf PGD (``steps`` steps of ``alpha``, random start), in
-    batches; ``seed_of(batch index, first sample)`` seeds each batch. A sample whose batch hits NaN/inf logits
-    inside the ball counts as not robust (as in the suite)."""
-    robust = []
-    device = model_device(model)
-    for b, start in enumerate(range(0, x.shape[0], batch_size)):
-        attack = PGD(eps, alpha=alpha, steps=steps, seed=seed_of(b, start))
-        xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-        try:
-            x_adv = attack(model, xb, yb)
-        except NonFiniteLogitsError:
-            robust.append(torch.zeros(xb.shape[0], dtype=torch.bool))
-            continue
-        logits = predict(model, x_adv, batch_size)
-        robust.append(((logits.argmax(1) == yb) & torch.isfinite(logits).all(1)).cpu())
-    return torch.cat(robust)
+    """Per-sample robustness of ``(x, y)`` under L-inf PGD (``steps`` steps of ``alpha``, random start): a
+    protocol attack of :func:`attacks.run_suite` on every sample, ``seed_of(batch index, first sample)``
+    seeding each batch (clean-correct and not fooled; NaN/inf logits inside the ball count as fooled)."""
+    name = f"PGD-{steps}"
+    attack = SuiteAttack(name, lambda e: PGD(e, alpha=alpha, steps=steps), kind="protocol",
+                         seed_of=lambda e_index, b: seed_of(b, b * batch_size))
+    return run_suite(model, x, y, [eps], [attack], batch_size=batch_size).protocol_robust(name, eps)
 
 
 def iteration_convergence(
