@@ -44,7 +44,7 @@ from attacks import (
     evaluate_attack,
 )
 from experiments.cli import Outputs, add_data_arguments, make_parser, positive_int, run, setup
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
 
 METHODS = ("natural", "pgd-at", "trades", "yopo")
 

@@ -158,9 +158,9 @@ def one_line(error: BaseException) -> str:
 
 
 def _is_usage_error(error: BaseException) -> bool:
-    from nets.atomic import DiskFullError
     from nets.datasets import DatasetError
     from nets.training import ResumeMismatchError
+    from storage.atomic import DiskFullError
 
     usage = (UsageError, DatasetError, FileNotFoundError, FileExistsError, NotADirectoryError, DiskFullError,
              ResumeMismatchError)

@@ -44,12 +44,12 @@ from experiments.cli import (
     run,
     setup,
 )
-from experiments.code_version import EVALUATION_CODE, CodeGuard, code_version
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
 from experiments.model_card import model_card
-from experiments.records import RecordStore, file_sha256
 from experiments.shards import merge_evaluation, parse_shard, read_shards, shard_config, write_shard
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
+from storage.code_version import EVALUATION_CODE, CodeGuard, code_version
+from storage.records import RecordStore, file_sha256
 
 DEFAULT_EPS = {"mnist": [0.1, 0.2, 0.3, 0.4], "cifar10": [2 / 255, 4 / 255, 8 / 255, 16 / 255]}
 

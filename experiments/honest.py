@@ -37,8 +37,8 @@ from attacks.suite import PRESETS, batch_seed
 from attacks.table import ResultTable
 from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
 from experiments.progress import WorkBar
-from experiments.records import RecordStore
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
+from storage.records import RecordStore
 
 __all__ = [
     "EvaluationConfig",
@@ -92,7 +92,7 @@ class EvaluationConfig:
 
 
 class SuiteStore:
-    """A model's (attack, eps) suite records in the project's :class:`experiments.records.RecordStore`, under
+    """A model's (attack, eps) suite records in the project's :class:`storage.records.RecordStore`, under
     keys ``prefix + (attack, eps)``, each stamped with ``identity`` (model, data, the whole evaluation
     configuration: in a cascade a record depends on every attack before it). Written atomically, so an
     interrupted run loses at most the record in progress; another configuration is recomputed."""

@@ -18,7 +18,7 @@ Dormand–Prince), measured honestly.
    models with ODE blocks the input-gradient agreement with a tight-tolerance solve is reported too.
 3. Resume. Every (model, attack, eps) result is a record in OUT/records, written atomically when complete
    and stamped with its configuration (model weights, samples, eps, attack settings), a checksum of its
-   content and the version of the code that made it (experiments.code_version). A rerun reuses the records
+   content and the version of the code that made it (storage.code_version). A rerun reuses the records
    whose configuration and code are unchanged, recomputes the others (an edited or malformed record too),
    and says which; Ctrl-C keeps every complete record. --force recomputes everything. A cached model trained
    by other code (stability, nets) is retrained and named; --reuse-stale reuses such models and records
@@ -60,21 +60,21 @@ from experiments.cli import (
     run,
     setup,
 )
-from experiments.code_version import (
+from experiments.honest import PRESET_NAMES, Evaluation, EvaluationConfig, SuiteStore, evaluate, result_rows
+from experiments.masking import gradient_agreement, ode_blocks
+from experiments.progress import WorkBar
+from experiments.train import TrainJob, _model_arg, model_kwargs_for, run_training
+from nets.datasets import load_dataset
+from nets.training import MODEL_NAME, TrainConfig, load_trained_model
+from storage.atomic import atomic_write_text
+from storage.code_version import (
     EVALUATION_CODE,
     MODEL_CODE,
     CodeGuard,
     code_version,
     model_folder_is_current,
 )
-from experiments.honest import PRESET_NAMES, Evaluation, EvaluationConfig, SuiteStore, evaluate, result_rows
-from experiments.masking import gradient_agreement, ode_blocks
-from experiments.progress import WorkBar
-from experiments.records import RecordStore, config_hash, file_sha256
-from experiments.train import TrainJob, _model_arg, model_kwargs_for, run_training
-from nets.atomic import atomic_write_text
-from nets.datasets import load_dataset
-from nets.training import MODEL_NAME, TrainConfig, load_trained_model
+from storage.records import RecordStore, config_hash, file_sha256
 
 DEFAULT_EPS = {"mnist": [0.05, 0.1, 0.2, 0.3], "cifar10": [1 / 255, 2 / 255, 4 / 255, 8 / 255]}
 DEFAULT_MODELS = {

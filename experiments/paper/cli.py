@@ -73,10 +73,10 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
     """Run the artefact(s) named by ``args``; returns the files written."""
     import torch
 
-    from experiments.code_version import CodeGuard
     from experiments.paper import ARTEFACTS
     from experiments.paper.report import previous_run, record_run, stamp_stale
     from experiments.paper.runtime import Context
+    from storage.code_version import CodeGuard
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -238,8 +238,8 @@ def plan_lines(
     """The --plan report of ``plans`` (artefact -> Plan), calibrating each distinct architecture once with
     ``calibrate_fn`` (default :func:`calibrate`)."""
     calibrate_fn = calibrate_fn or calibrate
-    from experiments.code_version import describe_change
     from experiments.paper.runtime import model_code
+    from storage.code_version import describe_change
 
     calibrations: dict[tuple, Calibration] = {}
     started = time.perf_counter()

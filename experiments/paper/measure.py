@@ -82,10 +82,10 @@ def honest(
     ``flags`` (name, fired, verdict), ``fired`` (names of fired flags), ``nfe`` (ODE forward NFE),
     ``preset``, ``samples``.
     """
-    from experiments.code_version import code_version
     from experiments.honest import SuiteStore, evaluate
     from experiments.paper.runtime import PAPER_EVALUATION_CODE
-    from experiments.records import RecordStore
+    from storage.code_version import code_version
+    from storage.records import RecordStore
 
     against = dict(against or {})
     x, y = data

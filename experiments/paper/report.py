@@ -18,7 +18,7 @@ import torch
 
 from attacks.table import ResultTable
 from experiments.paper.specs import Plan
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
 
 OUTPUT_FILES = ("report.md", "results.csv", "results.json")
 
@@ -202,7 +202,7 @@ def stamp_stale(paths: Sequence[Path], reused: Sequence[str]) -> None:
     code that this command reused (``--reuse-stale``); nothing when there are none."""
     if not reused:
         return
-    from experiments.code_version import CodeGuard
+    from storage.code_version import CodeGuard
 
     lines = CodeGuard(reused=list(reused)).stamp_lines()
     for path in paths:

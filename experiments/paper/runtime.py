@@ -11,8 +11,8 @@ Layout under ``--out``::
     <artefact>/report.md, results.{csv,json}, *.png
 
 Every cached model, part and evaluation carries the version of the code that made it
-(:mod:`experiments.code_version`); one from other code is recomputed and named, or with ``--reuse-stale``
-reused, named and listed in the report (:class:`~experiments.code_version.CodeGuard` in the Context).
+(:mod:`storage.code_version`); one from other code is recomputed and named, or with ``--reuse-stale``
+reused, named and listed in the report (:class:`~storage.code_version.CodeGuard` in the Context).
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.code_version import (
+from experiments.paper.specs import ModelSpec, Plan, digest
+from storage.atomic import atomic_write_text
+from storage.code_version import (
     EVALUATION_CODE,
     MODEL_CODE,
     CodeGuard,
     code_version,
     model_folder_is_current,
 )
-from experiments.paper.specs import ModelSpec, Plan, digest
-from nets.atomic import atomic_write_text
 
 #: what a paper measurement depends on: the evaluation code and the module that summarises it
 PAPER_EVALUATION_CODE = EVALUATION_CODE + ("experiments/paper/measure.py",)
@@ -308,6 +308,6 @@ def cached_json(
 
 def _value_sha256(value: Any) -> str:
     """The content checksum of a cached value as it is stored (JSON, non-JSON values as their text)."""
-    from experiments.records import content_sha256
+    from storage.records import content_sha256
 
     return content_sha256(json.loads(json.dumps(value, default=str)))

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import code_version
-from experiments.code_version import CodeGuard, describe_change
 from experiments.paper import measure, scales
 from experiments.paper.runtime import Context, TrainedModel
 from experiments.paper.specs import EvalSpec, model
-from experiments.records import RecordStore
+from storage import code_version
+from storage.code_version import CodeGuard, describe_change
+from storage.records import RecordStore
 from tests.nets.test_data import write_mnist
 
 REAL_ROOT = code_version.ROOT
@@ -202,7 +202,7 @@ def test_records_carry_the_code_version_and_a_content_checksum(source, tmp_path)
 def test_a_malformed_suite_record_with_an_intact_hash_is_recomputed_and_named(tmp_path, body, error) -> None:
     from attacks.suite import AttackRecord
     from experiments.honest import SuiteStore
-    from experiments.records import content_sha256
+    from storage.records import content_sha256
 
     attacked, fooled = torch.tensor([True] * 4), torch.tensor([True, False] * 2)
     good = AttackRecord("APGD", 0.1, "white-box", {}, attacked, fooled, torch.zeros(4, dtype=torch.bool), 1.0,
@@ -228,7 +228,7 @@ def test_a_malformed_suite_record_with_an_intact_hash_is_recomputed_and_named(tm
 def test_a_model_folder_from_other_code_loses_its_training_files_unless_reused(source, tmp_path) -> None:
     """The check both model caches (experiments.paper's and the main job's) make before loading or
     resuming: a checkpoint of other code is never resumed."""
-    from experiments.code_version import STAMP_NAME, model_folder_is_current
+    from storage.code_version import STAMP_NAME, model_folder_is_current
 
     code = code_version.code_version(code_version.MODEL_CODE)
     folder = tmp_path / "models" / "odenet-1234"

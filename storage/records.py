@@ -15,7 +15,7 @@ changed. Nothing is reused silently: :meth:`RecordStore.summary` reports what wa
 recomputed.
 
 Each record also carries a SHA-256 of its content and, when the store is given one, the version of the code
-that made it (:mod:`experiments.code_version`). A record edited after it was written (checksum mismatch), one
+that made it (:mod:`storage.code_version`). A record edited after it was written (checksum mismatch), one
 whose body its reader cannot parse (``get(..., parse=...)`` raised), one that is unreadable, or one made by
 other code is recomputed, and the file and the reason are named (``--reuse-stale``: a record from other code
 is reused and named instead).
@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from experiments.code_version import CodeGuard, describe_change
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
+from storage.code_version import CodeGuard, describe_change
 
 __all__ = ["RecordStore", "config_hash", "content_sha256", "file_sha256"]
 
@@ -79,7 +79,7 @@ def _slug(part: Any) -> str:
 class RecordStore:
     """Records under ``directory``, one ``<key parts joined by __>.json`` file per key.
 
-    ``code``: the version of the code that makes the records (:func:`experiments.code_version.code_version`;
+    ``code``: the version of the code that makes the records (:func:`storage.code_version.code_version`;
     None: not checked); ``guard`` decides what happens to a record from other code (recompute, or reuse with
     ``reuse_stale``) and names it.
     """
