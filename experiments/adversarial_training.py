@@ -125,8 +125,7 @@ def run_method(method: str, args: argparse.Namespace, train_set, test_set,
     result = train(model, train_set, test_set.subset(args.eval_samples), config, out, loss_fn=loss_fn,
                    device=args.device, resume=True, progress=not args.no_progress, on_batch_end=callback)
     model.eval()
-    x = test_set.images[: args.eval_samples].float().div(255).to(args.device)
-    y = test_set.labels[: args.eval_samples].to(args.device)
+    x, y = test_set.tensors(0, args.eval_samples, args.device)
     rows = [
         evaluate_attack(model, FGSM(args.eps), (x, y), name="FGSM"),
         evaluate_attack(model, PGD(args.eps, alpha=0.01, steps=40, seed=args.seed), (x, y), name="PGD-40"),

@@ -123,6 +123,19 @@ def distinct(values: Sequence[float], option: str) -> list[float]:
     return list(values)
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The device a ``--device`` value names: ``auto`` is CUDA when available, else the CPU; a name torch
+    does not know is a :class:`UsageError`."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+
+
 def setup(args: argparse.Namespace) -> None:
     """Apply the common options: ``torch.set_num_threads(args.threads)``."""
     threads = getattr(args, "threads", None)
@@ -248,6 +261,7 @@ __all__ = [
     "make_parser",
     "one_line",
     "positive_int",
+    "resolve_device",
     "run",
     "setup",
 ]

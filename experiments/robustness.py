@@ -57,6 +57,7 @@ from experiments.cli import (
     distinct,
     make_parser,
     positive_int,
+    resolve_device,
     run,
     setup,
 )
@@ -258,7 +259,7 @@ def ensure_trained(plan: ModelPlan, args: argparse.Namespace, outputs: Outputs |
                        device=args.device, resume=True, verify=not args.no_verify, download=args.download,
                        progress=not args.no_progress)
         run_training(job, outputs)
-    return load_trained_model(plan.run_dir, device=_device(args.device))
+    return load_trained_model(plan.run_dir, device=resolve_device(args.device))
 
 
 # ----------------------------------------------------------------------------------------------- attacks
@@ -560,10 +561,6 @@ def _ordered(by_eps: list[list[dict]], boundary: list[dict], specs: Sequence[Att
     return rows
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 # ----------------------------------------------------------------------------------------------- the job
 
 
@@ -582,8 +579,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
     test = load_dataset(args.dataset, "test", args.data_dir, verify=not args.no_verify,
                         download=args.download, progress=not args.no_progress)
     n = min(args.samples, len(test.labels))
-    x = test.images[:n].float().div(255).to(_device(args.device))
-    y = test.labels[:n].to(_device(args.device))
+    x, y = test.tensors(0, n, resolve_device(args.device))
     guard = CodeGuard(reuse_stale=args.reuse_stale)
     code = code_version(JOB_CODE)
     store = RecordStore(out / "records", force=args.force, code=code, guard=guard)

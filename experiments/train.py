@@ -34,6 +34,7 @@ from experiments.cli import (
     UsageExit,
     add_data_arguments,
     make_parser,
+    resolve_device,
     run,
     setup,
 )
@@ -226,8 +227,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
 def run_training(job: TrainJob, outputs: Outputs | None = None) -> dict[str, Any]:
     """Train ``job.model`` on ``job.dataset`` into ``job.out`` (data-parallel under ``torchrun``) and return a
     summary (test accuracy, times, world size). The process group is left in order at the end."""
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if job.device == "auto" else job.device
-    context, device = init_distributed(device_name)
+    context, device = init_distributed(resolve_device(job.device))
     finished = False
     try:
         start = time.perf_counter()

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
     """Run the artefact(s) named by ``args``; returns the files written."""
     import torch
 
+    from experiments.cli import resolve_device
     from experiments.paper import ARTEFACTS
     from experiments.paper.report import previous_run, record_run, stamp_stale
     from experiments.paper.runtime import Context
@@ -80,18 +81,18 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     names = list(ARTEFACTS) if args.artefact == "all" else [args.artefact]
     plans = {name: ARTEFACTS[name].plan(args.scale) for name in names}
     if getattr(args, "plan", False):
         from experiments.paper.estimate import print_plan
 
-        print_plan(plans, Path(args.out), torch.device(device))
+        print_plan(plans, Path(args.out), device)
         return []
     ctx = Context(
         Path(args.out),
         args.data_dir,
-        torch.device(device),
+        device,
         progress=not args.no_progress,
         verify_data=all(p.verify_data for p in plans.values()),
         download=getattr(args, "download", False),

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments.figures import pyplot, save_figure
 from experiments.paper import flow, scales
 from experiments.paper.measure import constant_image_caps, counted, honest, protocol, with_sanity_flag
 from experiments.paper.premium import paired
@@ -33,9 +34,7 @@ from experiments.paper.report import (
     header,
     markdown_table,
     pct,
-    pyplot,
     sanity_section,
-    save_figure,
     write,
 )
 from experiments.paper.runtime import Context, RunDirectory, TrainedModel

@@ -124,34 +124,6 @@ def caption(plan: Plan, sizes: Mapping[str, int], images: int) -> str:
     return f"scale {plan.scale}{warning}; {images:,} attacked test images; models: {models}"
 
 
-def save_figure(figure, path: Path, note: str | None = None) -> Path:
-    """``figure.savefig`` (with ``note``, e.g. :func:`caption`, along its bottom edge) to a temporary file,
-    then ``os.replace``."""
-    import textwrap
-
-    import matplotlib.pyplot as plt
-
-    if note:
-        text = "\n".join(textwrap.wrap(note, 150))
-        figure.subplots_adjust(bottom=0.2 + 0.03 * text.count("\n"))
-        figure.text(0.01, 0.01, text, fontsize=6.5, ha="left", va="bottom", color="0.25")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=110)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return path
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write(
     folder: Path,
     plan: Plan,

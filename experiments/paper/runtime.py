@@ -98,15 +98,11 @@ class Context:
 
     def test_tensors(self, name: str, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``samples`` test images as floats in [0, 1] and their labels, on the device."""
-        test = self.dataset(name, "test")
-        n = min(samples, len(test))
-        return test.images[:n].float().div(255).to(self.device), test.labels[:n].to(self.device)
+        return self.dataset(name, "test").tensors(0, samples, self.device)
 
     def test_tensors_slice(self, name: str, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Test images ``start`` … ``start + count - 1`` as floats in [0, 1] and their labels, on device."""
-        test = self.dataset(name, "test")
-        images, labels = test.images[start : start + count], test.labels[start : start + count]
-        return images.float().div(255).to(self.device), labels.to(self.device)
+        return self.dataset(name, "test").tensors(start, count, self.device)
 
     def model_records(self, models: Mapping[str, ModelSpec]) -> dict[str, dict[str, Any]]:
         """Per label: the model's spec and its training record (for results.json)."""

@@ -219,7 +219,7 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
 
 
 def _figure(rows: list[dict[str, Any]], name: str, path: Path, note: str) -> Path:
-    from experiments.paper.report import pyplot, save_figure
+    from experiments.figures import pyplot, save_figure
 
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(7.5, 4))
