@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from experiments.paper.runtime import Context, RunDirectory, TrainedModel, cached_json, solver_nfe
+from experiments.models import TrainedModel
+from experiments.paper.runtime import Context, RunDirectory, cached_json, solver_nfe
 from experiments.paper.specs import EvalSpec, digest
 
 

@@ -2,9 +2,10 @@
 
 Layout under ``--out``::
 
-    models/<registry name>-<model key>/   one training run per ModelSpec (nets.training; resumable),
-                                          shared by every artefact that asks for the same spec; code.json
-                                          is the version of the code that trained it
+    models/<registry name>-<model key>/   the model cache (experiments.models; $NR_MODELS_DIR instead when
+                                          set): one training run per ModelSpec, shared by every artefact
+                                          and the main job that ask for the same spec; code.json is the
+                                          version of the code that trained it
     evaluations/<key>/                    the honest evaluation's per-(attack, ε) records and its summary
     <artefact>/plan.json                  the Plan that owns this directory (another Plan is refused)
     <artefact>/parts/<key>.json           finished measurements (a rerun reuses them)
@@ -27,24 +28,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.paper.specs import ModelSpec, Plan, digest
+from experiments.models import ModelSpec, TrainedModel, cache_folder, models_dir, trained
+from experiments.paper.specs import Plan, digest
 from storage.atomic import atomic_write_text
 from storage.code_version import (
     EVALUATION_CODE,
-    MODEL_CODE,
     CodeGuard,
     code_version,
-    model_folder_is_current,
 )
 
 #: what a paper measurement depends on: the evaluation code and the module that summarises it
 PAPER_EVALUATION_CODE = EVALUATION_CODE + ("experiments/paper/measure.py",)
-
-
-def model_code(spec: ModelSpec) -> dict[str, str]:
-    """The version of the code a model of ``spec`` is trained by: stability and nets, plus attacks for an
-    adversarial-training loss."""
-    return code_version(MODEL_CODE + (("attacks",) if spec.train.loss != "natural" else ()))
 
 
 class PaperError(Exception):
@@ -53,21 +47,6 @@ class PaperError(Exception):
 
 class RunDirectoryMismatch(PaperError):
     pass
-
-
-@dataclass
-class TrainedModel:
-    label: str
-    spec: ModelSpec
-    model: nn.Module
-    folder: Path
-    info: dict[str, Any]
-
-    @property
-    def is_ode(self) -> bool:
-        from experiments.masking import ode_blocks
-
-        return bool(ode_blocks(self.model))
 
 
 @dataclass
@@ -81,6 +60,8 @@ class Context:
     verify_data: bool = True
     download: bool = False
     guard: CodeGuard = field(default_factory=CodeGuard)
+    #: the model cache (None: $NR_MODELS_DIR, else OUT/models; experiments.models.models_dir)
+    models: Path | None = None
     #: what this command computed (trained models, measurements), as opposed to reused from the caches
     computed: list[str] = field(default_factory=list)
     _data: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -125,70 +106,26 @@ class Context:
 
     # -------------------------------------------------------------------------------------- models
     def trained(self, label: str, spec: ModelSpec, test_samples: int | None = None) -> TrainedModel:
-        """The model of ``spec``: loaded from the cache, or trained there first (resumable)."""
-        from nets.datasets import RandomCropFlip
-        from nets.training import MODEL_NAME, load_trained_model, train
-
+        """The model of ``spec`` from the model cache, trained there first (resumable) when it is missing
+        (:func:`experiments.models.trained`); ``test_samples``: test images evaluated after each epoch."""
         key = spec.key()
         if key in self._models:
             cached = self._models[key]
             return TrainedModel(label, spec, cached.model, cached.folder, cached.info)
-        folder = self.out / "models" / f"{spec.name}-{key}"
-        folder.mkdir(parents=True, exist_ok=True)
-        model_folder_is_current(folder, model_code(spec), self.guard, f"model {label} ({folder})")
-        spec_path = folder / "spec.json"
-        if not spec_path.is_file():
-            atomic_write_text(spec_path, json.dumps(spec.to_dict(), indent=2) + "\n")
-        if not (folder / MODEL_NAME).is_file():
-            train_set = self.dataset(spec.dataset, "train")
-            if spec.train.limit_train is not None:
-                train_set = train_set.subset(slice(0, spec.train.limit_train))
-            test_set = self.dataset(spec.dataset, "test")
+
+        def splits():
+            test = self.dataset(spec.dataset, "test")
             if test_samples is not None:
-                test_set = test_set.subset(slice(0, test_samples))
-            torch.manual_seed(spec.train.seed)
+                test = test.subset(test_samples)
+            return self.dataset(spec.dataset, "train"), test
+
+        folder = cache_folder(spec, models_dir(self.out, self.models))
+        entry = trained(spec, folder, splits, label=label, device=self.device, guard=self.guard,
+                        progress=self.progress)
+        if entry.computed:
             self.computed.append(f"model {label}")
-            if self.progress:
-                print(
-                    f"[{label}] training {spec.name} on {spec.dataset} for {spec.train.epochs} epochs "
-                    f"-> {folder}",
-                    flush=True,
-                )
-            train(
-                spec.build(),
-                train_set,
-                test_set,
-                spec.train.train_config(),
-                folder,
-                loss_fn=spec.train.loss_fn(),
-                augment=RandomCropFlip() if spec.train.augment else None,
-                device=self.device,
-                resume=True,
-                progress=self.progress,
-                model_spec={"name": spec.name, "kwargs": spec.arguments},
-            )
-        trained_model = load_trained_model(folder, device=self.device)
-        info = _training_info(folder)
-        entry = TrainedModel(label, spec, trained_model, folder, info)
         self._models[key] = entry
         return entry
-
-
-def _training_info(folder: Path) -> dict[str, Any]:
-    from nets.training import RESULTS_NAME
-
-    try:
-        results = json.loads((folder / RESULTS_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    history = results.get("history") or []
-    last = history[-1] if history else {}
-    return {
-        "train_time_s": results.get("train_time_s"),
-        "epochs": results.get("epochs_done"),
-        "final_test_accuracy": (results.get("final") or {}).get("test_accuracy"),
-        "train_solver_stats_last_epoch": last.get("train_solver_stats"),
-    }
 
 
 def solver_nfe(model: nn.Module, x: torch.Tensor, batch_size: int = 250) -> dict[str, float] | None:

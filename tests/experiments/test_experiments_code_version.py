@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.models import TrainedModel
 from experiments.paper import measure, scales
-from experiments.paper.runtime import Context, TrainedModel
+from experiments.paper.runtime import Context
 from experiments.paper.specs import EvalSpec, model
 from storage import code_version
 from storage.code_version import CodeGuard, describe_change

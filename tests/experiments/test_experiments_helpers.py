@@ -20,7 +20,8 @@ def test_resolve_device_reads_auto_and_names_a_bad_device():
 
 
 def test_tensors_are_the_images_over_255_and_the_labels_of_a_slice():
-    images = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8, generator=generator)
     data = ImageDataset(images, torch.arange(5), classes=tuple("abcde"))
     x, y = data.tensors(1, 3)
     assert x.dtype == torch.float32 and torch.equal(x * 255, images[1:4].float())
