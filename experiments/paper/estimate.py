@@ -234,13 +234,14 @@ def _size(nbytes: float) -> str:
 
 
 def plan_lines(
-    plans: Mapping[str, Plan], out: Path, calibrate_fn: Callable[[ModelSpec], Calibration] | None = None
+    plans: Mapping[str, Plan], out: Path, calibrate_fn: Callable[[ModelSpec], Calibration] | None = None,
+    models: str | Path | None = None,
 ) -> list[str]:
     """The --plan report of ``plans`` (artefact -> Plan), calibrating each distinct architecture once with
-    ``calibrate_fn`` (default :func:`calibrate`)."""
+    ``calibrate_fn`` (default :func:`calibrate`); ``models``: the model cache (default
+    :func:`experiments.models.models_dir`'s)."""
     calibrate_fn = calibrate_fn or calibrate
-    from experiments.models import cache_folder
-    from experiments.paper.runtime import models_dir
+    from experiments.models import cache_folder, models_dir
     from storage.code_version import describe_change
 
     calibrations: dict[tuple, Calibration] = {}
@@ -267,7 +268,7 @@ def plan_lines(
             here = epochs * (images * cal.train_s + per_epoch_test * cal.forward_s)
             gpu = epochs * (images * cal.train_flops + per_epoch_test * cal.grad_flops / 3) / GPU_FLOPS
             memory = cal.parameters * 4 * _optimizer_copies(spec) + cal.saved_bytes * spec.train.batch_size
-            folder = cache_folder(spec, models_dir(out))
+            folder = cache_folder(spec, models_dir(out, models))
             status = ""
             if (folder / "model.pt").is_file():
                 try:
@@ -350,7 +351,8 @@ def _transfers(plan: Plan) -> dict[str, Any]:
     return out
 
 
-def print_plan(plans: Mapping[str, Plan], out: Path, device: torch.device) -> None:
+def print_plan(plans: Mapping[str, Plan], out: Path, device: torch.device,
+               models: str | Path | None = None) -> None:
     """Print :func:`plan_lines` (``device`` is where the run would go; the calibration runs on the CPU)."""
     print(f"Plan ({'would run on ' + str(device)}); calibrating each architecture here first ...", flush=True)
-    print("\n".join(plan_lines(plans, out)), flush=True)
+    print("\n".join(plan_lines(plans, out, models=models)), flush=True)

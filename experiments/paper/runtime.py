@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from experiments.cli import UsageError
 from experiments.models import ModelSpec, TrainedModel, cache_folder, models_dir, trained
 from experiments.paper.specs import Plan, digest
 from storage.atomic import atomic_write_text
@@ -41,12 +42,8 @@ from storage.code_version import (
 PAPER_EVALUATION_CODE = EVALUATION_CODE + ("experiments/paper/measure.py",)
 
 
-class PaperError(Exception):
-    """A failure the command reports in one line (exit code 2)."""
-
-
-class RunDirectoryMismatch(PaperError):
-    pass
+class RunDirectoryMismatch(UsageError):
+    """``OUT/<artefact>`` holds a run of another configuration (one line, exit status 2)."""
 
 
 @dataclass
