@@ -37,6 +37,7 @@ from storage.code_version import (
     CodeGuard,
     code_version,
 )
+from storage.records import RecordStore
 
 #: what a paper measurement depends on: the evaluation code and the module that summarises it
 PAPER_EVALUATION_CODE = EVALUATION_CODE + ("experiments/paper/measure.py",)
@@ -201,43 +202,28 @@ def cached_json(
     code: Mapping[str, str] | None = None,
     guard: CodeGuard | None = None,
 ) -> tuple[Any, float]:
-    """The value stored at ``path`` for ``identity``, or ``compute()`` stored there atomically first;
-    returns (value, seconds the computation took).
+    """The value stored at ``path`` for ``identity``, or ``compute()`` stored there first; returns (value,
+    seconds the computation took).
 
-    The entry carries ``code`` (default: the version of :data:`PAPER_EVALUATION_CODE`) and a checksum of its
-    value; one made by other code, or unreadable, or edited, is recomputed and named by ``guard`` (default:
-    a :class:`CodeGuard` that recomputes); with ``guard.reuse_stale`` one from other code is reused."""
+    The entry is a record of the project's one record store (:class:`storage.records.RecordStore`, file
+    ``path``): written atomically, stamped with ``identity``, a checksum of its content and ``code``
+    (default: the version of :data:`PAPER_EVALUATION_CODE`). One made with another identity is recomputed;
+    one made by other code, unreadable, malformed or edited is recomputed and named by ``guard`` (default: a
+    :class:`CodeGuard` that recomputes); with ``guard.reuse_stale`` one from other code is reused."""
     code = dict(code) if code is not None else code_version(PAPER_EVALUATION_CODE)
-    guard = guard if guard is not None else CodeGuard()
-    if path.is_file():
-        try:
-            stored = json.loads(path.read_text())
-            same = stored["identity"] == json.loads(json.dumps(identity, default=str))
-            intact = stored.get("value_sha256") == _value_sha256(stored["value"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            guard.log(f"recomputing {name}: unreadable ({type(error).__name__}) ({path})")
-        else:
-            if same and not intact:
-                guard.log(f"recomputing {name}: content checksum mismatch (edited since written) ({path})")
-            elif same and guard.current(f"{name} ({path})", stored.get("code"), code):
-                return stored["value"], stored["seconds"]
+    store = RecordStore(path.parent, code=code, guard=guard)
+    key, config = (path.stem,), {"name": name, "identity": _plain(identity)}
+    stored = store.get(key, config, parse=lambda record: (record["value"], float(record["seconds"])),
+                       label=name)
+    if stored is not None:
+        return stored
     started = time.perf_counter()
     value = compute()
     seconds = time.perf_counter() - started
-    document = {
-        "name": name,
-        "identity": identity,
-        "code": code,
-        "value_sha256": _value_sha256(value),
-        "value": value,
-        "seconds": seconds,
-    }
-    atomic_write_text(path, json.dumps(document, default=str) + "\n")
+    store.put(key, config, _plain({"value": value, "seconds": seconds}))
     return value, seconds
 
 
-def _value_sha256(value: Any) -> str:
-    """The content checksum of a cached value as it is stored (JSON, non-JSON values as their text)."""
-    from storage.records import content_sha256
-
-    return content_sha256(json.loads(json.dumps(value, default=str)))
+def _plain(value: Any) -> Any:
+    """``value`` as JSON reads it back (non-JSON values as their text)."""
+    return json.loads(json.dumps(value, default=str))
