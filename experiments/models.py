@@ -45,6 +45,7 @@ __all__ = [
     "cache_folder",
     "model_arg",
     "model_kwargs_for",
+    "prepare_entry",
     "models_dir",
     "train_into",
     "trained",
@@ -232,11 +233,7 @@ def trained(spec: ModelSpec, folder: str | Path, splits: Splits, *, label: str, 
 
     folder = Path(folder)
     if cached:
-        model_folder_is_current(folder, spec.code(), guard or CodeGuard(), f"model {label} ({folder})")
-        if not (folder / SPEC_NAME).is_file():
-            from storage.atomic import atomic_write_text
-
-            atomic_write_text(folder / SPEC_NAME, json.dumps(spec.to_dict(), indent=2) + "\n")
+        prepare_entry(spec, folder, guard, label)
     computed = not (folder / MODEL_NAME).is_file()
     if not computed:
         print(f"[{label}] using the trained {spec.name} in {folder}", flush=True)
@@ -249,6 +246,17 @@ def trained(spec: ModelSpec, folder: str | Path, splits: Splits, *, label: str, 
         train_into(spec, folder, train_set, test_set, device=device, resume=True, progress=progress)
     model = load_trained_model(folder, device=device)
     return TrainedModel(label, spec, model, folder, training_info(folder), computed)
+
+
+def prepare_entry(spec: ModelSpec, folder: Path, guard: CodeGuard | None, label: str) -> None:
+    """Make the cache entry ``folder`` of ``spec`` ready to load from or train into: training files left by
+    other code are deleted and named (kept and named with ``guard.reuse_stale``), the running code's
+    version is stamped, and the spec is written beside them."""
+    from storage.atomic import atomic_write_text
+
+    model_folder_is_current(folder, spec.code(), guard or CodeGuard(), f"model {label} ({folder})")
+    if not (folder / SPEC_NAME).is_file():
+        atomic_write_text(folder / SPEC_NAME, json.dumps(spec.to_dict(), indent=2) + "\n")
 
 
 def training_info(folder: str | Path) -> dict[str, Any]:

@@ -7,6 +7,10 @@ Examples::
         --milestones 80 120 --out runs/resnet20 --seed 0
     torchrun --standalone --nproc_per_node 2 -m experiments.train ...   # global batch = 2 x --batch-size
 
+``--models DIR`` trains into the model cache instead of ``--out``: the entry ``<model>-<key>`` of the model's
+specification (experiments.models.ModelSpec), which the main job and ``experiments.paper`` look up, so a
+model trained here serves them when they ask for the same model, recipe and data.
+
 Dataset-derived keyword arguments (``in_channels``, ``num_classes``, ``image_size``, ``mean``, ``std``) are
 passed to the model factory when its signature names them explicitly (a ``**kwargs``-only factory gets
 none); ``--step-size`` and ``--model-arg key=value``
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +41,7 @@ from experiments.cli import (
     run,
     setup,
 )
-from experiments.models import ModelSpec, model_arg, train_into
+from experiments.models import ModelSpec, cache_folder, model_arg, prepare_entry, train_into
 from nets.datasets import DATASET_INFO, load_dataset
 from nets.registry import available_models
 from nets.training import (
@@ -57,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, choices=sorted(DATASET_INFO), help="dataset to train on")
     add_data_arguments(parser)
     parser.add_argument(
-        "--out", required=True, help="run directory for checkpoint.pt, results.json, model.pt"
+        "--out", default=None, help="run directory for checkpoint.pt, results.json, model.pt (or --models)"
     )
+    parser.add_argument("--models", default=None,
+                        help="train into this model cache instead of --out: the entry <model>-<key> that the "
+                             "main job and experiments.paper look up for the same model (a half-trained "
+                             "entry resumes; one trained by other code is retrained)")
     parser.add_argument("--epochs", type=int, required=True, help="epochs to train (in total, when resuming)")
     parser.add_argument("--batch-size", type=int, default=128, help="per process; global = this x world size")
     parser.add_argument("--eval-batch-size", type=int, default=1000, help="test-set batch size")
@@ -139,7 +148,15 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
                             limit_train=args.limit_train, augment=not args.no_augment, **dict(args.model_arg))
     except ValueError as error:
         raise UsageError(f"invalid model or training setting: {error}") from None
-    return run_training(spec, Path(args.out), args, outputs)
+    if (args.out is None) == (args.models is None):
+        raise UsageError("give exactly one of --out DIR (a run directory) and --models DIR (a model cache)")
+    if args.models is None:
+        return run_training(spec, Path(args.out), args, outputs)
+    out = cache_folder(spec, args.models)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun the first process prepares the entry
+        prepare_entry(spec, out, None, spec.name)
+    args.resume = True
+    return run_training(spec, out, args, outputs)
 
 
 def run_training(spec: ModelSpec, out: Path, args: argparse.Namespace,
