@@ -63,7 +63,8 @@ def test_a_model_trained_by_experiments_train_serves_the_main_job(tmp_path, caps
         "--limit-train", "32", "--model-arg", "width=2", "--device", "cpu", "--no-progress",
         "--models", str(models)])
     (folder,) = models.iterdir()
-    assert summary["out"] == str(folder) and (folder / "code.json").is_file() and (folder / "spec.json").is_file()
+    assert summary["out"] == str(folder)
+    assert (folder / "code.json").is_file() and (folder / "spec.json").is_file()
     weights = torch.load(folder / "model.pt", weights_only=True)["model"]
 
     argv = ["--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(tmp_path / "out"),
