@@ -72,11 +72,11 @@ def run(out: Path, artefacts: list[str]) -> Path:
         "main_models": {p.parent.name.rsplit("-", 1)[0]: _tensors(p)
                         for p in sorted((out / "main").rglob("model.pt"))},
     }
-    train_command.main(["--model", "mnist_resnet_small", "--dataset", "mnist", "--data-dir",
-                        str(out / "data"), "--no-verify", "--epochs", "1", "--batch-size", "128",
-                        "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--nesterov", "--weight-decay", "5e-4",
-                        "--schedule", "onecycle", "--seed", "0", "--limit-train", "32", "--model-arg",
-                        "width=2", "--device", "cpu", "--no-progress", "--out", str(out / "train")])
+    readme_training = ["--model", "mnist_resnet_small", "--dataset", "mnist", "--epochs", "1", "--batch-size",
+                       "128", "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--nesterov",
+                       "--weight-decay", "5e-4", "--schedule", "onecycle", "--seed", "0", "--limit-train", "32",
+                       "--model-arg", "width=2", "--device", "cpu", "--no-progress", "--no-verify"]
+    train_command.main([*readme_training, "--data-dir", str(out / "data"), "--out", str(out / "train")])
     summary["train_model"] = _tensors(out / "train" / "model.pt")
     for artefact in artefacts:
         argv = [artefact, "--data-dir", str(out / "paper_data"), "--scale", "smoke", "--out",
