@@ -74,8 +74,8 @@ def run(out: Path, artefacts: list[str]) -> Path:
     }
     readme_training = ["--model", "mnist_resnet_small", "--dataset", "mnist", "--epochs", "1", "--batch-size",
                        "128", "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--nesterov",
-                       "--weight-decay", "5e-4", "--schedule", "onecycle", "--seed", "0", "--limit-train", "32",
-                       "--model-arg", "width=2", "--device", "cpu", "--no-progress", "--no-verify"]
+                       "--weight-decay", "5e-4", "--schedule", "onecycle", "--seed", "0", "--limit-train",
+                       "32", "--model-arg", "width=2", "--device", "cpu", "--no-progress", "--no-verify"]
     train_command.main([*readme_training, "--data-dir", str(out / "data"), "--out", str(out / "train")])
     summary["train_model"] = _tensors(out / "train" / "model.pt")
     for artefact in artefacts:
