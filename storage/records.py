@@ -53,8 +53,9 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """SHA-256 (16 hex digits) of the configuration as sorted JSON."""
+def config_hash(config: Any) -> str:
+    """SHA-256 (16 hex digits) of a configuration (a JSON-serialisable mapping or list; other values as
+    their text, non-finite floats as theirs) as sorted JSON: the project's one key of a cached result."""
     text = json.dumps(_canonical(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

@@ -16,7 +16,8 @@ import torch
 
 from experiments.models import TrainedModel
 from experiments.paper.runtime import Context, RunDirectory, cached_json, solver_nfe
-from experiments.paper.specs import EvalSpec, digest
+from experiments.paper.specs import EvalSpec
+from storage.records import config_hash
 
 
 def protocol(
@@ -132,7 +133,7 @@ def honest(
             "seconds": evaluation.seconds,
         }
 
-    folder = ctx.out / "evaluations" / digest(identity)
+    folder = ctx.out / "evaluations" / config_hash(identity)
     name = f"honest evaluation of {entry.label}"
     return cached_json(folder / "summary.json", name, identity, counted(ctx, name, compute), guard=ctx.guard)
 

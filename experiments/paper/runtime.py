@@ -30,14 +30,14 @@ from torch import nn
 
 from experiments.cli import UsageError
 from experiments.models import ModelSpec, TrainedModel, cache_folder, models_dir, trained
-from experiments.paper.specs import Plan, digest
+from experiments.paper.specs import Plan
 from storage.atomic import atomic_write_text
 from storage.code_version import (
     EVALUATION_CODE,
     CodeGuard,
     code_version,
 )
-from storage.records import RecordStore
+from storage.records import RecordStore, config_hash
 
 #: what a paper measurement depends on: the evaluation code and the module that summarises it
 PAPER_EVALUATION_CODE = EVALUATION_CODE + ("experiments/paper/measure.py",)
@@ -184,7 +184,7 @@ class RunDirectory:
         """``compute()`` once per (name, identity) and code version (``code``, default: the paper's
         evaluation code); returns (value, seconds it took when computed)."""
         return cached_json(
-            self.folder / "parts" / f"{digest([name, identity])}.json",
+            self.folder / "parts" / f"{config_hash([name, identity])}.json",
             name,
             identity,
             compute,

@@ -9,23 +9,16 @@ evaluation budget and its attack parameters; its key guards the run directory.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from experiments.models import Loss, ModelSpec
 from nets.training import TrainConfig
+from storage.records import config_hash
 
 SCALES = ("smoke", "cpu", "paper")
 DATASETS = ("mnist", "cifar10")
-
-
-def digest(value: Any) -> str:
-    """Stable 16-hex-digit hash of a JSON-serialisable value."""
-    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -165,4 +158,4 @@ class Plan:
         }
 
     def key(self) -> str:
-        return digest(self.to_dict())
+        return config_hash(self.to_dict())
