@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from experiments.cli import (
     resolve_device,
     run,
     setup,
+    shown_command,
 )
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
 from experiments.model_card import model_card
@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         return 0
     for line in records.summary():
         print(line)
-    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in argv)
+    command = shown_command("python -m experiments.evaluate", argv)
     extra = {
         "dataset": dataset,
         "checkpoint": str(args.checkpoint),
@@ -309,7 +309,7 @@ def run_unit_test(args: argparse.Namespace, argv: Sequence[str], model: torch.nn
     if world > 1:
         raise UsageError("--unit-test runs in one process; start it without torchrun")
     results = unit_test(model, x, config, against)
-    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in argv)
+    command = shown_command("python -m experiments.evaluate", argv)
     extra = {"config": config.to_dict(), "checkpoint": str(args.checkpoint)}
     outputs.add(write_unit_test(results, Path(args.out), command, extra))
     for line in summary_lines(results):
@@ -352,7 +352,7 @@ def merge(args: argparse.Namespace, argv: Sequence[str], outputs: Outputs) -> in
     model.eval()
     if not args.no_checks:
         run_evaluation_checks(model, x, y, evaluation)
-    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in argv)
+    command = shown_command("python -m experiments.evaluate", argv)
     out = Path(args.out)
     extra = {
         "dataset": identity["dataset"],

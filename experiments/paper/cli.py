@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from experiments.cli import (
     make_parser,
     positive_int,
     resolve_device,
+    shown_command,
 )
 from experiments.cli import run as run_command
 from experiments.paper.specs import SCALES
@@ -126,7 +126,7 @@ def command(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     _check(args)
-    return run(args, " ".join([PROG, *map(shlex.quote, argv)]), outputs)
+    return run(args, shown_command(PROG, argv), outputs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
