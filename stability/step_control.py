@@ -185,18 +185,50 @@ def initial_step(func: Callable[[float | Tensor, Tensor], Tensor], t0: float, y0
             scale = y0.abs().mul(rtol).add_(atol)
         d0 = rms(y0 / scale, per_sample).double()
         d1 = rms(f0 / scale, per_sample).double()
+        if not per_sample:
+            return _shared_initial_step(func, t0, y0, f0, scale, float(d0), float(d1), direction, order,
+                                        interval)
         small = (d0 < 1e-5) | (d1 < 1e-5)
         h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / torch.where(small, 1.0, d1))
         h0 = h0.clamp(max=interval)
         step = direction * h0
-        y1 = y0 + column(step, y0) * f0 if per_sample else torch.add(y0, f0, alpha=float(step))
-        f1 = func(t0 + step if per_sample else t0 + float(step), y1)
+        f1 = func(t0 + step, y0 + column(step, y0) * f0)
         d2 = rms((f1 - f0) / scale, per_sample).double() / h0
         h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15), torch.clamp(h0 * 1e-3, min=1e-6),
                          (0.01 / torch.maximum(d1, d2).clamp(min=1e-300)) ** (1.0 / (order + 1)))
         h1 = torch.where(~torch.isfinite(d2), h0 * 1e-3, h1)
-        h = torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, interval))
-    return h if per_sample else float(h)
+        return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, interval))
+
+
+def _shared_initial_step(func, t0: float, y0: Tensor, f0: Tensor, scale: Tensor, d0: float, d1: float,
+                         direction: float, order: int, interval: float) -> float:
+    """``initial_step``'s formula for one shared step in Python floats: the float64 operations of the
+    per-sample tensors, in the same order and with the same NaN propagation (bit for bit), without a tensor
+    operation each. As torch computes them: ``0.01 / x`` is the reciprocal times 0.01
+    (``Tensor.__rtruediv__``), and the power runs in torch (its ``pow`` with exponent 1/2 is ``sqrt``,
+    which may round unlike Python's)."""
+    h0 = _minimum(1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1, interval)
+    step = direction * h0
+    f1 = func(t0 + step, torch.add(y0, f0, alpha=step))
+    d2 = float(rms((f1 - f0) / scale).double()) / h0
+    if d1 <= 1e-15 and d2 <= 1e-15:
+        h1 = _maximum(h0 * 1e-3, 1e-6)
+    else:
+        base = (1.0 / _maximum(_maximum(d1, d2), 1e-300)) * 0.01  # torch's 0.01 / x: reciprocal, then times
+        h1 = float(torch.tensor(base, dtype=torch.float64) ** (1.0 / (order + 1)))
+    if not math.isfinite(d2):
+        h1 = h0 * 1e-3
+    return _minimum(_minimum(100 * h0, h1), interval)
+
+
+def _minimum(a: float, b: float) -> float:
+    """min(a, b) propagating NaN, as ``torch.minimum`` and ``clamp(max=...)`` do (Python's may not)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
+
+
+def _maximum(a: float, b: float) -> float:
+    """max(a, b) propagating NaN, as ``torch.maximum`` and ``clamp(min=...)`` do."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
 
 
 def stiffness(y: Tensor | None, stages: Sequence[Tensor] | None, tableau: ButcherTableau, h: float):
