@@ -66,14 +66,40 @@ def _scale(y_old: Tensor, y_new: Tensor, rtol: float | Tensor, atol: float | Ten
     return torch.maximum(y_old.abs(), y_new.abs()) * rtol + atol
 
 
+class SteppedErrorRatio:
+    """``error_ratio`` for the steps of one shared solve, bit for bit, with |y_{n+1}| kept for the next call:
+    after an accepted step y_n is that y_{n+1}, so the step costs one tensor operation fewer. Tolerance
+    tensors, rtol = 0 and float16/bfloat16 states go to ``error_ratio`` itself."""
+
+    def __init__(self) -> None:
+        self._kept: tuple[Tensor, int, Tensor] | None = None  # the last y_{n+1}, its version, |y_{n+1}|
+
+    def __call__(self, error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float) -> float:
+        if (isinstance(rtol, Tensor) or isinstance(atol, Tensor) or not rtol > 0
+                or error.dtype in LOW_PRECISION):
+            return error_ratio(error, y_old, y_new, rtol, atol)
+        kept, key = self._kept, y_new
+        if error.requires_grad or y_new.requires_grad:
+            error, y_new = error.detach(), y_new.detach()
+        if kept is not None and kept[0] is y_old and kept[1] == y_old._version:
+            old_abs = kept[2]
+        else:
+            old_abs = (y_old.detach() if y_old.requires_grad else y_old).abs()
+        new_abs = y_new.abs()
+        self._kept = (key, key._version, new_abs)
+        scaled = error / torch.maximum(old_abs, new_abs).add_(atol / rtol)  # error_ratio's operations
+        return _times(torch.linalg.vector_norm(scaled), (1.0 / rtol) / math.sqrt(max(scaled.numel(), 1)))
+
+
 NAMED_NORMS = ("rms", "max")
 
 
 def error_norm(norm, per_sample: bool = False) -> Callable:
-    """The error norm ``norm`` names (``SolverOptions.norm``): None or "rms" the mixed RMS ``error_ratio``,
-    "max" ``max_error_ratio``, or the caller's function itself."""
+    """The error norm ``norm`` names (``SolverOptions.norm``): None or "rms" the mixed RMS ``error_ratio``
+    (for a shared solve a ``SteppedErrorRatio`` of its own), "max" ``max_error_ratio``, or the caller's
+    function itself."""
     if norm is None or norm == "rms":
-        return functools.partial(error_ratio, per_sample=True) if per_sample else error_ratio
+        return functools.partial(error_ratio, per_sample=True) if per_sample else SteppedErrorRatio()
     if norm == "max":
         return functools.partial(max_error_ratio, per_sample=per_sample)
     return norm
