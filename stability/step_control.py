@@ -68,11 +68,14 @@ def _scale(y_old: Tensor, y_new: Tensor, rtol: float | Tensor, atol: float | Ten
 
 class SteppedErrorRatio:
     """``error_ratio`` for the steps of one shared solve, bit for bit, with |y_{n+1}| kept for the next call:
-    after an accepted step y_n is that y_{n+1}, so the step costs one tensor operation fewer. Tolerance
-    tensors, rtol = 0 and float16/bfloat16 states go to ``error_ratio`` itself."""
+    after an accepted step y_n is that y_{n+1}, so the step costs one tensor operation fewer. Adding
+    atol/rtol as alpha·1 with a kept 0-d one, not as a Python number, rounds the same (alpha·1 is exact) and
+    spares torch wrapping the number in a tensor. Tolerance tensors, rtol = 0 and float16/bfloat16 states go
+    to ``error_ratio`` itself."""
 
     def __init__(self) -> None:
         self._kept: tuple[Tensor, int, Tensor] | None = None  # the last y_{n+1}, its version, |y_{n+1}|
+        self._one: Tensor | None = None
 
     def __call__(self, error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float) -> float:
         if (isinstance(rtol, Tensor) or isinstance(atol, Tensor) or not rtol > 0
@@ -87,7 +90,11 @@ class SteppedErrorRatio:
             old_abs = (y_old.detach() if y_old.requires_grad else y_old).abs()
         new_abs = y_new.abs()
         self._kept = (key, key._version, new_abs)
-        scaled = error / torch.maximum(old_abs, new_abs).add_(atol / rtol)  # error_ratio's operations
+        # error_ratio's operations; m + atol/rtol as m + (atol/rtol)·1: a scalar operand would cost a tensor
+        one = self._one
+        if one is None or one.dtype != new_abs.dtype or one.device != new_abs.device:
+            one = self._one = torch.ones((), dtype=new_abs.dtype, device=new_abs.device)
+        scaled = error / torch.maximum(old_abs, new_abs).add_(one, alpha=atol / rtol)
         return _times(torch.linalg.vector_norm(scaled), (1.0 / rtol) / math.sqrt(max(scaled.numel(), 1)))
 
 
