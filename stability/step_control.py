@@ -236,31 +236,36 @@ def initial_step(func: Callable[[float | Tensor, Tensor], Tensor], t0: float, y0
 def _shared_initial_step(func, t0: float, y0: Tensor, f0: Tensor, scale: Tensor, d0: float, d1: float,
                          direction: float, order: int, interval: float) -> float:
     """``initial_step``'s formula for one shared step in Python floats: the float64 operations of the
-    per-sample tensors, in the same order and with the same NaN propagation (bit for bit), without a tensor
+    per-sample tensors, in the same order and with the same NaN results (bit for bit), without a tensor
     operation each. As torch computes them: ``0.01 / x`` is the reciprocal times 0.01
     (``Tensor.__rtruediv__``), and the power runs in torch (its ``pow`` with exponent 1/2 is ``sqrt``,
     which may round unlike Python's)."""
-    h0 = _minimum(1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1, interval)
+    h0 = _clamp(1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1, high=interval)
     step = direction * h0
     f1 = func(t0 + step, torch.add(y0, f0, alpha=step))
     d2 = float(rms((f1 - f0) / scale).double()) / h0
     if d1 <= 1e-15 and d2 <= 1e-15:
-        h1 = _maximum(h0 * 1e-3, 1e-6)
+        h1 = _clamp(h0 * 1e-3, low=1e-6)
     else:
-        base = (1.0 / _maximum(_maximum(d1, d2), 1e-300)) * 0.01  # torch's 0.01 / x: reciprocal, then times
+        base = (1.0 / _clamp(_maximum(d1, d2), low=1e-300)) * 0.01  # torch's 0.01 / x: reciprocal, then times
         h1 = float(torch.tensor(base, dtype=torch.float64) ** (1.0 / (order + 1)))
     if not math.isfinite(d2):
         h1 = h0 * 1e-3
     return _minimum(_minimum(100 * h0, h1), interval)
 
 
+def _clamp(x: float, low: float = -math.inf, high: float = math.inf) -> float:
+    """``Tensor.clamp(min=low, max=high)`` of a number: a NaN x is returned as it is (its sign bit too)."""
+    return x if math.isnan(x) else min(max(x, low), high)
+
+
 def _minimum(a: float, b: float) -> float:
-    """min(a, b) propagating NaN, as ``torch.minimum`` and ``clamp(max=...)`` do (Python's may not)."""
+    """``torch.minimum`` of two numbers: a NaN operand gives the canonical NaN (Python's ``min`` may not)."""
     return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
 
 
 def _maximum(a: float, b: float) -> float:
-    """max(a, b) propagating NaN, as ``torch.maximum`` and ``clamp(min=...)`` do."""
+    """``torch.maximum`` of two numbers: a NaN operand gives the canonical NaN."""
     return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
 
 
