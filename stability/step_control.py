@@ -216,11 +216,10 @@ def initial_step(func: Callable[[float | Tensor, Tensor], Tensor], t0: float, y0
             scale = _scale(y0, y0, rtol, atol)
         else:
             scale = y0.abs().mul(rtol).add_(atol)
+        if not per_sample:
+            return _shared_initial_step(func, t0, y0, f0, scale, direction, order, interval)
         d0 = rms(y0 / scale, per_sample).double()
         d1 = rms(f0 / scale, per_sample).double()
-        if not per_sample:
-            return _shared_initial_step(func, t0, y0, f0, scale, float(d0), float(d1), direction, order,
-                                        interval)
         small = (d0 < 1e-5) | (d1 < 1e-5)
         h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / torch.where(small, 1.0, d1))
         h0 = h0.clamp(max=interval)
@@ -233,17 +232,18 @@ def initial_step(func: Callable[[float | Tensor, Tensor], Tensor], t0: float, y0
         return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, interval))
 
 
-def _shared_initial_step(func, t0: float, y0: Tensor, f0: Tensor, scale: Tensor, d0: float, d1: float,
-                         direction: float, order: int, interval: float) -> float:
+def _shared_initial_step(func, t0: float, y0: Tensor, f0: Tensor, scale: Tensor, direction: float,
+                         order: int, interval: float) -> float:
     """``initial_step``'s formula for one shared step in Python floats: the float64 operations of the
     per-sample tensors, in the same order and with the same NaN results (bit for bit), without a tensor
-    operation each. As torch computes them: ``0.01 / x`` is the reciprocal times 0.01
-    (``Tensor.__rtruediv__``), and the power runs in torch (its ``pow`` with exponent 1/2 is ``sqrt``,
-    which may round unlike Python's)."""
+    operation each. As torch computes them: ``rms`` rounds to the norm's dtype (``_times``), ``0.01 / x``
+    is the reciprocal times 0.01 (``Tensor.__rtruediv__``), and the power runs in torch (its ``pow`` with
+    exponent 1/2 is ``sqrt``, which may round unlike Python's)."""
+    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
     h0 = _clamp(1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1, high=interval)
     step = direction * h0
     f1 = func(t0 + step, torch.add(y0, f0, alpha=step))
-    d2 = float(rms((f1 - f0) / scale).double()) / h0
+    d2 = _rms((f1 - f0) / scale) / h0
     if d1 <= 1e-15 and d2 <= 1e-15:
         h1 = _clamp(h0 * 1e-3, low=1e-6)
     else:
@@ -252,6 +252,11 @@ def _shared_initial_step(func, t0: float, y0: Tensor, f0: Tensor, scale: Tensor,
     if not math.isfinite(d2):
         h1 = h0 * 1e-3
     return _minimum(_minimum(100 * h0, h1), interval)
+
+
+def _rms(x: Tensor) -> float:
+    """float(rms(x)) without the tensor product: ``_times`` rounds as torch's would."""
+    return _times(torch.linalg.vector_norm(x), 1.0 / math.sqrt(max(x.numel(), 1)))
 
 
 def _clamp(x: float, low: float = -math.inf, high: float = math.inf) -> float:
