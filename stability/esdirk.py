@@ -4,7 +4,9 @@ nonlinear solve per stage, z_i = r_i + hγ f(t + c_i h, z_i) with r_i = y + h Σ
 Each solve is a simplified Newton iteration z ← z − (I − hγJ)⁻¹ (z − r_i − hγ f(z)) with J = ∂f/∂y(t_n, y_n)
 factored once per step (``linearization``), stopped by Hairer–Wanner's test η‖Δz‖ ≤ κ (η = θ/(1 − θ), θ the
 contraction rate, ‖·‖ the RMS scaled by atol + rtol|y|, κ = max(10 eps/rtol, min(0.03, √rtol))); then
-k_i = (z_i − r_i)/(hγ). A diverging or too slow iteration fails the step (``NEWTON_FAILURE``).
+k_i = (z_i − r_i)/(hγ). The iteration starts from the tableau's predictor z_i⁰ = r_i + hγ Σ_{j<i} α_ij k_j
+(an extrapolation of the stage derivative). A diverging or too slow iteration fails the step
+(``NEWTON_FAILURE``) at once: the remaining stages are not solved.
 
 Gradients by the implicit-function theorem, stage by stage: z_i's gradient is that of the fixed point of
 r_i + hγ f(t_i, ·) (``backward_euler._ImplicitFunctionGradient``: the backward pass solves
@@ -52,12 +54,15 @@ def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor
         t_stage = t + c * h
         rhs = linear_combination(y, k, a_row, h)
         with torch.no_grad():
-            z = (linear_combination(y.detach(), [x.detach() for x in k], predictor, h) if predictor
-                 else y.detach())
+            z = (rhs.detach() + hg * linear_combination(None, [x.detach() for x in k], predictor, 1.0)
+                 if predictor else y.detach())
             z, stage_failed, iterations, eta = _newton(func, t_stage, rhs.detach(), z, hg, linearization,
                                                        scale, kappa, eta, options.max_newton, per_sample)
         linearization.stats.newton_iterations += iterations
         failed = failed | stage_failed
+        if bool(failed.all()):  # every sample retries with a smaller h: the remaining stages would be wasted
+            linearization.stats.newton_failures += 1
+            return RKStep(y, NEWTON_FAILURE * (1 + y.detach().abs()), [k[0], k[0]])
         if grad:  # as backward Euler: the graph of r_i + hγ f(t_i, z*), fed λ by the backward pass
             t_tensor = _as_time(t_stage, y)
             explicit = rhs + hg * func(t_stage, z)
