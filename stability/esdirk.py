@@ -6,7 +6,8 @@ factored once per step (``linearization``), stopped by Hairer–Wanner's test η
 contraction rate, ‖·‖ the RMS scaled by atol + rtol|y|, κ = max(10 eps/rtol, min(0.03, √rtol))); then
 k_i = (z_i − r_i)/(hγ). The iteration starts from the tableau's predictor z_i⁰ = r_i + hγ Σ_{j<i} α_ij k_j
 (an extrapolation of the stage derivative). A diverging or too slow iteration fails the step
-(``NEWTON_FAILURE``) at once: the remaining stages are not solved.
+at once (the remaining stages are not solved), with an error estimate that makes the controller halve h
+(``NEWTON_FAILURE_RATIO``).
 
 Gradients by the implicit-function theorem, stage by stage: z_i's gradient is that of the fixed point of
 r_i + hγ f(t_i, ·) (``backward_euler._ImplicitFunctionGradient``: the backward pass solves
@@ -29,9 +30,15 @@ from stability.runge_kutta import RKStep, column, linear_combination
 from stability.step_control import rms
 from stability.stiff_tableau import ESDIRKTableau
 
-# The error estimate of a step whose Newton iteration failed, relative to 1 + |y|: every error norm rejects it
-# and the controller answers with its largest reduction of h.
+# The error estimate of a step that failed for another reason than its error (a Krylov solve short of its
+# tolerance), relative to 1 + |y|: every error norm rejects it and the controller answers with its largest
+# reduction of h.
 NEWTON_FAILURE = 1e6
+# A failed Newton iteration: the error estimate is this many times the tolerance atol + rtol|y_n|, the ratio at
+# which the default controller (safety 0.9, embedded order 4: 0.9·r^(−1/5)) halves h, as Hairer's RADAU5 and
+# scipy's Radau do after a failed Newton iteration (with the controller's minimum factor, 0.2, kvaerno5 took
+# more steps and f evaluations on the stiff suite's Van der Pol, docs/stiff.md).
+NEWTON_FAILURE_RATIO = (0.9 / 0.5) ** 5
 
 
 def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor, h: float | Tensor,
@@ -62,7 +69,7 @@ def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor
         failed = failed | stage_failed
         if bool(failed.all()):  # every sample retries with a smaller h: the remaining stages would be wasted
             linearization.stats.newton_failures += 1
-            return RKStep(y, NEWTON_FAILURE * (1 + y.detach().abs()), [k[0], k[0]])
+            return RKStep(y, NEWTON_FAILURE_RATIO * scale, [k[0], k[0]])
         if grad:  # as backward Euler: the graph of r_i + hγ f(t_i, z*), fed λ by the backward pass
             t_tensor = _as_time(t_stage, y)
             explicit = rhs + hg * func(t_stage, z)
@@ -77,7 +84,7 @@ def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor
     if bool(failed.any()):  # rejected: an error estimate every norm rejects, and y_new = y (finite)
         linearization.stats.newton_failures += 1
         mask = column(failed.double(), y) > 0 if per_sample else failed
-        error = torch.where(mask, NEWTON_FAILURE * (1 + y.detach().abs()), error)
+        error = torch.where(mask, NEWTON_FAILURE_RATIO * scale, error)
         y_new = torch.where(mask, y, y_new)
     return RKStep(y_new, error, [k[0], k[-1]])
 

@@ -160,3 +160,28 @@ def test_per_sample_tolerance_tensors_rodas4_takes_them_kvaerno5_refuses_them():
     assert sol.stats[0].n_accepted < sol.stats[1].n_accepted
     with pytest.raises(ODEInputError, match="kvaerno5 takes numbers for rtol and atol"):
         solve(field, y0, [0.0, 1.0], method="kvaerno5", rtol=tolerances, atol=tolerances, per_sample=True)
+
+
+def test_a_failed_newton_iteration_halves_the_step_and_skips_the_remaining_stages():
+    """A step too long for the simplified Newton iteration on a stiff Van der Pol (μ = 1e3, h = 300 from the
+    fast transient) is rejected after the first diverging stage, with the error ratio that makes the
+    default controller halve h (as RADAU5 and scipy's Radau)."""
+    from stability.esdirk import NEWTON_FAILURE_RATIO
+    from stability.options import SolverOptions
+    from stability.step_control import PIController
+    from stability.stiff_solvers import Kvaerno5
+
+    def field(t, y):
+        return torch.stack([y[1], 1e3 * (1 - y[0] ** 2) * y[1] - y[0]])
+
+    y0 = torch.tensor([2.0, -5.0], dtype=torch.float64)
+    solver = Kvaerno5(field, 0.0, y0, 3000.0, SolverOptions(method="kvaerno5", rtol=1e-3, atol=1e-3))
+    before = solver.stats.nfe
+    with torch.no_grad():
+        result, ratio = solver._rk_step(0.0, y0, 300.0)
+    assert solver.stats.newton_failures == 1
+    assert torch.equal(result.y, y0)
+    assert ratio == pytest.approx(NEWTON_FAILURE_RATIO, rel=1e-12)
+    assert PIController().reject_factor(ratio, 4) == pytest.approx(0.5, rel=1e-12)
+    # each stage takes at least one iteration (one f): fewer than 6 means the later stages were skipped
+    assert solver.stats.nfe - before == solver.stats.newton_iterations < 6
