@@ -34,10 +34,10 @@ from stability.stiff_tableau import ESDIRKTableau
 # tolerance), relative to 1 + |y|: every error norm rejects it and the controller answers with its largest
 # reduction of h.
 NEWTON_FAILURE = 1e6
-# A failed Newton iteration: the error estimate is this many times the tolerance atol + rtol|y_n|, the ratio at
-# which the default controller (safety 0.9, embedded order 4: 0.9·r^(−1/5)) halves h, as Hairer's RADAU5 and
-# scipy's Radau do after a failed Newton iteration (with the controller's minimum factor, 0.2, kvaerno5 took
-# more steps and f evaluations on the stiff suite's Van der Pol, docs/stiff.md).
+# A failed Newton iteration: the error estimate is this many times the tolerance atol + rtol|y_n|, the
+# ratio at which the default controller (safety 0.9, embedded order 4: 0.9·r^(−1/5)) halves h, as Hairer's
+# RADAU5 and scipy's Radau do after a failed Newton iteration (with the controller's minimum factor, 0.2,
+# kvaerno5 took more steps and f evaluations on the stiff suite's Van der Pol, docs/stiff.md).
 NEWTON_FAILURE_RATIO = (0.9 / 0.5) ** 5
 
 
