@@ -68,7 +68,7 @@ def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor
         linearization.stats.newton_iterations += iterations
         failed = failed | stage_failed
         if bool(failed.all()):  # every sample retries with a smaller h: the remaining stages would be wasted
-            linearization.stats.newton_failures += 1
+            linearization.stats.newton_failures += failed.long() if per_sample else 1
             return RKStep(y, NEWTON_FAILURE_RATIO * scale, [k[0], k[0]])
         if grad:  # as backward Euler: the graph of r_i + hγ f(t_i, z*), fed λ by the backward pass
             t_tensor = _as_time(t_stage, y)
@@ -82,7 +82,7 @@ def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor
     with torch.no_grad():
         error = linear_combination(None, k, tableau.error_plan, h)
     if bool(failed.any()):  # rejected: an error estimate every norm rejects, and y_new = y (finite)
-        linearization.stats.newton_failures += 1
+        linearization.stats.newton_failures += failed.long() if per_sample else 1
         mask = column(failed.double(), y) > 0 if per_sample else failed
         error = torch.where(mask, NEWTON_FAILURE_RATIO * scale, error)
         y_new = torch.where(mask, y, y_new)

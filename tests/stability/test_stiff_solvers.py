@@ -86,7 +86,24 @@ def test_per_sample_equals_each_sample_solved_alone(method):
             assert torch.equal(batch.ys[:, b], alone.ys[:, 0])
             assert batch.stats[b].n_accepted == alone.stats.n_accepted
             assert batch.stats[b].step_sizes == alone.stats.step_sizes
+            _per_sample_counts_match_solo(method, batch.stats[b], alone.stats)
     assert len({s.n_accepted for s in batch.stats}) > 1  # the samples really took their own steps
+
+
+def _per_sample_counts_match_solo(method, mine, solo):
+    """A sample's linear-algebra counters under per-sample control against its solo solve: one factorisation
+    per attempted step and the same Newton failures; a Jacobian per attempt at most (a rejected sample gets a
+    new J when the others have moved on, the solo solve keeps its own); rodas4's linear solves and ∂f/∂t
+    products are the solo counts exactly; kvaerno5's Newton iterations run until the batch has converged
+    (at least the solo count, one linear solve each)."""
+    assert mine.n_factorizations == solo.n_factorizations == mine.n_steps
+    assert solo.n_jacobians <= mine.n_jacobians <= mine.n_steps
+    assert mine.newton_failures == solo.newton_failures
+    if method == "rodas4":
+        assert (mine.n_linear_solves, mine.n_jvp) == (solo.n_linear_solves, solo.n_jvp) != (0, 0)
+        assert mine.newton_iterations == 0
+    else:
+        assert mine.n_linear_solves == mine.newton_iterations >= solo.newton_iterations > 0
 
 
 class DampedConvField(nn.Module):
