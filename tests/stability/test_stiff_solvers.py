@@ -110,10 +110,9 @@ def _per_sample_counts_match_solo(method, mine, solo):
 
 class DampedConvField(nn.Module):
     """odenet's ODE function N (GroupNorm, ReLU, 3×3 convolutions, time as a channel) minus k·(y − c),
-    k = 1e3:
-    the damping makes it stiff (h|λ| ≤ 3.3 limits dopri5 to h ≲ 3e-3). With c = 0 the state relaxes to
-    y ≈ N(y)/k, where N (degree 0 in a small y: its GroupNorms) has a Jacobian of order k too; a centre c of
-    order 1 keeps the state there, N's Jacobian of order 1 and the damping dominant."""
+    k = 1e3: the damping makes it stiff (h|λ| ≤ 3.3 limits dopri5 to h ≲ 3e-3). With c = 0 the state relaxes
+    to y ≈ N(y)/k, where N (degree 0 in a small y: its GroupNorms) has a Jacobian of order k too; a centre c
+    of order 1 keeps the state there, N's Jacobian of order 1 and the damping dominant."""
 
     def __init__(self, channels: int = 8, damping: float = 1e3, centre: torch.Tensor | None = None) -> None:
         super().__init__()
