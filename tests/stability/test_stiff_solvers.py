@@ -4,13 +4,14 @@ accept (and the adjoint refused), per-sample control equal to solving each sampl
 solved matrix-free (no dense Jacobian is ever built)."""
 
 import functools
+import math
 
 import pytest
 import torch
 from torch import nn
 
 from bench.stiff_suite import gradient_error, run
-from stability import ImplicitOptions, ODEInputError, solve
+from stability import ImplicitOptions, MaxStepsExceededError, ODEInputError, Status, solve
 
 METHODS = ["rodas4", "kvaerno5"]
 
@@ -217,3 +218,74 @@ def test_a_failed_newton_iteration_halves_the_step_and_skips_the_remaining_stage
     assert PIController().reject_factor(ratio, 4) == pytest.approx(0.5, rel=1e-12)
     # each stage takes at least one iteration (one f): fewer than 6 means the later stages were skipped
     assert solver.stats.nfe - before == solver.stats.newton_iterations < 6
+
+
+def _oscillators(t, y):
+    """y = [x, v, ω]: x'' = −ω² x, each sample with its own ω (constant): a fast one needs many steps."""
+    x, v, omega = y.unbind(-1)
+    return torch.stack([v, -omega * omega * x, torch.zeros_like(omega)], -1)
+
+
+OSCILLATORS = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 2.0], [1.0, 0.0, 10.0], [1.0, 0.0, 0.5]],
+                           dtype=torch.float64)
+FAILURE_TIMES = [0.0, 0.5, 1.5, 3.0]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_throw_false_per_sample_one_sample_at_max_steps_leaves_the_others_correct(method):
+    """Sample 2 (ω = 10) needs more than max_steps = 30 steps at rtol 1e-4 (rodas4 84, kvaerno5 48; the
+    others at most 15): the others' solutions and steps are those of solving them alone, sample 2 reports
+    MAX_STEPS (a stiff method gives no stiffness hint), the error it would raise, where it stopped, and NaN
+    after."""
+    options = dict(method=method, rtol=1e-4, atol=1e-4, max_steps=30, per_sample=True)
+    with torch.no_grad():
+        sol = solve(_oscillators, OSCILLATORS, FAILURE_TIMES, throw=False, **options)
+        assert sol.status.tolist() == [Status.SUCCESS, Status.SUCCESS, Status.MAX_STEPS, Status.SUCCESS]
+        for b in (0, 1, 3):
+            alone = solve(_oscillators, OSCILLATORS[b : b + 1], FAILURE_TIMES, **options)
+            assert torch.equal(sol.ys[:, b], alone.ys[:, 0])
+            assert sol.stats[b].step_sizes == alone.stats[0].step_sizes
+            assert sol.t_reached[b] == 3.0 and sol.messages[b] is None
+        with pytest.raises(MaxStepsExceededError) as caught:
+            solve(_oscillators, OSCILLATORS[2:3], FAILURE_TIMES, **options)
+    error = caught.value
+    assert "stiff" not in str(error) and sol.messages[2] == str(error).replace("sample 0:", "sample 2:")
+    assert sol.t_reached[2] == error.t and 0.0 < error.t < 3.0 and sol.stats[2].n_steps == 30
+    reached = sum(t <= error.t for t in FAILURE_TIMES)  # outputs up to t_reached are kept, NaN after
+    assert torch.isfinite(sol.ys[:reached, 2]).all() and torch.isnan(sol.ys[reached:, 2]).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_throw_false_shared_control_fails_as_one_system(method):
+    """Shared control: the fast sample makes the whole batch run out of steps (MAX_STEPS for all, the raised
+    error's message and t); the outputs before t_reached are those of a run with enough steps."""
+    options = dict(method=method, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        sol = solve(_oscillators, OSCILLATORS, FAILURE_TIMES, throw=False, max_steps=30, **options)
+        with pytest.raises(MaxStepsExceededError) as caught:
+            solve(_oscillators, OSCILLATORS, FAILURE_TIMES, max_steps=30, **options)
+        full = solve(_oscillators, OSCILLATORS, FAILURE_TIMES, **options)
+    assert sol.status.shape == () and sol.status == Status.MAX_STEPS
+    assert sol.messages == [str(caught.value)] and sol.t_reached == caught.value.t
+    reached = sum(t <= caught.value.t for t in FAILURE_TIMES)
+    assert reached >= 1 and torch.equal(sol.ys[:reached], full.ys[:reached])
+    assert torch.isnan(sol.ys[reached:]).all()
+    slow = solve(_oscillators, OSCILLATORS[[0, 1, 3]], FAILURE_TIMES, throw=False, max_steps=30, **options)
+    assert slow.status == Status.SUCCESS and slow.t_reached == 3.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_throw_false_a_func_that_turns_nan_is_non_finite(method, per_sample):
+    """func NaN beyond t = 1: NON_FINITE with t_reached just below 1 (kvaerno5's Newton iteration reports the
+    NaN as such, not as a divergence that would halve h down to underflow)."""
+    def undefined_late(t, y):
+        late = (t[:, None] if per_sample else t) > 1.0
+        return torch.where(late, torch.full_like(y, math.nan), -y)
+
+    y0 = torch.tensor([[0.5], [2.0]], dtype=torch.float64)
+    with torch.no_grad():
+        sol = solve(undefined_late, y0, FAILURE_TIMES, method=method, per_sample=per_sample, throw=False)
+    assert (sol.status == Status.NON_FINITE).all() and "non-finite" in sol.messages[0]
+    assert torch.allclose(sol.t_reached, torch.ones_like(sol.t_reached), rtol=0, atol=1e-12)
+    assert torch.isfinite(sol.ys[:2]).all() and torch.isnan(sol.ys[2:]).all()
