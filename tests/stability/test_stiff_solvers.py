@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from bench.stiff_suite import gradient_error, reference, run
 from stability import ImplicitOptions, MaxStepsExceededError, ODEInputError, Status, solve
+from tests.problems import damped_conv_problem
 
 METHODS = ["rodas4", "kvaerno5"]
 
@@ -126,33 +126,11 @@ def _per_sample_counts_match_solo(method, mine, solo):
         assert mine.n_linear_solves == mine.newton_iterations >= solo.newton_iterations > 0
 
 
-class DampedConvField(nn.Module):
-    """odenet's ODE function N (GroupNorm, ReLU, 3×3 convolutions, time as a channel) minus k·(y − c),
-    k = 1e3: the damping makes it stiff (h|λ| ≤ 3.3 limits dopri5 to h ≲ 3e-3). With c = 0 the state relaxes
-    to y ≈ N(y)/k, where N (degree 0 in a small y: its GroupNorms) has a Jacobian of order k too; a centre c
-    of order 1 keeps the state there, N's Jacobian of order 1 and the damping dominant."""
-
-    def __init__(self, channels: int = 8, damping: float = 1e3, centre: torch.Tensor | None = None) -> None:
-        super().__init__()
-        from nets.odenet import ODEFunc
-
-        self.func, self.damping = ODEFunc(channels, conv_layers=2, time_dependent=True), damping
-        self.register_buffer("centre", centre)
-
-    def forward(self, t, y):
-        return self.func(t, y) - self.damping * (y if self.centre is None else y - self.centre)
-
-
 @functools.lru_cache(maxsize=1)
 def _conv_problem():
-    """A strongly damped conv field relaxing to a centre c (k = 1e3, c and y0 standard normal, [2, 8, 6, 6]:
-    288 unknowns a sample, above dense_size 256) on [0, 0.01, 0.5]: the float64 reference (dopri5 at 1e-8)
-    and dopri5's steps at the stiff methods' tolerances (rtol 1e-3, atol 1e-4, float32), bounded by
-    stability (h ≲ 3.3/k) after the transient."""
-    torch.manual_seed(0)
-    y0 = torch.randn(2, 8, 6, 6)
-    field = DampedConvField(centre=torch.randn(8, 6, 6))
-    times = [0.0, 0.01, 0.5]
+    """``tests.problems.damped_conv_problem`` with its float64 reference and dopri5's steps at the stiff
+    methods' tolerances (``bench.stiff_suite --conv`` prints the same rows)."""
+    field, y0, times = damped_conv_problem()
     with torch.no_grad():
         reference = solve(field.double(), y0.double(), times, method="dopri5", rtol=1e-8, atol=1e-8).ys
         explicit = solve(field.float(), y0, times, method="dopri5", rtol=1e-3, atol=1e-4).stats.n_steps
