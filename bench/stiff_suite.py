@@ -7,7 +7,8 @@ Problems (float64, shared step control, scipy given the analytic Jacobian):
 At rtol 1e-3 and 1e-6. Error: the max-norm error over the outputs against scipy's Radau at rtol = 1e-12
 (atol 1e-14 Robertson, 1e-12 Van der Pol), relative to max(1, ‖y_ref‖∞), and at the last output alone (a
 step end: no interpolation). Work: accepted steps, f evaluations, Jacobians (ours: one ``torch.func.jacrev``
-each; scipy: njev), LU factorisations, and f+J = nfe + njev; the ratios are ours over Radau's and BDF's f+J
+each; scipy: njev), LU factorisations, the steps rejected by a failed Newton iteration (kvaerno5), and
+f+J = nfe + njev; the ratios are ours over Radau's and BDF's f+J
 and steps.
 
 Run:  python -m bench.stiff_suite        (``--json PATH`` also writes the rows)
@@ -75,6 +76,7 @@ class Row:
     nfe: int
     njev: int
     nlu: int
+    newton_failures: int
     error: float
     error_end: float
     seconds: float
@@ -138,8 +140,8 @@ def run(problem: str, rtol: float, method: str, ref: np.ndarray | None = None) -
     seconds = time.perf_counter() - start
     stats = sol.stats
     return Row(problem, rtol, method, stats.n_accepted, stats.n_rejected, stats.nfe, stats.n_jacobians,
-               stats.n_factorizations, *_errors(sol.ys[1:].numpy(), ref, unscale), seconds,
-               scipy_row(problem, rtol, "Radau", ref), scipy_row(problem, rtol, "BDF", ref))
+               stats.n_factorizations, stats.newton_failures, *_errors(sol.ys[1:].numpy(), ref, unscale),
+               seconds, scipy_row(problem, rtol, "Radau", ref), scipy_row(problem, rtol, "BDF", ref))
 
 
 GRADIENT_MU = 50.0
@@ -243,7 +245,8 @@ def main() -> None:
         return
     rows = []
     print(f"{'problem':>16} {'rtol':>6} {'method':>9} {'steps':>6} {'rej':>4} {'nfe':>6} {'njev':>5} "
-          f"{'nlu':>5} {'f+J':>6} {'error':>8} {'at end':>8} | {'Radau steps':>11} {'f+J':>6} {'error':>8} "
+          f"{'nlu':>5} {'Newton fail.':>12} {'f+J':>6} {'error':>8} {'at end':>8} | {'Radau steps':>11} "
+          f"{'f+J':>6} {'error':>8} "
           f"{'at end':>8} | {'BDF steps':>9} {'f+J':>6} {'error':>8} {'at end':>8} | {'f+J/Radau':>9} "
           f"{'f+J/BDF':>7} {'steps/Radau':>11} {'steps/BDF':>9}")
     for problem in PROBLEMS:
@@ -254,7 +257,8 @@ def main() -> None:
                 rows.append(r)
                 radau, bdf = r.radau, r.bdf
                 print(f"{r.problem:>16} {r.rtol:>6.0e} {r.method:>9} {r.steps:>6} {r.rejected:>4} {r.nfe:>6} "
-                      f"{r.njev:>5} {r.nlu:>5} {r.work:>6} {r.error:>8.1e} {r.error_end:>8.1e} | "
+                      f"{r.njev:>5} {r.nlu:>5} {r.newton_failures:>12} {r.work:>6} {r.error:>8.1e} "
+                      f"{r.error_end:>8.1e} | "
                       f"{radau['steps']:>11} {radau['nfev'] + radau['njev']:>6} {radau['error']:>8.1e} "
                       f"{radau['error_end']:>8.1e} | {bdf['steps']:>9} {bdf['nfev'] + bdf['njev']:>6} "
                       f"{bdf['error']:>8.1e} {bdf['error_end']:>8.1e} | {r.ratio(radau, 'work'):>9.2f} "
