@@ -1,8 +1,14 @@
-"""``python -m experiments.paper ARTEFACT --data-dir DIR --scale SCALE --out DIR`` (console script
-``experiments-paper``). Every failure is one line on stderr and exit code 2; ``--debug`` shows the traceback.
+"""Reproduce one artefact of the paper (or all of them).
 
-All command-line plumbing of the package lives here, so it can adopt the project's shared conventions in one
-place.
+    python -m experiments.paper ARTEFACT --data-dir DIR --scale SCALE --out OUT
+
+(console script ``experiments-paper``). ARTEFACT is one of table1, fig2, fig3, table2, fig1, mechanism or
+all; SCALE one of smoke (a plumbing test in minutes), cpu (default) or paper. Models come from the model
+cache (--models, else $NR_MODELS_DIR, else OUT/models), which the main job shares: a model trained once
+serves every command that asks for it. The conventions are those of every ``experiments`` command
+(experiments.cli): one-line errors, exit status 2 for usage and data errors and 1 for other failures,
+--debug for the traceback, Ctrl-C keeps what is complete (exit 130; rerun to resume), and the last line
+lists the files written.
 """
 
 from __future__ import annotations
@@ -14,33 +20,34 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from experiments.cli import (
+    Outputs,
+    UsageError,
+    add_data_arguments,
+    make_parser,
+    positive_int,
+    resolve_device,
+    shown_command,
+)
+from experiments.cli import run as run_command
 from experiments.paper.specs import SCALES
 
 PROG = "python -m experiments.paper"
 CHOICES = ("table1", "fig2", "fig3", "table2", "fig1", "mechanism", "all")
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(f"{message} (see {PROG} --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Reproduce one artefact of the paper (or all of them).")
+    parser = make_parser(PROG, __doc__, threads=False)
     parser.add_argument("artefact", help=f"one of {', '.join(CHOICES)}")
-    parser.add_argument("--data-dir", default=None, help="MNIST / CIFAR-10 files (default: $NR_DATA_DIR)")
-    parser.add_argument("--scale", default="cpu", help=f"one of {', '.join(SCALES)} (default cpu)")
+    add_data_arguments(parser)
+    parser.add_argument("--scale", default="cpu", help=f"one of {', '.join(SCALES)}")
     parser.add_argument("--out", required=True, help="output directory (models/, evaluations/, <artefact>/)")
+    parser.add_argument("--models", default=None,
+                        help="model cache folder (default: $NR_MODELS_DIR, else OUT/models)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's own)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
-    parser.add_argument("--download", action="store_true",
-                        help="download missing dataset files into --data-dir (needs internet)")
     parser.add_argument("--reuse-stale", action="store_true",
                         help="reuse cached models and results made by other code (named on stderr and in "
                              "each report) instead of recomputing them")
@@ -68,33 +75,34 @@ def _check(args: argparse.Namespace) -> None:
     args.data_dir = data_dir
 
 
-def run(args: argparse.Namespace, command: str) -> list[Path]:
-    """Run the artefact(s) named by ``args``; returns the files written."""
+def run(args: argparse.Namespace, command: str, outputs: Outputs | None = None) -> list[Path]:
+    """Run the artefact(s) named by ``args``; returns the files written (also added to ``outputs``)."""
     import torch
 
-    from experiments.code_version import CodeGuard
     from experiments.paper import ARTEFACTS
     from experiments.paper.report import previous_run, record_run, stamp_stale
     from experiments.paper.runtime import Context
+    from storage.code_version import CodeGuard
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     names = list(ARTEFACTS) if args.artefact == "all" else [args.artefact]
     plans = {name: ARTEFACTS[name].plan(args.scale) for name in names}
-    if getattr(args, "plan", False):
+    if args.plan:
         from experiments.paper.estimate import print_plan
 
-        print_plan(plans, Path(args.out), torch.device(device))
+        print_plan(plans, Path(args.out), device, args.models)
         return []
     ctx = Context(
         Path(args.out),
         args.data_dir,
-        torch.device(device),
+        device,
         progress=not args.no_progress,
-        verify_data=all(p.verify_data for p in plans.values()),
-        download=getattr(args, "download", False),
-        guard=CodeGuard(reuse_stale=getattr(args, "reuse_stale", False)),
+        verify_data=all(p.verify_data for p in plans.values()) and not args.no_verify,
+        download=args.download,
+        guard=CodeGuard(reuse_stale=args.reuse_stale),
+        models=Path(args.models) if args.models else None,
     )
     for dataset in sorted({d for plan in plans.values() for d in plan.eps_map}):
         ctx.dataset(dataset, "test")  # fail fast on missing or corrupt data, before any training
@@ -106,33 +114,21 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
         stamp_stale(paths, ctx.guard.reused)
         record_run(paths, ctx.computed[before:], time.perf_counter() - started, previous)
         written += paths
+        for path in paths:
+            if outputs is not None:
+                outputs.add(path)
         print(f"{name}: {paths[0]} ({time.perf_counter() - started:.0f} s)", flush=True)
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> list[Path]:
+    """The command as a function (experiments.cli's convention): parse ``argv``, check it, run."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    from experiments.cli import shown_command
+    args = build_parser().parse_args(argv)
+    _check(args)
+    return run(args, shown_command(PROG, argv), outputs)
 
-    command = shown_command(PROG, argv)
-    try:
-        args = build_parser().parse_args(argv)
-        _check(args)
-        run(args, command)
-        return 0
-    except KeyboardInterrupt:
-        from experiments.cli import end_progress_bars
 
-        end_progress_bars()  # the line below starts a line of its own
-        print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
-    except Exception as error:  # noqa: BLE001 - the one-line contract
-        if debug:
-            raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = "" if isinstance(error, UsageError) else " (rerun with --debug for the traceback)"
-        print(f"{PROG}: error: {message}{hint}", file=sys.stderr)
-        return 2
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: :func:`command` under experiments.cli's conventions; returns the exit status."""
+    return run_command(command, argv)

@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
-from experiments.paper.runtime import Context, RunDirectory, TrainedModel, cached_json, solver_nfe
-from experiments.paper.specs import EvalSpec, digest
+from experiments.models import TrainedModel
+from experiments.paper.runtime import Context, RunDirectory, cached_json, solver_nfe
+from experiments.paper.specs import EvalSpec
+from storage.records import config_hash
 
 
 def protocol(
@@ -82,10 +84,10 @@ def honest(
     ``flags`` (name, fired, verdict), ``fired`` (names of fired flags), ``nfe`` (ODE forward NFE),
     ``preset``, ``samples``.
     """
-    from experiments.code_version import code_version
     from experiments.honest import SuiteStore, evaluate
     from experiments.paper.runtime import PAPER_EVALUATION_CODE
-    from experiments.records import RecordStore
+    from storage.code_version import code_version
+    from storage.records import RecordStore
 
     against = dict(against or {})
     x, y = data
@@ -131,7 +133,7 @@ def honest(
             "seconds": evaluation.seconds,
         }
 
-    folder = ctx.out / "evaluations" / digest(identity)
+    folder = ctx.out / "evaluations" / config_hash(identity)
     name = f"honest evaluation of {entry.label}"
     return cached_json(folder / "summary.json", name, identity, counted(ctx, name, compute), guard=ctx.guard)
 
