@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true",
                         help="print every model to train and every evaluation with estimated time and memory "
                              "(calibrated by timing a few steps here), then exit without running")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="with --plan: estimate for K data-parallel processes (torchrun "
+                             "--nproc_per_node K; default: the processes this command runs in)")
     return parser
 
 
@@ -67,36 +70,79 @@ def _check(args: argparse.Namespace) -> None:
             "*-ubyte.gz files and CIFAR-10's cifar-10-batches-py/, or add --download"
         )
     args.data_dir = data_dir
+    if getattr(args, "processes", None) is not None and args.processes < 1:
+        raise UsageError(f"--processes {args.processes}: need K >= 1")
 
 
 def run(args: argparse.Namespace, command: str) -> list[Path]:
-    """Run the artefact(s) named by ``args``; returns the files written."""
+    """Run the artefact(s) named by ``args``; returns the files written. Under ``torchrun`` rank 0 runs them
+    and the other ranks serve its training and evaluation jobs (:mod:`experiments.paper.distributed`)."""
     import torch
 
-    from experiments.code_version import CodeGuard
     from experiments.paper import ARTEFACTS
-    from experiments.paper.report import previous_run, record_run, stamp_stale
-    from experiments.paper.runtime import Context
+    from experiments.paper.distributed import join, launched_rank, leave
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     names = list(ARTEFACTS) if args.artefact == "all" else [args.artefact]
     plans = {name: ARTEFACTS[name].plan(args.scale) for name in names}
+    rank, world_size = launched_rank()
     if getattr(args, "plan", False):
         from experiments.paper.estimate import print_plan
 
-        print_plan(plans, Path(args.out), torch.device(device))
+        if rank == 0:
+            print_plan(plans, Path(args.out), torch.device(device), args.processes or world_size)
         return []
+    _check_team(plans, world_size, device)
+    team, device = join(device)
+    finished = False
+    try:
+        written = _run_plans(args, command, plans, team, device)
+        finished = True
+    finally:
+        leave(team, finished=finished)
+    return written
+
+
+def _check_team(plans: dict, world_size: int, device: str) -> None:
+    """Refuse, before any process joins, what K processes cannot run as one would."""
+    from experiments.paper.distributed import per_process_batch
+
+    if world_size == 1:
+        return
+    if ":" in device:
+        raise UsageError(f"--device {device} under torchrun: pass --device cuda (each process takes "
+                         "cuda:LOCAL_RANK) or cpu")
+    for plan in plans.values():
+        for label, spec in plan.models:
+            try:
+                per_process_batch(spec.train.batch_size, world_size, f"{plan.artefact} {label}'s batch")
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+
+
+def _run_plans(args: argparse.Namespace, command: str, plans: dict, team, device) -> list[Path]:
+    from experiments.code_version import CodeGuard
+    from experiments.paper import ARTEFACTS
+    from experiments.paper.measure import honest_job
+    from experiments.paper.report import previous_run, record_run, stamp_stale
+    from experiments.paper.runtime import Context
+
+    reuse_stale = getattr(args, "reuse_stale", False)
     ctx = Context(
         Path(args.out),
         args.data_dir,
-        torch.device(device),
-        progress=not args.no_progress,
+        device,
+        progress=not args.no_progress and team.is_leader,
         verify_data=all(p.verify_data for p in plans.values()),
-        download=getattr(args, "download", False),
-        guard=CodeGuard(reuse_stale=getattr(args, "reuse_stale", False)),
+        download=getattr(args, "download", False) and team.is_leader,
+        guard=CodeGuard(reuse_stale=reuse_stale) if team.is_leader else CodeGuard(reuse_stale, log=_quiet),
+        team=team,
     )
+    if not team.is_leader:
+        team.serve({"train": ctx.train, "honest": lambda **job: honest_job(ctx, **job)})
+        return []
     for dataset in sorted({d for plan in plans.values() for d in plan.eps_map}):
         ctx.dataset(dataset, "test")  # fail fast on missing or corrupt data, before any training
     written = []
@@ -108,7 +154,12 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
         record_run(paths, ctx.computed[before:], time.perf_counter() - started, previous)
         written += paths
         print(f"{name}: {paths[0]} ({time.perf_counter() - started:.0f} s)", flush=True)
+    team.release()
     return written
+
+
+def _quiet(line: str) -> None:
+    """A helper's log: the leader names every stale entry once."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,7 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one-line contract
         if debug:
             raise
+        from experiments.paper.distributed import launched_rank
+
+        rank, world_size = launched_rank()
+        if isinstance(error, UsageError) and rank != 0:
+            return 2  # every process refuses the same command: rank 0 says why
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = "" if isinstance(error, UsageError) else " (rerun with --debug for the traceback)"
-        print(f"{PROG}: error: {message}{hint}", file=sys.stderr)
+        where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
+        print(f"{PROG}: error{where}: {message}{hint}", file=sys.stderr)
         return 2

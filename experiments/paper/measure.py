@@ -10,12 +10,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from experiments.paper.runtime import Context, RunDirectory, TrainedModel, cached_json, solver_nfe
 from experiments.paper.specs import EvalSpec, digest
+
+if TYPE_CHECKING:
+    from experiments.honest import Evaluation, EvaluationConfig
 
 
 def protocol(
@@ -82,11 +86,6 @@ def honest(
     ``flags`` (name, fired, verdict), ``fired`` (names of fired flags), ``nfe`` (ODE forward NFE),
     ``preset``, ``samples``.
     """
-    from experiments.code_version import code_version
-    from experiments.honest import SuiteStore, evaluate
-    from experiments.paper.runtime import PAPER_EVALUATION_CODE
-    from experiments.records import RecordStore
-
     against = dict(against or {})
     x, y = data
     config = spec.config(tuple(eps), ode=entry.is_ode)
@@ -98,17 +97,10 @@ def honest(
     }
 
     def compute() -> dict[str, Any]:
-        records = RecordStore(folder / "records", code=code_version(PAPER_EVALUATION_CODE), guard=ctx.guard)
-        store = SuiteStore(records, identity, ("suite",))
-        evaluation = evaluate(
-            entry.model,
-            x,
-            y,
-            config,
-            against={k: v.model for k, v in against.items()},
-            store=store,
-            progress=ctx.progress,
-        )
+        job = {"folder": folder, "identity": identity, "config": config, "x": x.cpu(), "y": y.cpu()}
+        sources = {k: v.folder for k, v in against.items()}
+        ctx.team.summon("honest", model=entry.folder, against=sources, **job)
+        evaluation = suite_evaluation(ctx, entry.model, {k: v.model for k, v in against.items()}, **job)
         report = evaluation.report
         ((name, numbers),) = evaluation.protocol.items()
         flags = [{"name": f.name, "fired": bool(f.fired), "verdict": f.verdict} for f in report.flags]
@@ -134,6 +126,43 @@ def honest(
     folder = ctx.out / "evaluations" / digest(identity)
     name = f"honest evaluation of {entry.label}"
     return cached_json(folder / "summary.json", name, identity, counted(ctx, name, compute), guard=ctx.guard)
+
+
+def suite_evaluation(
+    ctx: Context,
+    model: torch.nn.Module,
+    against: Mapping[str, torch.nn.Module],
+    *,
+    folder: Path,
+    identity: Mapping[str, Any],
+    config: EvaluationConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> Evaluation:
+    """``experiments.honest.evaluate`` of ``model`` with its suite records under ``folder/records``, its
+    batches shared by the team's processes (every one calls this together; rank 0 writes the records)."""
+    from experiments.code_version import code_version
+    from experiments.honest import SuiteStore, evaluate
+    from experiments.paper.runtime import PAPER_EVALUATION_CODE
+    from experiments.records import RecordStore
+
+    records = RecordStore(folder / "records", code=code_version(PAPER_EVALUATION_CODE), guard=ctx.guard)
+    return evaluate(
+        model,
+        x.to(ctx.device),
+        y.to(ctx.device),
+        config,
+        against=against,
+        store=SuiteStore(records, identity, ("suite",)),
+        progress=ctx.progress and ctx.team.is_leader,
+        rank=ctx.team.rank,
+        world_size=ctx.team.world_size,
+    )
+
+
+def honest_job(ctx: Context, *, model: Path, against: Mapping[str, Path], **job: Any) -> None:
+    """A helper's share of the leader's honest evaluation (:func:`suite_evaluation` on the same inputs)."""
+    suite_evaluation(ctx, ctx.loaded(model), {k: ctx.loaded(v) for k, v in against.items()}, **job)
 
 
 def counted(ctx: Context, name: str, compute: Callable[[], Any]) -> Callable[[], Any]:

@@ -34,6 +34,7 @@ from experiments.code_version import (
     code_version,
     model_folder_is_current,
 )
+from experiments.paper.distributed import Team, per_process_batch
 from experiments.paper.specs import ModelSpec, Plan, digest
 from nets.atomic import atomic_write_text
 
@@ -81,10 +82,13 @@ class Context:
     verify_data: bool = True
     download: bool = False
     guard: CodeGuard = field(default_factory=CodeGuard)
+    #: the torchrun processes of this command (a team of one without torchrun); only its leader writes
+    team: Team = field(default_factory=Team)
     #: what this command computed (trained models, measurements), as opposed to reused from the caches
     computed: list[str] = field(default_factory=list)
     _data: dict[tuple[str, str], Any] = field(default_factory=dict)
     _models: dict[str, TrainedModel] = field(default_factory=dict)
+    _loaded: dict[str, nn.Module] = field(default_factory=dict)
 
     # ---------------------------------------------------------------------------------------- data
     def dataset(self, name: str, split: str):
@@ -129,9 +133,9 @@ class Context:
 
     # -------------------------------------------------------------------------------------- models
     def trained(self, label: str, spec: ModelSpec, test_samples: int | None = None) -> TrainedModel:
-        """The model of ``spec``: loaded from the cache, or trained there first (resumable)."""
-        from nets.datasets import RandomCropFlip
-        from nets.training import MODEL_NAME, load_trained_model, train
+        """The model of ``spec``: loaded from the cache, or trained there first (resumable; data-parallel
+        over the team's processes, which the leader summons for it)."""
+        from nets.training import MODEL_NAME, load_trained_model
 
         key = spec.key()
         if key in self._models:
@@ -144,38 +148,67 @@ class Context:
         if not spec_path.is_file():
             atomic_write_text(spec_path, json.dumps(spec.to_dict(), indent=2) + "\n")
         if not (folder / MODEL_NAME).is_file():
-            train_set = self.dataset(spec.dataset, "train")
-            if spec.train.limit_train is not None:
-                train_set = train_set.subset(slice(0, spec.train.limit_train))
-            test_set = self.dataset(spec.dataset, "test")
-            if test_samples is not None:
-                test_set = test_set.subset(slice(0, test_samples))
-            torch.manual_seed(spec.train.seed)
+            self.training_sets(spec, test_samples)  # loaded (or downloaded) here before the helpers read them
             self.computed.append(f"model {label}")
             if self.progress:
+                processes = f" on {self.team.world_size} processes" if self.team.enabled else ""
                 print(
-                    f"[{label}] training {spec.name} on {spec.dataset} for {spec.train.epochs} epochs "
-                    f"-> {folder}",
+                    f"[{label}] training {spec.name} on {spec.dataset} for {spec.train.epochs} epochs"
+                    f"{processes} -> {folder}",
                     flush=True,
                 )
-            train(
-                spec.build(),
-                train_set,
-                test_set,
-                spec.train.train_config(),
-                folder,
-                loss_fn=spec.train.loss_fn(),
-                augment=RandomCropFlip() if spec.train.augment else None,
-                device=self.device,
-                resume=True,
-                progress=self.progress,
-                model_spec={"name": spec.name, "kwargs": spec.arguments},
-            )
+            self.team.summon("train", spec=spec, folder=folder, test_samples=test_samples)
+            self.train(spec, folder, test_samples)
         trained_model = load_trained_model(folder, device=self.device)
         info = _training_info(folder)
         entry = TrainedModel(label, spec, trained_model, folder, info)
         self._models[key] = entry
         return entry
+
+    def training_sets(self, spec: ModelSpec, test_samples: int | None):
+        """The training images of ``spec`` (its recipe's subset) and the per-epoch test images."""
+        train_set = self.dataset(spec.dataset, "train")
+        if spec.train.limit_train is not None:
+            train_set = train_set.subset(slice(0, spec.train.limit_train))
+        test_set = self.dataset(spec.dataset, "test")
+        if test_samples is not None:
+            test_set = test_set.subset(slice(0, test_samples))
+        return train_set, test_set
+
+    def train(self, spec: ModelSpec, folder: Path, test_samples: int | None) -> None:
+        """Train ``spec`` into ``folder`` (every process of the team runs this together: nets' DDP with the
+        recipe's global batch split evenly; only rank 0 writes)."""
+        from nets.datasets import RandomCropFlip
+        from nets.training import train
+
+        train_set, test_set = self.training_sets(spec, test_samples)
+        config = spec.train.train_config()
+        if self.team.enabled:
+            config = config.replace(batch_size=per_process_batch(
+                config.batch_size, self.team.world_size, f"the training batch of {spec.name}"))
+        torch.manual_seed(spec.train.seed)
+        train(
+            spec.build(),
+            train_set,
+            test_set,
+            config,
+            folder,
+            loss_fn=spec.train.loss_fn(),
+            augment=RandomCropFlip() if spec.train.augment else None,
+            device=self.device,
+            resume=True,
+            progress=self.progress and self.team.is_leader,
+            model_spec={"name": spec.name, "kwargs": spec.arguments},
+        )
+
+    def loaded(self, folder: Path) -> nn.Module:
+        """A helper's copy of the model the leader trained or loaded into ``folder`` (read, never written)."""
+        from nets.training import load_trained_model
+
+        key = str(folder)
+        if key not in self._loaded:
+            self._loaded[key] = load_trained_model(folder, device=self.device)
+        return self._loaded[key]
 
 
 def _training_info(folder: Path) -> dict[str, Any]:
