@@ -182,11 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one-line contract
         if debug:
             raise
-        from experiments.paper.distributed import launched_rank
+        from experiments.paper.distributed import launched_rank, peer_failed
 
         rank, world_size = launched_rank()
-        if isinstance(error, UsageError) and rank != 0:
-            return 2  # every process refuses the same command: rank 0 says why
+        if world_size > 1 and (peer_failed(error) or isinstance(error, UsageError) and rank != 0):
+            return 2  # the failing peer says why (for a refused command: rank 0, as every rank refuses it)
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = "" if isinstance(error, UsageError) else " (rerun with --debug for the traceback)"
         where = f" (rank {rank} of {world_size})" if world_size > 1 else ""

@@ -36,6 +36,17 @@ def launched_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def peer_failed(error: BaseException) -> bool:
+    """True when ``error`` is this process losing a peer in a collective (the peer crashed and says why
+    itself; torchrun then ends every process), not a failure of its own."""
+    import torch.distributed as dist
+
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        sign in text for sign in ("closed by peer", "reset by peer", "remote worker crashing")
+    )
+
+
 def per_process_batch(global_batch: int, world_size: int, what: str = "the batch") -> int:
     """``global_batch / world_size``: the per-process batch that keeps a recipe's global batch under DDP
     (``nets.training``'s ``batch_size`` is per process). Raises ``ValueError`` when it does not divide."""
