@@ -188,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if world_size > 1 and (peer_failed(error) or isinstance(error, UsageError) and rank != 0):
             return 2  # the failing peer says why (for a refused command: rank 0, as every rank refuses it)
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = "" if isinstance(error, UsageError) else " (rerun with --debug for the traceback)"
-        where = f" (rank {rank} of {world_size})" if world_size > 1 else ""
+        usage = isinstance(error, UsageError)
+        hint = "" if usage else " (rerun with --debug for the traceback)"
+        where = f" (rank {rank} of {world_size})" if world_size > 1 and not usage else ""
         print(f"{PROG}: error{where}: {message}{hint}", file=sys.stderr)
         return 2
