@@ -226,7 +226,10 @@ def test_plan_scales_training_by_k_and_only_the_suite_share_of_an_evaluation(tmp
     assert f" {_duration(seconds)} " in row(1, 0) and f" {_duration(seconds / 4)} " in row(4, 0)
     # evaluation: the unsharded passes (protocol PGD-40, FGSM, convergence check) stay whole
     unshared = unsharded_passes(plan, False, 4)
-    assert 41 < unshared < 42
+    config = plan.evaluation.config((0.1,), ode=False)
+    checked = 50 / (10_000 * 4)  # 50 convergence-check images, spread over 10,000 images × 4 ε
+    assert config.protocol_steps == 40
+    assert unshared == pytest.approx(40 + 1 + sum(config.convergence_steps) * checked)
     assert parallel_time(100.0, 0.25, 4) == pytest.approx(25 + 75 / 4)
     one, four = row(1, 1), row(4, 1)
     assert one != four and "10000 × 4 × 142–2709" in one and "10000 × 4 × 142–2709" in four
