@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true",
                         help="print every model to train and every evaluation with estimated time and memory "
                              "(calibrated by timing a few steps here), then exit without running")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the artefact's models (data-parallel under torchrun) and stop")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="evaluate shard K of N (K from 0) of every honest evaluation of the artefact "
+                             "and stop; once all N have run, the same command without --shard merges them "
+                             "and writes the report (models must be trained: --train-only)")
     parser.add_argument("--processes", type=int, default=None,
                         help="with --plan: estimate for K data-parallel processes (torchrun "
                              "--nproc_per_node K; default: the processes this command runs in)")
@@ -70,6 +76,12 @@ def _check(args: argparse.Namespace) -> None:
             "*-ubyte.gz files and CIFAR-10's cifar-10-batches-py/, or add --download"
         )
     args.data_dir = data_dir
+    if getattr(args, "shard", None) is not None:
+        from experiments.paper.sharding import ShardJob
+
+        args.shard = ShardJob.parse(args.shard)
+        if args.train_only:
+            raise UsageError("--shard and --train-only are two steps: train first, then run the shards")
     if getattr(args, "processes", None) is not None and args.processes < 1:
         raise UsageError(f"--processes {args.processes}: need K >= 1")
 
@@ -94,7 +106,7 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
         if rank == 0:
             print_plan(plans, Path(args.out), torch.device(device), args.processes or world_size)
         return []
-    _check_team(plans, world_size, device)
+    _check_team(args, plans, world_size, device)
     team, device = join(device)
     finished = False
     try:
@@ -105,12 +117,15 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
     return written
 
 
-def _check_team(plans: dict, world_size: int, device: str) -> None:
+def _check_team(args: argparse.Namespace, plans: dict, world_size: int, device: str) -> None:
     """Refuse, before any process joins, what K processes cannot run as one would."""
     from experiments.paper.distributed import per_process_batch
 
     if world_size == 1:
         return
+    if getattr(args, "shard", None) is not None:
+        raise UsageError("--shard jobs run one process each: start them without torchrun (or leave out "
+                         "--shard and let torchrun share the evaluation's batches)")
     if ":" in device:
         raise UsageError(f"--device {device} under torchrun: pass --device cuda (each process takes "
                          "cuda:LOCAL_RANK) or cpu")
@@ -139,12 +154,22 @@ def _run_plans(args: argparse.Namespace, command: str, plans: dict, team, device
         download=getattr(args, "download", False) and team.is_leader,
         guard=CodeGuard(reuse_stale=reuse_stale) if team.is_leader else CodeGuard(reuse_stale, log=_quiet),
         team=team,
+        shard=getattr(args, "shard", None),
     )
     if not team.is_leader:
         team.serve({"train": ctx.train, "honest": lambda **job: honest_job(ctx, **job)})
         return []
     for dataset in sorted({d for plan in plans.values() for d in plan.eps_map}):
         ctx.dataset(dataset, "test")  # fail fast on missing or corrupt data, before any training
+    if getattr(args, "train_only", False):
+        for name, plan in plans.items():
+            for label, spec in plan.models:
+                ctx.trained(label, spec, plan.evaluation.test_samples)
+            print(f"{name}: {len(plan.models)} models trained under {Path(args.out) / 'models'}", flush=True)
+        team.release()
+        return []
+    if ctx.shard is not None:
+        return _run_shard(ctx, plans, command)
     written = []
     for name, plan in plans.items():
         started = time.perf_counter()
@@ -156,6 +181,28 @@ def _run_plans(args: argparse.Namespace, command: str, plans: dict, team, device
         print(f"{name}: {paths[0]} ({time.perf_counter() - started:.0f} s)", flush=True)
     team.release()
     return written
+
+
+def _run_shard(ctx, plans: dict, command: str) -> list[Path]:
+    """``--shard K/N``: each artefact runs with its honest evaluations cut to shard K (and its other
+    measurements skipped) in a scratch run directory, deleted afterwards: what stays are the shards."""
+    import dataclasses
+    import shutil
+
+    from experiments.paper import ARTEFACTS
+
+    for name, plan in plans.items():
+        started = time.perf_counter()
+        scratch = dataclasses.replace(plan, artefact=f"{name}.shard-{ctx.shard.folder_name}")
+        try:
+            ARTEFACTS[name].run(ctx, scratch, command)
+        finally:
+            shutil.rmtree(ctx.out / scratch.artefact, ignore_errors=True)
+        print(f"{name}: shard {ctx.shard.label} of its honest evaluations written under "
+              f"{ctx.out / 'evaluations'}/*/shards/{ctx.shard.folder_name} "
+              f"({time.perf_counter() - started:.0f} s); once every shard has run, merge them with the same "
+              "command without --shard", flush=True)
+    return []
 
 
 def _quiet(line: str) -> None:

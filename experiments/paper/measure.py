@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from experiments.paper.runtime import Context, RunDirectory, TrainedModel, cached_json, solver_nfe
+from experiments.paper.sharding import SHARDS, merged_evaluation, shard_evaluation
 from experiments.paper.specs import EvalSpec, digest
 
 if TYPE_CHECKING:
@@ -38,6 +40,10 @@ def protocol(
     from attacks import sweep
 
     x, y = data
+    if ctx.shard is not None:  # a shard job measures only its share of the honest evaluations
+        nothing = {"model": entry.label, "clean_accuracy": math.nan, "robust_accuracy": math.nan,
+                   "samples": int(x.shape[0])}
+        return [{**nothing, "attack": name, "eps": float(e)} for name in attacks for e in eps], 0.0
     identity = {
         "model": entry.spec.key(),
         "eps": list(eps),
@@ -96,36 +102,51 @@ def honest(
         "samples": int(x.shape[0]),
     }
 
+    folder = ctx.out / "evaluations" / digest(identity)
+    models = {k: v.model for k, v in against.items()}
+    if ctx.shard is not None:
+        evaluation = shard_evaluation(ctx, entry, models, folder=folder, identity=identity, config=config,
+                                      x=x, y=y)
+        return _summary(entry, eps, spec, evaluation, x), 0.0
+
     def compute() -> dict[str, Any]:
         job = {"folder": folder, "identity": identity, "config": config, "x": x.cpu(), "y": y.cpu()}
-        sources = {k: v.folder for k, v in against.items()}
-        ctx.team.summon("honest", model=entry.folder, against=sources, **job)
-        evaluation = suite_evaluation(ctx, entry.model, {k: v.model for k, v in against.items()}, **job)
-        report = evaluation.report
-        ((name, numbers),) = evaluation.protocol.items()
-        flags = [{"name": f.name, "fired": bool(f.fired), "verdict": f.verdict} for f in report.flags]
-        return {
-            "eps": [float(e) for e in eps],
-            "clean": float(report.clean_correct.float().mean()),
-            "worst_case": [float(report.worst_case_accuracy(e)) for e in eps],
-            "worst_case_robust": [
-                "".join("1" if r else "0" for r in report.worst_case(e).tolist()) for e in eps
-            ],
-            "protocol": [float(numbers[e]) for e in eps],
-            "protocol_name": name,
-            "attacks": list(report.attack_names),
-            "flags": flags,
-            "fired": [f["name"] for f in flags if f["fired"]],
-            "nfe": solver_nfe(entry.model, x, spec.batch_size),
-            "solver": evaluation.solver,
-            "preset": config.preset,
-            "samples": int(x.shape[0]),
-            "seconds": evaluation.seconds,
-        }
+        if (folder / SHARDS).is_dir():
+            evaluation = merged_evaluation(entry.model, models, folder, config, x, y)
+        else:
+            sources = {k: v.folder for k, v in against.items()}
+            ctx.team.summon("honest", model=entry.folder, against=sources, **job)
+            evaluation = suite_evaluation(ctx, entry.model, models, **job)
+        return _summary(entry, eps, spec, evaluation, x)
 
-    folder = ctx.out / "evaluations" / digest(identity)
     name = f"honest evaluation of {entry.label}"
     return cached_json(folder / "summary.json", name, identity, counted(ctx, name, compute), guard=ctx.guard)
+
+
+def _summary(
+    entry: TrainedModel, eps: Sequence[float], spec: EvalSpec, evaluation: Evaluation, x: torch.Tensor
+) -> dict[str, Any]:
+    report = evaluation.report
+    ((name, numbers),) = evaluation.protocol.items()
+    flags = [{"name": f.name, "fired": bool(f.fired), "verdict": f.verdict} for f in report.flags]
+    return {
+        "eps": [float(e) for e in eps],
+        "clean": float(report.clean_correct.float().mean()),
+        "worst_case": [float(report.worst_case_accuracy(e)) for e in eps],
+        "worst_case_robust": [
+            "".join("1" if r else "0" for r in report.worst_case(e).tolist()) for e in eps
+        ],
+        "protocol": [float(numbers[e]) for e in eps],
+        "protocol_name": name,
+        "attacks": list(report.attack_names),
+        "flags": flags,
+        "fired": [f["name"] for f in flags if f["fired"]],
+        "nfe": solver_nfe(entry.model, x, spec.batch_size),
+        "solver": evaluation.solver,
+        "preset": evaluation.config.preset,
+        "samples": int(x.shape[0]),
+        "seconds": evaluation.seconds,
+    }
 
 
 def suite_evaluation(
@@ -186,6 +207,8 @@ def clean_accuracy(
     test = ctx.dataset(dataset, "test")
     limit = run.plan.evaluation.test_samples if run.plan.scale == "smoke" else None
     images = min(limit or len(test), len(test))
+    if ctx.shard is not None:  # a shard job measures only its share of the honest evaluations
+        return math.nan, images
     identity = {"model": entry.spec.key(), "dataset": dataset, "images": images}
 
     @torch.no_grad()

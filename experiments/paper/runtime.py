@@ -35,6 +35,7 @@ from experiments.code_version import (
     model_folder_is_current,
 )
 from experiments.paper.distributed import Team, per_process_batch
+from experiments.paper.sharding import ShardJob
 from experiments.paper.specs import ModelSpec, Plan, digest
 from nets.atomic import atomic_write_text
 
@@ -84,6 +85,8 @@ class Context:
     guard: CodeGuard = field(default_factory=CodeGuard)
     #: the torchrun processes of this command (a team of one without torchrun); only its leader writes
     team: Team = field(default_factory=Team)
+    #: ``--shard K/N``: this command evaluates shard K of every honest evaluation, and nothing else
+    shard: ShardJob | None = None
     #: what this command computed (trained models, measurements), as opposed to reused from the caches
     computed: list[str] = field(default_factory=list)
     _data: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -148,6 +151,10 @@ class Context:
         if not spec_path.is_file():
             atomic_write_text(spec_path, json.dumps(spec.to_dict(), indent=2) + "\n")
         if not (folder / MODEL_NAME).is_file():
+            if self.shard is not None:
+                raise PaperError(f"model {label} is not trained yet ({folder}): shard jobs evaluate trained "
+                                 "models; train them first with the same command and --train-only instead of "
+                                 "--shard (under torchrun to train data-parallel)")
             self.training_sets(spec, test_samples)  # loaded (or downloaded) here before the helpers read them
             self.computed.append(f"model {label}")
             if self.progress:
