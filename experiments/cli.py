@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -88,6 +89,32 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="download missing dataset files into --data-dir (needs internet)")
     parser.add_argument("--no-verify", action="store_true", help="skip the dataset checksum verification")
+
+
+def shown_command(program: str, argv: Sequence[str], cwd: Path | None = None) -> str:
+    """The command line a report prints: ``program`` and ``argv`` shell-quoted, with this machine's folders
+    taken out, so that a reader can run it anywhere.
+
+    The value of ``--data-dir`` becomes ``DIR`` (README's convention; the data may also come from
+    ``$NR_DATA_DIR``), and an absolute path inside ``cwd`` (default: the working directory) becomes
+    relative to it. Other arguments are kept as given.
+    """
+    base = (cwd or Path.cwd()).resolve()
+    shown: list[str] = []
+    after_data_dir = False
+    for argument in argv:
+        if after_data_dir:
+            argument, after_data_dir = "DIR", False
+        elif argument == "--data-dir":
+            after_data_dir = True
+        elif argument.startswith("--data-dir="):
+            argument = "--data-dir=DIR"
+        elif os.path.isabs(argument):
+            path = Path(argument).resolve()
+            if path.is_relative_to(base):
+                argument = path.relative_to(base).as_posix() or "."
+        shown.append(argument)
+    return " ".join([program, *map(shlex.quote, shown)])
 
 
 def positive_int(text: str) -> int:

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -43,6 +42,7 @@ from experiments.cli import (
     positive_int,
     run,
     setup,
+    shown_command,
 )
 from experiments.code_version import EVALUATION_CODE, CodeGuard, code_version
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         return 0
     for line in records.summary():
         print(line)
-    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in argv)
+    command = shown_command("python -m experiments.evaluate", argv)
     extra = {
         "dataset": dataset,
         "checkpoint": str(args.checkpoint),
@@ -312,7 +312,7 @@ def run_unit_test(args: argparse.Namespace, argv: Sequence[str], model: torch.nn
     if world > 1:
         raise UsageError("--unit-test runs in one process; start it without torchrun")
     results = unit_test(model, x, config, against)
-    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in argv)
+    command = shown_command("python -m experiments.evaluate", argv)
     extra = {"config": config.to_dict(), "checkpoint": str(args.checkpoint)}
     outputs.add(write_unit_test(results, Path(args.out), command, extra))
     for line in summary_lines(results):
@@ -355,7 +355,7 @@ def merge(args: argparse.Namespace, argv: Sequence[str], outputs: Outputs) -> in
     model.eval()
     if not args.no_checks:
         run_evaluation_checks(model, x, y, evaluation)
-    command = "python -m experiments.evaluate " + " ".join(shlex.quote(a) for a in argv)
+    command = shown_command("python -m experiments.evaluate", argv)
     out = Path(args.out)
     extra = {
         "dataset": identity["dataset"],

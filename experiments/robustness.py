@@ -36,7 +36,6 @@ import hashlib
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -59,6 +58,7 @@ from experiments.cli import (
     positive_int,
     run,
     setup,
+    shown_command,
 )
 from experiments.code_version import (
     EVALUATION_CODE,
@@ -623,7 +623,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
     atomic_write_text(out / "results.json", json.dumps(records, indent=2) + "\n")
     table = summary_lines(records, eps)
     print("\n" + "\n".join(table))
-    command = "python -m experiments.robustness " + " ".join(shlex.quote(a) for a in argv)
+    command = shown_command("python -m experiments.robustness", argv)
     this_run = {"wall_s": time.perf_counter() - started, "computed": len(store.computed),
                 "reused": len(store.resumed), "summaries_reused": reused_summaries}
     report = report_markdown(records, eps, table, models, args, n, command, this_run,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -212,7 +211,9 @@ def _quiet(line: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    command = " ".join([PROG, *map(shlex.quote, argv)])
+    from experiments.cli import shown_command
+
+    command = shown_command(PROG, argv)
     try:
         args = build_parser().parse_args(argv)
         _check(args)

@@ -193,3 +193,17 @@ def test_help_names_no_source_only_section():
 
     text = robustness.build_parser().format_help()
     assert "RECIPES below" not in text and "docs/experiments.md" in text
+
+
+def test_shown_command_takes_this_machines_folders_out(tmp_path):
+    """A report's command names no folder of the machine that ran it: ``--data-dir`` shows ``DIR`` and an
+    absolute path under the working directory shows relative; other arguments stay as given."""
+    from experiments.cli import shown_command
+
+    out = tmp_path / "runs" / "robustness"
+    argv = ["--data-dir", "/srv/data/mnist", "--out", str(out), "--eps", "0.1",
+            "--checkpoint", "/elsewhere/m.pt"]
+    shown = shown_command("python -m experiments.evaluate", argv, cwd=tmp_path)
+    assert shown == ("python -m experiments.evaluate --data-dir DIR --out runs/robustness --eps 0.1 "
+                     "--checkpoint /elsewhere/m.pt")
+    assert shown_command("prog", ["--data-dir=/x y", "a b"], cwd=tmp_path) == "prog --data-dir=DIR 'a b'"
