@@ -5,6 +5,12 @@
 * :func:`honest` — ``experiments.honest.evaluate``: the suite's per-example worst case, the paper-protocol
   PGD-40 number and the named flags (ε-sanity, masking, ...), its records and summary under
   ``OUT/evaluations/<key>/`` (shared by every artefact that asks for the same evaluation).
+
+Under ``torchrun`` the honest evaluation's suite is shared by the processes (:func:`suite_evaluation`, which
+every rank runs together). Under ``--shard K/N`` :func:`honest` evaluates shard K only
+(:mod:`experiments.paper.sharding`) and returns that shard's summary uncached, and the other measurements
+return NaN placeholders without computing (a shard job writes no report); without ``--shard`` an evaluation
+whose shards are present is merged from them.
 """
 
 from __future__ import annotations
