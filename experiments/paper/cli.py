@@ -134,6 +134,13 @@ def _check_team(args: argparse.Namespace, plans: dict, world_size: int, device: 
                 per_process_batch(spec.train.batch_size, world_size, f"{plan.artefact} {label}'s batch")
             except ValueError as error:
                 raise UsageError(str(error)) from None
+            trained = (Path(args.out) / "models" / f"{spec.name}-{spec.key()}" / "model.pt").is_file()
+            if spec.train.loss == "yopo" and not trained:
+                raise UsageError(
+                    f"{plan.artefact} {label} trains with YOPO, which does not run under "
+                    "DistributedDataParallel (attacks.yopo): train it in one process first (the same "
+                    "command without torchrun, with --train-only), then rerun under torchrun"
+                )
 
 
 def _run_plans(args: argparse.Namespace, command: str, plans: dict, team, device) -> list[Path]:
@@ -162,9 +169,8 @@ def _run_plans(args: argparse.Namespace, command: str, plans: dict, team, device
         ctx.dataset(dataset, "test")  # fail fast on missing or corrupt data, before any training
     if getattr(args, "train_only", False):
         for name, plan in plans.items():
-            for label, spec in plan.models:
-                ctx.trained(label, spec, plan.evaluation.test_samples)
-            print(f"{name}: {len(plan.models)} models trained under {Path(args.out) / 'models'}", flush=True)
+            _train_models(ctx, ARTEFACTS[name], plan)
+            print(f"{name}: its models are trained, under {Path(args.out) / 'models'}", flush=True)
         team.release()
         return []
     if ctx.shard is not None:
@@ -180,6 +186,16 @@ def _run_plans(args: argparse.Namespace, command: str, plans: dict, team, device
         print(f"{name}: {paths[0]} ({time.perf_counter() - started:.0f} s)", flush=True)
     team.release()
     return written
+
+
+def _train_models(ctx, artefact, plan) -> None:
+    """``--train-only``: the artefact's own ``train_models(ctx, plan)`` where it trains models its plan does
+    not list, else every model of its plan."""
+    if hasattr(artefact, "train_models"):
+        artefact.train_models(ctx, plan)
+        return
+    for label, spec in plan.models:
+        ctx.trained(label, spec, plan.evaluation.test_samples)
 
 
 def _run_shard(ctx, plans: dict, command: str) -> list[Path]:

@@ -247,6 +247,10 @@ def test_a_refused_command_under_torchrun_is_one_line_from_rank_0(tmp_path, monk
     monkeypatch.setenv("WORLD_SIZE", "3")  # table1's smoke recipes use batch 32
     assert cli.main(argv[:-2]) == 2
     assert "cannot be split evenly over 3 processes" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["table2", *argv[1:-2]]) == 2
+    assert "table2 yopo trains with YOPO, which does not run under DistributedDataParallel" in (
+        capsys.readouterr().err)
 
 
 def test_plan_scales_training_by_k_and_only_the_suite_share_of_an_evaluation(tmp_path) -> None:
