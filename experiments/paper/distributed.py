@@ -98,6 +98,16 @@ class Team:
                 raise RuntimeError(f"the leader sent an unknown job {kind!r} (ranks run different code?)")
             handlers[kind](**payload)
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj``, in rank order, on every process (``[obj]`` in one process)."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj, group=self._channel)
+        return gathered
+
     def release(self) -> None:
         """Leader: tell the helpers that the run is over."""
         if self.enabled:

@@ -167,24 +167,49 @@ def suite_evaluation(
     y: torch.Tensor,
 ) -> Evaluation:
     """``experiments.honest.evaluate`` of ``model`` with its suite records under ``folder/records``, its
-    batches shared by the team's processes (every one calls this together; rank 0 writes the records)."""
+    batches shared by the team's processes (every one calls this together; rank 0 writes the records and
+    runs the whole-set checks on the adversarials all found; each process runs the protocol PGD whole)."""
     from experiments.code_version import code_version
-    from experiments.honest import SuiteStore, evaluate
+    from experiments.honest import SuiteStore, evaluate, run_evaluation_checks
     from experiments.paper.runtime import PAPER_EVALUATION_CODE
     from experiments.records import RecordStore
 
     records = RecordStore(folder / "records", code=code_version(PAPER_EVALUATION_CODE), guard=ctx.guard)
-    return evaluate(
+    x, y = x.to(ctx.device), y.to(ctx.device)
+    evaluation = evaluate(
         model,
-        x.to(ctx.device),
-        y.to(ctx.device),
+        x,
+        y,
         config,
         against=against,
         store=SuiteStore(records, identity, ("suite",)),
         progress=ctx.progress and ctx.team.is_leader,
         rank=ctx.team.rank,
         world_size=ctx.team.world_size,
+        checks=not ctx.team.enabled,
     )
+    if ctx.team.enabled:  # the checks read the first adversarials of the whole set: every process found some
+        keep = config.dependence_samples
+        found = {key: (index[:keep], x_adv[:keep])
+                 for key, (index, x_adv) in evaluation.report.adversarials.items()}
+        evaluation.report.adversarials = _first_adversarials(ctx.team.gather(found), keep)
+        if ctx.team.is_leader:
+            run_evaluation_checks(model, x, y, evaluation)
+    return evaluation
+
+
+def _first_adversarials(
+    parts: Sequence[Mapping[tuple[str, float], tuple[torch.Tensor, torch.Tensor]]], keep: int
+) -> dict[tuple[str, float], tuple[torch.Tensor, torch.Tensor]]:
+    """Per (attack, ε), the first ``keep`` adversarials by sample index over every process's (as one process
+    finds them, batch after batch)."""
+    merged = {}
+    for key in dict.fromkeys(key for part in parts for key in part):
+        index = torch.cat([part[key][0] for part in parts if key in part])
+        x_adv = torch.cat([part[key][1] for part in parts if key in part])
+        order = index.argsort()[:keep]
+        merged[key] = (index[order], x_adv[order])
+    return merged
 
 
 def honest_job(ctx: Context, *, model: Path, against: Mapping[str, Path], **job: Any) -> None:
