@@ -181,7 +181,7 @@ def _run_plans(args: argparse.Namespace, command: str, plans: dict, team, device
         before, previous = len(ctx.computed), previous_run(Path(args.out) / name)
         paths = ARTEFACTS[name].run(ctx, plan, command)
         stamp_stale(paths, ctx.guard.reused)
-        record_run(paths, ctx.computed[before:], time.perf_counter() - started, previous)
+        record_run(paths, ctx.computed[before:], time.perf_counter() - started, previous, team.world_size)
         written += paths
         print(f"{name}: {paths[0]} ({time.perf_counter() - started:.0f} s)", flush=True)
     team.release()

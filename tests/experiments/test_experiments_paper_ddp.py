@@ -167,6 +167,10 @@ def test_two_processes_give_the_same_per_sample_attack_results_and_report(runs) 
     assert any(any(record["fooled"]) for record in a.values())
     one_csv = (root / "one" / "table1" / "results.csv").read_bytes()
     assert one_csv == (root / "two" / "table1" / "results.csv").read_bytes()
+    for run, processes in (("one", 1), ("two", 2)):
+        record = json.loads((root / run / "table1" / "results.json").read_text())["run"]
+        assert record["processes"] == processes
+    assert ", 2 processes), finished" in (root / "two" / "table1" / "report.md").read_text()
     made = {p.relative_to(root / "one") for p in (root / "one").rglob("*") if p.is_file()}
     assert made == {p.relative_to(root / "two") for p in (root / "two").rglob("*") if p.is_file()}
 
