@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
 
 __all__ = ["ResultTable"]
 

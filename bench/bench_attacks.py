@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from crosscheck_attacks import CountingModel, load_mnist_float, train_small_cnn  # noqa: E402
 
 from attacks import PGD, BoundaryAttack  # noqa: E402
-from nets.atomic import atomic_write_text  # noqa: E402
+from storage.atomic import atomic_write_text  # noqa: E402
 
 
 def timed(function: Callable[[], object]) -> tuple[float, float]:

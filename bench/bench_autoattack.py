@@ -36,7 +36,7 @@ from bench_attacks import interleaved, ratio_line, replay  # noqa: E402
 from crosscheck_attacks import CountingModel, load_mnist_float, train_small_cnn  # noqa: E402
 
 from attacks import APGD, Square  # noqa: E402
-from nets.atomic import atomic_write_text  # noqa: E402
+from storage.atomic import atomic_write_text  # noqa: E402
 
 
 def apgd_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, seed: int,

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks import DI2FGSM, FGSM, PGD, BoundaryAttack
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
 
 
 def small_cnn() -> nn.Sequential:

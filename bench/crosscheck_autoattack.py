@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from crosscheck_attacks import batched, load_mnist_float, train_small_cnn  # noqa: E402
 
 from attacks import APGD, APGDT, Square  # noqa: E402
-from nets.atomic import atomic_write_text  # noqa: E402
+from storage.atomic import atomic_write_text  # noqa: E402
 
 ATTACKS = ("APGD-CE", "APGD-T", "Square")
 BALL_TOLERANCE = 1e-6

@@ -30,7 +30,7 @@ from crosscheck_attacks import batched, load_mnist_float, train_small_cnn  # noq
 from crosscheck_autoattack import bits, verify  # noqa: E402
 
 from attacks.fab import FABT  # noqa: E402
-from nets.atomic import atomic_write_text  # noqa: E402
+from storage.atomic import atomic_write_text  # noqa: E402
 
 
 def run_side(side: str, model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int, batch: int,

@@ -26,7 +26,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 import stability
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
 
 TOLERANCES = (1e-3, 1e-6)
 METHODS = ("rodas4", "kvaerno5")

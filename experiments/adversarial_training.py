@@ -16,7 +16,10 @@ epochs a CPU-scale run affords.
 
 It then reports clean accuracy and FGSM / PGD-40 (alpha 0.01, random start) robust accuracy at ``--eps`` on
 the first ``--eval-samples`` test images, per method, in ``OUT/<method>/robustness.json`` and
-``OUT/summary.{csv,json}``. Runs resume (``nets.training``'s checkpoints); finished methods are not redone.
+``OUT/summary.{csv,json}``. Runs resume (``nets.training``'s checkpoints); a finished method is a record of
+the project's record store (``OUT/records``, stamped with its settings and the version of the code) and is
+not redone unless its settings or code changed; a training folder left by other ``stability``/``nets``/
+``attacks`` code is retrained from scratch, named.
 """
 
 from __future__ import annotations
@@ -44,9 +47,16 @@ from attacks import (
     evaluate_attack,
 )
 from experiments.cli import Outputs, add_data_arguments, make_parser, positive_int, run, setup
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
+from storage.code_version import MODEL_CODE, CodeGuard, code_version, model_folder_is_current
+from storage.records import RecordStore
 
 METHODS = ("natural", "pgd-at", "trades", "yopo")
+#: what a method's report depends on: the training and evaluation code and this module
+REPORT_CODE = MODEL_CODE + ("attacks", "experiments/adversarial_training.py")
+#: options that do not change a method's numbers (where files go, how it is shown, which methods run)
+UNSTAMPED = {"out", "data_dir", "download", "no_verify", "no_progress", "threads", "debug", "methods",
+             "device"}
 
 
 def small_mnist_cnn() -> nn.Module:
@@ -108,8 +118,14 @@ def run_method(method: str, args: argparse.Namespace, train_set, test_set,
 
     out = Path(args.out) / method
     report_path = out / "robustness.json"
-    if report_path.exists():
-        return json.loads(report_path.read_text())
+    store = RecordStore(Path(args.out) / "records", code=code_version(REPORT_CODE))
+    settings = {"method": method, **{key: value for key, value in vars(args).items() if key not in UNSTAMPED},
+                "train_samples": len(train_set)}
+    stored = store.get((method,), settings, label=f"{method} report")
+    if stored is not None:
+        return stored
+    trainer = code_version(MODEL_CODE + ("attacks",))
+    model_folder_is_current(out, trainer, CodeGuard(), f"model {method} ({out})")
     torch.manual_seed(args.seed)
     model = small_mnist_cnn()
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=args.lr,
@@ -125,8 +141,7 @@ def run_method(method: str, args: argparse.Namespace, train_set, test_set,
     result = train(model, train_set, test_set.subset(args.eval_samples), config, out, loss_fn=loss_fn,
                    device=args.device, resume=True, progress=not args.no_progress, on_batch_end=callback)
     model.eval()
-    x = test_set.images[: args.eval_samples].float().div(255).to(args.device)
-    y = test_set.labels[: args.eval_samples].to(args.device)
+    x, y = test_set.tensors(0, args.eval_samples, args.device)
     rows = [
         evaluate_attack(model, FGSM(args.eps), (x, y), name="FGSM"),
         evaluate_attack(model, PGD(args.eps, alpha=0.01, steps=40, seed=args.seed), (x, y), name="PGD-40"),
@@ -147,6 +162,7 @@ def run_method(method: str, args: argparse.Namespace, train_set, test_set,
         "fgsm": rows[0],
     }
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    store.put((method,), settings, report)
     if outputs is not None:
         for path in (out / CHECKPOINT_NAME, out / "results.json", out / "model.pt", report_path):
             outputs.add(path)

@@ -26,7 +26,6 @@ import torch
 import stability
 from experiments import cli
 from experiments.cli import Outputs, UsageExit, make_parser, setup
-from nets.atomic import atomic_write_text
 from proofs_check.lipschitz import lipschitz_upper
 from proofs_check.lower_bounds import lipschitz_lower
 from proofs_check.operator_norms import NotCertifiableError
@@ -43,6 +42,7 @@ from proofs_check.verify import (
     verify_adaptive,
     verify_steps,
 )
+from storage.atomic import atomic_write_text
 
 EXPLICIT_SCHEMES = ("euler", "heun", "rk4", "dopri5")
 MAX_IMPLICIT_CONTRACTION = 0.99  # backward Euler with hK above this: a factor ≥ 100 per step, not shown

@@ -1,6 +1,7 @@
 """Command-line conventions shared by every ``experiments`` command.
 
-* ``--help`` shows every option's full description and its default (:func:`make_parser`).
+* ``--help`` shows every option's full description and its default (:func:`make_parser`); a bad option is
+  one line too (:class:`ArgumentParser`).
 * An error is one line on stderr naming what went wrong and what to do; exit status 2 for usage and data
   errors (bad option values, missing or corrupt data, an existing run that would be overwritten, a resume
   with another configuration, a full disk), 1 for any other failure; ``--debug`` shows the traceback instead.
@@ -8,7 +9,7 @@
   130; what was complete is already on disk (every result file is written atomically when complete) and the
   same command resumes from it.
 * The last line lists the files written (:class:`Outputs`); result files are mode 0644
-  (:func:`attacks.table.atomic_write`, the project's one atomic writer).
+  (:func:`storage.atomic.atomic_write`, the project's one atomic writer).
 * ``--data-dir`` always comes with ``--download`` (:func:`add_data_arguments`); every command has
   ``--threads`` (:data:`DEFAULT_THREADS`).
 
@@ -27,7 +28,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -69,10 +70,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line: a :class:`UsageExit` (exit status 2) naming the problem
+    and ``--help``, instead of the usage text and the message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageExit(f"{message} (see {self.prog} --help)")
+
+
 def make_parser(prog: str, doc: str | None, *, threads: bool = True) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with the module docstring as description, defaults shown, ``--debug`` and
+    """An :class:`ArgumentParser` with the module docstring as description, defaults shown, ``--debug`` and
     (unless ``threads=False``) ``--threads``."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
     if threads:
         parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
                             help="torch CPU threads (default: %(default)s = half the cores, so that a second "
@@ -150,6 +159,19 @@ def distinct(values: Sequence[float], option: str) -> list[float]:
     return list(values)
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The device a ``--device`` value names: ``auto`` is CUDA when available, else the CPU; a name torch
+    does not know is a :class:`UsageError`."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+
+
 def setup(args: argparse.Namespace) -> None:
     """Apply the common options: ``torch.set_num_threads(args.threads)``."""
     threads = getattr(args, "threads", None)
@@ -185,9 +207,9 @@ def one_line(error: BaseException) -> str:
 
 
 def _is_usage_error(error: BaseException) -> bool:
-    from nets.atomic import DiskFullError
     from nets.datasets import DatasetError
     from nets.training import ResumeMismatchError
+    from storage.atomic import DiskFullError
 
     usage = (UsageError, DatasetError, FileNotFoundError, FileExistsError, NotADirectoryError, DiskFullError,
              ResumeMismatchError)
@@ -264,6 +286,7 @@ def run(main: Callable[..., Any], argv: Sequence[str] | None = None, *, stream=N
 
 __all__ = [
     "DEFAULT_THREADS",
+    "ArgumentParser",
     "HelpFormatter",
     "Outputs",
     "UsageError",
@@ -275,6 +298,7 @@ __all__ = [
     "make_parser",
     "one_line",
     "positive_int",
+    "resolve_device",
     "run",
     "setup",
 ]

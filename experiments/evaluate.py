@@ -40,16 +40,17 @@ from experiments.cli import (
     distinct,
     make_parser,
     positive_int,
+    resolve_device,
     run,
     setup,
     shown_command,
 )
-from experiments.code_version import EVALUATION_CODE, CodeGuard, code_version
 from experiments.honest import PRESET_NAMES, EvaluationConfig, SuiteStore, evaluate, write_outputs
 from experiments.model_card import model_card
-from experiments.records import RecordStore, file_sha256
 from experiments.shards import merge_evaluation, parse_shard, read_shards, shard_config, write_shard
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
+from storage.code_version import EVALUATION_CODE, CodeGuard, code_version
+from storage.records import RecordStore, file_sha256
 
 DEFAULT_EPS = {"mnist": [0.1, 0.2, 0.3, 0.4], "cifar10": [2 / 255, 4 / 255, 8 / 255, 16 / 255]}
 
@@ -160,10 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, str | None]:
     """The trained model and the dataset it was trained on."""
     from nets.training import MODEL_NAME, load_checkpoint, load_trained_model
@@ -202,7 +199,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
     if args.checkpoint is None:
         raise UsageError("--checkpoint RUN is required (or --merge DIR... to combine shards)")
     rank, world = _distributed()
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", rank % torch.cuda.device_count())
     model, trained_on = load_model(args.checkpoint, device)
@@ -222,7 +219,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         dataset, "test", args.data_dir, download=args.download, verify=not args.no_verify, progress=False
     )
     n = min(args.samples, len(test.labels))
-    x, y = test.images[:n].float().div(255), test.labels[:n].long()
+    x, y = test.tensors(0, n)
     config = EvaluationConfig(
         eps=tuple(args.eps or DEFAULT_EPS.get(dataset, [0.1])),
         preset=args.preset,
@@ -335,7 +332,7 @@ def merge(args: argparse.Namespace, argv: Sequence[str], outputs: Outputs) -> in
         raise UsageError(f"--merge: the shards were made with another model (weights "
                          f"{identity['checkpoint']}) than {checkpoint} (weights {digest}); "
                          "pass --checkpoint with theirs")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, _ = load_model(checkpoint, device)
     against = {_source_label(path): load_model(path, device)[0] for path in sources["against"]}
     if sorted(_file_digest(p) for p in sources["against"]) != identity["against"]:
@@ -347,7 +344,7 @@ def merge(args: argparse.Namespace, argv: Sequence[str], outputs: Outputs) -> in
     test = load_dataset(identity["dataset"], "test", args.data_dir, download=args.download,
                         verify=not args.no_verify, progress=False)
     n = config.samples
-    x, y = test.images[:n].float().div(255), test.labels[:n].long()
+    x, y = test.tensors(0, n)
     if not torch.equal(y, evaluation.report.labels):
         raise UsageError(f"--merge: the labels in the shards differ from the first {n} of the "
                          f"{identity['dataset']} test set under --data-dir; merge with the data the shards "

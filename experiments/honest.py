@@ -35,10 +35,11 @@ from attacks.checks import batch_dependence, pgd_robust, report_flags
 from attacks.passes import PassCounter
 from attacks.suite import PRESETS, batch_seed
 from attacks.table import ResultTable
+from experiments.figures import pyplot, save_figure
 from experiments.masking import SurrogateSolverAttack, ode_blocks, solver_override
 from experiments.progress import WorkBar
-from experiments.records import RecordStore
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
+from storage.records import RecordStore
 
 __all__ = [
     "EvaluationConfig",
@@ -92,7 +93,7 @@ class EvaluationConfig:
 
 
 class SuiteStore:
-    """A model's (attack, eps) suite records in the project's :class:`experiments.records.RecordStore`, under
+    """A model's (attack, eps) suite records in the project's :class:`storage.records.RecordStore`, under
     keys ``prefix + (attack, eps)``, each stamped with ``identity`` (model, data, the whole evaluation
     configuration: in a cascade a record depends on every attack before it). Written atomically, so an
     interrupted run loses at most the record in progress; another configuration is recomputed."""
@@ -497,11 +498,7 @@ def report_config(evaluation: Evaluation, name: str) -> str:
 def plot(evaluations: Mapping[str, Evaluation], path: Path) -> Path:
     """Robust accuracy vs eps per attack (cascade), the worst case and the protocol number, one panel per
     model; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(evaluations), figsize=(5.5 * len(evaluations), 4), squeeze=False)
     for axis, (label, ev) in zip(axes[0], evaluations.items()):
         eps = sorted(ev.config.eps)
@@ -521,13 +518,7 @@ def plot(evaluations: Mapping[str, Evaluation], path: Path) -> Path:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=110)
-    plt.close(figure)
-    temporary.replace(path)
-    path.chmod(0o644)
-    return path
+    return save_figure(figure, path)
 
 
 def write_outputs(

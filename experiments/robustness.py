@@ -18,7 +18,7 @@ Dormand–Prince), measured honestly.
    models with ODE blocks the input-gradient agreement with a tight-tolerance solve is reported too.
 3. Resume. Every (model, attack, eps) result is a record in OUT/records, written atomically when complete
    and stamped with its configuration (model weights, samples, eps, attack settings), a checksum of its
-   content and the version of the code that made it (experiments.code_version). A rerun reuses the records
+   content and the version of the code that made it (storage.code_version). A rerun reuses the records
    whose configuration and code are unchanged, recomputes the others (an edited or malformed record too),
    and says which; Ctrl-C keeps every complete record. --force recomputes everything. A cached model trained
    by other code (stability, nets) is retrained and named; --reuse-stale reuses such models and records
@@ -35,7 +35,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,32 +55,39 @@ from experiments.cli import (
     distinct,
     make_parser,
     positive_int,
+    resolve_device,
     run,
     setup,
     shown_command,
 )
-from experiments.code_version import (
-    EVALUATION_CODE,
-    MODEL_CODE,
-    CodeGuard,
-    code_version,
-    model_folder_is_current,
-)
 from experiments.honest import PRESET_NAMES, Evaluation, EvaluationConfig, SuiteStore, evaluate, result_rows
 from experiments.masking import gradient_agreement, ode_blocks
+from experiments.models import (
+    MODELS_DIR_ENV,
+    ModelSpec,
+    TrainedModel,
+    cache_folder,
+    model_arg,
+    models_dir,
+    trained,
+    training_info,
+)
 from experiments.progress import WorkBar
-from experiments.records import RecordStore, config_hash, file_sha256
-from experiments.train import TrainJob, _model_arg, model_kwargs_for, run_training
-from nets.atomic import atomic_write_text
 from nets.datasets import load_dataset
-from nets.training import MODEL_NAME, TrainConfig, load_trained_model
+from nets.training import CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, TrainConfig
+from storage.atomic import atomic_write_text
+from storage.code_version import (
+    EVALUATION_CODE,
+    CodeGuard,
+    code_version,
+)
+from storage.records import RecordStore, config_hash, file_sha256
 
 DEFAULT_EPS = {"mnist": [0.05, 0.1, 0.2, 0.3], "cifar10": [1 / 255, 2 / 255, 4 / 255, 8 / 255]}
 DEFAULT_MODELS = {
     "mnist": {"resnet": "mnist_resnet_small", "odenet": "odenet_mnist_small"},
     "cifar10": {"resnet": "resnet20", "odenet": "odenet_cifar_small"},
 }
-MODELS_DIR_ENV = "NR_MODELS_DIR"
 
 # The training table's commands (docs/experiments.md, "Architectures as schemes and training"); --seed
 # replaces seed.
@@ -109,14 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use this run directory for the ResNet instead of the model cache")
     parser.add_argument("--odenet-run", default=None,
                         help="use this run directory for the ODE-Net instead of the model cache")
-    parser.add_argument("--resnet-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--resnet-arg", type=model_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="model keyword argument of the ResNet; repeatable")
-    parser.add_argument("--odenet-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--odenet-arg", type=model_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="model keyword argument of the ODE-Net; repeatable")
-    parser.add_argument("--resnet-train", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--resnet-train", type=model_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="change one setting of the ResNet's training recipe (a TrainConfig field, e.g. "
                              "lr=0.05); repeatable")
-    parser.add_argument("--odenet-train", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--odenet-train", type=model_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="change one setting of the ODE-Net's training recipe; repeatable")
     parser.add_argument("--recipes", default=None, metavar="FILE",
                         help='JSON file {"registry name": {TrainConfig fields}} replacing recipes (the '
@@ -198,28 +204,26 @@ def recipe_for(name: str, args: argparse.Namespace, overrides: Sequence[tuple[st
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """One model of the job: what it is, how it is trained and where it lives."""
+    """One model of the job: its label, its specification and where it lives: the model cache's entry
+    (``cached``) or a run directory given with --resnet-run/--odenet-run."""
 
     label: str
-    name: str
-    kwargs: Mapping[str, Any]
-    recipe: TrainConfig
+    spec: ModelSpec
     run_dir: Path
-    cached: bool  # run_dir is the model cache's entry (named by cache_key), not a user-given run directory
+    cached: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "kwargs": dict(self.kwargs), "recipe": self.recipe.to_dict()}
-
-
-def cache_key(name: str, identity: Mapping[str, Any]) -> str:
-    """``<registry name>-<hash of name, model kwargs, dataset, training recipe, train limit>``."""
-    return f"{name}-{config_hash(identity)[:10]}"
+        return self.spec.to_dict()
 
 
 def plan_models(args: argparse.Namespace, out: Path) -> list[ModelPlan]:
     names = DEFAULT_MODELS[args.dataset]
-    models_dir = Path(args.models or os.environ.get(MODELS_DIR_ENV) or out / "models").expanduser()
+    cache = models_dir(out, args.models)
     plans = []
     for label, name, extra, overrides, run_dir in (
         ("resnet", args.resnet_model or names["resnet"], args.resnet_arg, args.resnet_train, args.resnet_run),
@@ -230,35 +234,29 @@ def plan_models(args: argparse.Namespace, out: Path) -> list[ModelPlan]:
 
         if name not in available_models():
             raise UsageError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-        kwargs = model_kwargs_for(name, args.dataset, None, extra)
-        recipe = recipe_for(name, args, overrides)
-        identity = {"name": name, "kwargs": kwargs, "dataset": args.dataset, "recipe": recipe.to_dict(),
-                    "train_limit": args.train_limit}
-        directory = Path(run_dir) if run_dir else models_dir / cache_key(name, identity)
-        plans.append(ModelPlan(label, name, kwargs, recipe, directory, cached=not run_dir))
+        try:
+            spec = ModelSpec.of(name, args.dataset, recipe_for(name, args, overrides),
+                                limit_train=args.train_limit, **dict(extra))
+        except ValueError as error:
+            raise UsageError(f"invalid model {name}: {error}") from None
+        directory = Path(run_dir) if run_dir else cache_folder(spec, cache)
+        plans.append(ModelPlan(label, spec, directory, cached=not run_dir))
     return plans
 
 
-def ensure_trained(plan: ModelPlan, args: argparse.Namespace, outputs: Outputs | None,
-                   guard: CodeGuard | None = None) -> torch.nn.Module:
-    """Load ``plan.run_dir/model.pt``; train the model there first (resumable) when it is missing. A cache
-    entry trained (or half trained) by other ``stability``/``nets`` code is retrained from scratch and named,
-    unless ``guard.reuse_stale``."""
-    if plan.cached:
-        model_folder_is_current(plan.run_dir, code_version(MODEL_CODE), guard or CodeGuard(),
-                                f"model {plan.label} ({plan.run_dir})")
-    if (plan.run_dir / MODEL_NAME).is_file():
-        print(f"[{plan.label}] using the trained {plan.name} in {plan.run_dir}", flush=True)
-    else:
-        r = plan.recipe
-        print(f"[{plan.label}] no trained model in {plan.run_dir}: training {plan.name} ({r.epochs} epochs, "
-              f"{r.optimizer} lr {r.lr:g}, {r.schedule}, batch {r.batch_size})", flush=True)
-        job = TrainJob(model=plan.name, dataset=args.dataset, out=plan.run_dir, config=plan.recipe,
-                       data_dir=args.data_dir, model_kwargs=plan.kwargs, limit_train=args.train_limit,
-                       device=args.device, resume=True, verify=not args.no_verify, download=args.download,
-                       progress=not args.no_progress)
-        run_training(job, outputs)
-    return load_trained_model(plan.run_dir, device=_device(args.device))
+def ensure_trained(plan: ModelPlan, args: argparse.Namespace, guard: CodeGuard | None = None
+                   ) -> TrainedModel:
+    """The trained model of ``plan`` (:func:`experiments.models.trained`: trained first, resumably, when its
+    folder holds none; a cache entry trained by other ``stability``/``nets`` code is retrained from scratch
+    and named, unless ``guard.reuse_stale``)."""
+
+    def splits():
+        return tuple(load_dataset(args.dataset, split, args.data_dir, verify=not args.no_verify,
+                                  download=args.download, progress=not args.no_progress)
+                     for split in ("train", "test"))
+
+    return trained(plan.spec, plan.run_dir, splits, label=plan.label, device=resolve_device(args.device),
+                   guard=guard, cached=plan.cached, progress=not args.no_progress)
 
 
 # ----------------------------------------------------------------------------------------------- attacks
@@ -560,10 +558,6 @@ def _ordered(by_eps: list[list[dict]], boundary: list[dict], specs: Sequence[Att
     return rows
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 # ----------------------------------------------------------------------------------------------- the job
 
 
@@ -582,8 +576,7 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
     test = load_dataset(args.dataset, "test", args.data_dir, verify=not args.no_verify,
                         download=args.download, progress=not args.no_progress)
     n = min(args.samples, len(test.labels))
-    x = test.images[:n].float().div(255).to(_device(args.device))
-    y = test.labels[:n].to(_device(args.device))
+    x, y = test.tensors(0, n, resolve_device(args.device))
     guard = CodeGuard(reuse_stale=args.reuse_stale)
     code = code_version(JOB_CODE)
     store = RecordStore(out / "records", force=args.force, code=code, guard=guard)
@@ -596,7 +589,11 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
         weights = plan.run_dir / MODEL_NAME
         summary_config = {"plan": plan.identity, "dataset": args.dataset, "samples": n, "eps": eps,
                           "settings": _settings(args), "run_dir": str(plan.run_dir)}
-        model = ensure_trained(plan, args, outputs, guard)
+        entry = ensure_trained(plan, args, guard)
+        model = entry.model
+        if entry.computed:
+            for name in (CHECKPOINT_NAME, RESULTS_NAME, MODEL_NAME):
+                outputs.add(plan.run_dir / name)
         summary_config["weights_sha256"] = file_sha256(weights)
         reused = _reuse_summary(path, summary_config, args.force, code, guard)
         if reused is not None:
@@ -616,8 +613,8 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
             outputs.add(path)
             records[plan.label] = record
         models[plan.label] = {"name": plan.name, "run_dir": str(plan.run_dir),
-                              "recipe": plan.recipe.to_dict(), "kwargs": dict(plan.kwargs),
-                              "test_accuracy": _trained_accuracy(plan.run_dir)}
+                              "recipe": plan.spec.train.to_dict(), "kwargs": plan.spec.arguments,
+                              "test_accuracy": training_info(plan.run_dir).get("final_test_accuracy")}
     rows = [{"model": label, **row} for label, record in records.items() for row in record["rows"]]
     ResultTable(rows).to_csv(out / "results.csv", digits=4)
     atomic_write_text(out / "results.json", json.dumps(records, indent=2) + "\n")
@@ -655,13 +652,6 @@ def _reuse_summary(path: Path, config: Mapping[str, Any], force: bool, code: Map
     if not isinstance(stored, dict) or stored.get("config_hash") != config_hash(config):
         return None
     return stored if guard.current(f"summary {path}", stored.get("code"), code) else None
-
-
-def _trained_accuracy(run_dir: Path) -> float | None:
-    try:
-        return json.loads((run_dir / "results.json").read_text())["final"]["test_accuracy"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def summary_lines(records: Mapping[str, Any], eps: list[float]) -> list[str]:

@@ -31,8 +31,8 @@ from attacks.checks import report_flags
 from attacks.suite import STAT_KEYS
 from experiments.cli import UsageError
 from experiments.honest import Evaluation, EvaluationConfig, pass_totals
-from nets.atomic import atomic_write_text
 from nets.training import atomic_torch_save
+from storage.atomic import atomic_write_text
 
 __all__ = ["MANIFEST", "Shard", "ShardSpec", "merge_evaluation", "parse_shard", "read_shards", "shard_config",
            "write_shard"]

@@ -7,6 +7,10 @@ Examples::
         --milestones 80 120 --out runs/resnet20 --seed 0
     torchrun --standalone --nproc_per_node 2 -m experiments.train ...   # global batch = 2 x --batch-size
 
+``--models DIR`` trains into the model cache instead of ``--out``: the entry ``<model>-<key>`` of the model's
+specification (experiments.models.ModelSpec), which the main job and ``experiments.paper`` look up, so a
+model trained here serves them when they ask for the same model, recipe and data.
+
 Dataset-derived keyword arguments (``in_channels``, ``num_classes``, ``image_size``, ``mean``, ``std``) are
 passed to the model factory when its signature names them explicitly (a ``**kwargs``-only factory gets
 none); ``--step-size`` and ``--model-arg key=value``
@@ -17,12 +21,11 @@ Prints ``FINAL ...`` with test accuracy and training wall time when done.
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
+import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +37,13 @@ from experiments.cli import (
     UsageExit,
     add_data_arguments,
     make_parser,
+    resolve_device,
     run,
     setup,
 )
-from nets.datasets import DATASET_INFO, default_augmentation, load_dataset
-from nets.registry import accepted_kwargs, available_models, build_model
+from experiments.models import ModelSpec, cache_folder, model_arg, prepare_entry, train_into
+from nets.datasets import DATASET_INFO, load_dataset
+from nets.registry import available_models
 from nets.training import (
     CHECKPOINT_NAME,
     MODEL_NAME,
@@ -47,21 +52,8 @@ from nets.training import (
     SCHEDULES,
     TrainConfig,
     init_distributed,
-    seed_everything,
     shutdown_distributed,
-    train,
 )
-
-
-def _model_arg(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"--model-arg expects key=value, got {text!r}")
-    try:
-        parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        parsed = value
-    return key.strip(), parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, choices=sorted(DATASET_INFO), help="dataset to train on")
     add_data_arguments(parser)
     parser.add_argument(
-        "--out", required=True, help="run directory for checkpoint.pt, results.json, model.pt"
+        "--out", default=None, help="run directory for checkpoint.pt, results.json, model.pt (or --models)"
     )
+    parser.add_argument("--models", default=None,
+                        help="train into this model cache instead of --out: the entry <model>-<key> that the "
+                             "main job and experiments.paper look up for the same model (a half-trained "
+                             "entry resumes; one trained by other code is retrained)")
     parser.add_argument("--epochs", type=int, required=True, help="epochs to train (in total, when resuming)")
     parser.add_argument("--batch-size", type=int, default=128, help="per process; global = this x world size")
     parser.add_argument("--eval-batch-size", type=int, default=1000, help="test-set batch size")
@@ -93,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit-test", type=int, default=None, help="use only the first N test samples")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:K or auto")
     parser.add_argument("--step-size", type=float, default=None, help="passed to the model as step_size")
-    parser.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--model-arg", type=model_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="extra model keyword argument (value parsed as a Python literal); repeatable")
     parser.add_argument("--no-augment", action="store_true", help="disable CIFAR-10 crop+flip augmentation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -111,43 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="import MODULE first (e.g. one registering extra models)",
     )
     return parser
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """Everything one training run needs, validated: which model on which data, where, and how
-    (:class:`~nets.training.TrainConfig`). :func:`run_training` runs it; ``experiments.train``'s command
-    line and the main job (``experiments.robustness``) both build one."""
-
-    model: str
-    dataset: str
-    out: Path
-    config: TrainConfig
-    data_dir: str | None = None
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    limit_train: int | None = None
-    limit_test: int | None = None
-    augment: bool = True
-    device: str = "auto"
-    resume: bool = False
-    verify: bool = True
-    download: bool = False
-    progress: bool = True
-    find_unused_parameters: bool = False
-
-    def __post_init__(self) -> None:
-        if self.model.lower() not in available_models():
-            raise UsageError(
-                f"unknown model {self.model!r}; available: {', '.join(available_models()) or '(none)'}"
-            )
-        if self.dataset not in DATASET_INFO:
-            raise UsageError(f"unknown dataset {self.dataset!r}; available: {sorted(DATASET_INFO)}")
-        for name in ("limit_train", "limit_test"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "model", self.model.lower())
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -173,27 +132,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"invalid training setting: {error}") from None
 
 
-def model_kwargs_for(
-    name: str, dataset: str, step_size: float | None, extra: Sequence[tuple[str, Any]]
-) -> dict:
-    """Keyword arguments for ``build_model(name, ...)``: dataset-derived ones the factory accepts, then
-    ``step_size`` and explicit ``--model-arg`` pairs."""
-    info = DATASET_INFO[dataset]
-    derived = {
-        "in_channels": info.channels,
-        "num_classes": info.num_classes,
-        "image_size": [info.height, info.width],
-        "mean": list(info.mean),
-        "std": list(info.std),
-    }
-    accepted = accepted_kwargs(name) or set()  # a **kwargs-only factory gets no derived arguments
-    kwargs = {key: value for key, value in derived.items() if key in accepted}
-    if step_size is not None:
-        kwargs["step_size"] = step_size
-    kwargs.update(dict(extra))
-    return kwargs
-
-
 def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     setup(args)
@@ -203,71 +141,53 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> d
         raise UsageExit(
             f"unknown model {args.model!r}; available: {', '.join(available_models()) or '(none)'}"
         )
-    job = TrainJob(
-        model=args.model,
-        dataset=args.dataset,
-        out=Path(args.out),
-        config=config_from_args(args),
-        data_dir=args.data_dir,
-        model_kwargs=model_kwargs_for(args.model, args.dataset, args.step_size, args.model_arg),
-        limit_train=args.limit_train,
-        limit_test=args.limit_test,
-        augment=not args.no_augment,
-        device=args.device,
-        resume=args.resume,
-        verify=not args.no_verify,
-        download=args.download,
-        progress=not args.no_progress,
-        find_unused_parameters=args.find_unused_parameters,
-    )
-    return run_training(job, outputs)
+    if args.limit_test is not None and args.limit_test < 1:
+        raise UsageError(f"--limit-test must be >= 1, got {args.limit_test}")
+    try:
+        spec = ModelSpec.of(args.model, args.dataset, config_from_args(args), step_size=args.step_size,
+                            limit_train=args.limit_train, augment=not args.no_augment, **dict(args.model_arg))
+    except ValueError as error:
+        raise UsageError(f"invalid model or training setting: {error}") from None
+    if (args.out is None) == (args.models is None):
+        raise UsageError("give exactly one of --out DIR (a run directory) and --models DIR (a model cache)")
+    if args.models is None:
+        return run_training(spec, Path(args.out), args, outputs)
+    out = cache_folder(spec, args.models)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun the first process prepares the entry
+        prepare_entry(spec, out, None, spec.name)
+    args.resume = True
+    return run_training(spec, out, args, outputs)
 
 
-def run_training(job: TrainJob, outputs: Outputs | None = None) -> dict[str, Any]:
-    """Train ``job.model`` on ``job.dataset`` into ``job.out`` (data-parallel under ``torchrun``) and return a
-    summary (test accuracy, times, world size). The process group is left in order at the end."""
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if job.device == "auto" else job.device
-    context, device = init_distributed(device_name)
+def run_training(spec: ModelSpec, out: Path, args: argparse.Namespace,
+                 outputs: Outputs | None = None) -> dict[str, Any]:
+    """Train the model of ``spec`` into ``out`` (:func:`experiments.models.train_into`; data-parallel under
+    ``torchrun``) and return a summary (test accuracy, times, world size). The process group is left in
+    order at the end."""
+    context, device = init_distributed(resolve_device(args.device))
     finished = False
     try:
         start = time.perf_counter()
-        progress = job.progress and context.is_main
-        train_set, test_set = _load_splits(job, context, progress)
-        if job.limit_train is not None:
-            train_set = train_set.subset(job.limit_train)
-        if job.limit_test is not None:
-            test_set = test_set.subset(job.limit_test)
-        kwargs = dict(job.model_kwargs)
-        seed_everything(job.config.seed)  # identical initial weights on every process
-        model = build_model(job.model, **kwargs)
-        augment = default_augmentation(job.dataset) if job.augment else None
-        result = train(
-            model,
-            train_set,
-            test_set,
-            job.config,
-            job.out,
-            augment=augment,
-            device=device,
-            resume=job.resume,
-            model_spec={"name": job.model, "kwargs": kwargs},
-            progress=progress,
-            find_unused_parameters=job.find_unused_parameters,
-        )
+        progress = not args.no_progress and context.is_main
+        train_set, test_set = _load_splits(spec.dataset, args, context, progress)
+        if args.limit_test is not None:
+            test_set = test_set.subset(args.limit_test)
+        result = train_into(spec, out, train_set, test_set, device=device, resume=args.resume,
+                            progress=progress, find_unused_parameters=args.find_unused_parameters)
         if outputs is not None and context.is_main:
             for name in (CHECKPOINT_NAME, RESULTS_NAME, MODEL_NAME):
-                outputs.add(job.out / name)
+                outputs.add(out / name)
         summary = {
-            "model": job.model,
-            "dataset": job.dataset,
-            "epochs": job.config.epochs,
+            "model": spec.name,
+            "dataset": spec.dataset,
+            "epochs": spec.train.epochs,
             "world_size": context.world_size,
-            "global_batch_size": job.config.batch_size * context.world_size,
+            "global_batch_size": spec.train.batch_size * context.world_size,
             "test_accuracy": result.test_accuracy,
             "test_loss": result.test_loss,
             "train_time_s": result.train_time_s,
             "wall_time_s": time.perf_counter() - start,
-            "out": str(job.out),
+            "out": str(out),
         }
         if context.is_main:
             print("FINAL " + " ".join(f"{key}={_fmt(value)}" for key, value in summary.items()), flush=True)
@@ -278,23 +198,23 @@ def run_training(job: TrainJob, outputs: Outputs | None = None) -> dict[str, Any
             shutdown_distributed(synchronize=finished)
 
 
-def _load_splits(job: TrainJob, context, progress: bool):
+def _load_splits(dataset: str, args: argparse.Namespace, context, progress: bool):
     """Both splits; with --download rank 0 fetches first while the other ranks wait, then they read."""
 
     def load():
         return tuple(
             load_dataset(
-                job.dataset,
+                dataset,
                 split,
-                job.data_dir,
-                verify=job.verify,
-                download=job.download and context.is_main,
+                args.data_dir,
+                verify=not args.no_verify,
+                download=args.download and context.is_main,
                 progress=progress,
             )
             for split in ("train", "test")
         )
 
-    if not (job.download and context.enabled):
+    if not (args.download and context.enabled):
         return load()
     splits = load() if context.is_main else None
     torch.distributed.barrier()

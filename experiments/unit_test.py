@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from attacks import SuiteAttack, run_suite
 from attacks.binarization import BinarizationResult, binarization_test
 from experiments.honest import EvaluationConfig, deployed, suite_attacks
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
 
 __all__ = ["suite_runner", "unit_test", "write_unit_test"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nets.atomic import atomic_write, atomic_write_text
 from proofs_check.verify import AdaptiveVerification, Verification
+from storage.atomic import atomic_write, atomic_write_text
 
 CSV_FIELDS = (
     "run",

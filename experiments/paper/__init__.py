@@ -6,7 +6,7 @@ modules: ``specs`` (validated frozen configurations and their hashes), ``scales`
 measures), ``runtime`` (data, model cache, run directory, cached parts), ``measure`` (paper-protocol attacks
 and the honest evaluation), ``report`` (atomic report.md / CSV / JSON / PNG), ``estimate`` (``--plan``: time
 and memory before a run), ``cli`` (the command line). Cached results carry the version of the code that
-made them (``experiments.code_version``).
+made them (``storage.code_version``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from experiments.figures import pyplot, save_figure
 from experiments.paper import scales
 from experiments.paper.measure import constant_image_caps, honest, protocol, with_sanity_flag
 from experiments.paper.report import (
@@ -16,9 +17,7 @@ from experiments.paper.report import (
     header,
     markdown_table,
     percent,
-    pyplot,
     sanity_section,
-    save_figure,
     write,
 )
 from experiments.paper.runtime import Context, RunDirectory

@@ -41,7 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.paper.specs import ModelSpec, Plan
+from experiments.models import ModelSpec
+from experiments.paper.specs import Plan
 
 #: the largest calibration batch, the forward time it aims at, timed steps after one warm-up (at most
 #: TIMED_BUDGET_S seconds of them per kind of pass)
@@ -80,7 +81,7 @@ class Calibration:
 
 
 def _loss(spec: ModelSpec) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
-    return spec.train.loss_fn()
+    return spec.loss.loss_fn(spec.train.seed)
 
 
 def _inputs(spec: ModelSpec, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,8 +184,8 @@ def calibrate(spec: ModelSpec) -> Calibration:
 
 def _calibration_key(spec: ModelSpec) -> tuple:
     kwargs = tuple((k, v) for k, v in spec.kwargs if k != "step_size")  # h does not change the cost
-    train = spec.train
-    return (spec.name, spec.dataset, kwargs, train.loss, train.loss_steps, train.yopo_m, train.yopo_n)
+    loss = spec.loss
+    return (spec.name, spec.dataset, kwargs, loss.kind, loss.steps, loss.yopo_m, loss.yopo_n)
 
 
 def _optimizer_copies(spec: ModelSpec) -> int:
@@ -250,14 +251,16 @@ def plan_lines(
     out: Path,
     calibrate_fn: Callable[[ModelSpec], Calibration] | None = None,
     processes: int = 1,
+    models: str | Path | None = None,
 ) -> list[str]:
     """The --plan report of ``plans`` (artefact -> Plan), calibrating each distinct architecture once with
     ``calibrate_fn`` (default :func:`calibrate`), for ``processes`` data-parallel processes (torchrun's K:
     training split K ways at the same global batch, the suite's batches dealt to min(K, batches) processes,
-    the rest of an evaluation unshared)."""
+    the rest of an evaluation unshared); ``models``: the model cache (default
+    :func:`experiments.models.models_dir`'s)."""
     calibrate_fn = calibrate_fn or calibrate
-    from experiments.code_version import describe_change
-    from experiments.paper.runtime import model_code
+    from experiments.models import cache_folder, models_dir
+    from storage.code_version import describe_change
 
     calibrations: dict[tuple, Calibration] = {}
     started = time.perf_counter()
@@ -277,7 +280,7 @@ def plan_lines(
                 calibrations[key] = calibrate_fn(spec)
             cal = calibrations[key]
             n_train, n_test, _ = DATASET_SIZES[spec.dataset]
-            images = min(spec.train.limit_train or n_train, n_train)
+            images = min(spec.limit_train or n_train, n_train)
             per_epoch_test = min(plan.evaluation.test_samples or n_test, n_test)
             epochs = spec.train.epochs
             here = epochs * (images * cal.train_s + per_epoch_test * cal.forward_s) / processes
@@ -285,19 +288,19 @@ def plan_lines(
             gpu = flops / GPU_FLOPS / processes
             memory = (cal.parameters * 4 * _optimizer_copies(spec)
                       + cal.saved_bytes * spec.train.batch_size / processes)
-            folder = out / "models" / f"{spec.name}-{spec.key()}"
+            folder = cache_folder(spec, models_dir(out, models))
             status = ""
             if (folder / "model.pt").is_file():
                 try:
                     stored = json.loads((folder / "code.json").read_text()).get("code")
                 except (OSError, ValueError, AttributeError):
                     stored = None
-                status = " [cached]" if not describe_change(stored, model_code(spec)) else " [cached, stale]"
+                status = " [cached]" if not describe_change(stored, spec.code()) else " [cached, stale]"
             shared = spec.key() in trained
             trained.add(spec.key())
             recipe = f"{epochs} ep × {images} img, batch {spec.train.batch_size}"
-            if spec.train.loss != "natural":
-                recipe += f", {spec.train.loss}"
+            if spec.loss.adversarial:
+                recipe += f", {spec.loss.kind}"
             if not shared and "[cached]" not in status:
                 for name, value in (("cpu", here), ("cpu_high", here), ("gpu", gpu), ("gpu_high", gpu)):
                     totals[name] += value
@@ -396,9 +399,10 @@ def _transfers(plan: Plan) -> dict[str, Any]:
     return out
 
 
-def print_plan(plans: Mapping[str, Plan], out: Path, device: torch.device, processes: int = 1) -> None:
+def print_plan(plans: Mapping[str, Plan], out: Path, device: torch.device, processes: int = 1,
+               models: str | Path | None = None) -> None:
     """Print :func:`plan_lines` (``device`` is where the run would go, in ``processes`` data-parallel
     processes; the calibration runs on the CPU)."""
     where = f"would run on {device}" + (f" in {processes} processes" if processes > 1 else "")
     print(f"Plan ({where}); calibrating each architecture here first ...", flush=True)
-    print("\n".join(plan_lines(plans, out, processes=processes)), flush=True)
+    print("\n".join(plan_lines(plans, out, processes=processes, models=models)), flush=True)

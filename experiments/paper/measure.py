@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from experiments.paper.runtime import Context, RunDirectory, TrainedModel, cached_json, solver_nfe
+from experiments.models import TrainedModel
+from experiments.paper.runtime import Context, RunDirectory, cached_json, solver_nfe
 from experiments.paper.sharding import SHARDS, merged_evaluation, shard_evaluation
-from experiments.paper.specs import EvalSpec, digest
+from experiments.paper.specs import EvalSpec
+from storage.records import config_hash
 
 if TYPE_CHECKING:
     from experiments.honest import Evaluation, EvaluationConfig
@@ -108,7 +110,7 @@ def honest(
         "samples": int(x.shape[0]),
     }
 
-    folder = ctx.out / "evaluations" / digest(identity)
+    folder = ctx.out / "evaluations" / config_hash(identity)
     models = {k: v.model for k, v in against.items()}
     if ctx.shard is not None:
         evaluation = shard_evaluation(ctx, entry, models, folder=folder, identity=identity, config=config,
@@ -169,10 +171,10 @@ def suite_evaluation(
     """``experiments.honest.evaluate`` of ``model`` with its suite records under ``folder/records``, its
     batches shared by the team's processes (every one calls this together; rank 0 writes the records and
     runs the whole-set checks on the adversarials all found; each process runs the protocol PGD whole)."""
-    from experiments.code_version import code_version
     from experiments.honest import SuiteStore, evaluate, run_evaluation_checks
     from experiments.paper.runtime import PAPER_EVALUATION_CODE
-    from experiments.records import RecordStore
+    from storage.code_version import code_version
+    from storage.records import RecordStore
 
     records = RecordStore(folder / "records", code=code_version(PAPER_EVALUATION_CODE), guard=ctx.guard)
     x, y = x.to(ctx.device), y.to(ctx.device)

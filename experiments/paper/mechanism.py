@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments.figures import pyplot, save_figure
+from experiments.models import ModelSpec, TrainedModel
 from experiments.paper import flow, scales
 from experiments.paper.measure import constant_image_caps, counted, honest, protocol, with_sanity_flag
 from experiments.paper.premium import paired
@@ -33,13 +35,11 @@ from experiments.paper.report import (
     header,
     markdown_table,
     pct,
-    pyplot,
     sanity_section,
-    save_figure,
     write,
 )
-from experiments.paper.runtime import Context, RunDirectory, TrainedModel
-from experiments.paper.specs import EvalSpec, ModelSpec, Plan, TrainSpec, model
+from experiments.paper.runtime import Context, RunDirectory
+from experiments.paper.specs import EvalSpec, Plan, Recipe, model, recipe
 
 TITLE = "The paper's mechanism: integration time, adaptive steps, and what the ODE block adds"
 #: integration times per dataset (the last one is Appendix A's)
@@ -76,14 +76,14 @@ def _key(t1: float) -> str:
     return f"t1={t1:g}"
 
 
-def _recipe(scale: str, dataset: str) -> TrainSpec:
+def _recipe(scale: str, dataset: str) -> Recipe:
     """Every model of a dataset trains the same way: smoke's token epoch; at cpu scale one epoch on the first
     30k images, Adam at 3e-3 with a cosine decay and batch 64 (twice the steps of Table 1's batch 128 in the
     same time: the one-cycle warm-up left the loss at 2.1–2.3 after one such epoch); Appendix A at paper."""
     if scale == "smoke":
         return scales.smoke_training()
     if scale == "cpu":
-        return TrainSpec(
+        return recipe(
             epochs=CPU_EPOCHS,
             batch_size=64,
             optimizer="adam",
@@ -202,8 +202,8 @@ def estimate_seconds(spec: ModelSpec, ctx: Context, batches: int = 2) -> float:
         optimizer.step()
         seconds.append(time.perf_counter() - started)
     train_size = len(ctx.dataset(spec.dataset, "train"))
-    if spec.train.limit_train is not None:
-        train_size = min(train_size, spec.train.limit_train)
+    if spec.limit_train is not None:
+        train_size = min(train_size, spec.limit_train)
     per_epoch = math.ceil(train_size / spec.train.batch_size)
     return sum(seconds[1:]) / batches * per_epoch * spec.train.epochs
 

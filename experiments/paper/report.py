@@ -18,7 +18,7 @@ import torch
 
 from attacks.table import ResultTable
 from experiments.paper.specs import Plan
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
 
 OUTPUT_FILES = ("report.md", "results.csv", "results.json")
 
@@ -124,34 +124,6 @@ def caption(plan: Plan, sizes: Mapping[str, int], images: int) -> str:
     return f"scale {plan.scale}{warning}; {images:,} attacked test images; models: {models}"
 
 
-def save_figure(figure, path: Path, note: str | None = None) -> Path:
-    """``figure.savefig`` (with ``note``, e.g. :func:`caption`, along its bottom edge) to a temporary file,
-    then ``os.replace``."""
-    import textwrap
-
-    import matplotlib.pyplot as plt
-
-    if note:
-        text = "\n".join(textwrap.wrap(note, 150))
-        figure.subplots_adjust(bottom=0.2 + 0.03 * text.count("\n"))
-        figure.text(0.01, 0.01, text, fontsize=6.5, ha="left", va="bottom", color="0.25")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=110)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return path
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write(
     folder: Path,
     plan: Plan,
@@ -202,7 +174,7 @@ def stamp_stale(paths: Sequence[Path], reused: Sequence[str]) -> None:
     code that this command reused (``--reuse-stale``); nothing when there are none."""
     if not reused:
         return
-    from experiments.code_version import CodeGuard
+    from storage.code_version import CodeGuard
 
     lines = CodeGuard(reused=list(reused)).stamp_lines()
     for path in paths:

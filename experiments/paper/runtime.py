@@ -2,17 +2,18 @@
 
 Layout under ``--out``::
 
-    models/<registry name>-<model key>/   one training run per ModelSpec (nets.training; resumable),
-                                          shared by every artefact that asks for the same spec; code.json
-                                          is the version of the code that trained it
+    models/<registry name>-<model key>/   the model cache (experiments.models; $NR_MODELS_DIR instead when
+                                          set): one training run per ModelSpec, shared by every artefact
+                                          and the main job that ask for the same spec; code.json is the
+                                          version of the code that trained it
     evaluations/<key>/                    the honest evaluation's per-(attack, ε) records and its summary
     <artefact>/plan.json                  the Plan that owns this directory (another Plan is refused)
     <artefact>/parts/<key>.json           finished measurements (a rerun reuses them)
     <artefact>/report.md, results.{csv,json}, *.png
 
 Every cached model, part and evaluation carries the version of the code that made it
-(:mod:`experiments.code_version`); one from other code is recomputed and named, or with ``--reuse-stale``
-reused, named and listed in the report (:class:`~experiments.code_version.CodeGuard` in the Context).
+(:mod:`storage.code_version`); one from other code is recomputed and named, or with ``--reuse-stale``
+reused, named and listed in the report (:class:`~storage.code_version.CodeGuard` in the Context).
 """
 
 from __future__ import annotations
@@ -27,49 +28,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.code_version import (
-    EVALUATION_CODE,
-    MODEL_CODE,
-    CodeGuard,
-    code_version,
-    model_folder_is_current,
-)
+from experiments.cli import UsageError
+from experiments.models import ModelSpec, TrainedModel, cache_folder, models_dir, prepare_entry, trained
 from experiments.paper.distributed import Team, per_process_batch
 from experiments.paper.sharding import ShardJob
-from experiments.paper.specs import ModelSpec, Plan, digest
-from nets.atomic import atomic_write_text
+from experiments.paper.specs import Plan
+from storage.atomic import atomic_write_text
+from storage.code_version import (
+    EVALUATION_CODE,
+    CodeGuard,
+    code_version,
+)
+from storage.records import RecordStore, config_hash
 
 #: what a paper measurement depends on: the evaluation code and the module that summarises it
 PAPER_EVALUATION_CODE = EVALUATION_CODE + ("experiments/paper/measure.py",)
 
 
-def model_code(spec: ModelSpec) -> dict[str, str]:
-    """The version of the code a model of ``spec`` is trained by: stability and nets, plus attacks for an
-    adversarial-training loss."""
-    return code_version(MODEL_CODE + (("attacks",) if spec.train.loss != "natural" else ()))
-
-
-class PaperError(Exception):
-    """A failure the command reports in one line (exit code 2)."""
-
-
-class RunDirectoryMismatch(PaperError):
-    pass
-
-
-@dataclass
-class TrainedModel:
-    label: str
-    spec: ModelSpec
-    model: nn.Module
-    folder: Path
-    info: dict[str, Any]
-
-    @property
-    def is_ode(self) -> bool:
-        from experiments.masking import ode_blocks
-
-        return bool(ode_blocks(self.model))
+class RunDirectoryMismatch(UsageError):
+    """``OUT/<artefact>`` holds a run of another configuration (one line, exit status 2)."""
 
 
 @dataclass
@@ -83,6 +60,8 @@ class Context:
     verify_data: bool = True
     download: bool = False
     guard: CodeGuard = field(default_factory=CodeGuard)
+    #: the model cache (None: $NR_MODELS_DIR, else OUT/models; experiments.models.models_dir)
+    models: Path | None = None
     #: the torchrun processes of this command (a team of one without torchrun); only its leader writes
     team: Team = field(default_factory=Team)
     #: ``--shard K/N``: this command evaluates shard K of every honest evaluation, and nothing else
@@ -105,15 +84,11 @@ class Context:
 
     def test_tensors(self, name: str, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``samples`` test images as floats in [0, 1] and their labels, on the device."""
-        test = self.dataset(name, "test")
-        n = min(samples, len(test))
-        return test.images[:n].float().div(255).to(self.device), test.labels[:n].to(self.device)
+        return self.dataset(name, "test").tensors(0, samples, self.device)
 
     def test_tensors_slice(self, name: str, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Test images ``start`` … ``start + count - 1`` as floats in [0, 1] and their labels, on device."""
-        test = self.dataset(name, "test")
-        images, labels = test.images[start : start + count], test.labels[start : start + count]
-        return images.float().div(255).to(self.device), labels.to(self.device)
+        return self.dataset(name, "test").tensors(start, count, self.device)
 
     def model_records(self, models: Mapping[str, ModelSpec]) -> dict[str, dict[str, Any]]:
         """Per label: the model's spec and its training record (for results.json)."""
@@ -136,77 +111,60 @@ class Context:
 
     # -------------------------------------------------------------------------------------- models
     def trained(self, label: str, spec: ModelSpec, test_samples: int | None = None) -> TrainedModel:
-        """The model of ``spec``: loaded from the cache, or trained there first (resumable; data-parallel
-        over the team's processes, which the leader summons for it)."""
-        from nets.training import MODEL_NAME, load_trained_model
+        """The model of ``spec`` from the model cache, trained there first (resumable) when it is missing
+        (:func:`experiments.models.trained`; data-parallel over the team's processes, which the leader
+        summons for it); ``test_samples``: test images evaluated after each epoch."""
+        from nets.training import MODEL_NAME
 
         key = spec.key()
         if key in self._models:
             cached = self._models[key]
             return TrainedModel(label, spec, cached.model, cached.folder, cached.info)
-        folder = self.out / "models" / f"{spec.name}-{key}"
-        folder.mkdir(parents=True, exist_ok=True)
-        model_folder_is_current(folder, model_code(spec), self.guard, f"model {label} ({folder})")
-        spec_path = folder / "spec.json"
-        if not spec_path.is_file():
-            atomic_write_text(spec_path, json.dumps(spec.to_dict(), indent=2) + "\n")
-        if not (folder / MODEL_NAME).is_file():
-            if self.shard is not None:
-                raise PaperError(f"model {label} is not trained yet ({folder}): shard jobs evaluate trained "
-                                 "models; train them first with the same command and --train-only instead of "
-                                 "--shard (under torchrun to train data-parallel)")
-            self.training_sets(spec, test_samples)  # loaded (or downloaded) here before the helpers read them
-            self.computed.append(f"model {label}")
-            if self.progress:
-                processes = f" on {self.team.world_size} processes" if self.team.enabled else ""
-                print(
-                    f"[{label}] training {spec.name} on {spec.dataset} for {spec.train.epochs} epochs"
-                    f"{processes} -> {folder}",
-                    flush=True,
-                )
+        folder = cache_folder(spec, models_dir(self.out, self.models))
+        prepare_entry(spec, folder, self.guard, label)
+        missing = not (folder / MODEL_NAME).is_file()
+        if missing and self.shard is not None:
+            raise UsageError(f"model {label} is not trained yet ({folder}): shard jobs evaluate trained "
+                             "models; train them first with the same command and --train-only instead of "
+                             "--shard (under torchrun to train data-parallel)")
+        if missing and self.team.enabled:
+            print(f"[{label}] no trained model in {folder}: training {spec.name} on {spec.dataset} on "
+                  f"{self.team.world_size} processes", flush=True)
+            self._splits(spec, test_samples)()  # loaded (or downloaded) here before the helpers read them
             self.team.summon("train", spec=spec, folder=folder, test_samples=test_samples)
             self.train(spec, folder, test_samples)
-        trained_model = load_trained_model(folder, device=self.device)
-        info = _training_info(folder)
-        entry = TrainedModel(label, spec, trained_model, folder, info)
+        entry = trained(spec, folder, self._splits(spec, test_samples), label=label, device=self.device,
+                        guard=self.guard, cached=False, progress=self.progress)
+        if missing:
+            self.computed.append(f"model {label}")
         self._models[key] = entry
         return entry
 
-    def training_sets(self, spec: ModelSpec, test_samples: int | None):
-        """The training images of ``spec`` (its recipe's subset) and the per-epoch test images."""
-        train_set = self.dataset(spec.dataset, "train")
-        if spec.train.limit_train is not None:
-            train_set = train_set.subset(slice(0, spec.train.limit_train))
-        test_set = self.dataset(spec.dataset, "test")
-        if test_samples is not None:
-            test_set = test_set.subset(slice(0, test_samples))
-        return train_set, test_set
+    def _splits(self, spec: ModelSpec, test_samples: int | None):
+        """The training split of ``spec``'s dataset and its first ``test_samples`` test images, loaded when
+        called."""
+
+        def splits():
+            test = self.dataset(spec.dataset, "test")
+            if test_samples is not None:
+                test = test.subset(test_samples)
+            return self.dataset(spec.dataset, "train"), test
+
+        return splits
 
     def train(self, spec: ModelSpec, folder: Path, test_samples: int | None) -> None:
-        """Train ``spec`` into ``folder`` (every process of the team runs this together: nets' DDP with the
-        recipe's global batch split evenly; only rank 0 writes)."""
-        from nets.datasets import RandomCropFlip
-        from nets.training import train
+        """Train ``spec`` into ``folder`` data-parallel (every process of the team runs this together:
+        nets' DDP with the recipe's global batch split evenly, B/K per process; only rank 0 writes)."""
+        import dataclasses
 
-        train_set, test_set = self.training_sets(spec, test_samples)
-        config = spec.train.train_config()
-        if self.team.enabled:
-            config = config.replace(batch_size=per_process_batch(
-                config.batch_size, self.team.world_size, f"the training batch of {spec.name}"))
-        torch.manual_seed(spec.train.seed)
-        train(
-            spec.build(),
-            train_set,
-            test_set,
-            config,
-            folder,
-            loss_fn=spec.train.loss_fn(),
-            augment=RandomCropFlip() if spec.train.augment else None,
-            device=self.device,
-            resume=True,
-            progress=self.progress and self.team.is_leader,
-            model_spec={"name": spec.name, "kwargs": spec.arguments},
-        )
+        from experiments.models import train_into
+
+        batch = per_process_batch(spec.train.batch_size, self.team.world_size,
+                                  f"the training batch of {spec.name}")
+        split = dataclasses.replace(spec, train=spec.train.replace(batch_size=batch))
+        train_set, test_set = self._splits(spec, test_samples)()
+        train_into(split, folder, train_set, test_set, device=self.device, resume=True,
+                   progress=self.progress and self.team.is_leader)
 
     def loaded(self, folder: Path) -> nn.Module:
         """A helper's copy of the model the leader trained or loaded into ``folder`` (read, never written)."""
@@ -216,23 +174,6 @@ class Context:
         if key not in self._loaded:
             self._loaded[key] = load_trained_model(folder, device=self.device)
         return self._loaded[key]
-
-
-def _training_info(folder: Path) -> dict[str, Any]:
-    from nets.training import RESULTS_NAME
-
-    try:
-        results = json.loads((folder / RESULTS_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    history = results.get("history") or []
-    last = history[-1] if history else {}
-    return {
-        "train_time_s": results.get("train_time_s"),
-        "epochs": results.get("epochs_done"),
-        "final_test_accuracy": (results.get("final") or {}).get("test_accuracy"),
-        "train_solver_stats_last_epoch": last.get("train_solver_stats"),
-    }
 
 
 def solver_nfe(model: nn.Module, x: torch.Tensor, batch_size: int = 250) -> dict[str, float] | None:
@@ -293,7 +234,7 @@ class RunDirectory:
         """``compute()`` once per (name, identity) and code version (``code``, default: the paper's
         evaluation code); returns (value, seconds it took when computed)."""
         return cached_json(
-            self.folder / "parts" / f"{digest([name, identity])}.json",
+            self.folder / "parts" / f"{config_hash([name, identity])}.json",
             name,
             identity,
             compute,
@@ -311,43 +252,28 @@ def cached_json(
     code: Mapping[str, str] | None = None,
     guard: CodeGuard | None = None,
 ) -> tuple[Any, float]:
-    """The value stored at ``path`` for ``identity``, or ``compute()`` stored there atomically first;
-    returns (value, seconds the computation took).
+    """The value stored at ``path`` for ``identity``, or ``compute()`` stored there first; returns (value,
+    seconds the computation took).
 
-    The entry carries ``code`` (default: the version of :data:`PAPER_EVALUATION_CODE`) and a checksum of its
-    value; one made by other code, or unreadable, or edited, is recomputed and named by ``guard`` (default:
-    a :class:`CodeGuard` that recomputes); with ``guard.reuse_stale`` one from other code is reused."""
+    The entry is a record of the project's one record store (:class:`storage.records.RecordStore`, file
+    ``path``): written atomically, stamped with ``identity``, a checksum of its content and ``code``
+    (default: the version of :data:`PAPER_EVALUATION_CODE`). One made with another identity is recomputed;
+    one made by other code, unreadable, malformed or edited is recomputed and named by ``guard`` (default: a
+    :class:`CodeGuard` that recomputes); with ``guard.reuse_stale`` one from other code is reused."""
     code = dict(code) if code is not None else code_version(PAPER_EVALUATION_CODE)
-    guard = guard if guard is not None else CodeGuard()
-    if path.is_file():
-        try:
-            stored = json.loads(path.read_text())
-            same = stored["identity"] == json.loads(json.dumps(identity, default=str))
-            intact = stored.get("value_sha256") == _value_sha256(stored["value"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            guard.log(f"recomputing {name}: unreadable ({type(error).__name__}) ({path})")
-        else:
-            if same and not intact:
-                guard.log(f"recomputing {name}: content checksum mismatch (edited since written) ({path})")
-            elif same and guard.current(f"{name} ({path})", stored.get("code"), code):
-                return stored["value"], stored["seconds"]
+    store = RecordStore(path.parent, code=code, guard=guard)
+    key, config = (path.stem,), {"name": name, "identity": _plain(identity)}
+    stored = store.get(key, config, parse=lambda record: (record["value"], float(record["seconds"])),
+                       label=name)
+    if stored is not None:
+        return stored
     started = time.perf_counter()
     value = compute()
     seconds = time.perf_counter() - started
-    document = {
-        "name": name,
-        "identity": identity,
-        "code": code,
-        "value_sha256": _value_sha256(value),
-        "value": value,
-        "seconds": seconds,
-    }
-    atomic_write_text(path, json.dumps(document, default=str) + "\n")
+    store.put(key, config, _plain({"value": value, "seconds": seconds}))
     return value, seconds
 
 
-def _value_sha256(value: Any) -> str:
-    """The content checksum of a cached value as it is stored (JSON, non-JSON values as their text)."""
-    from experiments.records import content_sha256
-
-    return content_sha256(json.loads(json.dumps(value, default=str)))
+def _plain(value: Any) -> Any:
+    """``value`` as JSON reads it back (non-JSON values as their text)."""
+    return json.loads(json.dumps(value, default=str))

@@ -18,7 +18,8 @@ sets, the ``standard``/``ode`` suite presets.
 
 from __future__ import annotations
 
-from experiments.paper.specs import SCALES, EvalSpec, ModelSpec, TrainSpec, model
+from experiments.models import ModelSpec
+from experiments.paper.specs import SCALES, EvalSpec, Recipe, model, recipe
 
 MNIST_TABLE_EPS = (0.2, 0.3, 0.4, 0.5)
 CIFAR_TABLE_EPS = tuple(e / 255 for e in (8, 12, 16, 20))
@@ -38,17 +39,17 @@ SMOKE_TEST = 32
 
 
 # ------------------------------------------------------------------------------------------ training recipes
-def smoke_training(seed: int = 0, **loss) -> TrainSpec:
+def smoke_training(seed: int = 0, **loss) -> Recipe:
     """One epoch of Adam on the first :data:`SMOKE_TRAIN` training images, batch 32."""
-    return TrainSpec(
+    return recipe(
         epochs=1, batch_size=32, optimizer="adam", lr=1e-3, seed=seed, limit_train=SMOKE_TRAIN, **loss
     )
 
 
-def he_et_al(*, augment: bool, seed: int = 0) -> TrainSpec:
+def he_et_al(*, augment: bool, seed: int = 0) -> Recipe:
     """He et al. 2016, CIFAR-10: SGD 0.1, momentum 0.9, wd 1e-4, batch 128, ÷10 at 32k and 48k of 64k
     iterations (epochs 82 and 123 of 164 at 391 iterations per epoch)."""
-    return TrainSpec(
+    return recipe(
         epochs=164,
         batch_size=128,
         optimizer="sgd",
@@ -63,10 +64,10 @@ def he_et_al(*, augment: bool, seed: int = 0) -> TrainSpec:
     )
 
 
-def appendix_a(dataset: str) -> TrainSpec:
+def appendix_a(dataset: str) -> Recipe:
     """Appendix A: Adam, batch 32, lr halved every 50 epochs; MNIST 100 epochs at 1e-3, CIFAR 200 at 1e-4."""
     if dataset == "mnist":
-        return TrainSpec(
+        return recipe(
             epochs=100,
             batch_size=32,
             optimizer="adam",
@@ -75,7 +76,7 @@ def appendix_a(dataset: str) -> TrainSpec:
             milestones=(50,),
             gamma=0.5,
         )
-    return TrainSpec(
+    return recipe(
         epochs=200,
         batch_size=32,
         optimizer="adam",
@@ -89,10 +90,10 @@ def appendix_a(dataset: str) -> TrainSpec:
 
 def cpu_training(
     epochs: int, limit: int, *, lr: float = 1e-3, augment: bool = False, seed: int = 0, **loss
-) -> TrainSpec:
+) -> Recipe:
     """The CPU recipe: Adam with a one-cycle schedule (converges in few epochs), batch 128, a training
     subset of ``limit`` images (None: all)."""
-    return TrainSpec(
+    return recipe(
         epochs=epochs,
         batch_size=128,
         optimizer="adam",

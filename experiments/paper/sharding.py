@@ -24,7 +24,8 @@ from experiments.cli import UsageError
 
 if TYPE_CHECKING:
     from experiments.honest import Evaluation, EvaluationConfig
-    from experiments.paper.runtime import Context, TrainedModel
+    from experiments.models import TrainedModel
+    from experiments.paper.runtime import Context
 
 #: an evaluation folder's subfolder of shards, one ``K-of-N`` folder each
 SHARDS = "shards"
@@ -54,8 +55,8 @@ class ShardJob:
 
 
 def _code() -> dict[str, str]:
-    from experiments.code_version import code_version
     from experiments.paper.runtime import PAPER_EVALUATION_CODE
+    from storage.code_version import code_version
 
     return code_version(PAPER_EVALUATION_CODE)
 
@@ -74,8 +75,8 @@ def shard_evaluation(
     """Shard ``ctx.shard`` of the honest evaluation cached at ``folder``: evaluated on its images, written as
     ``folder/shards/K-of-N/shard.json``; returns the shard's own :class:`Evaluation` (its images only)."""
     from experiments.honest import SuiteStore, evaluate
-    from experiments.records import RecordStore
     from experiments.shards import parse_shard, write_shard
+    from storage.records import RecordStore
 
     spec = parse_shard(ctx.shard.label, int(x.shape[0]), config.batch_size)
     out = folder / SHARDS / ctx.shard.folder_name

@@ -1,164 +1,54 @@
 """Validated, frozen, hashable descriptions of what a paper artefact trains and measures.
 
-A :class:`ModelSpec` (architecture + dataset + :class:`TrainSpec`) names one trained model; its
-:meth:`~ModelSpec.key` (SHA-256 of the canonical JSON) is the model cache's key, so two artefacts that ask
-for the same model share one training run. A :class:`Plan` is one artefact at one scale: its models, its
-ε grids, its evaluation budget and its attack parameters; its key guards the run directory.
+A model is the project's one :class:`~experiments.models.ModelSpec` (architecture + dataset + training);
+the scale tables write a :class:`Recipe` (the training part) and :func:`model` joins it to an architecture.
+Its key is the model cache's key, so two artefacts, or an artefact and the main job, that ask for the same
+model share one training run. A :class:`Plan` is one artefact at one scale: its models, its ε grids, its
+evaluation budget and its attack parameters; its key guards the run directory.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from torch import nn
+from experiments.models import Loss, ModelSpec
+from nets.training import TrainConfig
+from storage.records import config_hash
 
 SCALES = ("smoke", "cpu", "paper")
 DATASETS = ("mnist", "cifar10")
-LOSSES = ("natural", "pgd-at", "trades", "yopo")
-
-
-def digest(value: Any) -> str:
-    """Stable 16-hex-digit hash of a JSON-serialisable value."""
-    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _frozen(mapping: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in (mapping or {}).items()))
 
 
 @dataclass(frozen=True)
-class TrainSpec:
-    """Optimisation of one model (mirrors ``nets.training.TrainConfig``) plus its data subset and loss.
+class Recipe:
+    """A scale table's training recipe: everything of a :class:`~experiments.models.ModelSpec` but the
+    architecture (the optimisation, the training subset, the augmentation, the loss); :func:`model` joins
+    the two."""
 
-    ``milestones``/``gamma``: the learning rate is multiplied by ``gamma`` at each milestone epoch
-    (``schedule="multistep"``). ``limit_train``: the first N training images (None: all). ``loss``:
-    ``natural`` cross-entropy or an adversarial-training loss at ``loss_eps`` (``loss_steps`` PGD steps of
-    ``loss_alpha``; TRADES ``beta``; YOPO-m-n).
-    """
-
-    epochs: int
-    batch_size: int
-    optimizer: str
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
+    train: TrainConfig
     limit_train: int | None = None
     augment: bool = False
-    seed: int = 0
-    loss: str = "natural"
-    loss_eps: float = 0.0
-    loss_steps: int = 10
-    loss_alpha: float | None = None
-    beta: float = 6.0
-    yopo_m: int = 5
-    yopo_n: int = 3
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.limit_train is not None and self.limit_train < 1:
-            raise ValueError(f"limit_train must be None or >= 1, got {self.limit_train}")
-        if self.loss != "natural" and not (math.isfinite(self.loss_eps) and self.loss_eps > 0):
-            raise ValueError(f"adversarial training needs loss_eps > 0, got {self.loss_eps}")
-        self.train_config()  # validates the optimiser fields
-
-    def train_config(self, eval_batch_size: int = 500):
-        from nets.training import TrainConfig
-
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            optimizer=self.optimizer,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            schedule=self.schedule,
-            milestones=self.milestones,
-            gamma=self.gamma,
-            seed=self.seed,
-            eval_batch_size=eval_batch_size,
-        )
-
-    def loss_fn(self):
-        """The ``loss_fn`` hook of ``nets.training.train`` for this loss."""
-        from attacks import PGDAdversarialLoss, TRADESLoss, YOPOLoss
-        from nets.training import cross_entropy_loss
-
-        if self.loss == "natural":
-            return cross_entropy_loss
-        if self.loss == "pgd-at":
-            return PGDAdversarialLoss(self.loss_eps, self.loss_alpha, steps=self.loss_steps, seed=self.seed)
-        if self.loss == "trades":
-            return TRADESLoss(
-                self.loss_eps, self.loss_alpha, steps=self.loss_steps, beta=self.beta, seed=self.seed
-            )
-        return YOPOLoss(self.loss_eps, m=self.yopo_m, n=self.yopo_n, alpha=self.loss_alpha, seed=self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["milestones"] = list(self.milestones)
-        return out
+    loss: Loss = field(default_factory=Loss)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registry architecture with keyword arguments, the dataset it is trained on, and how."""
-
-    name: str
-    dataset: str
-    train: TrainSpec
-    kwargs: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        from nets.registry import accepted_kwargs, get_model_factory
-
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        get_model_factory(self.name)
-        if not isinstance(self.kwargs, tuple):
-            object.__setattr__(self, "kwargs", _frozen(self.kwargs))
-        allowed = accepted_kwargs(self.name)
-        unknown = set(dict(self.kwargs)) - (allowed if allowed is not None else set(dict(self.kwargs)))
-        if unknown:
-            raise ValueError(f"model {self.name!r} does not accept {sorted(unknown)}")
-
-    @property
-    def arguments(self) -> dict[str, Any]:
-        return dict(self.kwargs)
-
-    def build(self) -> nn.Module:
-        from nets.registry import build_model
-
-        return build_model(self.name, **self.arguments)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "dataset": self.dataset,
-            "kwargs": self.arguments,
-            "train": self.train.to_dict(),
-        }
-
-    def key(self) -> str:
-        return digest(self.to_dict())
+def recipe(*, limit_train: int | None = None, augment: bool = False, loss: str = "natural",
+           loss_eps: float = 0.0, loss_steps: int = 10, loss_alpha: float | None = None, beta: float = 6.0,
+           yopo_m: int = 5, yopo_n: int = 3, **optimisation: Any) -> Recipe:
+    """A :class:`Recipe` from the tables' flat keywords: ``optimisation`` are :class:`TrainConfig` fields
+    (the paper's models evaluate the test set in batches of 500); ``loss`` and its ``loss_*``, ``beta``,
+    ``yopo_*`` settings make the :class:`~experiments.models.Loss`."""
+    train = TrainConfig(**{"eval_batch_size": 500, **optimisation})
+    how = Loss(loss, loss_eps, loss_steps, loss_alpha, beta, yopo_m, yopo_n)
+    return Recipe(train, limit_train, augment, how)
 
 
-def model(name: str, dataset: str, train: TrainSpec, **kwargs: Any) -> ModelSpec:
-    """``name`` on ``dataset`` with the dataset-derived arguments ``experiments.train`` passes (in_channels,
-    num_classes, mean, std — those the factory accepts); ``kwargs`` win over them."""
-    from experiments.train import model_kwargs_for
-
-    arguments = model_kwargs_for(name, dataset, None, list(kwargs.items()))
-    return ModelSpec(name, dataset, train, _frozen(arguments))
+def model(name: str, dataset: str, how: Recipe, **kwargs: Any) -> ModelSpec:
+    """``name`` on ``dataset`` trained by ``how`` (:meth:`ModelSpec.of`: with the dataset-derived arguments
+    the factory accepts; ``kwargs`` win over them)."""
+    return ModelSpec.of(name, dataset, how.train, limit_train=how.limit_train, augment=how.augment,
+                        loss=how.loss, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -268,4 +158,4 @@ class Plan:
         }
 
     def key(self) -> str:
-        return digest(self.to_dict())
+        return config_hash(self.to_dict())

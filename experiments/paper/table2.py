@@ -17,7 +17,7 @@ from experiments.paper import scales
 from experiments.paper.measure import clean_accuracy, honest, protocol
 from experiments.paper.report import caption, diff, flags_section, header, markdown_table, write
 from experiments.paper.runtime import Context, RunDirectory
-from experiments.paper.specs import Plan, TrainSpec, model
+from experiments.paper.specs import Plan, model, recipe
 
 TITLE = "Table 2: adversarial training (PreAct-ResNet18) vs the Neural ODE, CIFAR-10, ε = 8/255"
 EPS = 8 / 255
@@ -85,7 +85,7 @@ def plan(scale: str) -> Plan:
                 shortcut="B",
             )
         else:
-            recipe = TrainSpec(
+            how = recipe(
                 epochs=100,
                 batch_size=128,
                 optimizer="sgd",
@@ -98,7 +98,7 @@ def plan(scale: str) -> Plan:
                 augment=True,
                 **loss,
             )
-            spec = model("preact_resnet18", "cifar10", recipe)
+            spec = model("preact_resnet18", "cifar10", how)
         models.append((method, spec))
     models.append(("odenet", scales.table1_models(scale, "cifar10")["odenet"]))
     steps = scales.budget(scale, 20, 2)
@@ -219,7 +219,7 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
 
 
 def _figure(rows: list[dict[str, Any]], name: str, path: Path, note: str) -> Path:
-    from experiments.paper.report import pyplot, save_figure
+    from experiments.figures import pyplot, save_figure
 
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(7.5, 4))

@@ -111,6 +111,16 @@ class ImageDataset:
             index = slice(0, index)
         return ImageDataset(self.images[index], self.labels[index], self.name, self.split, self.classes)
 
+    def tensors(self, start: int = 0, count: int | None = None, device: torch.device | str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``start`` … ``start + count - 1`` (``count`` None: to the end; clipped at the end) as
+        ``(x, y)``: ``x = images / 255`` float32 in [0, 1] and ``y`` the int64 labels, on ``device``."""
+        if start < 0 or (count is not None and count < 0):
+            raise ValueError(f"start and count must be >= 0, got start={start}, count={count}")
+        stop = None if count is None else start + count
+        x, y = self.images[start:stop].float().div(255), self.labels[start:stop]
+        return (x, y) if device is None else (x.to(device), y.to(device))
+
     def to(self, device: torch.device | str) -> ImageDataset:
         """The same dataset with both tensors on ``device`` (no copy if already there)."""
         device = torch.device(device)

@@ -51,7 +51,7 @@ def download_file(
     never leaves a half-written file under the final name. Raises :class:`DatasetDownloadError` listing every
     attempt.
     """
-    from nets.atomic import atomic_write
+    from storage.atomic import atomic_write
 
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)

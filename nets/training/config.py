@@ -17,9 +17,10 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation hyper-parameters of a run (stored in checkpoints and results; resume requires equality).
+    """Optimisation hyper-parameters of a run (stored in checkpoints and results; resume requires equality);
+    frozen, so that a model specification holding it is a value.
 
     ``batch_size`` is per process: the global batch is ``batch_size * world_size``. ``milestones`` are epochs
     at which ``multistep`` multiplies the learning rate by ``gamma`` (default: 50 % and 75 % of the epochs,
@@ -43,9 +44,9 @@ class TrainConfig:
     grad_clip_norm: float | None = None
 
     def __post_init__(self) -> None:
-        self.optimizer = self.optimizer.lower()
-        self.schedule = self.schedule.lower()
-        self.milestones = tuple(int(m) for m in self.milestones)
+        object.__setattr__(self, "optimizer", self.optimizer.lower())
+        object.__setattr__(self, "schedule", self.schedule.lower())
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1:

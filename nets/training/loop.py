@@ -16,7 +16,6 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nets.atomic import require_free_space
 from nets.datasets import Augmentation, BatchIterator, ImageDataset
 from nets.training.config import TrainConfig, build_optimizer, build_scheduler
 from nets.training.distributed import (
@@ -41,6 +40,7 @@ from nets.training.state import (
     restore_rng_state,
     seed_everything,
 )
+from storage.atomic import require_free_space
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 

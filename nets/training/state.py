@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nets.atomic import atomic_write
+from storage.atomic import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 RESULTS_NAME = "results.json"

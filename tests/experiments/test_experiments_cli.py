@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from experiments import cli
-from experiments.records import RecordStore
-from nets.atomic import atomic_write, atomic_write_text
 from nets.datasets import DatasetNotFoundError
 from nets.training import TrainConfig, atomic_torch_save, atomic_write_json
+from storage.atomic import atomic_write, atomic_write_text
+from storage.records import RecordStore
 
 COMMANDS = ("experiments.train", "experiments.robustness", "experiments.adversarial_training",
             "experiments.bounds")

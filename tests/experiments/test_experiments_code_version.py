@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import code_version
-from experiments.code_version import CodeGuard, describe_change
+from experiments.models import TrainedModel
 from experiments.paper import measure, scales
-from experiments.paper.runtime import Context, TrainedModel
+from experiments.paper.runtime import Context
 from experiments.paper.specs import EvalSpec, model
-from experiments.records import RecordStore
+from storage import code_version
+from storage.code_version import CodeGuard, describe_change
+from storage.records import RecordStore
 from tests.nets.test_data import write_mnist
 
 REAL_ROOT = code_version.ROOT
@@ -118,7 +119,7 @@ def test_a_change_in_the_convergence_check_recomputes_the_cached_evaluation_and_
     edit(source, "attacks/checks.py", "tolerance: float = 0.02,", "tolerance: float = 0.03,")
     lenient = CodeGuard(reuse_stale=True, log=Log())
     reused, _ = measure.honest(_context(tmp_path, lenient), entry, (0.1,), spec, data)
-    assert reused == json.loads(json.dumps(stored["value"]))
+    assert reused == json.loads(json.dumps(stored["record"]["value"]))
     assert lenient.reused and "made by other code (attacks" in lenient.reused[0]
     assert lenient.log[0].startswith("reusing honest evaluation of mnist resnet")
     assert any("Stale results reused" in line for line in lenient.stamp_lines())
@@ -202,7 +203,7 @@ def test_records_carry_the_code_version_and_a_content_checksum(source, tmp_path)
 def test_a_malformed_suite_record_with_an_intact_hash_is_recomputed_and_named(tmp_path, body, error) -> None:
     from attacks.suite import AttackRecord
     from experiments.honest import SuiteStore
-    from experiments.records import content_sha256
+    from storage.records import content_sha256
 
     attacked, fooled = torch.tensor([True] * 4), torch.tensor([True, False] * 2)
     good = AttackRecord("APGD", 0.1, "white-box", {}, attacked, fooled, torch.zeros(4, dtype=torch.bool), 1.0,
@@ -228,7 +229,7 @@ def test_a_malformed_suite_record_with_an_intact_hash_is_recomputed_and_named(tm
 def test_a_model_folder_from_other_code_loses_its_training_files_unless_reused(source, tmp_path) -> None:
     """The check both model caches (experiments.paper's and the main job's) make before loading or
     resuming: a checkpoint of other code is never resumed."""
-    from experiments.code_version import STAMP_NAME, model_folder_is_current
+    from storage.code_version import STAMP_NAME, model_folder_is_current
 
     code = code_version.code_version(code_version.MODEL_CODE)
     folder = tmp_path / "models" / "odenet-1234"
@@ -247,3 +248,40 @@ def test_a_model_folder_from_other_code_loses_its_training_files_unless_reused(s
     assert json.loads((folder / STAMP_NAME).read_text())["code"] == other  # retrained under the new code
     assert guard.log == [f"recomputing model odenet: made by other code (stability {code['stability'][:8]} "
                          "-> 00000000)"]
+
+
+def test_a_paper_cache_entry_is_a_record_of_the_one_store(tmp_path) -> None:
+    from experiments.paper.runtime import cached_json
+    from storage.records import FORMAT, content_sha256
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"accuracy": 0.5}
+
+    path = tmp_path / "parts" / "0123abcd.json"
+    code = {"attacks": "1" * 16}
+    value, seconds = cached_json(path, "part a", {"eps": 0.1}, compute, code=code)
+    again, seconds_again = cached_json(path, "part a", {"eps": 0.1}, compute, code=code)
+    assert calls == [1] and again == value and seconds_again == seconds  # the computing run's time
+    stored = json.loads(path.read_text())
+    assert stored["format"] == FORMAT and stored["code"] == code
+    cached_json(path, "part a", {"eps": 0.2}, compute, code=code)  # another identity: recomputed
+    assert len(calls) == 2
+
+    stored = json.loads(path.read_text())
+    stored["record"]["value"]["accuracy"] = 0.9  # edited by hand, checksum left as it was
+    path.write_text(json.dumps(stored))
+    guard = CodeGuard(log=Log())
+    assert cached_json(path, "part a", {"eps": 0.2}, compute, code=code, guard=guard)[0] == {"accuracy": 0.5}
+    assert guard.log[0].startswith("recomputing part a: content checksum mismatch")
+    assert str(path) in guard.log[0]
+
+    stored = json.loads(path.read_text())
+    del stored["record"]["seconds"]  # malformed, checksum made to match
+    stored["record_sha256"] = content_sha256(stored["record"])
+    path.write_text(json.dumps(stored))
+    guard = CodeGuard(log=Log())
+    cached_json(path, "part a", {"eps": 0.2}, compute, code=code, guard=guard)
+    assert len(calls) == 4 and guard.log[0].startswith("recomputing part a: malformed record (KeyError")

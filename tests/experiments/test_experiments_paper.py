@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from experiments.paper import ARTEFACTS, cli, fig1, fig2, fig3, table1, table2
-from experiments.paper.specs import Plan, digest
+from experiments.paper.specs import Plan
 from nets.training import build_optimizer, build_scheduler
+from storage.records import config_hash
 from tests.nets.test_data import make_cifar, write_cifar_dir, write_mnist
 
 COLUMNS = {
@@ -199,7 +200,7 @@ def test_models_are_cached_by_configuration_and_reused(smoke_run) -> None:
     root, argv, _ = smoke_run
     keys = {spec.key() for module in ARTEFACTS.values() for _, spec in module.plan("smoke").models}
     mechanism_run = json.loads((root / "out" / "mechanism" / "results.json").read_text())
-    keys |= {digest(twin["spec"]) for twin in mechanism_run["twin"].values()}  # picked after training
+    keys |= {config_hash(twin["spec"]) for twin in mechanism_run["twin"].values()}  # picked after training
     folders = sorted((root / "out" / "models").iterdir())
     assert len(folders) == len(keys)  # Table 1's models serve Figures 2, 3 and Table 2's ODE-net
     assert {folder.name.rsplit("-", 1)[1] for folder in folders} == keys
@@ -252,8 +253,8 @@ def test_failures_are_one_line_with_exit_code_2(smoke_run, tmp_path, capsys) -> 
 
 # ------------------------------------------------------------------------------ paper scale, built untrained
 def _lr_after(spec, epochs: int) -> float:
-    optimizer = build_optimizer(torch.nn.Linear(1, 1).parameters(), spec.train.train_config())
-    scheduler = build_scheduler(optimizer, spec.train.train_config(), steps_per_epoch=1)
+    optimizer = build_optimizer(torch.nn.Linear(1, 1).parameters(), spec.train)
+    scheduler = build_scheduler(optimizer, spec.train, steps_per_epoch=1)
     for _ in range(epochs):
         optimizer.step()
         scheduler.step()
@@ -270,7 +271,7 @@ def _check_appendix_a(spec, dataset: str) -> None:
     assert len(block.func.convs) == layers and all(c.out_channels == channels for c in block.func.convs)
     train = spec.train
     assert (train.optimizer, train.lr, train.epochs, train.batch_size) == ("adam", lr, epochs, 32)
-    assert train.limit_train is None
+    assert spec.limit_train is None
     # lr halved every 50 epochs
     for epoch in range(0, epochs, 50):
         assert _lr_after(spec, epoch) == pytest.approx(lr * 0.5 ** (epoch // 50))
@@ -285,7 +286,7 @@ def _check_he_et_al(spec) -> None:
         1e-4,
         128,
     )
-    assert (train.epochs, train.milestones, train.gamma, train.limit_train) == (164, (82, 123), 0.1, None)
+    assert (train.epochs, train.milestones, train.gamma, spec.limit_train) == (164, (82, 123), 0.1, None)
     assert _lr_after(spec, 82) == pytest.approx(0.01) and _lr_after(spec, 123) == pytest.approx(0.001)
 
 
@@ -319,7 +320,7 @@ def test_paper_scale_figure1_is_eleven_resnet56_with_he_et_al() -> None:
     targets = [(label, spec) for label, spec in plan.models if label != "source"]
     assert [spec.arguments["step_size"] for _, spec in targets] == [10.0**-k for k in range(11)]
     for _, spec in targets:
-        assert spec.name == "resnet56" and spec.dataset == "cifar10" and spec.train.augment
+        assert spec.name == "resnet56" and spec.dataset == "cifar10" and spec.augment
         _check_he_et_al(spec)
     built = targets[-1][1].build()
     steps = [m.step_size for m in built.modules() if hasattr(m, "step_size")]
@@ -334,12 +335,12 @@ def test_paper_scale_table2_is_preact_resnet18_with_the_three_trainings() -> Non
     plan = table2.plan("paper")
     models = plan.model_map
     assert list(models) == ["pgd-at", "trades", "yopo", "odenet"]
-    losses = {m: models[m].train for m in ("pgd-at", "trades", "yopo")}
-    assert all(models[m].name == "preact_resnet18" for m in losses)
-    assert (losses["pgd-at"].loss, losses["pgd-at"].loss_steps) == ("pgd-at", 10)
-    assert (losses["trades"].loss, losses["trades"].loss_steps, losses["trades"].beta) == ("trades", 10, 6.0)
-    assert (losses["yopo"].loss, losses["yopo"].yopo_m, losses["yopo"].yopo_n) == ("yopo", 5, 3)
-    assert all(t.loss_eps == pytest.approx(8 / 255) and t.limit_train is None for t in losses.values())
+    losses = {m: models[m].loss for m in ("pgd-at", "trades", "yopo")}
+    assert all(models[m].name == "preact_resnet18" and models[m].limit_train is None for m in losses)
+    assert (losses["pgd-at"].kind, losses["pgd-at"].steps) == ("pgd-at", 10)
+    assert (losses["trades"].kind, losses["trades"].steps, losses["trades"].beta) == ("trades", 10, 6.0)
+    assert (losses["yopo"].kind, losses["yopo"].yopo_m, losses["yopo"].yopo_n) == ("yopo", 5, 3)
+    assert all(loss.eps == pytest.approx(8 / 255) for loss in losses.values())
     assert models["odenet"] == table1.plan("paper").model_map["cifar10 odenet"]
     _check_appendix_a(models["odenet"], "cifar10")
     assert sum(p.numel() for p in models["pgd-at"].build().parameters()) > 11_000_000

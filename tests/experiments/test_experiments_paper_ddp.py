@@ -37,7 +37,7 @@ LAUNCHER = textwrap.dedent(
 
     from experiments.paper import scales
     from experiments.paper.cli import main
-    from experiments.paper.specs import TrainSpec, model
+    from experiments.paper.specs import model, recipe
     from nets.registry import register_model
 
 
@@ -49,10 +49,10 @@ LAUNCHER = textwrap.dedent(
 
     def table1_models(scale, dataset):
         short = "mnist" if dataset == "mnist" else "cifar"
-        recipe = TrainSpec(epochs=3, batch_size=32, optimizer="sgd", lr=0.02, momentum=0.9,
-                           limit_train=scales.SMOKE_TRAIN)
-        return {"resnet": model("ddp_paper_tiny", dataset, recipe),
-                "odenet": model(f"odenet_{short}_small", dataset, recipe, channels=4, method="rk4",
+        how = recipe(epochs=3, batch_size=32, optimizer="sgd", lr=0.02, momentum=0.9,
+                     limit_train=scales.SMOKE_TRAIN)
+        return {"resnet": model("ddp_paper_tiny", dataset, how),
+                "odenet": model(f"odenet_{short}_small", dataset, how, channels=4, method="rk4",
                                 step_size=0.25, gradient="backprop")}
 
 
@@ -181,9 +181,9 @@ def test_a_failure_on_one_rank_ends_every_rank_with_one_line(runs) -> None:
     failing = 1  # a helper: the leader, waiting in a collective, loses its peer and stays silent
     done = _launch(root, f"fail{failing}", 2, FAIL_RANK=str(failing))
     assert done.returncode != 0
-    lines = [line for line in done.stderr.splitlines() if line.startswith("python -m experiments.paper")]
-    assert lines == [f"python -m experiments.paper: error (rank {failing} of 2): injected failure "
-                     "(rerun with --debug for the traceback)"], done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert lines == [f"error: RuntimeError: (rank {failing} of 2) injected failure [rerun with --debug for "
+                     "the traceback]"], done.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -215,7 +215,7 @@ def test_a_shard_job_refuses_untrained_models_and_torchrun(tmp_path, monkeypatch
             str(tmp_path / "out"), "--no-progress", "--shard", "0/2"]
     assert cli.main(argv) == 2
     error = capsys.readouterr().err
-    assert error.startswith("python -m experiments.paper: error: model mnist resnet is not trained yet (")
+    assert error.startswith("error: model mnist resnet is not trained yet (")
     assert "--train-only instead of --shard" in error and not (tmp_path / "out" / "table1").exists()
     for bad in ("2/2", "x"):
         assert cli.main([*argv[:-1], bad]) == 2
@@ -240,13 +240,14 @@ def test_a_refused_command_under_torchrun_is_one_line_from_rank_0(tmp_path, monk
             "--device", "cuda:1"]
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    assert cli.main(argv) == 2
-    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit) as exit_:  # every rank refuses it: the others exit 2 without a word
+        cli.main(argv)
+    assert exit_.value.code == 2 and capsys.readouterr().err == ""
     monkeypatch.setenv("RANK", "0")
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.strip() == (
-        "python -m experiments.paper: error: --device cuda:1 under torchrun: pass --device cuda (each "
-        "process takes cuda:LOCAL_RANK) or cpu"
+        "error: --device cuda:1 under torchrun: pass --device cuda (each process takes cuda:LOCAL_RANK) or "
+        "cpu"
     )
     monkeypatch.setenv("WORLD_SIZE", "3")  # table1's smoke recipes use batch 32
     assert cli.main(argv[:-2]) == 2

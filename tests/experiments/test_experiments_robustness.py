@@ -185,7 +185,7 @@ def test_smoke_main_job_report_files_model_cache_and_recomputation(tmp_path, cap
 
         # Another recipe: another model in the cache, trained with it.
         assert cli.run(robustness.main, [*argv, "--resnet-train", "lr=0.05"]) == 0
-        assert "training mnist_resnet_small (1 epochs, sgd lr 0.05" in capsys.readouterr().out
+        assert "training mnist_resnet_small on mnist (1 epochs, sgd lr 0.05" in capsys.readouterr().out
         assert len(list((out / "models").glob("mnist_resnet_small-*"))) == 2
     finally:
         os.umask(old_umask)

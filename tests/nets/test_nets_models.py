@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import stability
-from experiments.train import model_kwargs_for
+from experiments.models import model_kwargs_for
 from nets import available_models, build_model
 from nets.normalization import Normalize
 from nets.odenet import ODEBlock, ODEFunc, ODENet

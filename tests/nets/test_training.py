@@ -503,18 +503,18 @@ ENFORCE_FAIL = ("[enforce fail at inline_container.cc:595] . PytorchStreamWriter
 def test_a_full_disk_is_named_not_a_serializer_assertion(tmp_path, monkeypatch):
     import errno
 
-    import nets.atomic
-    from nets.atomic import DiskFullError, atomic_write
+    import storage.atomic
     from nets.training import atomic_torch_save
+    from storage.atomic import DiskFullError, atomic_write
 
     def torch_save_on_a_full_disk(obj, handle):
         raise RuntimeError(ENFORCE_FAIL)
 
     monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
-    monkeypatch.setattr(nets.atomic, "free_bytes", lambda folder: 4096)
+    monkeypatch.setattr(storage.atomic, "free_bytes", lambda folder: 4096)
     with pytest.raises(DiskFullError, match="no space left on the disk to write .*c.pt"):
         atomic_torch_save({"w": torch.ones(2)}, tmp_path / "c.pt")
-    monkeypatch.setattr(nets.atomic, "free_bytes", lambda folder: 2**40)  # room left: not a full disk
+    monkeypatch.setattr(storage.atomic, "free_bytes", lambda folder: 2**40)  # room left: not a full disk
     with pytest.raises(RuntimeError, match="inline_container"):
         atomic_torch_save({"w": torch.ones(2)}, tmp_path / "c.pt")
 
@@ -527,11 +527,11 @@ def test_a_full_disk_is_named_not_a_serializer_assertion(tmp_path, monkeypatch):
 
 
 def test_training_checks_free_space_before_the_first_epoch(tmp_path, monkeypatch):
-    import nets.atomic
+    import storage.atomic
     from experiments.cli import run
-    from nets.atomic import DiskFullError
+    from storage.atomic import DiskFullError
 
-    monkeypatch.setattr(nets.atomic, "free_bytes", lambda folder: 1000)
+    monkeypatch.setattr(storage.atomic, "free_bytes", lambda folder: 1000)
     batches = []
     with pytest.raises(DiskFullError, match="not enough free disk space for the per-epoch checkpoint"):
         train(tiny_model(0), synthetic_dataset(16, 0), None, TrainConfig(**CONFIG), tmp_path,

@@ -2,7 +2,7 @@
 
 A version is, per source part (a package folder or one module file), the SHA-256 of the sorted
 ``(relative path, bytes)`` of its ``*.py`` files, read from the code this process imported (the folder above
-``experiments/``), once per process::
+``storage/``), once per process::
 
     code_version(MODEL_CODE)  ->  {"nets": "9c1d…", "stability": "3f2a…"}
 
@@ -135,7 +135,7 @@ def model_folder_is_current(folder: Path, code: Mapping[str, str], guard: CodeGu
     """
     import json
 
-    from nets.atomic import atomic_write_text
+    from storage.atomic import atomic_write_text
 
     folder = Path(folder)
     stamp = folder / STAMP_NAME

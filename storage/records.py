@@ -15,7 +15,7 @@ changed. Nothing is reused silently: :meth:`RecordStore.summary` reports what wa
 recomputed.
 
 Each record also carries a SHA-256 of its content and, when the store is given one, the version of the code
-that made it (:mod:`experiments.code_version`). A record edited after it was written (checksum mismatch), one
+that made it (:mod:`storage.code_version`). A record edited after it was written (checksum mismatch), one
 whose body its reader cannot parse (``get(..., parse=...)`` raised), one that is unreadable, or one made by
 other code is recomputed, and the file and the reason are named (``--reuse-stale``: a record from other code
 is reused and named instead).
@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from experiments.code_version import CodeGuard, describe_change
-from nets.atomic import atomic_write_text
+from storage.atomic import atomic_write_text
+from storage.code_version import CodeGuard, describe_change
 
 __all__ = ["RecordStore", "config_hash", "content_sha256", "file_sha256"]
 
@@ -53,8 +53,9 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """SHA-256 (16 hex digits) of the configuration as sorted JSON."""
+def config_hash(config: Any) -> str:
+    """SHA-256 (16 hex digits) of a configuration (a JSON-serialisable mapping or list; other values as
+    their text, non-finite floats as theirs) as sorted JSON: the project's one key of a cached result."""
     text = json.dumps(_canonical(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -79,7 +80,7 @@ def _slug(part: Any) -> str:
 class RecordStore:
     """Records under ``directory``, one ``<key parts joined by __>.json`` file per key.
 
-    ``code``: the version of the code that makes the records (:func:`experiments.code_version.code_version`;
+    ``code``: the version of the code that makes the records (:func:`storage.code_version.code_version`;
     None: not checked); ``guard`` decides what happens to a record from other code (recompute, or reuse with
     ``reuse_stale``) and names it.
     """
@@ -98,34 +99,36 @@ class RecordStore:
     def path(self, key: Sequence[Any]) -> Path:
         return self.directory / ("__".join(_slug(part) for part in key) + ".json")
 
-    def _read(self, key: tuple[Any, ...]) -> dict[str, Any] | None:
+    def _read(self, key: tuple[Any, ...], label: str | None) -> dict[str, Any] | None:
         path = self.path(key)
         if not path.is_file():
             return None
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            return self._reject(key, f"unreadable ({type(error).__name__})")
+            return self._reject(key, f"unreadable ({type(error).__name__})", label)
         if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-            return self._reject(key, "not a record of this format")
+            return self._reject(key, "not a record of this format", label)
         return stored
 
-    def _reject(self, key: tuple[Any, ...], why: str) -> None:
-        """Mark the stored record of ``key`` for recomputation, naming its file and ``why``."""
+    def _reject(self, key: tuple[Any, ...], why: str, label: str | None = None) -> None:
+        """Mark the stored record of ``key`` for recomputation, naming it, its file and ``why``."""
         self.stale[key] = [f"{why}: {self.path(key)}"]
-        self.guard.log(f"recomputing record {_describe(key)}: {why} ({self.path(key)})")
+        self.guard.log(f"recomputing {label or 'record ' + _describe(key)}: {why} ({self.path(key)})")
         return None
 
     def get(self, key: Sequence[Any], config: Mapping[str, Any],
-            parse: Callable[[dict[str, Any]], T] | None = None) -> dict[str, Any] | T | None:
+            parse: Callable[[dict[str, Any]], T] | None = None,
+            label: str | None = None) -> dict[str, Any] | T | None:
         """The stored record for ``key`` if it was made with ``config`` (and ``force`` is off), else None.
 
         ``parse(record)`` (if given) reads the body; its result is returned, and a body it cannot read
         (:data:`MALFORMED`) is recomputed and named. So is a record whose content checksum does not match
         (edited after it was written) and one made by other code than ``code`` (unless ``reuse_stale``).
+        ``label`` names the record in those lines (default: ``record <key>``).
         """
         key = tuple(key)
-        stored = self._read(key)
+        stored = self._read(key, label)
         if stored is None:
             return None
         if self.force:
@@ -136,9 +139,9 @@ class RecordStore:
             return None
         record = stored.get("record")
         if stored.get("record_sha256") != content_sha256(record):
-            return self._reject(key, "content checksum mismatch (edited after it was written)")
+            return self._reject(key, "content checksum mismatch (edited after it was written)", label)
         if self.code is not None:
-            what = f"record {_describe(key)} ({self.path(key)})"
+            what = f"{label or 'record ' + _describe(key)} ({self.path(key)})"
             if not self.guard.current(what, stored.get("code"), self.code):
                 self.stale[key] = [f"made by other code ({describe_change(stored.get('code'), self.code)})"]
                 return None
@@ -146,7 +149,7 @@ class RecordStore:
             try:
                 record = parse(record)
             except MALFORMED as error:
-                return self._reject(key, f"malformed record ({type(error).__name__}: {error})")
+                return self._reject(key, f"malformed record ({type(error).__name__}: {error})", label)
         self.resumed.append(key)
         return record
 
