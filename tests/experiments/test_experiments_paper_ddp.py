@@ -158,8 +158,8 @@ def test_two_processes_give_the_same_per_sample_attack_results_and_report(runs) 
     assert len(a) >= 4 and a == b
     robust = []
     for path in sorted((root / "one" / "evaluations").glob("*/summary.json")):
-        mine = json.loads(path.read_text())["value"]
-        theirs = json.loads((root / "two" / path.relative_to(root / "one")).read_text())["value"]
+        mine = json.loads(path.read_text())["record"]["value"]
+        theirs = json.loads((root / "two" / path.relative_to(root / "one")).read_text())["record"]["value"]
         assert mine["worst_case_robust"] == theirs["worst_case_robust"]
         assert mine["flags"] == theirs["flags"] and mine["protocol"] == theirs["protocol"]  # verdicts too
         robust += mine["worst_case_robust"]
@@ -200,8 +200,8 @@ def test_shard_jobs_then_the_merge_equal_one_process(runs) -> None:
     merged = _launch(root, "shards", 1)
     assert merged.returncode == 0, merged.stderr[-3000:]
     for path in sorted((root / "one" / "evaluations").glob("*/summary.json")):
-        mine = json.loads(path.read_text())["value"]
-        theirs = json.loads((root / "shards" / path.relative_to(root / "one")).read_text())["value"]
+        mine = json.loads(path.read_text())["record"]["value"]
+        theirs = json.loads((root / "shards" / path.relative_to(root / "one")).read_text())["record"]["value"]
         for key in ("worst_case_robust", "protocol", "flags", "clean"):
             assert mine[key] == theirs[key], key
     one_csv = (root / "one" / "table1" / "results.csv").read_bytes()
