@@ -11,6 +11,7 @@ foreign or doubled ones), runs the checks that need the whole set, caches the su
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,8 +96,23 @@ def shard_evaluation(
         label=f"{entry.label} shard {spec.label()}",
     )
     made_by = {**identity, "checkpoint": entry.spec.key(), "code": _code()}
-    write_shard(out, spec, evaluation, made_by, entry.label, {"model": str(entry.folder)})
+    # a finished shard stays as written: a rerun (another artefact asking for the same evaluation) resumes
+    # every record, so it finds no adversarials for the whole-set checks
+    if not _finished(out, made_by):
+        write_shard(out, spec, evaluation, made_by, entry.label, {"model": str(entry.folder)})
     return evaluation
+
+
+def _finished(folder: Path, made_by: Mapping[str, Any]) -> bool:
+    """True when ``folder`` holds this shard's manifest, made by this code for this evaluation (e.g. an
+    earlier artefact of the same command asked for the same evaluation)."""
+    from experiments.shards import MANIFEST
+
+    try:
+        stored = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(stored, dict) and stored.get("identity") == json.loads(json.dumps(made_by, default=str))
 
 
 def merged_evaluation(

@@ -286,3 +286,16 @@ def test_plan_scales_training_by_k_and_only_the_suite_share_of_an_evaluation(tmp
     assert one != four and "10000 × 4 × 142–2709" in one and "10000 × 4 × 142–2709" in four
     low = 10_000 * 4 * 142 * 1e-3  # the lower bound's passes at 1 ms each
     assert f"{_duration(low)} –" in one and f"{_duration(parallel_time(low, unshared / 142, 4))} –" in four
+
+
+def test_a_finished_shard_is_kept_when_another_artefact_asks_for_the_same_evaluation(tmp_path) -> None:
+    from experiments.paper.sharding import _finished
+    from experiments.shards import MANIFEST
+
+    made_by = {"config": {"eps": [0.1]}, "checkpoint": "abc", "code": {"nets": "1"}}
+    assert not _finished(tmp_path, made_by)  # nothing written yet
+    (tmp_path / MANIFEST).write_text(json.dumps({"identity": made_by}))
+    assert _finished(tmp_path, made_by)  # a rerun (its records all resumed, no adversarials) does not rewrite
+    assert not _finished(tmp_path, {**made_by, "code": {"nets": "2"}})  # other code: rewritten
+    (tmp_path / MANIFEST).write_text("{broken")
+    assert not _finished(tmp_path, made_by)
