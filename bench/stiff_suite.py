@@ -7,11 +7,13 @@ Problems (float64, shared step control, scipy given the analytic Jacobian):
 At rtol 1e-3 and 1e-6. Error: the max-norm error over the outputs against scipy's Radau at rtol = 1e-12
 (atol 1e-14 Robertson, 1e-12 Van der Pol), relative to max(1, ‖y_ref‖∞), and at the last output alone (a
 step end: no interpolation). Work: accepted steps, f evaluations, Jacobians (ours: one ``torch.func.jacrev``
-each; scipy: njev), LU factorisations, and f+J = nfe + njev; the ratios are ours over Radau's and BDF's f+J
+each; scipy: njev), LU factorisations, the steps rejected by a failed Newton iteration (kvaerno5), and
+f+J = nfe + njev; the ratios are ours over Radau's and BDF's f+J
 and steps.
 
 Run:  python -m bench.stiff_suite        (``--json PATH`` also writes the rows)
       python -m bench.stiff_suite --gradients   (gradients against central differences, float64)
+      python -m bench.stiff_suite --conv        (a conv field solved matrix-free, against dopri5)
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Row:
     nfe: int
     njev: int
     nlu: int
+    newton_failures: int
     error: float
     error_end: float
     seconds: float
@@ -137,8 +140,8 @@ def run(problem: str, rtol: float, method: str, ref: np.ndarray | None = None) -
     seconds = time.perf_counter() - start
     stats = sol.stats
     return Row(problem, rtol, method, stats.n_accepted, stats.n_rejected, stats.nfe, stats.n_jacobians,
-               stats.n_factorizations, *_errors(sol.ys[1:].numpy(), ref, unscale), seconds,
-               scipy_row(problem, rtol, "Radau", ref), scipy_row(problem, rtol, "BDF", ref))
+               stats.n_factorizations, stats.newton_failures, *_errors(sol.ys[1:].numpy(), ref, unscale),
+               seconds, scipy_row(problem, rtol, "Radau", ref), scipy_row(problem, rtol, "BDF", ref))
 
 
 GRADIENT_MU = 50.0
@@ -195,18 +198,55 @@ def gradients() -> None:
             print(f"{label:>46} {method:>9} {gradient_error(method, **options):>40.1e}", flush=True)
 
 
+def conv_rows() -> None:
+    """The conv field of ``tests.problems.damped_conv_problem`` (float32, rtol 1e-3, atol 1e-4): each stiff
+    method under shared and per-sample control with Krylov solves on double-backward products, against dopri5
+    at the same tolerances and the float64 dopri5 reference at 1e-8."""
+    from tests.problems import damped_conv_problem
+
+    field, y0, times = damped_conv_problem()
+    options = dict(rtol=1e-3, atol=1e-4)
+    with torch.no_grad():
+        reference_ys = stability.solve(field.double(), y0.double(), times, method="dopri5", rtol=1e-8,
+                                       atol=1e-8).ys
+        explicit = stability.solve(field.float(), y0, times, method="dopri5", **options).stats
+    size = float(reference_ys.abs().max())
+    print(f"dopri5 at the same tolerances: {explicit.n_accepted} steps ({explicit.n_rejected} rejected), "
+          f"nfe {explicit.nfe}")
+    print(f"{'method':>9} {'control':>10} {'steps':>6} {'rej':>4} {'Jacobians':>9} {'J·v':>6} "
+          f"{'error / max|y|':>14} {'seconds':>8}")
+    for method in METHODS:
+        for per_sample in (False, True):
+            start = time.perf_counter()
+            with torch.no_grad():
+                sol = stability.solve(field, y0, times, method=method, per_sample=per_sample,
+                                      implicit=stability.ImplicitOptions(jvp="reverse"), **options)
+            seconds = time.perf_counter() - start
+            stats = sol.stats[0] if per_sample else sol.stats  # per sample: sample 0
+            error = float((sol.ys.double() - reference_ys).abs().max()) / size
+            print(f"{method:>9} {'per-sample' if per_sample else 'shared':>10} {stats.n_accepted:>6} "
+                  f"{stats.n_rejected:>4} {stats.n_jacobians:>9} {stats.n_jvp:>6} {error:>14.1e} "
+                  f"{seconds:>8.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--gradients", action="store_true",
                         help="instead: gradients against central differences in float64")
+    parser.add_argument("--conv", action="store_true",
+                        help="instead: the conv field solved matrix-free, against dopri5")
     args = parser.parse_args()
     if args.gradients:
         gradients()
         return
+    if args.conv:
+        conv_rows()
+        return
     rows = []
     print(f"{'problem':>16} {'rtol':>6} {'method':>9} {'steps':>6} {'rej':>4} {'nfe':>6} {'njev':>5} "
-          f"{'nlu':>5} {'f+J':>6} {'error':>8} {'at end':>8} | {'Radau steps':>11} {'f+J':>6} {'error':>8} "
+          f"{'nlu':>5} {'Newton fail.':>12} {'f+J':>6} {'error':>8} {'at end':>8} | {'Radau steps':>11} "
+          f"{'f+J':>6} {'error':>8} "
           f"{'at end':>8} | {'BDF steps':>9} {'f+J':>6} {'error':>8} {'at end':>8} | {'f+J/Radau':>9} "
           f"{'f+J/BDF':>7} {'steps/Radau':>11} {'steps/BDF':>9}")
     for problem in PROBLEMS:
@@ -217,7 +257,8 @@ def main() -> None:
                 rows.append(r)
                 radau, bdf = r.radau, r.bdf
                 print(f"{r.problem:>16} {r.rtol:>6.0e} {r.method:>9} {r.steps:>6} {r.rejected:>4} {r.nfe:>6} "
-                      f"{r.njev:>5} {r.nlu:>5} {r.work:>6} {r.error:>8.1e} {r.error_end:>8.1e} | "
+                      f"{r.njev:>5} {r.nlu:>5} {r.newton_failures:>12} {r.work:>6} {r.error:>8.1e} "
+                      f"{r.error_end:>8.1e} | "
                       f"{radau['steps']:>11} {radau['nfev'] + radau['njev']:>6} {radau['error']:>8.1e} "
                       f"{radau['error_end']:>8.1e} | {bdf['steps']:>9} {bdf['nfev'] + bdf['njev']:>6} "
                       f"{bdf['error']:>8.1e} {bdf['error_end']:>8.1e} | {r.ratio(radau, 'work'):>9.2f} "

@@ -4,7 +4,10 @@ nonlinear solve per stage, z_i = r_i + hγ f(t + c_i h, z_i) with r_i = y + h Σ
 Each solve is a simplified Newton iteration z ← z − (I − hγJ)⁻¹ (z − r_i − hγ f(z)) with J = ∂f/∂y(t_n, y_n)
 factored once per step (``linearization``), stopped by Hairer–Wanner's test η‖Δz‖ ≤ κ (η = θ/(1 − θ), θ the
 contraction rate, ‖·‖ the RMS scaled by atol + rtol|y|, κ = max(10 eps/rtol, min(0.03, √rtol))); then
-k_i = (z_i − r_i)/(hγ). A diverging or too slow iteration fails the step (``NEWTON_FAILURE``).
+k_i = (z_i − r_i)/(hγ). The iteration starts from the tableau's predictor z_i⁰ = r_i + hγ Σ_{j<i} α_ij k_j
+(an extrapolation of the stage derivative). A diverging or too slow iteration fails the step
+at once (the remaining stages are not solved), with an error estimate that makes the controller halve h
+(``NEWTON_FAILURE_RATIO``).
 
 Gradients by the implicit-function theorem, stage by stage: z_i's gradient is that of the fixed point of
 r_i + hγ f(t_i, ·) (``backward_euler._ImplicitFunctionGradient``: the backward pass solves
@@ -27,9 +30,15 @@ from stability.runge_kutta import RKStep, column, linear_combination
 from stability.step_control import rms
 from stability.stiff_tableau import ESDIRKTableau
 
-# The error estimate of a step whose Newton iteration failed, relative to 1 + |y|: every error norm rejects it
-# and the controller answers with its largest reduction of h.
+# The error estimate of a step that failed for another reason than its error (a Krylov solve short of its
+# tolerance), relative to 1 + |y|: every error norm rejects it and the controller answers with its largest
+# reduction of h.
 NEWTON_FAILURE = 1e6
+# A failed Newton iteration: the error estimate is this many times the tolerance atol + rtol|y_n|, the
+# ratio at which the default controller (safety 0.9, embedded order 4: 0.9·r^(−1/5)) halves h, as Hairer's
+# RADAU5 and scipy's Radau do after a failed Newton iteration (with the controller's minimum factor, 0.2,
+# kvaerno5 took more steps and f evaluations on the stiff suite's Van der Pol, docs/stiff.md).
+NEWTON_FAILURE_RATIO = (0.9 / 0.5) ** 5
 
 
 def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor, h: float | Tensor,
@@ -46,18 +55,23 @@ def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor
     kappa = max(10 * torch.finfo(y.dtype).eps / max(rtol, 1e-300), min(0.03, math.sqrt(rtol)))
     k = [func(t, y) if first_stage is None else first_stage]
     failed = torch.zeros(y.shape[0] if per_sample else (), dtype=torch.bool, device=y.device)
+    nonfinite = failed  # the samples whose iteration met a NaN or an infinity (from f or from J)
     eta = torch.ones(failed.shape, dtype=torch.float64, device=y.device)  # Newton's η, carried stage to stage
     grad = torch.is_grad_enabled()
     for c, a_row, predictor in tableau.stage_plan:
         t_stage = t + c * h
         rhs = linear_combination(y, k, a_row, h)
         with torch.no_grad():
-            z = (linear_combination(y.detach(), [x.detach() for x in k], predictor, h) if predictor
-                 else y.detach())
-            z, stage_failed, iterations, eta = _newton(func, t_stage, rhs.detach(), z, hg, linearization,
-                                                       scale, kappa, eta, options.max_newton, per_sample)
+            z = (rhs.detach() + hg * linear_combination(None, [x.detach() for x in k], predictor, 1.0)
+                 if predictor else y.detach())
+            z, stage_failed, stage_nonfinite, iterations, eta = _newton(
+                func, t_stage, rhs.detach(), z, hg, linearization, scale, kappa, eta, options.max_newton,
+                per_sample)
         linearization.stats.newton_iterations += iterations
-        failed = failed | stage_failed
+        failed, nonfinite = failed | stage_failed, nonfinite | stage_nonfinite
+        if bool(failed.all()):  # every sample retries with a smaller h: the remaining stages would be wasted
+            linearization.stats.newton_failures += failed.long() if per_sample else 1
+            return RKStep(y, _failure_error(scale, nonfinite, per_sample), [k[0], k[0]])
         if grad:  # as backward Euler: the graph of r_i + hγ f(t_i, z*), fed λ by the backward pass
             t_tensor = _as_time(t_stage, y)
             explicit = rhs + hg * func(t_stage, z)
@@ -70,27 +84,39 @@ def esdirk_step(func: Callable, raw_func: Callable, t: float | Tensor, y: Tensor
     with torch.no_grad():
         error = linear_combination(None, k, tableau.error_plan, h)
     if bool(failed.any()):  # rejected: an error estimate every norm rejects, and y_new = y (finite)
-        linearization.stats.newton_failures += 1
+        linearization.stats.newton_failures += failed.long() if per_sample else 1
         mask = column(failed.double(), y) > 0 if per_sample else failed
-        error = torch.where(mask, NEWTON_FAILURE * (1 + y.detach().abs()), error)
+        error = torch.where(mask, _failure_error(scale, nonfinite, per_sample), error)
         y_new = torch.where(mask, y, y_new)
     return RKStep(y_new, error, [k[0], k[-1]])
 
 
+def _failure_error(scale: Tensor, nonfinite: Tensor, per_sample: bool) -> Tensor:
+    """The error estimate of a failed Newton iteration: ``NEWTON_FAILURE_RATIO`` times the tolerance (h
+    halves), or NaN where the iteration met non-finite values (the loop's non-finite rejections: h shrinks
+    by the controller's minimum factor, and a NaN that persists is reported as func's)."""
+    mask = column(nonfinite.double(), scale) > 0 if per_sample else nonfinite
+    return torch.where(mask, torch.full_like(scale, math.nan), NEWTON_FAILURE_RATIO * scale)
+
+
 def _newton(func, t, rhs: Tensor, z: Tensor, hg, linearization: Linearization, scale: Tensor, kappa: float,
-            eta: Tensor, max_iterations: int, per_sample: bool) -> tuple[Tensor, Tensor, int, Tensor]:
-    """Simplified Newton for z = rhs + hγ f(t, z): (z, failed, iterations, η), failed per sample ([B]) or one
-    flag. The first iteration is judged with max(η, eps)^0.8 of the previous stage (Hairer–Wanner IV.8);
-    an iteration whose rate θ predicts no convergence within the remaining iterations fails at once."""
+            eta: Tensor, max_iterations: int, per_sample: bool) -> tuple[Tensor, Tensor, Tensor, int, Tensor]:
+    """Simplified Newton for z = rhs + hγ f(t, z): (z, failed, non-finite, iterations, η), the flags per
+    sample ([B]) or one each. The first iteration is judged with max(η, eps)^0.8 of the previous stage
+    (Hairer–Wanner IV.8); an iteration whose rate θ predicts no convergence within the remaining iterations
+    fails at once, and so does one whose correction is not finite."""
     shape = (z.shape[0],) if per_sample else ()
     converged = torch.zeros(shape, dtype=torch.bool, device=z.device)
     failed = torch.zeros(shape, dtype=torch.bool, device=z.device)
+    nonfinite = failed
     previous = torch.full(shape, math.inf, dtype=torch.float64, device=z.device)
     eta = eta.clamp(min=torch.finfo(torch.float64).eps) ** 0.8
     for iteration in range(max_iterations):
         residual = z - rhs - hg * func(t, z)
         delta = linearization.solve(-residual)
         norm = rms(delta / scale, per_sample).double()
+        nonfinite = nonfinite | (~converged & ~torch.isfinite(norm))
+        failed = failed | nonfinite
         if iteration > 0:
             theta = norm / previous
             hopeless = theta ** (max_iterations - 1 - iteration) / (1 - theta) * norm > kappa
@@ -104,7 +130,7 @@ def _newton(func, t, rhs: Tensor, z: Tensor, hg, linearization: Linearization, s
         previous = norm
         if bool((converged | failed).all()):
             break
-    return z, failed | ~converged, iteration + 1, eta
+    return z, failed | ~converged, nonfinite, iteration + 1, eta
 
 
 def _as_time(t, like: Tensor) -> Tensor:

@@ -48,6 +48,49 @@ class StiffStats(SolverStats):
     newton_failures: int = 0
 
 
+# The counters StiffStats adds to SolverStats (n_jacobians, …, newton_failures).
+STIFF_COUNTERS = tuple(name for name in StiffStats.__dataclass_fields__
+                       if name not in SolverStats.__dataclass_fields__)
+
+
+class SampleCounts:
+    """``StiffStats``' linear-algebra counters of a per-sample solve: one int64 tensor [B] per counter.
+
+    Written to as a ``StiffStats`` is (``stats.n_jvp += 1``), so the steps count the same way under both
+    controls: reading a counter gives 0 and assigning adds the value to every sample of ``active`` (the rows
+    being stepped), or row by row when it is a tensor [len(active)] (e.g. the samples whose Newton failed).
+    Each active sample is charged the work done on the batch it is part of, as its ``nfe`` is."""
+
+    def __init__(self, batch: int, device: torch.device) -> None:
+        object.__setattr__(self, "counts", {name: torch.zeros(batch, dtype=torch.int64, device=device)
+                                            for name in STIFF_COUNTERS})
+        object.__setattr__(self, "active", torch.arange(batch, device=device))
+
+    def __getattr__(self, name: str) -> int:
+        if name in STIFF_COUNTERS:
+            return 0
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: int | Tensor) -> None:
+        if name == "active":
+            object.__setattr__(self, name, value)
+            return
+        if name not in STIFF_COUNTERS:
+            raise AttributeError(f"no counter {name!r}")
+        added = value.to(torch.int64) if isinstance(value, Tensor) else torch.full_like(self.active, value)
+        self.counts[name].index_add_(0, self.active, added)
+
+    def clone(self) -> SampleCounts:
+        other = SampleCounts.__new__(SampleCounts)
+        object.__setattr__(other, "counts", {name: x.clone() for name, x in self.counts.items()})
+        object.__setattr__(other, "active", self.active)
+        return other
+
+    def sample(self, b: int) -> dict[str, int]:
+        """Sample b's counters, by name."""
+        return {name: int(x[b]) for name, x in self.counts.items()}
+
+
 class Linearization:
     """J at (t, y); ``factor(hγ)`` prepares I − hγJ (hγ a number, or a float64 tensor [B] per sample),
     ``solve(r)`` returns x = (I − hγJ)⁻¹ r (same shape as y), ``time_derivative()`` ∂f/∂t at (t, y)."""

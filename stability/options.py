@@ -296,7 +296,36 @@ def time_precision(options: SolverOptions, y0, t) -> SolverOptions:
 
 def as_options(options: SolverOptions | None, keywords: dict, **implied) -> SolverOptions:
     """The entry points' merge: ``options`` (default: the defaults), then the caller's ``keywords``, then
-    what the entry point implies (``solve_adjoint``: gradient="adjoint"); one validation of the result."""
+    what the entry point implies (``solve_adjoint``: gradient="adjoint"); one validation of the result.
+    Keywords of plain values only (``method="dopri5", rtol=1e-6``, no ``options``) are validated once: the
+    frozen value is kept and returned again for the same keywords (a solve in a loop skips re-validation)."""
+    key = _validated_key(options, keywords, implied)
+    if key is None:
+        return _merge(options, keywords, implied)
+    if key not in _VALIDATED:
+        if len(_VALIDATED) >= _VALIDATED_SIZE:
+            _VALIDATED.clear()
+        _VALIDATED[key] = _merge(options, keywords, implied)  # raises (and keeps nothing) when invalid
+    return _VALIDATED[key]
+
+
+# Validated options of keyword-only calls, by (name, type, repr) of each value: 1, 1.0 and True, or 0.0 and
+# -0.0, are different keys. Bounded: cleared when full.
+_VALIDATED: dict[tuple, SolverOptions] = {}
+_VALIDATED_SIZE = 256
+_PLAIN_TYPES = (str, bool, int, float, type(None), torch.dtype)
+
+
+def _validated_key(options: SolverOptions | None, keywords: dict, implied: dict) -> tuple | None:
+    """The key of a keyword-only call whose values are all of ``_PLAIN_TYPES`` exactly, else None."""
+    values = (*keywords.values(), *implied.values())
+    if options is not None or not all(type(v) in _PLAIN_TYPES for v in values):
+        return None
+    return (tuple((k, type(v), repr(v)) for k, v in keywords.items()),
+            tuple((k, type(v), repr(v)) for k, v in implied.items()))
+
+
+def _merge(options: SolverOptions | None, keywords: dict, implied: dict) -> SolverOptions:
     if isinstance(options, Mapping):  # torchdiffeq's options=dict(step_size=...): the same keywords
         options, keywords = None, {**options, **keywords}
     _require(options is None or isinstance(options, SolverOptions),

@@ -11,7 +11,6 @@ sample b's trajectory and NFE are those of solving it alone, provided f treats s
 from __future__ import annotations
 
 import copy
-import functools
 import math
 
 import torch
@@ -31,7 +30,7 @@ from stability.checks import (
     underflow_error,
 )
 from stability.errors import ODEInputError
-from stability.linearization import StiffStats
+from stability.linearization import SampleCounts, StiffStats
 from stability.methods import STIFF, TABLEAUX
 from stability.options import SolverOptions
 from stability.runge_kutta import interpolant, rk_step
@@ -49,10 +48,11 @@ class PerSampleStepper:
         check_low_precision(y0.dtype, options.rtol)
         self.func, self.options, self.times = func, options, times
         self.tableau = TABLEAUX.get(options.method) or STIFF[options.method]
-        # The step: the explicit RK step, or a stiff method's (Jacobians per sample; ``stiff_stats`` counts)
-        self.stiff_stats = StiffStats()
-        self.step = rk_step if options.method in TABLEAUX else functools.partial(
-            StiffStep(func, options, per_sample=True), stats=self.stiff_stats)
+        # The step: the explicit RK step, or a stiff method's (Jacobians per sample; ``stiff_counts`` counts
+        # its linear algebra per sample)
+        self.stiff = options.method not in TABLEAUX
+        self.stiff_counts = SampleCounts(y0.shape[0], y0.device) if self.stiff else None
+        self.step = StiffStep(func, options, per_sample=True) if self.stiff else rk_step
         self.norm = error_norm(options.norm, per_sample=True)
         self.own_norm = options.norm not in (None, "rms")  # the caller's function (blamed for a NaN)
         self.batch, self.time_dtype = y0.shape[0], time_dtype(y0, options.time_dtype)
@@ -150,7 +150,12 @@ class PerSampleStepper:
         if need.numel() > 0:
             fresh = self._evaluate(t_a.index_select(0, need), y_a.index_select(0, need), active[need])
             stage0 = stage0.index_copy(0, need, fresh)
-        step = self.step(lambda s, z: self._evaluate(s, z, active), t_a, y_a, h, tableau, stage0)
+        if self.stiff:
+            self.stiff_counts.active = active
+            step = self.step(lambda s, z: self._evaluate(s, z, active), t_a, y_a, h, tableau, stage0,
+                             self.stiff_counts)
+        else:
+            step = self.step(lambda s, z: self._evaluate(s, z, active), t_a, y_a, h, tableau, stage0)
         rtol, atol = (take(x) if isinstance(x, Tensor) else x for x in (self.rtol, self.atol))
         ratio = self.norm(step.error, y_a, step.y, rtol, atol)
         accept = ratio <= 1.0
@@ -275,6 +280,8 @@ class PerSampleStepper:
             setattr(other, name, getattr(self, name).clone())
         other.step_records, other.output_records = list(self.step_records), list(self.output_records)
         other.messages = list(self.messages)
+        if self.stiff:
+            other.stiff_counts = self.stiff_counts.clone()
         other.last_output = (None, 0)
         return other
 
@@ -304,8 +311,13 @@ class PerSampleStepper:
         return self.status.cpu(), self.t.cpu(), list(self.messages)
 
     def statistics(self) -> list[SolverStats]:
-        stats = [SolverStats(nfe=int(n), n_accepted=int(a), n_rejected=int(r))
+        kind = StiffStats if self.stiff else SolverStats
+        stats = [kind(nfe=int(n), n_accepted=int(a), n_rejected=int(r))
                  for n, a, r in zip(self.nfe.tolist(), self.n_accepted.tolist(), self.n_rejected.tolist())]
+        if self.stiff:
+            for b, sample in enumerate(stats):
+                for name, value in self.stiff_counts.sample(b).items():
+                    setattr(sample, name, value)
         for samples, h, t in self.step_records:
             for b, step_size, time in zip(samples.tolist(), h.tolist(), t.tolist()):
                 stats[b].step_sizes.append(step_size)

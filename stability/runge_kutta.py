@@ -59,27 +59,47 @@ def rk_step(
     ``first_stage`` is f(t, y) when already known (FSAL or a previous interpolation), saving one evaluation.
     For an FSAL tableau the last stage is f(t + h, y_{n+1}): the next step's ``first_stage``.
     """
-    combine = linear_combination if isinstance(h, Tensor) else _combine_numbers
+    if not isinstance(h, Tensor):
+        return _rk_step_numbers(func, t, y, h, tableau, first_stage)
     stages = [func(t, y) if first_stage is None else first_stage]
     stage_input = y
     for c, row in tableau.stage_plan:
-        stage_input = combine(y, stages, row, h)
+        stage_input = linear_combination(y, stages, row, h)
         stages.append(func(t + c * h, stage_input))
-    if tableau.fsal:
-        y_new = stage_input
-    else:
-        y_new = combine(y, stages, tableau.b_plan, h)
+    y_new = stage_input if tableau.fsal else linear_combination(y, stages, tableau.b_plan, h)
+    if not tableau.adaptive:
+        return RKStep(y_new, None, stages)
+    with torch.no_grad():  # the error estimate only steers step control: no graph for it
+        return RKStep(y_new, linear_combination(None, stages, tableau.error_plan, h), stages)
+
+
+def _rk_step_numbers(func: VectorField, t: float, y: Tensor, h: float, tableau: ButcherTableau,
+                     first_stage: Tensor | None) -> RKStep:
+    """``rk_step`` for a number h (shared step control): the hot path of an eager step. The stage sums are
+    written out here (``_combine_numbers``' operations, in its order) instead of one call per sum."""
+    stages = [func(t, y) if first_stage is None else first_stage]
+    stage_input = y
+    for c, row in tableau.stage_plan:
+        if row:
+            j, w = row[0]
+            stage_input = torch.add(y, stages[j], alpha=h * w)
+            for j, w in row[1:]:
+                stage_input.add_(stages[j], alpha=h * w)
+        else:
+            stage_input = y.clone()
+        stages.append(func(t + c * h, stage_input))
+    y_new = stage_input if tableau.fsal else _combine_numbers(y, stages, tableau.b_plan, h)
     if not tableau.adaptive:
         return RKStep(y_new, None, stages)
     if not torch.is_grad_enabled():
-        return RKStep(y_new, combine(None, stages, tableau.error_plan, h), stages)
+        return RKStep(y_new, _combine_numbers(None, stages, tableau.error_plan, h), stages)
     with torch.no_grad():  # the error estimate only steers step control: no graph for it
-        return RKStep(y_new, combine(None, stages, tableau.error_plan, h), stages)
+        return RKStep(y_new, _combine_numbers(None, stages, tableau.error_plan, h), stages)
 
 
 def _combine_numbers(y: Tensor | None, stages: Sequence[Tensor], weights, h: float) -> Tensor:
-    """``linear_combination`` for a number h and numbers w_j (shared step control); ``rk_step`` calls it
-    directly: the hot path of an eager step, without the per-call type dispatch."""
+    """``linear_combination`` for a number h and numbers w_j (shared step control), without the per-call type
+    dispatch."""
     if not weights:
         return y.clone() if y is not None else torch.zeros_like(stages[0])
     (j, w), *rest = weights

@@ -66,14 +66,47 @@ def _scale(y_old: Tensor, y_new: Tensor, rtol: float | Tensor, atol: float | Ten
     return torch.maximum(y_old.abs(), y_new.abs()) * rtol + atol
 
 
+class SteppedErrorRatio:
+    """``error_ratio`` for the steps of one shared solve, bit for bit, with |y_{n+1}| kept for the next call:
+    after an accepted step y_n is that y_{n+1}, so the step costs one tensor operation fewer. Adding
+    atol/rtol as alpha·1 with a kept 0-d one, not as a Python number, rounds the same (alpha·1 is exact) and
+    spares torch wrapping the number in a tensor. Tolerance tensors, rtol = 0 and float16/bfloat16 states go
+    to ``error_ratio`` itself."""
+
+    def __init__(self) -> None:
+        self._kept: tuple[Tensor, int, Tensor] | None = None  # the last y_{n+1}, its version, |y_{n+1}|
+        self._one: Tensor | None = None
+
+    def __call__(self, error: Tensor, y_old: Tensor, y_new: Tensor, rtol: float, atol: float) -> float:
+        if (isinstance(rtol, Tensor) or isinstance(atol, Tensor) or not rtol > 0
+                or error.dtype in LOW_PRECISION):
+            return error_ratio(error, y_old, y_new, rtol, atol)
+        kept, key = self._kept, y_new
+        if error.requires_grad or y_new.requires_grad:
+            error, y_new = error.detach(), y_new.detach()
+        if kept is not None and kept[0] is y_old and kept[1] == y_old._version:
+            old_abs = kept[2]
+        else:
+            old_abs = (y_old.detach() if y_old.requires_grad else y_old).abs()
+        new_abs = y_new.abs()
+        self._kept = (key, key._version, new_abs)
+        # error_ratio's operations; m + atol/rtol as m + (atol/rtol)·1: a scalar operand would cost a tensor
+        one = self._one
+        if one is None or one.dtype != new_abs.dtype or one.device != new_abs.device:
+            one = self._one = torch.ones((), dtype=new_abs.dtype, device=new_abs.device)
+        scaled = error / torch.maximum(old_abs, new_abs).add_(one, alpha=atol / rtol)
+        return _times(torch.linalg.vector_norm(scaled), (1.0 / rtol) / math.sqrt(max(scaled.numel(), 1)))
+
+
 NAMED_NORMS = ("rms", "max")
 
 
 def error_norm(norm, per_sample: bool = False) -> Callable:
-    """The error norm ``norm`` names (``SolverOptions.norm``): None or "rms" the mixed RMS ``error_ratio``,
-    "max" ``max_error_ratio``, or the caller's function itself."""
+    """The error norm ``norm`` names (``SolverOptions.norm``): None or "rms" the mixed RMS ``error_ratio``
+    (for a shared solve a ``SteppedErrorRatio`` of its own), "max" ``max_error_ratio``, or the caller's
+    function itself."""
     if norm is None or norm == "rms":
-        return functools.partial(error_ratio, per_sample=True) if per_sample else error_ratio
+        return functools.partial(error_ratio, per_sample=True) if per_sample else SteppedErrorRatio()
     if norm == "max":
         return functools.partial(max_error_ratio, per_sample=per_sample)
     return norm
@@ -183,20 +216,62 @@ def initial_step(func: Callable[[float | Tensor, Tensor], Tensor], t0: float, y0
             scale = _scale(y0, y0, rtol, atol)
         else:
             scale = y0.abs().mul(rtol).add_(atol)
+        if not per_sample:
+            return _shared_initial_step(func, t0, y0, f0, scale, direction, order, interval)
         d0 = rms(y0 / scale, per_sample).double()
         d1 = rms(f0 / scale, per_sample).double()
         small = (d0 < 1e-5) | (d1 < 1e-5)
         h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / torch.where(small, 1.0, d1))
         h0 = h0.clamp(max=interval)
         step = direction * h0
-        y1 = y0 + column(step, y0) * f0 if per_sample else torch.add(y0, f0, alpha=float(step))
-        f1 = func(t0 + step if per_sample else t0 + float(step), y1)
+        f1 = func(t0 + step, y0 + column(step, y0) * f0)
         d2 = rms((f1 - f0) / scale, per_sample).double() / h0
         h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15), torch.clamp(h0 * 1e-3, min=1e-6),
                          (0.01 / torch.maximum(d1, d2).clamp(min=1e-300)) ** (1.0 / (order + 1)))
         h1 = torch.where(~torch.isfinite(d2), h0 * 1e-3, h1)
-        h = torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, interval))
-    return h if per_sample else float(h)
+        return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, interval))
+
+
+def _shared_initial_step(func, t0: float, y0: Tensor, f0: Tensor, scale: Tensor, direction: float,
+                         order: int, interval: float) -> float:
+    """``initial_step``'s formula for one shared step in Python floats: the float64 operations of the
+    per-sample tensors, in the same order and with the same NaN results (bit for bit), without a tensor
+    operation each. As torch computes them: ``rms`` rounds to the norm's dtype (``_times``), ``0.01 / x``
+    is the reciprocal times 0.01 (``Tensor.__rtruediv__``), and the power runs in torch (its ``pow`` with
+    exponent 1/2 is ``sqrt``, which may round unlike Python's)."""
+    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+    h0 = _clamp(1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1, high=interval)
+    step = direction * h0
+    f1 = func(t0 + step, torch.add(y0, f0, alpha=step))
+    d2 = _rms((f1 - f0) / scale) / h0
+    if d1 <= 1e-15 and d2 <= 1e-15:
+        h1 = _clamp(h0 * 1e-3, low=1e-6)
+    else:
+        base = (1.0 / _clamp(_maximum(d1, d2), low=1e-300)) * 0.01  # torch's 0.01 / x: reciprocal, then times
+        h1 = float(torch.tensor(base, dtype=torch.float64) ** (1.0 / (order + 1)))
+    if not math.isfinite(d2):
+        h1 = h0 * 1e-3
+    return _minimum(_minimum(100 * h0, h1), interval)
+
+
+def _rms(x: Tensor) -> float:
+    """float(rms(x)) without the tensor product: ``_times`` rounds as torch's would."""
+    return _times(torch.linalg.vector_norm(x), 1.0 / math.sqrt(max(x.numel(), 1)))
+
+
+def _clamp(x: float, low: float = -math.inf, high: float = math.inf) -> float:
+    """``Tensor.clamp(min=low, max=high)`` of a number: a NaN x is returned as it is (its sign bit too)."""
+    return x if math.isnan(x) else min(max(x, low), high)
+
+
+def _minimum(a: float, b: float) -> float:
+    """``torch.minimum`` of two numbers: a NaN operand gives the canonical NaN (Python's ``min`` may not)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
+
+
+def _maximum(a: float, b: float) -> float:
+    """``torch.maximum`` of two numbers: a NaN operand gives the canonical NaN."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
 
 
 def stiffness(y: Tensor | None, stages: Sequence[Tensor] | None, tableau: ButcherTableau, h: float):

@@ -22,7 +22,8 @@ class ESDIRKTableau:
     """z_1 = y_n explicit, then z_i = y_n + h Σ_{j<i} a_ij k_j + hγ k_i with k_i = f(t + c_i h, z_i) for
     i ≥ 2 (one nonlinear solve per stage, all with the matrix I − hγJ); y_{n+1} = y_n + h Σ b_i k_i.
     ``b_error`` = b − b̂ of the embedded method (order ``error_order``). ``predictor``: rows of weights α_ij
-    for the Newton start z_i⁰ = y_n + h Σ_{j<i} α_ij k_j (None: z_i⁰ = y_n). Stiffly accurate methods
+    that extrapolate the stage derivative, k_i⁰ = Σ_{j<i} α_ij k_j (rows sum to 1), for the Newton start
+    z_i⁰ = y_n + h Σ_{j<i} a_ij k_j + hγ k_i⁰ (None: z_i⁰ = y_n). Stiffly accurate methods
     (b = last row of A with γ) have y_{n+1} = z_s, so k_s = f(t_{n+1}, y_{n+1}) starts the next step (FSAL).
     """
 
@@ -43,6 +44,8 @@ class ESDIRKTableau:
         _check_rows(self.name, self.a, s, "A")
         if self.predictor is not None:
             _check_rows(self.name, self.predictor, s, "the predictor")
+            if any(abs(sum(row) - 1) > 1e-12 for row in self.predictor[1:]):
+                raise ValueError(f"{self.name}: each predictor row extrapolates k_i and must sum to 1")
         if len(self.b) != s or len(self.b_error) != s:
             raise ValueError(f"{self.name}: b and b_error need {s} entries")
         for i, row in enumerate(self.a):

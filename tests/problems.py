@@ -7,6 +7,8 @@ import torch
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
+from nets.odenet import ODEFunc
+
 LINEAR_MATRIX = np.array([[-0.5, 2.0, 0.0], [-2.0, -0.5, 0.3], [0.1, 0.0, -1.0]])
 
 
@@ -73,3 +75,27 @@ class DragProjectile(torch.nn.Module):
 def launch(heights, speeds_x, speeds_z) -> torch.Tensor:
     z, vx, vz = (torch.as_tensor(v, dtype=torch.float64) for v in (heights, speeds_x, speeds_z))
     return torch.stack([torch.zeros_like(z), z, vx, vz], 1)
+
+
+class DampedConvField(torch.nn.Module):
+    """odenet's ODE function N (GroupNorm, ReLU, 3×3 convolutions, time as a channel) minus k·(y − c),
+    k = 1e3: the damping makes it stiff (h|λ| ≤ 3.3 limits dopri5 to h ≲ 3e-3). With c = 0 the state relaxes
+    to y ≈ N(y)/k, where N (degree 0 in a small y: its GroupNorms) has a Jacobian of order k too; a centre c
+    of order 1 keeps the state there, N's Jacobian of order 1 and the damping dominant."""
+
+    def __init__(self, channels: int = 8, damping: float = 1e3, centre: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.func, self.damping = ODEFunc(channels, conv_layers=2, time_dependent=True), damping
+        self.register_buffer("centre", centre)
+
+    def forward(self, t, y):
+        return self.func(t, y) - self.damping * (y if self.centre is None else y - self.centre)
+
+
+def damped_conv_problem() -> tuple[DampedConvField, torch.Tensor, list[float]]:
+    """The stiff methods' conv field (float32): k = 1e3, centre c and y0 standard normal (seed 0), y0 of shape
+    [2, 8, 6, 6] (288 unknowns a sample, above ``ImplicitOptions.dense_size``), outputs at 0.01 (after the
+    transient) and 0.5; dopri5's steps there are bounded by stability (h ≲ 3.3/k)."""
+    torch.manual_seed(0)
+    y0 = torch.randn(2, 8, 6, 6)
+    return DampedConvField(centre=torch.randn(8, 6, 6)), y0, [0.0, 0.01, 0.5]

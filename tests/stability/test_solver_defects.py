@@ -10,6 +10,7 @@ from stability import (
     MaxStepsExceededError,
     NonFiniteValueError,
     ODEInputError,
+    Status,
     odeint,
     odeint_adjoint,
     solve,
@@ -160,10 +161,17 @@ def test_max_steps_on_a_stiff_problem_suggests_the_stiff_methods(per_sample):
     stiff = lambda t, y: -1e5 * (y - torch.cos(column(t)))  # noqa: E731
     with pytest.raises(MaxStepsExceededError, match="looks stiff .*method='rodas4' .* or 'kvaerno5'"):
         odeint(stiff, Y0, [0.0, 10.0], rtol=1e-6, atol=1e-6, max_steps=500, per_sample=per_sample)
-    solved = odeint(stiff, Y0, [0.0, 10.0], method="rodas4", rtol=1e-6, atol=1e-6, max_steps=500,
-                    per_sample=per_sample)  # and the hint is right: the stiff method needs few steps
-    assert torch.allclose(solved[-1], torch.cos(torch.tensor(10.0, dtype=solved.dtype)).expand_as(solved[-1]),
-                          atol=1e-4)
+    failed = solve(stiff, Y0, [0.0, 10.0], rtol=1e-6, atol=1e-6, max_steps=500, per_sample=per_sample,
+                   throw=False)  # as a value: the STIFF status, the message with the hint
+    assert (failed.status == Status.STIFF).all() and "method='rodas4'" in failed.messages[0]
+    for method in ("rodas4", "kvaerno5"):  # and the hint is right: the stiff methods need few steps
+        solved = solve(stiff, Y0, [0.0, 10.0], method=method, rtol=1e-6, atol=1e-6, max_steps=500,
+                       per_sample=per_sample)
+        assert (solved.status == Status.SUCCESS).all()
+        steps = max(s.n_steps for s in solved.stats) if per_sample else solved.stats.n_steps
+        assert steps < 100
+        assert torch.allclose(solved.ys[-1], torch.cos(torch.tensor(10.0, dtype=Y0.dtype)).expand_as(Y0),
+                              atol=1e-4)
     with pytest.raises(MaxStepsExceededError) as info:  # not stiff, just long: no such hint
         odeint(lambda t, y: torch.cos(10 * column(t)) * y, Y0, [0.0, 100.0], rtol=1e-8, atol=1e-8,
                max_steps=5, per_sample=per_sample)

@@ -3,11 +3,15 @@ with its implicit diagonal; rodas4 satisfies the Rosenbrock order conditions (or
 transformation back from Hairer–Wanner's u-variables; both are L-stable; measured orders on a smooth
 nonlinear problem match the stated ones."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from stability import methods, odeint
+from stability.options import SolverOptions
+from stability.stiff_solvers import Kvaerno5
 from tests.problems import forced_duffing, observed_order, scipy_reference
 from tests.stability.test_solver_methods import order_conditions
 
@@ -60,6 +64,34 @@ def test_kvaerno5_has_order_5_and_an_order_4_embedded_pair_and_not_more():
             assert embedded @ phi == pytest.approx(target, abs=1e-13), tree
     assert any(abs(embedded @ phi - target) > 1e-6 for order, _, phi, target in conditions if order == 5)
     assert tableau.fsal  # stiffly accurate: b is the last row of A
+
+
+def test_kvaerno5_predictor_extrapolates_the_stage_derivative_and_saves_newton_iterations():
+    """The predictor rows are weights of k_j (each sums to 1: k_i⁰ = Σ α_ij k_j extrapolates f), so a row read
+    as weights of z (z_i⁰ = y + h Σ α_ij k_j, c_i ≠ 1) is refused; on a stiff Van der Pol the predictor saves
+    Newton iterations against starting every stage at y_n."""
+    tableau = methods.KVAERNO5
+    assert all(sum(row) == pytest.approx(1.0, abs=1e-12) for row in tableau.predictor[1:])
+    rows = list(tableau.predictor)
+    rows[2] = tuple(x * tableau.c[2] for x in rows[2])  # scaled to sum to c_3: the z-form reading
+    with pytest.raises(ValueError, match="predictor row"):
+        dataclasses.replace(tableau, predictor=tuple(rows))
+
+    def field(t, y):
+        return torch.stack([y[1], 100.0 * (1 - y[0] ** 2) * y[1] - y[0]])
+
+    def iterations(tableau):
+        with torch.no_grad():
+            solver = Kvaerno5(field, 0.0, torch.tensor([2.0, 0.0], dtype=torch.float64), 50.0,
+                             SolverOptions(method="kvaerno5", rtol=1e-6, atol=1e-6))
+            solver.tableau = tableau
+            while solver.status == "running":
+                solver.step()
+            return solver.stats.newton_iterations, solver.stats.n_accepted
+
+    predicted, steps = iterations(tableau)
+    unpredicted, _ = iterations(dataclasses.replace(tableau, predictor=None))
+    assert predicted < 0.8 * unpredicted, (predicted, unpredicted, steps)
 
 
 def test_rodas4_satisfies_the_rosenbrock_conditions_of_order_4_and_its_estimate_order_3():
