@@ -199,21 +199,34 @@ def evaluation_passes(plan: Plan, is_ode: bool, transfers: int, eps_count: int) 
     attack)."""
     from attacks.suite import PRESETS
 
-    spec = plan.evaluation
-    config = spec.config((0.1,), ode=is_ode)
+    config = plan.evaluation.config((0.1,), ode=is_ode)
     base = PRESETS["quick" if config.preset in ("quick", "ode-quick") else "standard"]
     steps = config.steps or base["steps"]
     targets = config.target_classes or base["targets"]
     queries = config.queries or base["queries"]
-    own = PROTOCOL_PASSES.get(plan.artefact)
-    always = steps + config.protocol_steps + (own(plan.param_map) if own else 0.0)
-    # the convergence check runs once per evaluation (at one ε) on its subset: spread over the ε grid
-    checked = min(config.convergence_samples, spec.samples)
-    always += sum(config.convergence_steps) * checked / (spec.samples * max(eps_count, 1))
+    always = steps + unsharded_passes(plan, is_ode, eps_count)
     cascade = steps * targets + queries / 3 + transfers * steps
     if config.preset.startswith("ode") and is_ode:
         cascade += 3 * steps  # the surrogate-solver and adjoint-gradient APGDs
     return always, always + cascade
+
+
+def unsharded_passes(plan: Plan, is_ode: bool, eps_count: int) -> float:
+    """The part of :func:`evaluation_passes` that data-parallel processes do not share (each process, or
+    rank 0 alone, runs it whole): the protocol PGD, the convergence check (once per evaluation, on its subset,
+    spread here over the ε grid) and the artefact's own attacks."""
+    spec = plan.evaluation
+    config = spec.config((0.1,), ode=is_ode)
+    own = PROTOCOL_PASSES.get(plan.artefact)
+    checked = min(config.convergence_samples, spec.samples)
+    return (config.protocol_steps + (own(plan.param_map) if own else 0.0)
+            + sum(config.convergence_steps) * checked / (spec.samples * max(eps_count, 1)))
+
+
+def parallel_time(seconds: float, unsharded_fraction: float, ways: int) -> float:
+    """Wall time of work taking ``seconds`` in one process when all but ``unsharded_fraction`` of it is split
+    evenly ``ways`` ways (Amdahl; communication and imbalance not counted)."""
+    return seconds * (unsharded_fraction + (1 - unsharded_fraction) / ways)
 
 
 def _duration(seconds: float) -> str:
@@ -234,11 +247,16 @@ def _size(nbytes: float) -> str:
 
 
 def plan_lines(
-    plans: Mapping[str, Plan], out: Path, calibrate_fn: Callable[[ModelSpec], Calibration] | None = None,
+    plans: Mapping[str, Plan],
+    out: Path,
+    calibrate_fn: Callable[[ModelSpec], Calibration] | None = None,
+    processes: int = 1,
     models: str | Path | None = None,
 ) -> list[str]:
     """The --plan report of ``plans`` (artefact -> Plan), calibrating each distinct architecture once with
-    ``calibrate_fn`` (default :func:`calibrate`); ``models``: the model cache (default
+    ``calibrate_fn`` (default :func:`calibrate`), for ``processes`` data-parallel processes (torchrun's K:
+    training split K ways at the same global batch, the suite's batches dealt to min(K, batches) processes,
+    the rest of an evaluation unshared); ``models``: the model cache (default
     :func:`experiments.models.models_dir`'s)."""
     calibrate_fn = calibrate_fn or calibrate
     from experiments.models import cache_folder, models_dir
@@ -265,9 +283,11 @@ def plan_lines(
             images = min(spec.limit_train or n_train, n_train)
             per_epoch_test = min(plan.evaluation.test_samples or n_test, n_test)
             epochs = spec.train.epochs
-            here = epochs * (images * cal.train_s + per_epoch_test * cal.forward_s)
-            gpu = epochs * (images * cal.train_flops + per_epoch_test * cal.grad_flops / 3) / GPU_FLOPS
-            memory = cal.parameters * 4 * _optimizer_copies(spec) + cal.saved_bytes * spec.train.batch_size
+            here = epochs * (images * cal.train_s + per_epoch_test * cal.forward_s) / processes
+            flops = epochs * (images * cal.train_flops + per_epoch_test * cal.grad_flops / 3)
+            gpu = flops / GPU_FLOPS / processes
+            memory = (cal.parameters * 4 * _optimizer_copies(spec)
+                      + cal.saved_bytes * spec.train.batch_size / processes)
             folder = cache_folder(spec, models_dir(out, models))
             status = ""
             if (folder / "model.pt").is_file():
@@ -300,8 +320,12 @@ def plan_lines(
             grid = plan.eps_map.get(spec.dataset, ())
             low, high = evaluation_passes(plan, is_ode, transfers_by_label.get(label, 0), len(grid))
             work = plan.evaluation.samples * len(grid)
-            here = [work * passes * cal.grad_s for passes in (low, high)]
-            gpu = [work * passes * cal.grad_flops / GPU_FLOPS for passes in (low, high)]
+            unshared = unsharded_passes(plan, is_ode, len(grid))
+            ways = min(processes, -(-plan.evaluation.samples // plan.evaluation.batch_size))
+            here = [parallel_time(work * passes * cal.grad_s, unshared / passes, ways)
+                    for passes in (low, high)]
+            gpu = [parallel_time(work * passes * cal.grad_flops / GPU_FLOPS, unshared / passes, ways)
+                   for passes in (low, high)]
             memory = cal.parameters * 4 * 2 + cal.saved_bytes * plan.evaluation.batch_size
             preset = plan.evaluation.ode_preset if is_ode else plan.evaluation.preset
             for bound, (cpu_s, gpu_s) in enumerate(zip(here, gpu)):
@@ -313,11 +337,14 @@ def plan_lines(
                              f"{_duration(gpu[0]) + ' – ' + _duration(gpu[1]):>19} {_size(memory):>10}")
         lines += eval_rows + [""]
     threads = torch.get_num_threads()
+    gpus = "one GPU*" if processes == 1 else f"{processes} GPUs*"
+    here_what = "here" if processes == 1 else f"here × {processes} processes"
     lines += [
         "Total (models not yet cached, each once; evaluations between their bounds): "
-        f"here {_duration(totals['cpu'])} – {_duration(totals['cpu_high'])}, on one GPU* "
+        f"{here_what} {_duration(totals['cpu'])} – {_duration(totals['cpu_high'])}, on {gpus} "
         f"{_duration(totals['gpu'])} – {_duration(totals['gpu_high'])}.",
         "",
+        *_processes_basis(processes),
         f"Basis: each distinct architecture built untrained and timed here in CPU seconds of this process "
         f"(what a quiet machine takes; {threads} torch thread(s), load average {load:.1f} at the start, "
         f"calibration {time.perf_counter() - started:.0f} s wall) on random "
@@ -336,6 +363,27 @@ def plan_lines(
     return lines
 
 
+def _processes_basis(processes: int) -> list[str]:
+    """How the figures above scale with K data-parallel processes (torchrun --nproc_per_node K)."""
+    if processes == 1:
+        return [
+            "One process. Under torchrun --nproc_per_node K (each process with its own GPU, or its own CPU "
+            "cores): training time ÷ K, the suite's share of an evaluation ÷ min(K, its batches); see --plan "
+            "--processes K.",
+            "",
+        ]
+    return [
+        f"{processes} data-parallel processes (torchrun --nproc_per_node {processes}), each with its own GPU "
+        "or CPU cores: training time ÷ K (the recipe's global batch split, B/K images per process: "
+        "activation memory ÷ K per process, weights and optimiser state whole in each); evaluations: the "
+        "suite's batches dealt to min(K, batches) processes (its time ÷ that), the protocol PGD, the "
+        "convergence check and the artefact's own attacks unshared (whole in each process or on rank 0); "
+        "evaluation memory per process unchanged. Gradient all-reduce, the per-record gathers and "
+        "imbalance between processes are not counted: a lower bound on the wall time.",
+        "",
+    ]
+
+
 def _transfers(plan: Plan) -> dict[str, Any]:
     """Per model label: the transfer sources its honest evaluation attacks from (as the artefacts pass
     ``against``); ``"skip"``: labels that are not evaluated (Figure 1's source)."""
@@ -351,8 +399,10 @@ def _transfers(plan: Plan) -> dict[str, Any]:
     return out
 
 
-def print_plan(plans: Mapping[str, Plan], out: Path, device: torch.device,
+def print_plan(plans: Mapping[str, Plan], out: Path, device: torch.device, processes: int = 1,
                models: str | Path | None = None) -> None:
-    """Print :func:`plan_lines` (``device`` is where the run would go; the calibration runs on the CPU)."""
-    print(f"Plan ({'would run on ' + str(device)}); calibrating each architecture here first ...", flush=True)
-    print("\n".join(plan_lines(plans, out, models=models)), flush=True)
+    """Print :func:`plan_lines` (``device`` is where the run would go, in ``processes`` data-parallel
+    processes; the calibration runs on the CPU)."""
+    where = f"would run on {device}" + (f" in {processes} processes" if processes > 1 else "")
+    print(f"Plan ({where}); calibrating each architecture here first ...", flush=True)
+    print("\n".join(plan_lines(plans, out, processes=processes, models=models)), flush=True)

@@ -289,6 +289,16 @@ def _sweep(ctx, run_dir, entry, eps, spec: EvalSpec, samples: int) -> tuple[list
     return run_dir.part(name, identity, counted(ctx, name, compute), guard=ctx.guard)
 
 
+def train_models(ctx: Context, plan: Plan) -> None:
+    """Every model this artefact trains (``--train-only``): its plan's, and per dataset the RK4 twin of the
+    longest-t1 model (whose step count picks the twin)."""
+    for label, spec in plan.models:
+        ctx.trained(label, spec, plan.evaluation.test_samples)
+    run_dir = RunDirectory(ctx.out, plan)
+    for dataset in _datasets(plan.scale):
+        twin_model(ctx, plan, run_dir, dataset)
+
+
 def twin_model(ctx: Context, plan: Plan, run_dir: RunDirectory, dataset: str):
     """The longest-t1 model (trained first) and its RK4 twin at the median of its accepted dopri5 steps
     over the test subset: (longest, (twin, {steps, from: the step statistics, spec}))."""

@@ -197,17 +197,23 @@ def previous_run(folder: Path) -> dict[str, Any] | None:
 
 
 def record_run(
-    paths: Sequence[Path], computed: Sequence[str], seconds: float, previous: Mapping[str, Any] | None
+    paths: Sequence[Path],
+    computed: Sequence[str],
+    seconds: float,
+    previous: Mapping[str, Any] | None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Record in an artefact's results.json and report.md (among ``paths``) the run that computed its
     numbers: this one when it computed anything (``computed``: what it did not take from the caches), else
-    the ``previous`` run record (this one only re-rendered the files, and says so). Returns the record."""
+    the ``previous`` run record (this one only re-rendered the files, and says so). Returns the record.
+    ``processes``: how many data-parallel processes (torchrun) ran it."""
     env = environment()
     this = {
         "commit": env["git_commit"],
         "wall_s": round(seconds, 1),
         "torch_threads": env["torch_threads"],
         "cpu_count": env["cpu_count"],
+        "processes": processes,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "computed": list(computed),
     }
@@ -215,7 +221,9 @@ def record_run(
     rendered = None if run is this else {k: this[k] for k in ("commit", "wall_s", "finished_utc")}
     line = (
         f"Computed by commit `{run['commit']}` in {run['wall_s']:.0f} s wall ({run['torch_threads']} torch "
-        f"thread(s), {run['cpu_count']} cores), finished {run['finished_utc']}"
+        f"thread(s), {run['cpu_count']} cores"
+        + (f", {run['processes']} processes" if run.get("processes", 1) > 1 else "")
+        + f"), finished {run['finished_utc']}"
     )
     if rendered is not None:
         line += (

@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from experiments.cli import UsageError
-from experiments.models import ModelSpec, TrainedModel, cache_folder, models_dir, trained
+from experiments.models import ModelSpec, TrainedModel, cache_folder, models_dir, prepare_entry, trained
+from experiments.paper.distributed import Team, per_process_batch
+from experiments.paper.sharding import ShardJob
 from experiments.paper.specs import Plan
 from storage.atomic import atomic_write_text
 from storage.code_version import (
@@ -60,10 +62,15 @@ class Context:
     guard: CodeGuard = field(default_factory=CodeGuard)
     #: the model cache (None: $NR_MODELS_DIR, else OUT/models; experiments.models.models_dir)
     models: Path | None = None
+    #: the torchrun processes of this command (a team of one without torchrun); only its leader writes
+    team: Team = field(default_factory=Team)
+    #: ``--shard K/N``: this command evaluates shard K of every honest evaluation, and nothing else
+    shard: ShardJob | None = None
     #: what this command computed (trained models, measurements), as opposed to reused from the caches
     computed: list[str] = field(default_factory=list)
     _data: dict[tuple[str, str], Any] = field(default_factory=dict)
     _models: dict[str, TrainedModel] = field(default_factory=dict)
+    _loaded: dict[str, nn.Module] = field(default_factory=dict)
 
     # ---------------------------------------------------------------------------------------- data
     def dataset(self, name: str, split: str):
@@ -105,11 +112,37 @@ class Context:
     # -------------------------------------------------------------------------------------- models
     def trained(self, label: str, spec: ModelSpec, test_samples: int | None = None) -> TrainedModel:
         """The model of ``spec`` from the model cache, trained there first (resumable) when it is missing
-        (:func:`experiments.models.trained`); ``test_samples``: test images evaluated after each epoch."""
+        (:func:`experiments.models.trained`; data-parallel over the team's processes, which the leader
+        summons for it); ``test_samples``: test images evaluated after each epoch."""
+        from nets.training import MODEL_NAME
+
         key = spec.key()
         if key in self._models:
             cached = self._models[key]
             return TrainedModel(label, spec, cached.model, cached.folder, cached.info)
+        folder = cache_folder(spec, models_dir(self.out, self.models))
+        prepare_entry(spec, folder, self.guard, label)
+        missing = not (folder / MODEL_NAME).is_file()
+        if missing and self.shard is not None:
+            raise UsageError(f"model {label} is not trained yet ({folder}): shard jobs evaluate trained "
+                             "models; train them first with the same command and --train-only instead of "
+                             "--shard (under torchrun to train data-parallel)")
+        if missing and self.team.enabled:
+            print(f"[{label}] no trained model in {folder}: training {spec.name} on {spec.dataset} on "
+                  f"{self.team.world_size} processes", flush=True)
+            self._splits(spec, test_samples)()  # loaded (or downloaded) here before the helpers read them
+            self.team.summon("train", spec=spec, folder=folder, test_samples=test_samples)
+            self.train(spec, folder, test_samples)
+        entry = trained(spec, folder, self._splits(spec, test_samples), label=label, device=self.device,
+                        guard=self.guard, cached=False, progress=self.progress)
+        if missing:
+            self.computed.append(f"model {label}")
+        self._models[key] = entry
+        return entry
+
+    def _splits(self, spec: ModelSpec, test_samples: int | None):
+        """The training split of ``spec``'s dataset and its first ``test_samples`` test images, loaded when
+        called."""
 
         def splits():
             test = self.dataset(spec.dataset, "test")
@@ -117,13 +150,30 @@ class Context:
                 test = test.subset(test_samples)
             return self.dataset(spec.dataset, "train"), test
 
-        folder = cache_folder(spec, models_dir(self.out, self.models))
-        entry = trained(spec, folder, splits, label=label, device=self.device, guard=self.guard,
-                        progress=self.progress)
-        if entry.computed:
-            self.computed.append(f"model {label}")
-        self._models[key] = entry
-        return entry
+        return splits
+
+    def train(self, spec: ModelSpec, folder: Path, test_samples: int | None) -> None:
+        """Train ``spec`` into ``folder`` data-parallel (every process of the team runs this together:
+        nets' DDP with the recipe's global batch split evenly, B/K per process; only rank 0 writes)."""
+        import dataclasses
+
+        from experiments.models import train_into
+
+        batch = per_process_batch(spec.train.batch_size, self.team.world_size,
+                                  f"the training batch of {spec.name}")
+        split = dataclasses.replace(spec, train=spec.train.replace(batch_size=batch))
+        train_set, test_set = self._splits(spec, test_samples)()
+        train_into(split, folder, train_set, test_set, device=self.device, resume=True,
+                   progress=self.progress and self.team.is_leader)
+
+    def loaded(self, folder: Path) -> nn.Module:
+        """A helper's copy of the model the leader trained or loaded into ``folder`` (read, never written)."""
+        from nets.training import load_trained_model
+
+        key = str(folder)
+        if key not in self._loaded:
+            self._loaded[key] = load_trained_model(folder, device=self.device)
+        return self._loaded[key]
 
 
 def solver_nfe(model: nn.Module, x: torch.Tensor, batch_size: int = 250) -> dict[str, float] | None:
