@@ -6,8 +6,9 @@ Each indicator names one way a robustness number can be wrong because the *attac
 * ``unavailable-gradients``: the input gradient of the cross-entropy is identically zero or non-finite at
   more than ``tolerance`` of the (clean) samples (e.g. a non-differentiable preprocessing step);
 * ``unstable-predictions``: the loss moves by more than ``relative_change`` of itself (or the prediction
-  flips) under uniform noise of ``noise_fraction * eps`` for more than ``tolerance`` of the samples (a
-  noisy forward pass, a shattered loss landscape);
+  flips) under uniform noise of ``noise_fraction * eps`` for more than ``UNSTABLE_SHARE`` of the samples (a
+  noisy forward pass, a shattered loss landscape; a smooth model's few samples on its decision boundary move
+  that much by curvature alone: 2 of 50 on the main job's plainly trained ResNet);
 * ``silent-success``: the attack queried a point inside the ball that the model misclassifies, yet returned
   a point that is not adversarial;
 * ``incomplete-optimisation``: for the samples the attack failed on, the best loss so far still rose over the
@@ -83,6 +84,11 @@ def unavailable_gradients(model: nn.Module, x: Tensor, y: Tensor, tolerance: flo
     return Flag("unavailable-gradients", False, "input gradients are non-zero and finite", numbers)
 
 
+#: share of samples whose loss may move by curvature alone before ``unstable-predictions`` fires: a noisy
+#: forward pass moves most samples, a plainly trained ResNet's boundary samples a few percent
+UNSTABLE_SHARE = 0.1
+
+
 @torch.no_grad()
 def unstable_predictions(
     model: nn.Module,
@@ -94,7 +100,7 @@ def unstable_predictions(
     draws: int = 8,
     noise_fraction: float = 0.1,
     relative_change: float = 0.1,
-    tolerance: float = 0.01,
+    tolerance: float = UNSTABLE_SHARE,
     seed: int = 0,
 ) -> Flag:
     """Fires when, under ``draws`` uniform perturbations of size ``noise_fraction * eps``, the cross-entropy
@@ -402,7 +408,7 @@ def attack_failure_flags(
         _guarded("unavailable-gradients", lambda: unavailable_gradients(model, x, y, tolerance)),
         _guarded(
             "unstable-predictions",
-            lambda: unstable_predictions(model, x, y, eps, norm, tolerance=tolerance, seed=seed),
+            lambda: unstable_predictions(model, x, y, eps, norm, seed=seed),
         ),
         *path_flags,
         _guarded("transfer-failure", lambda: _transfer_flags(model, x, y, eps, entries, norm, seed)),

@@ -95,6 +95,27 @@ def test_a_noisy_forward_pass_fires_unstable_predictions(plain) -> None:
     assert not unstable_predictions(model, x, y, EPS).fired
 
 
+class SteepLinear(nn.Module):
+    """Two classes, margin 200 (mean(x) - 1/2): smooth everywhere, steep enough that noise of 0.01 moves the
+    loss of a sample on the boundary (mean 1/2) by more than 10%."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        margin = 200 * (z.flatten(1).mean(1) - 0.5)
+        return torch.stack([margin, torch.zeros_like(margin)], 1)
+
+
+def test_a_few_boundary_samples_of_a_smooth_model_do_not_fire_unstable_predictions() -> None:
+    """2 of 50 samples on the boundary of a smooth model move by curvature, not noise: under the share
+    (0.1) the flag stays quiet; a 1% share would fire on them."""
+    x = torch.full((50, 16), 0.9)
+    x[:2] = 0.5
+    y = torch.zeros(50, dtype=torch.long)
+    flag = unstable_predictions(SteepLinear(), x, y, 0.1)
+    assert flag.numbers["unstable_fraction"] == pytest.approx(0.04)
+    assert not flag.fired
+    assert unstable_predictions(SteepLinear(), x, y, 0.1, tolerance=0.01).fired
+
+
 def test_an_attack_returning_the_clean_point_fires_silent_success(plain) -> None:
     model, x, y = plain
     _, fooled, paths = traced_attack(model, Forgetful(), x, y, EPS)
