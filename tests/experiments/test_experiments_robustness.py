@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -202,17 +203,11 @@ def test_missing_data_dir_is_one_line_and_exit_status_2(tmp_path):
     assert line.startswith("error: data directory") and "absent" in line and "--download" in line
 
 
-@pytest.mark.slow
-def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_path, capsys):
-    write_mnist(tmp_path / "data", n_train=64, n_test=32)
-    # Both labels get the small ResNet (one cached model) so that the rerun below finishes quickly.
-    eps = [f"{e / 100:g}" for e in range(1, 11)]
-    argv = smoke_argv(tmp_path, "--samples", "32", "--difgsm-steps", "20",
-                      "--odenet-model", "mnist_resnet_small", "--eps", *eps, odenet_arg="width=2")
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "experiments.robustness", *argv], cwd=tmp_path, env=env,
+def _interrupt_after_first_record(argv: list[str], env: dict[str, str], cwd: Path,
+                                  records: Path) -> tuple[int, str]:
+    """Start the main job, send SIGINT once its first record is on disk; its exit status and stderr."""
+    process = subprocess.Popen([sys.executable, "-m", "experiments.robustness", *argv], cwd=cwd, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    records = tmp_path / "out" / "records"
     try:
         deadline = time.monotonic() + 120
         while not list(records.glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
@@ -226,7 +221,26 @@ def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_p
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_complete_records_exits_130_with_one_line_and_resumes(tmp_path, capsys):
+    write_mnist(tmp_path / "data", n_train=64, n_test=32)
+    # Both labels get the small ResNet (one cached model) so that the rerun below finishes quickly.
+    eps = [f"{e / 100:g}" for e in range(1, 11)]
+    argv = smoke_argv(tmp_path, "--samples", "32", "--difgsm-steps", "20",
+                      "--odenet-model", "mnist_resnet_small", "--eps", *eps, odenet_arg="width=2")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    records = tmp_path / "out" / "records"
+    for _attempt in range(3):
+        returncode, stderr = _interrupt_after_first_record(argv, env, tmp_path, records)
+        if returncode != 0:
+            break
+        # The job finished although it was sent SIGINT (seen once, on a loaded machine; Python drops a
+        # KeyboardInterrupt raised where it cannot propagate, e.g. in a finalizer). Start afresh.
+        shutil.rmtree(tmp_path / "out")
+    assert returncode == 130, stderr[-2000:]
     (line,) = stderr.strip().splitlines()
     assert line.startswith("interrupted") and "rerun the same command to resume" in line
     complete = sorted(records.glob("*.json"))
