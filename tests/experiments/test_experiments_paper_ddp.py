@@ -190,14 +190,17 @@ def test_a_failure_on_one_rank_ends_every_rank_with_one_line(runs) -> None:
 def test_shard_jobs_then_the_merge_equal_one_process(runs) -> None:
     root, one, _ = runs
     assert one.returncode == 0
-    assert _launch(root, "shards", 1, "--train-only").returncode == 0
-    first = _launch(root, "shards", 1, "--shard", "0/2")
+    models = ("--models", str(root / "one" / "models"))  # the one-process run's trained models, reused
+    trained = _launch(root, "shards", 1, "--train-only", *models)  # finds every model trained: nothing to do
+    assert trained.returncode == 0 and "training" not in trained.stdout, trained.stderr[-3000:]
+    assert not (root / "shards" / "table1").exists()
+    first = _launch(root, "shards", 1, "--shard", "0/2", *models)
     assert first.returncode == 0, first.stderr[-3000:]
     assert not (root / "shards" / "table1").exists()  # a shard job writes no report
-    missing = _launch(root, "shards", 1)
+    missing = _launch(root, "shards", 1, *models)
     assert missing.returncode == 2 and "missing shard(s) 1/2 (samples 4-7)" in missing.stderr
-    assert _launch(root, "shards", 1, "--shard", "1/2").returncode == 0
-    merged = _launch(root, "shards", 1)
+    assert _launch(root, "shards", 1, "--shard", "1/2", *models).returncode == 0
+    merged = _launch(root, "shards", 1, *models)
     assert merged.returncode == 0, merged.stderr[-3000:]
     for path in sorted((root / "one" / "evaluations").glob("*/summary.json")):
         mine = json.loads(path.read_text())["record"]["value"]
