@@ -199,6 +199,21 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
     if args.checkpoint is None:
         raise UsageError("--checkpoint RUN is required (or --merge DIR... to combine shards)")
     rank, world = _distributed()
+    if world == 1:
+        return _evaluate(args, argv, outputs, rank, world)
+    from nets.training.distributed import shutdown_distributed
+
+    finished = False
+    try:
+        result = _evaluate(args, argv, outputs, rank, world)
+        finished = True
+        return result
+    finally:  # leave the group in order: at interpreter exit gloo's threads can abort the process
+        shutdown_distributed(synchronize=finished)
+
+
+def _evaluate(args: argparse.Namespace, argv: Sequence[str], outputs: Outputs, rank: int, world: int) -> int:
+    """One evaluation (``--checkpoint``), or this process's part of it under ``torchrun``."""
     device = resolve_device(args.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", rank % torch.cuda.device_count())
