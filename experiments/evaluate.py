@@ -198,17 +198,15 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         return merge(args, argv, outputs)
     if args.checkpoint is None:
         raise UsageError("--checkpoint RUN is required (or --merge DIR... to combine shards)")
-    rank, world = _distributed()
-    if world == 1:
-        return _evaluate(args, argv, outputs, rank, world)
-    from nets.training.distributed import shutdown_distributed
+    from nets.training import shutdown_distributed
 
+    rank, world = _distributed()
     finished = False
     try:
         result = _evaluate(args, argv, outputs, rank, world)
         finished = True
         return result
-    finally:  # leave the group in order: at interpreter exit gloo's threads can abort the process
+    finally:  # leave the group in order (a no-op in one process): at exit gloo's threads can abort it
         shutdown_distributed(synchronize=finished)
 
 
