@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -176,17 +175,6 @@ def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, str | 
     return load_trained_model(file, device=device), state.get("dataset")
 
 
-def _distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
 def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -198,23 +186,24 @@ def main(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -> i
         return merge(args, argv, outputs)
     if args.checkpoint is None:
         raise UsageError("--checkpoint RUN is required (or --merge DIR... to combine shards)")
-    from nets.training import shutdown_distributed
+    from nets.training import init_distributed, shutdown_distributed
 
-    rank, world = _distributed()
+    # under torchrun: join the group; on CUDA each process takes cuda:LOCAL_RANK
+    context, device = init_distributed(resolve_device(args.device))
     finished = False
     try:
-        result = _evaluate(args, argv, outputs, rank, world)
+        result = _evaluate(args, argv, outputs, device, context.rank, context.world_size)
         finished = True
         return result
     finally:  # leave the group in order (a no-op in one process): at exit gloo's threads can abort it
         shutdown_distributed(synchronize=finished)
 
 
-def _evaluate(args: argparse.Namespace, argv: Sequence[str], outputs: Outputs, rank: int, world: int) -> int:
+def _evaluate(
+    args: argparse.Namespace, argv: Sequence[str], outputs: Outputs, device: torch.device, rank: int,
+    world: int,
+) -> int:
     """One evaluation (``--checkpoint``), or this process's part of it under ``torchrun``."""
-    device = resolve_device(args.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
     model, trained_on = load_model(args.checkpoint, device)
     dataset = args.dataset or trained_on
     if dataset is None:
