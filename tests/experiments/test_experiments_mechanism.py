@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from experiments.paper import flow, mechanism
+from experiments.paper import flow, mechanism, scales
 from experiments.paper.premium import PairedDifference, images_for_half_width, paired, wilson
 
 
@@ -157,6 +157,9 @@ def test_every_scale_has_the_three_integration_times_the_base_model_and_one_reci
     assert paper["mnist t1=100"].name == "odenet_mnist_paper" and paper["mnist t1=100"].train.epochs == 100
     cpu = mechanism.plan("cpu")
     assert cpu.evaluation.samples == mechanism.CPU_SAMPLES and cpu.evaluation.protocol_steps == 40
+    table1 = scales.table1_models("cpu", "mnist")
+    assert cpu.model_map["mnist t1=1"].key() == table1["odenet"].key()  # Table 1's model, trained once
+    assert cpu.model_map["mnist resnet"].key() == table1["resnet"].key()
 
 
 def test_the_paper_scale_time_estimate_comes_from_timed_training_steps(tmp_path) -> None:
