@@ -669,12 +669,21 @@ def _verdict(plan: Plan, rows: list[dict[str, Any]], results: dict[str, dict[str
             )
             + "."
         )
-        if significant:
+        longer = [r for r in longest if r["long_premium_low"] is not None and r["long_premium_low"] > 0]
+        if longer:
             sentences.append(
-                "Long integration leaves a premium above zero at ε "
+                f"Integrating to t1 = {t1:g} rather than {T1[dataset][0]:g} leaves a premium above zero at ε "
+                + ", ".join(f"{r['eps']:g}" for r in longer)
+                + " even under the worst case: there long integration makes the model more robust, not only "
+                "harder to attack."
+            )
+        elif significant:
+            sentences.append(
+                "The premium over the base model is above zero at ε "
                 + ", ".join(f"{r['eps']:g}" for r in significant)
-                + " even under the worst case: there it makes the model more robust, not only harder to "
-                "attack."
+                + f" under the worst case, but the t1 = {T1[dataset][0]:g} model has it too and no interval "
+                "separates the longer integration from it: it is the ODE block's, not the long, adaptively "
+                "stepped integration's that the paper credits."
             )
         elif pgd_gap > max(r["premium_high"] for r in longest):
             sentences.append(
@@ -685,6 +694,12 @@ def _verdict(plan: Plan, rows: list[dict[str, Any]], results: dict[str, dict[str
             sentences.append(
                 "No worst-case interval separates the premium from zero: on this evidence long integration "
                 "does not make the model more robust."
+            )
+        fired = sorted({flag for r in longest for flag in (r["flags_fired"] or "").split()})
+        if fired and (significant or longer):
+            sentences.append(
+                f"Indicators of attack failure fired on the t1 = {t1:g} model ({', '.join(fired)}): its "
+                "worst case is an upper bound that a stronger attack may lower."
             )
     return [" ".join(sentences)]
 

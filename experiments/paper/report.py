@@ -23,6 +23,10 @@ from storage.atomic import atomic_write_text
 OUTPUT_FILES = ("report.md", "results.csv", "results.json")
 
 
+#: environment variables that pin the CPU kernels' instruction set (docs/reproducibility.md)
+ISA_PINS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+
+
 def environment() -> dict[str, Any]:
     """Versions and hardware of this run."""
     import numpy
@@ -41,6 +45,10 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        # the CPU kernels' instruction set: AVX2 and AVX-512 kernels round differently, so trained models
+        # (and every number after them) are bitwise equal only between runs on the same one
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_pins": {name: os.environ[name] for name in ISA_PINS if name in os.environ},
     }
 
 
