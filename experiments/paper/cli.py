@@ -243,6 +243,16 @@ def _run_shard(ctx, plans: dict, command: str) -> list[Path]:
     return []
 
 
+def launcher() -> str:
+    """How this command was started, as a report prints it: ``python -m experiments.paper``, or under torchrun
+    ``torchrun --nproc_per_node K -m experiments.paper`` (K processes on one node make other numbers than one
+    process where a model has BatchNorm or training rounds differently, so the report names K)."""
+    from experiments.paper.distributed import launched_rank
+
+    _, world_size = launched_rank()
+    return PROG if world_size == 1 else f"torchrun --nproc_per_node {world_size} -m experiments.paper"
+
+
 def _quiet(line: str) -> None:
     """A helper's log: the leader names every stale entry once."""
 
@@ -253,7 +263,7 @@ def command(argv: Sequence[str] | None = None, outputs: Outputs | None = None) -
     try:
         args = build_parser().parse_args(argv)
         _check(args)
-        return run(args, shown_command(PROG, argv), outputs)
+        return run(args, shown_command(launcher(), argv), outputs)
     except Exception as error:
         _one_rank_speaks(error)
         raise

@@ -171,6 +171,11 @@ def test_two_processes_give_the_same_per_sample_attack_results_and_report(runs) 
         record = json.loads((root / run / "table1" / "results.json").read_text())["run"]
         assert record["processes"] == processes
     assert ", 2 processes), finished" in (root / "two" / "table1" / "report.md").read_text()
+    for run, launcher in (("one", "python -m"), ("two", "torchrun --nproc_per_node 2 -m")):
+        # the report prints the command that made it, launcher included
+        command = json.loads((root / run / "table1" / "results.json").read_text())["command"]
+        assert command.startswith(f"{launcher} experiments.paper table1 "), command
+        assert f"\n{command}\n" in (root / run / "table1" / "report.md").read_text()
     made = {p.relative_to(root / "one") for p in (root / "one").rglob("*") if p.is_file()}
     assert made == {p.relative_to(root / "two") for p in (root / "two").rglob("*") if p.is_file()}
 
