@@ -42,6 +42,7 @@ def environment() -> dict[str, Any]:
         "git_commit": commit,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
@@ -50,6 +51,19 @@ def environment() -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "isa_pins": {name: os.environ[name] for name in ISA_PINS if name in os.environ},
     }
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (``model name`` in Linux's cpuinfo; else what ``platform`` knows): results are
+    bitwise reproducible on the same kind of CPU only (docs/reproducibility.md)."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _git(*arguments: str) -> str:
@@ -221,6 +235,8 @@ def record_run(
         "wall_s": round(seconds, 1),
         "torch_threads": env["torch_threads"],
         "cpu_count": env["cpu_count"],
+        "cpu_model": env["cpu_model"],
+        "cpu_capability": env["cpu_capability"],
         "processes": processes,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "computed": list(computed),
@@ -230,6 +246,7 @@ def record_run(
     line = (
         f"Computed by commit `{run['commit']}` in {run['wall_s']:.0f} s wall ({run['torch_threads']} torch "
         f"thread(s), {run['cpu_count']} cores"
+        + (f" of {run['cpu_model']}, {run['cpu_capability']} kernels" if run.get("cpu_model") else "")
         + (f", {run['processes']} processes" if run.get("processes", 1) > 1 else "")
         + f"), finished {run['finished_utc']}"
     )

@@ -134,7 +134,9 @@ def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
         assert rows and COLUMNS[name] <= set(rows[0]), name
         results = json.loads((folder / "results.json").read_text())
         assert results["scale"] == "smoke" and results["plan"]["artefact"] == name
-        assert {"torch", "python", "cpu_count", "git_commit"} <= set(results["environment"])
+        assert {"torch", "python", "cpu_count", "git_commit", "cpu_model", "cpu_capability"} <= set(
+            results["environment"])
+        assert results["run"]["cpu_model"] == results["environment"]["cpu_model"]  # the computing CPU
         assert results["wall_s"] > 0 and results["timings_s"]
         for summary in results["honest"].values():  # the honest column and its flags, for every model
             assert len(summary["worst_case"]) == len(summary["eps"])
@@ -414,3 +416,13 @@ def test_calibration_measures_a_real_model() -> None:
     assert min(measured.train_s, measured.grad_s, measured.forward_s) > 0
     # a training step and an input-gradient pass both run the network forward and backward once
     assert measured.train_flops == pytest.approx(measured.grad_flops, rel=0.5)
+
+
+def test_cpu_model_names_the_cpu_from_cpuinfo_or_platform(tmp_path) -> None:
+    from experiments.paper.report import cpu_model
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n"
+                       "flags\t: avx2\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC 7B13"
+    assert cpu_model(tmp_path / "absent")  # falls back to platform's name, never empty
