@@ -37,7 +37,8 @@ from experiments.cli import (
 from experiments.cli import run as run_command
 from experiments.paper.specs import SCALES
 
-PROG = "python -m experiments.paper"
+MODULE = "experiments.paper"
+PROG = f"python -m {MODULE}"
 CHOICES = ("table1", "fig2", "fig3", "table2", "fig1", "mechanism", "all")
 
 
@@ -250,7 +251,7 @@ def launcher() -> str:
     from experiments.paper.distributed import launched_rank
 
     _, world_size = launched_rank()
-    return PROG if world_size == 1 else f"torchrun --nproc_per_node {world_size} -m experiments.paper"
+    return PROG if world_size == 1 else f"torchrun --nproc_per_node {world_size} -m {MODULE}"
 
 
 def _quiet(line: str) -> None:
