@@ -47,9 +47,10 @@ T1 = {"mnist": (1.0, 10.0, 100.0), "cifar10": (1.0, 10.0, 500.0)}
 EPS = {"mnist": (0.1, 0.3), "cifar10": (8 / 255, 16 / 255)}
 TOLERANCES = (1e-1, 1e-3, 1e-5)
 FIGURES = ("mechanism_robustness.png", "mechanism_gradients.png")
-#: attacked test images at cpu scale (±1.9 to ±5.6 for the premium's paired 95% interval on the committed
-#: models; ±5 or narrower at robust shares up to 25% needs 300: experiments.paper.premium)
-CPU_SAMPLES = 200
+#: attacked test images at cpu scale: 200 gave the premium's paired 95% interval half widths up to ±5.6 points
+#: (a 17.5-point premium with 35 discordant images); 300 keeps them at ±5 or narrower for such outcomes
+#: (experiments.paper.premium)
+CPU_SAMPLES = 300
 SWEEP_SAMPLES = {"smoke": 4, "cpu": 50, "paper": 1000}
 NOTES = {
     "smoke": ("plumbing test on tiny data: numbers are meaningless",),
