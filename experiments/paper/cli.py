@@ -193,10 +193,12 @@ def _run_plans(args: argparse.Namespace, command: str, plans: dict, team, device
     written = []
     for name, plan in plans.items():
         started = time.perf_counter()
-        before, previous = len(ctx.computed), previous_run(Path(args.out) / name)
+        before, reused_before = len(ctx.computed), len(ctx.reused)
+        previous = previous_run(Path(args.out) / name)
         paths = ARTEFACTS[name].run(ctx, plan, command)
         stamp_stale(paths, ctx.guard.reused)
-        record_run(paths, ctx.computed[before:], time.perf_counter() - started, previous, team.world_size)
+        record_run(paths, ctx.computed[before:], time.perf_counter() - started, previous, team.world_size,
+                   reused=ctx.reused[reused_before:])
         written += paths
         for path in paths:
             if outputs is not None:

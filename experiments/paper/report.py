@@ -224,11 +224,13 @@ def record_run(
     seconds: float,
     previous: Mapping[str, Any] | None,
     processes: int = 1,
+    reused: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Record in an artefact's results.json and report.md (among ``paths``) the run that computed its
     numbers: this one when it computed anything (``computed``: what it did not take from the caches), else
     the ``previous`` run record (this one only re-rendered the files, and says so). Returns the record.
-    ``processes``: how many data-parallel processes (torchrun) ran it."""
+    ``processes``: how many data-parallel processes (torchrun) ran it; ``reused``: the models it took
+    ready-trained from the cache, whose training time its wall time does not include (named in the report)."""
     env = environment()
     this = {
         "commit": env["git_commit"],
@@ -240,6 +242,7 @@ def record_run(
         "processes": processes,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "computed": list(computed),
+        "reused": [name for name in dict.fromkeys(reused) if name not in computed],
     }
     run = this if computed or previous is None else dict(previous)
     rendered = None if run is this else {k: this[k] for k in ("commit", "wall_s", "finished_utc")}
@@ -257,6 +260,9 @@ def record_run(
         )
     elif not computed:
         line += " (every result taken from the caches)"
+    elif this["reused"]:
+        names = ", ".join(name.removeprefix("model ") for name in this["reused"])
+        line += f"; models taken ready-trained from the cache (their training is not in that time): {names}"
     for path in paths:
         if path.name == "results.json":
             document = json.loads(path.read_text(encoding="utf-8"))

@@ -68,6 +68,8 @@ class Context:
     shard: ShardJob | None = None
     #: what this command computed (trained models, measurements), as opposed to reused from the caches
     computed: list[str] = field(default_factory=list)
+    #: the models this command took ready-trained from the model cache (or from an earlier artefact of it)
+    reused: list[str] = field(default_factory=list)
     _data: dict[tuple[str, str], Any] = field(default_factory=dict)
     _models: dict[str, TrainedModel] = field(default_factory=dict)
     _loaded: dict[str, nn.Module] = field(default_factory=dict)
@@ -119,6 +121,7 @@ class Context:
         key = spec.key()
         if key in self._models:
             cached = self._models[key]
+            self.reused.append(f"model {label}")
             return TrainedModel(label, spec, cached.model, cached.folder, cached.info)
         folder = cache_folder(spec, models_dir(self.out, self.models))
         prepare_entry(spec, folder, self.guard, label)
@@ -135,8 +138,7 @@ class Context:
             self.train(spec, folder, test_samples)
         entry = trained(spec, folder, self._splits(spec, test_samples), label=label, device=self.device,
                         guard=self.guard, cached=False, progress=self.progress)
-        if missing:
-            self.computed.append(f"model {label}")
+        (self.computed if missing else self.reused).append(f"model {label}")
         self._models[key] = entry
         return entry
 
