@@ -36,10 +36,16 @@ MU = 1e3
 SCALE = np.array([1.0, 1e4, 1.0])  # Robertson's y2 is solved as 1e4·y2
 
 
+def _stack(parts, like):
+    """``torch.stack`` for tensors, ``numpy.stack`` for arrays along the last axis: one field definition serves
+    our solvers (torch) and scipy's (numpy, without a tensor round trip per evaluation)."""
+    return torch.stack(parts, dim=-1) if isinstance(like, torch.Tensor) else np.stack(parts, axis=-1)
+
+
 def robertson(t, y):
     y1, y2, y3 = y[..., 0], y[..., 1] * 1e-4, y[..., 2]
-    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 1e4 * (0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2 * y2),
-                        3e7 * y2 * y2], dim=-1)
+    return _stack([-0.04 * y1 + 1e4 * y2 * y3, 1e4 * (0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2 * y2),
+                   3e7 * y2 * y2], y)
 
 
 def robertson_jacobian(t, y):
@@ -51,7 +57,7 @@ def robertson_jacobian(t, y):
 
 def van_der_pol(t, y):
     x, v = y[..., 0], y[..., 1]
-    return torch.stack([v, MU * (1 - x * x) * v - x], dim=-1)
+    return _stack([v, MU * (1 - x * x) * v - x], y)
 
 
 def van_der_pol_jacobian(t, y):
@@ -93,8 +99,9 @@ class Row:
 
 
 def _numpy(func, shape):
+    """``func`` (a problem's field, array-generic) on scipy's flat float64 arrays."""
     def f(t, y):
-        return func(torch.tensor(t), torch.from_numpy(y).view(shape)).reshape(-1).numpy()
+        return func(t, y.reshape(shape)).reshape(-1)
     return f
 
 
