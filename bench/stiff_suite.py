@@ -37,8 +37,8 @@ SCALE = np.array([1.0, 1e4, 1.0])  # Robertson's y2 is solved as 1e4·y2
 
 
 def _stack(parts, like):
-    """``torch.stack`` for tensors, ``numpy.stack`` for arrays along the last axis: one field definition serves
-    our solvers (torch) and scipy's (numpy, without a tensor round trip per evaluation)."""
+    """``torch.stack`` for tensors, ``numpy.stack`` for arrays, along the last axis: one field definition
+    serves our solvers (torch) and scipy's (numpy, without a tensor round trip per evaluation)."""
     return torch.stack(parts, dim=-1) if isinstance(like, torch.Tensor) else np.stack(parts, axis=-1)
 
 

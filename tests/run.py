@@ -1,0 +1,126 @@
+"""The whole test suite on every core: ``python -m tests.run [-j N] [pytest options]``.
+
+pytest runs one test at a time and our tests use one torch thread (``conftest.py``), so on a 2-core machine
+half of it idles. This splits the test files into ``N`` groups of about equal expected time (longest first,
+each file to the group with the least so far: the LPT rule, within 4/3 of the best split) and runs one
+``pytest`` process per group, each with its own ``--basetemp`` and no cache, in parallel. Each group's
+output is printed whole when it ends, then one line for the run. The exit status is the first non-zero one
+of the groups: 0 when every group passed (a group that ``-k``/``-m`` leaves without a test is not a
+failure). Paths among the arguments (files or folders) choose the test files; the default is every
+``tests/**/test_*.py``. ``python -m pytest -q`` runs the same tests one after another.
+
+Expected times are the per-file seconds measured with ``--durations=45`` on a loaded 2-core machine (the
+files that take longest; ``SECONDS``); any other file counts ``PER_TEST`` seconds per test function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+#: measured seconds per file (the slowest files; the rest are estimated from their test count)
+SECONDS = {
+    "experiments/test_experiments_paper.py": 125.0,
+    "stability/test_stiff_solvers.py": 85.0,
+    "experiments/test_experiments_paper_ddp.py": 106.0,
+    "experiments/test_experiments_robustness.py": 52.0,
+    "experiments/test_experiments_shards.py": 37.0,
+    "stability/test_events.py": 36.0,
+    "experiments/test_experiments_evaluate.py": 30.0,
+    "attacks/test_attacks_suite.py": 20.0,
+    "nets/test_ddp.py": 16.0,
+    "proofs_check/test_proofs_verify.py": 14.0,
+    "attacks/test_attacks_apgd_square.py": 13.0,
+    "attacks/test_attacks_binarization.py": 13.0,
+    "stability/test_solver_autograd.py": 12.0,
+    "experiments/test_experiments_wrapped_attacks.py": 10.0,
+    "stability/test_solver_compile.py": 10.0,
+}
+PER_TEST = 0.25
+#: pytest's exit status when it collected no test
+NO_TESTS = 5
+_TEST_FUNCTION = re.compile(r"^\s*(?:async\s+)?def test_", re.M)
+
+
+def expected_seconds(path: Path) -> float:
+    """The measured time of a test file, else ``PER_TEST`` per test function in it (at least one)."""
+    path = path.resolve()
+    key = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else None
+    if key in SECONDS:
+        return SECONDS[key]
+    return PER_TEST * max(1, len(_TEST_FUNCTION.findall(path.read_text(encoding="utf-8"))))
+
+
+def split(
+    files: list[Path], groups: int, seconds: Callable[[Path], float] = expected_seconds
+) -> list[list[Path]]:
+    """``files`` in ``groups`` groups of about equal expected time (``seconds``; longest first, each to the
+    lightest group); empty groups are dropped."""
+    if groups < 1:
+        raise ValueError(f"need at least one group, got {groups}")
+    loads = [0.0] * groups
+    parts: list[list[Path]] = [[] for _ in range(groups)]
+    for file in sorted(files, key=lambda f: (-seconds(f), f.as_posix())):
+        lightest = loads.index(min(loads))
+        parts[lightest].append(file)
+        loads[lightest] += seconds(file)
+    return [sorted(part) for part in parts if part]
+
+
+def test_files(paths: list[Path]) -> list[Path]:
+    """The ``test_*.py`` files that ``paths`` name or hold, each once, absolute."""
+    found = {(p if p.is_file() else q).resolve() for p in paths
+             for q in ([p] if p.is_file() else p.rglob("test_*.py"))}
+    return sorted(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.run", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
+    parser.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="pytest processes (default: 2, or 1 on a 1-core machine)")
+    args, pytest_args = parser.parse_known_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    chosen = [Path(arg) for arg in pytest_args if not arg.startswith("-") and Path(arg).exists()]
+    pytest_args = [arg for arg in pytest_args if not (not arg.startswith("-") and Path(arg).exists())]
+    files = test_files(chosen or [TESTS])
+    if not files:
+        parser.error(f"no test_*.py files in {', '.join(map(str, chosen))}")
+    groups = split(files, args.jobs)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tests-run-") as scratch:
+        running = []
+        for k, group in enumerate(groups):
+            log = open(Path(scratch) / f"group-{k}.log", "w+", encoding="utf-8")  # noqa: SIM115 (closed below)
+            command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                       f"--basetemp={scratch}/tmp-{k}", *pytest_args, *(str(f) for f in group)]
+            running.append((k, group, log, subprocess.Popen(command, cwd=ROOT, stdout=log,
+                                                            stderr=subprocess.STDOUT)))
+        codes = []
+        for k, group, log, process in running:
+            codes.append(process.wait())
+            log.seek(0)
+            print(f"== group {k + 1}/{len(groups)}: {len(group)} files, exit status {codes[-1]}", flush=True)
+            sys.stdout.write(log.read())
+            log.close()
+    if all(code == NO_TESTS for code in codes):
+        failed = codes[:1]
+    else:  # a group whose files the selection (-k, -m) empties has nothing to run: not a failure
+        failed = [code for code in codes if code not in (0, NO_TESTS)]
+    print(f"== {len(groups)} pytest processes in {time.perf_counter() - started:.0f} s: "
+          + ("all passed" if not failed else f"{len(failed)} failed"), flush=True)
+    return failed[0] if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
