@@ -229,8 +229,9 @@ def record_run(
     """Record in an artefact's results.json and report.md (among ``paths``) the run that computed its
     numbers: this one when it computed anything (``computed``: what it did not take from the caches), else
     the ``previous`` run record (this one only re-rendered the files, and says so). Returns the record.
-    ``processes``: how many data-parallel processes (torchrun) ran it; ``reused``: the models it took
-    ready-trained from the cache, whose training time its wall time does not include (named in the report)."""
+    ``processes``: how many data-parallel processes (torchrun) ran it; ``reused``: the trained models and
+    honest evaluations it took from the caches, whose time its wall time does not include (named in the
+    report)."""
     env = environment()
     this = {
         "commit": env["git_commit"],
@@ -261,8 +262,7 @@ def record_run(
     elif not computed:
         line += " (every result taken from the caches)"
     elif this["reused"]:
-        names = ", ".join(name.removeprefix("model ") for name in this["reused"])
-        line += f"; models taken ready-trained from the cache (their training is not in that time): {names}"
+        line += f"; taken from the caches, so not in that time: {', '.join(this['reused'])}"
     for path in paths:
         if path.name == "results.json":
             document = json.loads(path.read_text(encoding="utf-8"))

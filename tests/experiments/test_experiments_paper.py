@@ -166,11 +166,14 @@ def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
         run = json.loads((root / "out" / name / "results.json").read_text())["run"]
         assert run["computed"] and run["wall_s"] > 0 and run["commit"] is not None
         assert "Computed by commit" in (root / "out" / name / "report.md").read_text()
-    # models another artefact trained are named as taken from the cache, not as computed by this one
+    # models and evaluations another artefact computed are named as taken from the caches, not as computed
     table2 = json.loads((root / "out" / "table2" / "results.json").read_text())["run"]
     assert "model odenet" in table2["reused"] and "model odenet" not in table2["computed"]
-    assert "taken ready-trained from the cache" in (root / "out" / "table2" / "report.md").read_text()
+    assert "taken from the caches, so not in that time: model odenet" in (
+        root / "out" / "table2" / "report.md").read_text()
     assert json.loads((root / "out" / "table1" / "results.json").read_text())["run"]["reused"] == []
+    fig3 = json.loads((root / "out" / "fig3" / "results.json").read_text())["run"]  # Figure 2's evaluations
+    assert {"honest evaluation of mnist odenet", "model mnist odenet"} <= set(fig3["reused"])
 
 
 @pytest.mark.slow
