@@ -622,8 +622,9 @@ def _report(plan, results, rows, sweeps, twins) -> list[str]:
 
 def _verdict(plan: Plan, rows: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[str]:
     """Three sentences read off the numbers per dataset: the longest-t1 model's premium under the worst case
-    and under the paper's PGD-40; its gradients and the RK4 twin's premium; which of robust / harder to attack
-    / neither the intervals support."""
+    and under the paper's PGD-40; its gradients and the RK4 twin's premium; which of robust (long integration
+    adds to the premium) / the ODE block's premium, which long integration leaves alone or lowers / harder to
+    attack only / neither the intervals support."""
     sentences = []
     for dataset in _datasets(plan.scale):
         t1 = T1[dataset][-1]
@@ -672,12 +673,23 @@ def _verdict(plan: Plan, rows: list[dict[str, Any]], results: dict[str, dict[str
             + "."
         )
         longer = [r for r in longest if r["long_premium_low"] is not None and r["long_premium_low"] > 0]
+        shorter = [r for r in longest if r["long_premium_high"] is not None and r["long_premium_high"] < 0]
         if longer:
             sentences.append(
                 f"Integrating to t1 = {t1:g} rather than {T1[dataset][0]:g} leaves a premium above zero at ε "
                 + ", ".join(f"{r['eps']:g}" for r in longer)
                 + " even under the worst case: there long integration makes the model more robust, not only "
                 "harder to attack."
+            )
+        elif significant and shorter:
+            sentences.append(
+                "The premium over the base model is above zero at ε "
+                + ", ".join(f"{r['eps']:g}" for r in significant)
+                + f" under the worst case, but the t1 = {T1[dataset][0]:g} model has more of it: integrating "
+                f"to t1 = {t1:g} lowers the worst case at ε " + ", ".join(f"{r['eps']:g}" for r in shorter)
+                + f" (the interval against t1 = {T1[dataset][0]:g} lies below zero). The premium is the ODE "
+                "block's, and the long, adaptively stepped integration that the paper credits takes part of "
+                "it away."
             )
         elif significant:
             sentences.append(

@@ -171,3 +171,35 @@ def test_the_paper_scale_time_estimate_comes_from_timed_training_steps(tmp_path)
     spec = mechanism.plan("smoke").model_map["mnist base"]
     seconds = mechanism.estimate_seconds(spec, ctx, batches=1)
     assert math.isfinite(seconds) and seconds > 0
+
+
+def _verdict_rows(premium: tuple[float, float, float], against_t1: tuple[float, float, float],
+                  pgd_gap: float = 10.0) -> tuple[list[dict], dict]:
+    """The rows and results `_verdict` reads: the t1 = 100 model at ε 0.1 with the given premium over the base
+    model and over t1 = 1 (value, low, high), the base model, and gradient norms."""
+    longest = {"dataset": "mnist", "model": "t1=100", "solver": "adaptive", "eps": 0.1, "pgd40": 20 + pgd_gap,
+               "premium": premium[0], "premium_low": premium[1], "premium_high": premium[2],
+               "long_premium": against_t1[0], "long_premium_low": against_t1[1],
+               "long_premium_high": against_t1[2], "flags_fired": "transfer-failure"}
+    base = {"dataset": "mnist", "model": "base", "solver": "none", "eps": 0.1, "pgd40": 20.0}
+    norms = {"gradient_norms": {"median": 0.3, "fraction_below": 0.0}}
+    return [longest, base], {"mnist t1=100": norms, "mnist t1=1": norms}
+
+
+@pytest.mark.parametrize(
+    "premium, against_t1, pgd_gap, says",
+    [
+        ((13.0, 9.4, 17.3), (-6.7, -11.1, -2.4), 19.3, "t1 = 1 model has more of it: integrating to t1 = 100 "
+                                                       "lowers the worst case at ε 0.1"),
+        ((17.5, 12.5, 23.4), (1.0, -3.7, 5.7), 23.0, "the t1 = 1 model has it too and no interval separates"),
+        ((17.5, 12.5, 23.4), (6.0, 2.0, 10.0), 23.0, "long integration makes the model more robust"),
+        ((1.0, -2.0, 4.0), (0.0, -2.0, 2.0), 30.0, "harder to attack with gradients, not more robust"),
+        ((1.0, -2.0, 4.0), (0.0, -2.0, 2.0), 1.0, "No worst-case interval separates the premium from zero"),
+    ],
+)
+def test_the_verdict_follows_the_intervals(premium, against_t1, pgd_gap, says) -> None:
+    rows, results = _verdict_rows(premium, against_t1, pgd_gap)
+    (text,) = mechanism._verdict(mechanism.plan("cpu"), rows, results)
+    assert says in text, text
+    if against_t1[2] < 0:  # a t1 = 100 model worse than t1 = 1 is never said to be inseparable from it
+        assert "no interval separates" not in text
