@@ -128,11 +128,7 @@ def honest(
         return _summary(entry, eps, spec, evaluation, x)
 
     name = f"honest evaluation of {entry.label}"
-    computed_before = len(ctx.computed)
-    found = cached_json(folder / "summary.json", name, identity, counted(ctx, name, compute), guard=ctx.guard)
-    if len(ctx.computed) == computed_before:
-        ctx.reused.append(name)
-    return found
+    return cached_json(folder / "summary.json", name, identity, counted(ctx, name, compute), guard=ctx.guard)
 
 
 def _summary(

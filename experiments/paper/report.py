@@ -229,9 +229,8 @@ def record_run(
     """Record in an artefact's results.json and report.md (among ``paths``) the run that computed its
     numbers: this one when it computed anything (``computed``: what it did not take from the caches), else
     the ``previous`` run record (this one only re-rendered the files, and says so). Returns the record.
-    ``processes``: how many data-parallel processes (torchrun) ran it; ``reused``: the trained models and
-    honest evaluations it took from the caches, whose time its wall time does not include (named in the
-    report)."""
+    ``processes``: how many data-parallel processes (torchrun) ran it; ``reused``: the trained models it
+    took from the cache, whose training its wall time does not include (named in the report)."""
     env = environment()
     this = {
         "commit": env["git_commit"],

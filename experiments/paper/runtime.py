@@ -68,8 +68,8 @@ class Context:
     shard: ShardJob | None = None
     #: what this command computed (trained models, measurements), as opposed to reused from the caches
     computed: list[str] = field(default_factory=list)
-    #: the trained models and honest evaluations this command took from the caches (or from an earlier
-    #: artefact of the same command) instead of computing them
+    #: the trained models this command took from the model cache (or from an earlier artefact of the same
+    #: command) instead of training them
     reused: list[str] = field(default_factory=list)
     _data: dict[tuple[str, str], Any] = field(default_factory=dict)
     _models: dict[str, TrainedModel] = field(default_factory=dict)

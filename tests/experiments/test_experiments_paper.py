@@ -172,8 +172,8 @@ def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
     assert "taken from the caches, so not in that time: model odenet" in (
         root / "out" / "table2" / "report.md").read_text()
     assert json.loads((root / "out" / "table1" / "results.json").read_text())["run"]["reused"] == []
-    fig3 = json.loads((root / "out" / "fig3" / "results.json").read_text())["run"]  # Figure 2's evaluations
-    assert {"honest evaluation of mnist odenet", "model mnist odenet"} <= set(fig3["reused"])
+    fig3 = json.loads((root / "out" / "fig3" / "results.json").read_text())["run"]  # Figure 2's models
+    assert "model mnist odenet" in fig3["reused"]
 
 
 @pytest.mark.slow
