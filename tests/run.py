@@ -6,8 +6,8 @@ each file to the group with the least so far: the LPT rule, within 4/3 of the be
 ``pytest`` process per group, each with its own ``--basetemp`` and no cache, in parallel. Each group's
 output is printed whole when it ends, then one line for the run. The exit status is the first non-zero one
 of the groups: 0 when every group passed (a group that ``-k``/``-m`` leaves without a test is not a
-failure). Paths among the arguments (files or folders) choose the test files; the default is every
-``tests/**/test_*.py``. ``python -m pytest -q`` runs the same tests one after another.
+failure). Paths among the arguments (files, folders or pytest node ids ``FILE::test``) choose the tests;
+the default is every ``tests/**/test_*.py``. ``python -m pytest -q`` runs the same tests one after another.
 
 Expected times are the per-file seconds measured with ``--durations=45`` on a loaded 2-core machine (the
 files that take longest; ``SECONDS``); any other file counts ``PER_TEST`` seconds per test function.
@@ -52,8 +52,9 @@ _TEST_FUNCTION = re.compile(r"^\s*(?:async\s+)?def test_", re.M)
 
 
 def expected_seconds(path: Path) -> float:
-    """The measured time of a test file, else ``PER_TEST`` per test function in it (at least one)."""
-    path = path.resolve()
+    """The measured time of a test file, else ``PER_TEST`` per test function in it (at least one); a node id
+    (``FILE::test``) counts as its file."""
+    path = Path(str(path).split("::")[0]).resolve()
     key = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else None
     if key in SECONDS:
         return SECONDS[key]
@@ -76,10 +77,22 @@ def split(
     return [sorted(part) for part in parts if part]
 
 
-def test_files(paths: list[Path]) -> list[Path]:
-    """The ``test_*.py`` files that ``paths`` name or hold, each once, absolute."""
-    found = {(p if p.is_file() else q).resolve() for p in paths
-             for q in ([p] if p.is_file() else p.rglob("test_*.py"))}
+def is_selection(arg: str) -> bool:
+    """Whether a command-line argument chooses tests: an existing file or folder, or a node id in one."""
+    return not arg.startswith("-") and Path(arg.split("::")[0]).exists()
+
+
+def test_files(selections: list[str]) -> list[Path]:
+    """What ``selections`` choose, each once and absolute: the ``test_*.py`` files of a folder, a file, or a
+    node id (``FILE::test``) as given, its file made absolute."""
+    found = set()
+    for arg in selections:
+        path, _, node = arg.partition("::")
+        base = Path(path).resolve()
+        if node:
+            found.add(Path(f"{base}::{node}"))
+        else:
+            found |= {f.resolve() for f in ([base] if base.is_file() else base.rglob("test_*.py"))}
     return sorted(found)
 
 
@@ -91,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parser.parse_known_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    chosen = [Path(arg) for arg in pytest_args if not arg.startswith("-") and Path(arg).exists()]
-    pytest_args = [arg for arg in pytest_args if not (not arg.startswith("-") and Path(arg).exists())]
-    files = test_files(chosen or [TESTS])
+    chosen = [arg for arg in pytest_args if is_selection(arg)]
+    pytest_args = [arg for arg in pytest_args if arg not in chosen]
+    files = test_files(chosen or [str(TESTS)])
     if not files:
-        parser.error(f"no test_*.py files in {', '.join(map(str, chosen))}")
+        parser.error(f"no test_*.py files in {', '.join(chosen)}")
     groups = split(files, args.jobs)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tests-run-") as scratch:

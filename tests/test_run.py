@@ -43,6 +43,10 @@ def test_the_run_passes_options_through_and_fails_when_one_group_fails(tmp_path)
     assert "1 passed" in both.stdout and "1 failed" in both.stdout and "2 pytest processes" in both.stdout
     selected = _run("-j", "2", "-q", "-k", "test_a", str(tmp_path))  # the other group selects nothing
     assert selected.returncode == 0, selected.stdout + selected.stderr
+    one_test = _run("-j", "2", "-q", f"{tmp_path / 'test_b.py'}::test_b", str(tmp_path / "test_a.py"))
+    assert one_test.returncode == 1 and "1 passed" in one_test.stdout and "1 failed" in one_test.stdout
+    node = f"{tmp_path / 'test_a.py'}::test_a"
+    assert run.test_files([node]) == [Path(node)]
     nothing = _run("-j", "2", "-q", "-k", "no_such_test", str(tmp_path))
     assert nothing.returncode == run.NO_TESTS, nothing.stdout
     assert _run("-j", "0").returncode == 2  # a usage error

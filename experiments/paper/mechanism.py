@@ -681,24 +681,26 @@ def _verdict(plan: Plan, rows: list[dict[str, Any]], results: dict[str, dict[str
                 + " even under the worst case: there long integration makes the model more robust, not only "
                 "harder to attack."
             )
-        elif significant and shorter:
-            sentences.append(
-                "The premium over the base model is above zero at ε "
-                + ", ".join(f"{r['eps']:g}" for r in significant)
-                + f" under the worst case, but the t1 = {T1[dataset][0]:g} model has more of it: integrating "
-                f"to t1 = {t1:g} lowers the worst case at ε " + ", ".join(f"{r['eps']:g}" for r in shorter)
-                + f" (the interval against t1 = {T1[dataset][0]:g} lies below zero). The premium is the ODE "
-                "block's, and the long, adaptively stepped integration that the paper credits takes part of "
-                "it away."
-            )
         elif significant:
-            sentences.append(
+            above = (
                 "The premium over the base model is above zero at ε "
                 + ", ".join(f"{r['eps']:g}" for r in significant)
-                + f" under the worst case, but the t1 = {T1[dataset][0]:g} model has it too and no interval "
-                "separates the longer integration from it: it is the ODE block's, not the long, adaptively "
-                "stepped integration's that the paper credits."
+                + f" under the worst case, but the t1 = {T1[dataset][0]:g} model "
             )
+            if shorter:
+                sentences.append(
+                    above
+                    + f"has more of it: integrating to t1 = {t1:g} lowers the worst case at ε "
+                    + ", ".join(f"{r['eps']:g}" for r in shorter)
+                    + f" (the interval against t1 = {T1[dataset][0]:g} lies below zero). The premium is the "
+                    "ODE block's, and the long, adaptively stepped integration that the paper credits takes "
+                    "part of it away."
+                )
+            else:
+                sentences.append(
+                    above + "has it too and no interval separates the longer integration from it: it is the "
+                    "ODE block's, not the long, adaptively stepped integration's that the paper credits."
+                )
         elif pgd_gap > max(r["premium_high"] for r in longest):
             sentences.append(
                 "The premium the paper's protocol shows is not there under the worst case: long integration "

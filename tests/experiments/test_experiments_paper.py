@@ -166,7 +166,7 @@ def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
         run = json.loads((root / "out" / name / "results.json").read_text())["run"]
         assert run["computed"] and run["wall_s"] > 0 and run["commit"] is not None
         assert "Computed by commit" in (root / "out" / name / "report.md").read_text()
-    # models and evaluations another artefact computed are named as taken from the caches, not as computed
+    # models another artefact trained are named as taken from the cache, not as computed by this one
     table2 = json.loads((root / "out" / "table2" / "results.json").read_text())["run"]
     assert "model odenet" in table2["reused"] and "model odenet" not in table2["computed"]
     assert "taken from the caches, so not in that time: model odenet" in (
