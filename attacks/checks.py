@@ -190,6 +190,15 @@ def _eps_monotone(report: SuiteReport) -> Flag:
     return Flag("eps-monotone", False, "robust accuracy non-increasing in eps", raw)
 
 
+def gray_predictions(
+    model: nn.Module, x: Tensor, batch_size: int = 250, grays: Sequence[float] = GRAYS
+) -> Tensor:
+    """The model's class for each constant image of value ``grays[i]`` with ``x``'s sample shape and dtype
+    (independent of ε: compute it once per model and pass it to :func:`constant_image_cap`)."""
+    images = torch.stack([torch.full(x.shape[1:], g, dtype=x.dtype) for g in grays])
+    return predict(model, images.to(model_device(model)), batch_size).argmax(dim=1).cpu()
+
+
 def constant_image_cap(
     model: nn.Module,
     x: Tensor,
@@ -198,12 +207,17 @@ def constant_image_cap(
     norm: str = "linf",
     batch_size: int = 250,
     grays: Sequence[float] = GRAYS,
+    predicted: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Per sample: can it still be robust at ``eps``? False where some constant gray image lies in its ball
-    and the model predicts another class there (a verified adversarial at no cost)."""
-    shape = x.shape[1:]
-    images = torch.stack([torch.full(shape, g, dtype=x.dtype) for g in grays])
-    predicted = predict(model, images.to(model_device(model)), batch_size).argmax(dim=1).cpu()
+    and the model predicts another class there (a verified adversarial at no cost). ``predicted``: the
+    model's classes for the ``grays`` (:func:`gray_predictions`), when a caller asks at several ``eps``."""
+    if predicted is None:
+        predicted = gray_predictions(model, x, batch_size, grays)
+    elif predicted.shape != (len(grays),):
+        raise ValueError(
+            f"predicted must hold one class per gray ({len(grays)}), got shape {tuple(predicted.shape)}"
+        )
     possible = torch.ones(x.shape[0], dtype=torch.bool)
     covering = torch.zeros(x.shape[0], dtype=torch.bool)
     every = []  # the grays inside every sample's ball
@@ -233,8 +247,9 @@ def _eps_sanity(
 ) -> Flag:
     numbers: dict[str, Any] = {}
     failures = []
+    predicted = gray_predictions(model, x, batch_size)
     for eps in report.eps:
-        possible, info = constant_image_cap(model, x, y, eps, report.norm, batch_size)
+        possible, info = constant_image_cap(model, x, y, eps, report.norm, batch_size, predicted=predicted)
         cap = float((possible & report.clean_correct).float().mean())
         worst = report.worst_case_accuracy(eps)
         numbers[f"{eps:g}"] = {"cap": cap, "worst_case": worst, **info}

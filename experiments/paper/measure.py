@@ -263,14 +263,15 @@ def constant_image_caps(
     """Per ε, the ε-sanity cap of ``attacks.checks``: the fraction of ``data`` classified correctly and not
     misclassified by any constant gray image inside its L∞ ball — no attack can leave more robust, so a
     number above it is an evaluation failure. ``None`` where no gray lies in any ball (no bound)."""
-    from attacks.checks import constant_image_cap
+    from attacks.checks import constant_image_cap, gray_predictions
     from attacks.suite import predict
 
     x, y = data
     correct = predict(entry.model, x, batch_size).argmax(dim=1).cpu() == y.cpu()
+    grays = gray_predictions(entry.model, x, batch_size)
     caps: list[float | None] = []
     for e in eps:
-        possible, info = constant_image_cap(entry.model, x, y, e, "linf", batch_size)
+        possible, info = constant_image_cap(entry.model, x, y, e, "linf", batch_size, predicted=grays)
         caps.append(float((possible & correct).float().mean()) if info["covered_fraction"] > 0 else None)
     return caps
 

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from attacks import Attack, AttackRecord, SuiteAttack, preset, run_checks, run_suite
-from attacks.checks import constant_image_cap
+from attacks.checks import GRAYS, constant_image_cap, gray_predictions
 from tests.attacks.support import random_images, small_cnn
 
 CHEAP = dict(convergence_steps=(2, 5), convergence_samples=6, dependence_samples=6)
@@ -319,6 +319,18 @@ def test_eps_sanity_fires_on_a_protocol_number_above_the_constant_image_cap(plai
     assert cap <= float((y == info["gray_prediction"]).float().mean())  # the gray image lies in every ball
     flags, _ = run_all(model, x, y, eps=(0.1, 0.5), protocol={"paper PGD-40": {0.5: cap + 0.25}})
     assert flags["eps-sanity"].fired and "paper PGD-40" in flags["eps-sanity"].verdict
+
+
+def test_gray_predictions_computed_once_give_the_same_cap_at_every_eps(plain) -> None:
+    model, x, y = plain
+    predicted = gray_predictions(model, x)
+    assert predicted.shape == (len(GRAYS),)
+    for eps in (0.05, 0.3, 0.5):
+        alone, alone_info = constant_image_cap(model, x, y, eps)
+        shared, shared_info = constant_image_cap(model, x, y, eps, predicted=predicted)
+        assert torch.equal(alone, shared) and alone_info == shared_info
+    with pytest.raises(ValueError, match="one class per gray"):
+        constant_image_cap(model, x, y, 0.5, predicted=predicted[:3])
 
 
 def test_weak_suite_fires_more_iterations_and_eps_monotone() -> None:
