@@ -48,7 +48,8 @@ class OdeSolver:
         self.status = "running"
         self.t_old = self.y_old = self._stages = self._h_last = None  # the last accepted step, once taken
         self._time_dtype, self._device = time_dtype(y0, options.time_dtype), y0.device
-        self._t_last, self._t_tensor = None, None
+        # t tensors are made as new_full of this 0-d one: as torch.full rounds, with less dispatch per call
+        self._t_last, self._t_tensor = None, torch.zeros((), dtype=self._time_dtype, device=self._device)
         self._last_output: tuple[Tensor | None, int] = (None, 0)  # func's previous output and its version
         self.grid = self._make_grid(options.step_size, options.grid)
         self._grid_index = 0
@@ -63,7 +64,7 @@ class OdeSolver:
         either would corrupt the stages the solver holds, silently."""
         self.stats.nfe += 1
         if t != self._t_last:  # DOPRI5's last two stages share their time: one tensor for both
-            self._t_last, self._t_tensor = t, torch.full((), t, dtype=self._time_dtype, device=self._device)
+            self._t_last, self._t_tensor = t, self._t_tensor.new_full((), t)
         f, self._last_output = evaluate_checked(self._func, self._t_tensor, y, t, self._last_output)
         return f
 
