@@ -46,7 +46,7 @@ def plan(artefact: str, scale: str, params: dict[str, Any], notes: tuple[str, ..
         artefact,
         scale,
         models,
-        tuple(EPS.items()),
+        scales.eps_grid(scale, EPS),
         scales.evaluation(scale),
         params=tuple(sorted(params.items())),
         verify_data=scale != "smoke",

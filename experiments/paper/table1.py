@@ -69,7 +69,7 @@ def plan(scale: str) -> Plan:
         "table1",
         scale,
         models,
-        tuple(EPS.items()),
+        scales.eps_grid(scale, EPS),
         scales.evaluation(scale),
         params=(("fgsm", tuple(fgsm.items())),),
         verify_data=scale != "smoke",
@@ -119,9 +119,10 @@ def run(ctx: Context, plan: Plan, command: str = "") -> list[Path]:
                 }
             )
             for i, e in enumerate(eps):
+                column = EPS[dataset].index(e)  # the paper's number at this ε (smoke runs a part of the grid)
                 for attack, paper_value, ours in (
-                    ("FGSM", paper["FGSM"][i], fgsm[i]["robust_accuracy"]),
-                    (summary["protocol_name"], paper["PGD"][i], summary["protocol"][i]),
+                    ("FGSM", paper["FGSM"][column], fgsm[i]["robust_accuracy"]),
+                    (summary["protocol_name"], paper["PGD"][column], summary["protocol"][i]),
                 ):
                     row_fired = with_sanity_flag("", entry.label, attack, e, ours, caps[i], failures)
                     row = _row(dataset, kind, entry, attack, e, paper_value, ours, summary["worst_case"][i],

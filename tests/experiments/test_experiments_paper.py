@@ -148,7 +148,7 @@ def test_every_artefact_writes_its_files_and_columns(smoke_run) -> None:
     # the paper's numbers beside ours, with the difference
     table = list(csv.DictReader((root / "out" / "table1" / "results.csv").open()))
     fgsm = [r for r in table if r["dataset"] == "mnist" and r["model"] == "odenet" and r["attack"] == "FGSM"]
-    assert [float(r["paper"]) for r in fgsm] == [97.50, 97.46, 97.52, 97.48]
+    assert [float(r["paper"]) for r in fgsm] == [97.50, 97.48]  # smoke: the first and last ε of the grid
     assert all(abs(float(r["ours"]) - float(r["paper"]) - float(r["difference"])) < 0.02 for r in fgsm)
     ode = json.loads((root / "out" / "table1" / "results.json").read_text())["honest"]["mnist odenet"]
     assert ode["nfe"]["nfe_per_sample"] > 0  # NFE of the ODE models recorded
