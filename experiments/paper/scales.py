@@ -2,8 +2,8 @@
 
 ``smoke``: a run that shows everything works, in minutes: 2-channel models, one epoch on the first
 :data:`SMOKE_TRAIN` training images, :data:`SMOKE_TEST` test images after the epoch, 4 attacked images,
-attack budgets cut to a few steps, Table 1's and the curves' ε grids cut to their first and last ε; its
-numbers mean nothing.
+attack budgets cut to a few steps, Table 1's and the curves' ε grids cut to their first and last ε (the
+mechanism's to its first); its numbers mean nothing.
 
 ``cpu``: each artefact ≤ 60 minutes on 2 CPU cores. Models, epochs, training subsets and attacked-image
 subsets shrink; the attacks' protocols do not (FGSM; PGD-40 with α = 0.01 and a uniform random start;
@@ -191,7 +191,7 @@ def budget(scale: str, paper_value: int, smoke_value: int) -> int:
 
 SHRINKAGE = {
     "smoke": f"2-channel models, 1 epoch on {SMOKE_TRAIN} training images, 4 attacked images, "
-    "suite/PGD/DI²/Boundary budgets of 2-5 steps, the first and last ε of each grid",
+    "suite/PGD/DI²/Boundary budgets of 2-5 steps, ε grids cut to their first (and last) ε",
     "cpu": "small models (see each report), 2-3 epochs on 10k-60k training images (Adam + one-cycle), "
     "100 attacked test images, 1000 for per-epoch accuracy; the attack protocols unchanged",
     "paper": "none: Appendix A / He et al. 2016, full test sets",
