@@ -9,7 +9,7 @@ of the groups: 0 when every group passed (a group that ``-k``/``-m`` leaves with
 failure). Paths among the arguments (files, folders or pytest node ids ``FILE::test``) choose the tests;
 the default is every ``tests/**/test_*.py``. ``python -m pytest -q`` runs the same tests one after another.
 
-Expected times are the per-file seconds measured with ``--durations=45`` on a loaded 2-core machine (the
+Expected times are the per-file seconds measured with ``--durations=0`` in a run of this suite (the
 files that take longest; ``SECONDS``); any other file counts ``PER_TEST`` seconds per test function.
 """
 
@@ -29,21 +29,21 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 #: measured seconds per file (the slowest files; the rest are estimated from their test count)
 SECONDS = {
-    "experiments/test_experiments_paper.py": 125.0,
-    "stability/test_stiff_solvers.py": 85.0,
-    "experiments/test_experiments_paper_ddp.py": 106.0,
-    "experiments/test_experiments_robustness.py": 52.0,
-    "experiments/test_experiments_shards.py": 37.0,
-    "stability/test_events.py": 36.0,
-    "experiments/test_experiments_evaluate.py": 30.0,
-    "attacks/test_attacks_suite.py": 20.0,
-    "nets/test_ddp.py": 16.0,
+    "experiments/test_experiments_paper_ddp.py": 68.0,
+    "stability/test_stiff_solvers.py": 64.0,
+    "experiments/test_experiments_paper.py": 58.0,
+    "experiments/test_experiments_shards.py": 34.0,
+    "experiments/test_experiments_robustness.py": 31.0,
+    "experiments/test_experiments_evaluate.py": 25.0,
+    "stability/test_solver_nfe_suite.py": 21.0,
+    "stability/test_events.py": 18.0,
+    "stability/test_solver_methods.py": 17.0,
+    "attacks/test_attacks_suite.py": 16.0,
     "proofs_check/test_proofs_verify.py": 14.0,
-    "attacks/test_attacks_apgd_square.py": 13.0,
+    "nets/test_ddp.py": 14.0,
+    "attacks/test_attacks_apgd_square.py": 14.0,
     "attacks/test_attacks_binarization.py": 13.0,
-    "stability/test_solver_autograd.py": 12.0,
-    "experiments/test_experiments_wrapped_attacks.py": 10.0,
-    "stability/test_solver_compile.py": 10.0,
+    "test_run.py": 13.0,
 }
 PER_TEST = 0.25
 #: pytest's exit status when it collected no test
