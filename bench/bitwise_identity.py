@@ -36,6 +36,12 @@ CASES = [  # (name, options, dtype)
     ("dopri5 max_step f64", dict(method="dopri5", rtol=1e-6, atol=1e-8, max_step=0.05), torch.float64),
     ("dopri5 PI beta f64", dict(method="dopri5", rtol=1e-6, atol=1e-8,
                                 controller=stability.PIController(beta=0.04)), torch.float64),
+    # without a graph (small states there take the stacked step): outputs and statistics
+    ("dopri5 no-grad f64", dict(method="dopri5", rtol=1e-7, atol=1e-9, no_grad=True), torch.float64),
+    ("dopri5 no-grad f32", dict(method="dopri5", rtol=1e-5, atol=1e-6, no_grad=True), torch.float32),
+    ("tsit5 no-grad f64", dict(method="tsit5", rtol=1e-7, atol=1e-9, no_grad=True), torch.float64),
+    ("bosh3 no-grad f32", dict(method="bosh3", rtol=1e-4, atol=1e-6, no_grad=True), torch.float32),
+    ("rk4 fixed no-grad f64", dict(method="rk4", step_size=0.05, no_grad=True), torch.float64),
 ]
 
 
@@ -58,10 +64,18 @@ class Field(nn.Module):
 
 
 def run_case(options: dict, dtype: torch.dtype) -> dict:
+    options = dict(options)
+    no_grad = options.pop("no_grad", False)
     field = Field(dtype)
     generator = torch.Generator().manual_seed(1)
-    y0 = torch.randn(4, 3, generator=generator, dtype=dtype).requires_grad_(True)
+    y0 = torch.randn(4, 3, generator=generator, dtype=dtype).requires_grad_(not no_grad)
     t = torch.tensor([0.0, 0.3, 1.0, 2.0], dtype=torch.float64)
+    if no_grad:
+        with torch.no_grad():
+            solution = stability.solve(field, y0, t, **options)
+        s = solution.stats
+        return {"ys": solution.ys.clone(),
+                "stats": [(s.nfe, s.n_accepted, s.n_rejected, list(s.step_sizes), list(s.step_times))]}
     solution = stability.solve(field, y0, t, **options)
     weights = torch.linspace(0.5, 1.5, solution.ys.numel(), dtype=dtype).view_as(solution.ys)
     (solution.ys * weights).sum().backward()
