@@ -36,7 +36,7 @@ CASES = [  # (name, options, dtype)
     ("dopri5 max_step f64", dict(method="dopri5", rtol=1e-6, atol=1e-8, max_step=0.05), torch.float64),
     ("dopri5 PI beta f64", dict(method="dopri5", rtol=1e-6, atol=1e-8,
                                 controller=stability.PIController(beta=0.04)), torch.float64),
-    # without a graph (small states there take the stacked step): outputs and statistics
+    # without a graph (no_grad): outputs and statistics
     ("dopri5 no-grad f64", dict(method="dopri5", rtol=1e-7, atol=1e-9, no_grad=True), torch.float64),
     ("dopri5 no-grad f32", dict(method="dopri5", rtol=1e-5, atol=1e-6, no_grad=True), torch.float32),
     ("tsit5 no-grad f64", dict(method="tsit5", rtol=1e-7, atol=1e-9, no_grad=True), torch.float64),

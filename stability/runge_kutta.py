@@ -76,11 +76,7 @@ def rk_step(
 def _rk_step_numbers(func: VectorField, t: float, y: Tensor, h: float, tableau: ButcherTableau,
                      first_stage: Tensor | None) -> RKStep:
     """``rk_step`` for a number h (shared step control): the hot path of an eager step. The stage sums are
-    written out here (``_combine_numbers``' operations, in its order) instead of one call per sum; small
-    states without a graph take ``_stacked_step``, the same sums in fewer tensor operations."""
-    if (y.numel() <= STACKED_MAX_NUMEL and tableau.stages >= 3 and y.dtype in _STACKED_DTYPES
-            and y.device.type == "cpu" and not torch.is_grad_enabled()):
-        return _stacked_step(func, t, y, h, tableau, first_stage)
+    written out here (``_combine_numbers``' operations, in its order) instead of one call per sum."""
     stages = [func(t, y) if first_stage is None else first_stage]
     stage_input = y
     for c, row in tableau.stage_plan:
@@ -99,60 +95,6 @@ def _rk_step_numbers(func: VectorField, t: float, y: Tensor, h: float, tableau: 
         return RKStep(y_new, _combine_numbers(None, stages, tableau.error_plan, h), stages)
     with torch.no_grad():  # the error estimate only steers step control: no graph for it
         return RKStep(y_new, _combine_numbers(None, stages, tableau.error_plan, h), stages)
-
-
-# Small CPU states (numel up to this) take the stacked step: at 2 elements it saves ≈ 15 of the 26 tensor
-# operations of a DOPRI5 step's sums; for large states the sequential sums pass memory fewer times.
-STACKED_MAX_NUMEL = 4096
-_STACKED_DTYPES = (torch.float32, torch.float64)  # where k·w rounds as add's alpha does (w in the dtype)
-_STACKED_BUFFERS: dict = {}  # (id(tableau), shape, dtype) -> (tableau, weights, zeros, starts)
-
-
-def _stacked_step(func: VectorField, t: float, y: Tensor, h: float, tableau: ButcherTableau,
-                  first_stage: Tensor | None) -> RKStep:
-    """``_rk_step_numbers`` with every sum of the step — the stage inputs, y_{n+1}, the error estimate — a row
-    of one buffer R = [y, …, y, 0] that each new stage k_j updates at once, R += (h·w_j) ⊙ k_j
-    (``ButcherTableau.stacked_rows``): one ``addcmul_`` a stage instead of one ``add`` per nonzero term.
-
-    Bit for bit the sequential sums: a row starts as y (or 0) and takes fma(h·w_ij, k_j, ·) for j = 1, 2, …
-    in that order, as ``torch.add(y, k, alpha=h·w)`` and ``add_`` do (h·w in float64, rounded to the dtype,
-    as alpha is); a zero weight adds 0·k, which leaves a finite row as it is (up to the sign of a zero),
-    also after its stage was evaluated. In place, so only without a graph (no_grad); float32/float64 on
-    the CPU, where that equality is tested."""
-    _, weights64, zeros, starts = _stacked_buffers(tableau, y)
-    plan = tableau.stacked_rows
-    weights = (weights64 * h).to(y.dtype).unbind(0)
-    buffer = torch.addcmul(zeros, starts, y)
-    rows = buffer.unbind(0)
-    stages = [func(t, y) if first_stage is None else first_stage]
-    for i, c in enumerate(tableau.c[1:]):
-        buffer.addcmul_(weights[i], stages[i])
-        stages.append(func(t + c * h, rows[i]))
-    if not tableau.fsal:
-        buffer.addcmul_(weights[-1], stages[-1])  # only y_{n+1} and the error take the last stage
-    elif plan.error is not None and plan.weights[-1][plan.error] != 0:
-        rows[plan.error].add_(stages[-1], alpha=h * plan.weights[-1][plan.error])
-    error = None if plan.error is None else rows[plan.error]
-    return RKStep(rows[plan.y_new], error, stages)
-
-
-def _stacked_buffers(tableau: ButcherTableau, y: Tensor) -> tuple[ButcherTableau, Tensor, Tensor, Tensor]:
-    """The stacked step's constants for ``tableau`` and y's shape and dtype, made once: the tableau, the
-    weights as a float64 [s, R, 1, …] tensor, a zero buffer [R, *y.shape] and the rows' starts [R, 1, …]
-    (1: y, 0: zero). Keyed by id: hashing the tableau's fields would cost more than the step saves."""
-    key = (id(tableau), y.shape, y.dtype)
-    found = _STACKED_BUFFERS.get(key)
-    if found is None or found[0] is not tableau:
-        if len(_STACKED_BUFFERS) >= 64:
-            _STACKED_BUFFERS.clear()
-        plan, ones = tableau.stacked_rows, (1,) * y.dim()
-        rows = len(plan.starts)
-        found = _STACKED_BUFFERS[key] = (
-            tableau,
-            torch.tensor(plan.weights, dtype=torch.float64).view(tableau.stages, rows, *ones),
-            torch.zeros((rows, *y.shape), dtype=y.dtype),
-            torch.tensor(plan.starts, dtype=y.dtype).view(rows, *ones))
-    return found
 
 
 def _combine_numbers(y: Tensor | None, stages: Sequence[Tensor], weights, h: float) -> Tensor:

@@ -5,17 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple
-
-
-class StackedRows(NamedTuple):
-    """``ButcherTableau.stacked_rows``: weights[j][r] of k_j in row r, each row's start (1.0: y, 0.0: zero),
-    the row of y_{n+1} and the row of the error estimate (None without one)."""
-
-    weights: tuple[tuple[float, ...], ...]
-    starts: tuple[float, ...]
-    y_new: int
-    error: int | None
 
 
 @dataclass(frozen=True)
@@ -64,27 +53,6 @@ class ButcherTableau:
     def stage_plan(self) -> tuple[tuple[float, tuple[tuple[int, float], ...]], ...]:
         """For stages 1..s-1: (c_i, nonzero (j, a_ij)) — zero coefficients cost nothing at run time."""
         return tuple((self.c[i], _nonzero(self.a[i])) for i in range(1, self.stages))
-
-    @cached_property
-    def stacked_rows(self) -> StackedRows:
-        """The step's sums as the rows of one buffer: the inputs of stages 2..s, y_{n+1} (its own row unless
-        FSAL, where it is the last stage's input) and the error estimate (adaptive tableaux), updated by
-        every stage at once. ``weights[j][r]`` is the weight of k_j in row r (a_ij, b_j or b_j − b̂_j, zero
-        where k_j takes no part); rows start as y, the error row as 0."""
-        s, error = self.stages, self.b_error is not None
-        rows = s - 1 + (not self.fsal) + error
-        weights = [[0.0] * rows for _ in range(s)]
-        for i in range(1, s):
-            for j, a in enumerate(self.a[i]):
-                weights[j][i - 1] = float(a)
-        y_new = s - 2 if self.fsal else s - 1
-        for j in range(s):
-            if not self.fsal:
-                weights[j][y_new] = float(self.b[j])
-            if error:
-                weights[j][rows - 1] = float(self.b_error[j])
-        starts = tuple(float(r < rows - error) for r in range(rows))
-        return StackedRows(tuple(tuple(w) for w in weights), starts, y_new, rows - 1 if error else None)
 
     @cached_property
     def b_plan(self) -> tuple[tuple[int, float], ...]:

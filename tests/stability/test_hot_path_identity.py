@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stability import ODEInputError, methods, runge_kutta, solve
+from stability import ODEInputError, solve
 from stability.options import as_options
 from stability.step_control import SteppedErrorRatio, error_ratio, initial_step, rms
 
@@ -145,72 +145,16 @@ def test_keyword_options_are_validated_once_per_distinct_value():
             as_options(None, dict(gradient="backprop"), gradient="adjoint")
 
 
-EXPLICIT_TABLEAUX = [methods.RK4, methods.BOSH3, methods.DOPRI5, methods.TSIT5]
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_time_func_receives_is_torch_full_of_it(dtype):
+    """``OdeSolver.fun`` makes t with ``new_full`` on a kept 0-d tensor: the value ``torch.full`` gives."""
+    from stability.solver import Dopri5
 
-
-def _sequential(monkeypatch):
-    """The stage sums one ``add`` per term, as before the stacked step (its threshold below every state)."""
-    monkeypatch.setattr(runge_kutta, "STACKED_MAX_NUMEL", -1)
-
-
-@given(seed=st.integers(0, 2**31 - 1), tableau=st.sampled_from(EXPLICIT_TABLEAUX), float32=st.booleans(),
-       shape=st.sampled_from([(1,), (2,), (1, 2), (3, 4), (2, 3, 5)]), h=st.floats(-2.0, 2.0),
-       zeros=st.booleans(), fsal_first=st.booleans())
-def test_stacked_step_is_the_sequential_sums_bit_for_bit(seed, tableau, float32, shape, h, zeros, fsal_first):
-    """Every row of the stacked buffer — stage inputs, y_{n+1}, error estimate — equals the sum written one
-    ``add`` per nonzero term, and so do the stages (the same inputs reach func)."""
-    dtype = torch.float32 if float32 else torch.float64
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randn(shape, generator=g, dtype=dtype) * 10.0 ** torch.randint(-3, 4, (), generator=g).item()
-    if zeros:
-        y.view(-1)[0] = 0.0
-    width = shape[-1]
-    matrix = torch.randn(width, width, generator=g, dtype=dtype)
-
-    def func(t, state):
-        return torch.tanh(state @ matrix) * (1.0 + t) - state
-
-    first = func(0.3, y) if fsal_first else None
-    with torch.no_grad():
-        stacked = runge_kutta._stacked_step(func, 0.3, y, h, tableau, first)
-        old = runge_kutta.STACKED_MAX_NUMEL
-        runge_kutta.STACKED_MAX_NUMEL = -1
-        try:
-            sequential = runge_kutta._rk_step_numbers(func, 0.3, y, h, tableau, first)
-        finally:
-            runge_kutta.STACKED_MAX_NUMEL = old
-    assert torch.equal(stacked.y, sequential.y)
-    assert (stacked.error is None) == (sequential.error is None)
-    if stacked.error is not None:
-        assert torch.equal(stacked.error, sequential.error)
-    assert len(stacked.stages) == len(sequential.stages)
-    assert all(torch.equal(a, b) for a, b in zip(stacked.stages, sequential.stages))
-
-
-@pytest.mark.parametrize("method", ["rk4", "bosh3", "dopri5", "tsit5"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_a_small_no_grad_solve_takes_the_stacked_step_and_solves_as_before(monkeypatch, method, dtype):
-    """A 2-dimensional Van der Pol solve without a graph runs the stacked step and gives the sequential
-    solve's outputs and steps exactly; with a graph (or a large state) the sequential sums run."""
-    def van_der_pol(t, y):
-        return torch.stack([y[..., 1], 5.0 * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], dim=-1)
-
-    y0 = torch.tensor([[2.0, 0.0]], dtype=dtype)
-    options = dict(method=method, rtol=1e-5, atol=1e-7) if method != "rk4" else dict(method=method,
-                                                                                        step_size=0.01)
-    calls = []
-    original = runge_kutta._stacked_step
-    monkeypatch.setattr(runge_kutta, "_stacked_step", lambda *a: calls.append(1) or original(*a))
-    with torch.no_grad():
-        stacked = solve(van_der_pol, y0, [0.0, 3.0], **options)
-    assert calls
-    calls.clear()
-    with torch.enable_grad():  # a graph: in-place rows would break it, so the sequential sums
-        graph = solve(van_der_pol, y0.clone().requires_grad_(), [0.0, 3.0], **options)
-    assert not calls
-    _sequential(monkeypatch)
-    with torch.no_grad():
-        sequential = solve(van_der_pol, y0, [0.0, 3.0], **options)
-    assert torch.equal(stacked.ys, sequential.ys) and torch.equal(graph.ys.detach(), sequential.ys)
-    assert stacked.stats.step_sizes == sequential.stats.step_sizes
-    assert stacked.stats.n_rejected == sequential.stats.n_rejected
+    seen = []
+    solver = Dopri5(lambda t, y: seen.append(t) or -y, 0.0, torch.ones(2, dtype=dtype), 1.0, rtol=0.2,
+                    atol=1e-3)
+    for t in (0.1, 1 / 3, 1e6 + 0.123456789, -2.5e-300, 70000.0):
+        solver.fun(t, solver.y)
+        expected = torch.full((), t, dtype=solver._time_dtype)
+        assert seen[-1].dtype == expected.dtype and seen[-1].shape == ()
+        assert torch.equal(seen[-1], expected) or (seen[-1].isinf() & expected.isinf()).item()
