@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 #: measured seconds per file (the slowest files; the rest are estimated from their test count)
 SECONDS = {
-    "experiments/test_experiments_paper_ddp.py": 68.0,
+    "experiments/test_experiments_paper_ddp.py": 45.0,
     "stability/test_stiff_solvers.py": 64.0,
     "experiments/test_experiments_paper.py": 58.0,
     "experiments/test_experiments_shards.py": 34.0,

@@ -5,11 +5,13 @@ results.csv; a failure on one rank ends every rank with one line; ``--plan --pro
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -19,47 +21,22 @@ import torch
 from experiments.paper import cli
 from experiments.paper.distributed import per_process_batch
 from experiments.paper.estimate import Calibration, plan_lines
+from tests.experiments.paper_ddp_setup import install
 from tests.nets.test_data import cifar_batch_bytes, idx_bytes, make_cifar, write_cifar_dir, write_mnist
 
 REPO = Path(__file__).resolve().parents[2]
 
-# table1 at smoke scale, MNIST only, with models whose training does not depend on how the global batch is
-# split over the processes (no BatchNorm: an MLP for the "resnet"; the ODE-net with fixed RK4 steps and
-# backprop), an SGD recipe mild enough that float rounding does not grow over its 12-15 steps, and 8 attacked
-# images in 4 batches of 2 (2 per process).
+# Each process the launcher starts installs the tiny Table 1 of ``paper_ddp_setup``; a rank named by FAIL_RANK
+# fails in training.
 LAUNCHER = textwrap.dedent(
     """
-    import dataclasses
     import os
     import sys
 
-    import torch.nn as nn
-
-    from experiments.paper import scales, table1
     from experiments.paper.cli import main
-    from experiments.paper.specs import model, recipe
-    from nets.registry import register_model
+    from tests.experiments.paper_ddp_setup import install
 
-
-    @register_model("ddp_paper_tiny")
-    def ddp_paper_tiny(in_channels: int, num_classes: int) -> nn.Module:
-        return nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(64 * in_channels, 16),
-                             nn.Tanh(), nn.Linear(16, num_classes))
-
-
-    def table1_models(scale, dataset):
-        short = "mnist" if dataset == "mnist" else "cifar"
-        how = recipe(epochs=3, batch_size=32, optimizer="sgd", lr=0.02, momentum=0.9,
-                     limit_train=scales.SMOKE_TRAIN)
-        return {"resnet": model("ddp_paper_tiny", dataset, how),
-                "odenet": model(f"odenet_{short}_small", dataset, how, channels=4, method="rk4",
-                                step_size=0.25, gradient="backprop")}
-
-
-    evaluation = scales.evaluation
-    scales.table1_models = table1_models
-    table1.DATASETS = ("mnist",)  # CIFAR-10's path is the smoke run's (test_experiments_paper.py)
-    scales.evaluation = lambda scale: dataclasses.replace(evaluation(scale), samples=8, batch_size=2)
+    install()
     if os.environ.get("FAIL_RANK") == os.environ.get("RANK", "0"):
         from experiments.paper.runtime import Context
 
@@ -97,6 +74,24 @@ def write_banded_data(root: Path) -> None:
         (batches / name).write_bytes(cifar_batch_bytes(images.reshape(n, -1), [int(v) for v in labels]))
 
 
+def _argv(tmp_path: Path, out: str, *extra: str) -> list[str]:
+    return ["table1", "--data-dir", str(tmp_path / "data"), "--scale", "smoke", "--out", str(tmp_path / out),
+            "--no-progress", "--threads", "1", "--device", "cpu", *extra]
+
+
+def _run_here(tmp_path: Path, out: str, *extra: str) -> subprocess.CompletedProcess:
+    """One process, this one: the launcher's command with ``install()`` undone afterwards (no interpreter
+    start-up, which is most of a tiny run's time)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(stdout), redirect_stderr(stderr):
+        install(patch.setattr)
+        for name in ("NR_DATA_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            patch.delenv(name, raising=False)
+        argv = _argv(tmp_path, out, *extra)
+        code = cli.main(argv)
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+
+
 def _launch(tmp_path: Path, out: str, processes: int, *extra: str, **env: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]),
                **env)
@@ -105,8 +100,7 @@ def _launch(tmp_path: Path, out: str, processes: int, *extra: str, **env: str) -
         env.pop(name, None)
     runner = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    argv = ["table1", "--data-dir", str(tmp_path / "data"), "--scale", "smoke", "--out", str(tmp_path / out),
-            "--no-progress", "--threads", "1", "--device", "cpu", *extra]
+    argv = _argv(tmp_path, out, *extra)
     return subprocess.run([*runner, str(tmp_path / "launcher.py"), *argv], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=400)
 
@@ -126,7 +120,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper_ddp")
     write_banded_data(root / "data")
     (root / "launcher.py").write_text(LAUNCHER)
-    one, two = _launch(root, "one", 1), _launch(root, "two", 2)
+    one, two = _run_here(root, "one"), _launch(root, "two", 2)
     return root, one, two
 
 
@@ -197,16 +191,16 @@ def test_shard_jobs_then_the_merge_equal_one_process(runs) -> None:
     root, one, _ = runs
     assert one.returncode == 0
     models = ("--models", str(root / "one" / "models"))  # the one-process run's trained models, reused
-    trained = _launch(root, "shards", 1, "--train-only", *models)  # finds every model trained: nothing to do
+    trained = _run_here(root, "shards", "--train-only", *models)  # finds every model trained: nothing to do
     assert trained.returncode == 0 and "training" not in trained.stdout, trained.stderr[-3000:]
     assert not (root / "shards" / "table1").exists()
-    first = _launch(root, "shards", 1, "--shard", "0/2", *models)
+    first = _run_here(root, "shards", "--shard", "0/2", *models)
     assert first.returncode == 0, first.stderr[-3000:]
     assert not (root / "shards" / "table1").exists()  # a shard job writes no report
-    missing = _launch(root, "shards", 1, *models)
+    missing = _run_here(root, "shards", *models)
     assert missing.returncode == 2 and "missing shard(s) 1/2 (samples 4-7)" in missing.stderr
-    assert _launch(root, "shards", 1, "--shard", "1/2", *models).returncode == 0
-    merged = _launch(root, "shards", 1, *models)
+    assert _run_here(root, "shards", "--shard", "1/2", *models).returncode == 0
+    merged = _run_here(root, "shards", *models)
     assert merged.returncode == 0, merged.stderr[-3000:]
     for path in sorted((root / "one" / "evaluations").glob("*/summary.json")):
         mine = json.loads(path.read_text())["record"]["value"]
