@@ -169,7 +169,7 @@ def plan(scale: str) -> Plan:
         scale,
         tuple(models),
         # every dataset's grid (at smoke its first ε); CIFAR-10 runs at paper scale only (``_datasets``)
-        tuple((d, e[:1] if scale == "smoke" else e) for d, e in EPS.items()),
+        scales.eps_grid(scale, EPS, smoke_last=False),
         _evaluation(scale),
         params=tuple(sorted((k, str(v)) for k, v in params.items())),
         verify_data=scale != "smoke",

@@ -176,11 +176,13 @@ def evaluation(scale: str) -> EvalSpec:
     )
 
 
-def eps_grid(scale: str, grid: dict[str, tuple[float, ...]]) -> tuple[tuple[str, tuple[float, ...]], ...]:
-    """Each dataset's ε grid, at smoke scale only its first and last ε (the plumbing of every column, at a
-    third of the attacks)."""
-    smoke = check_scale(scale) == "smoke"
-    return tuple((dataset, (eps[0], eps[-1]) if smoke and len(eps) > 2 else eps)
+def eps_grid(scale: str, grid: dict[str, tuple[float, ...]], *,
+             smoke_last: bool = True) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """Each dataset's ε grid; at smoke scale only its first and (``smoke_last``) last ε: the plumbing of
+    every column at a fraction of the attacks."""
+    if check_scale(scale) != "smoke":
+        return tuple(grid.items())
+    return tuple((dataset, eps[:1] + eps[1:][-1:] if smoke_last else eps[:1])
                  for dataset, eps in grid.items())
 
 

@@ -434,3 +434,16 @@ def test_cpu_model_names_the_cpu_from_cpuinfo_or_platform(tmp_path) -> None:
                        "flags\t: avx2\n")
     assert cpu_model(cpuinfo) == "AMD EPYC 7B13"
     assert cpu_model(tmp_path / "absent")  # falls back to platform's name, never empty
+
+
+def test_only_the_smoke_scale_cuts_the_eps_grids() -> None:
+    from experiments.paper import mechanism, scales
+
+    for scale in ("cpu", "paper"):
+        assert table1.plan(scale).eps_map == dict(table1.EPS)
+        curves = {"mnist": scales.MNIST_CURVE_EPS, "cifar10": scales.CIFAR_CURVE_EPS}
+        assert fig2.plan(scale).eps_map == curves
+        assert mechanism.plan(scale).eps_map == dict(mechanism.EPS)
+    assert table1.plan("smoke").eps_map["mnist"] == (0.2, 0.5)
+    assert fig2.plan("smoke").eps_map["mnist"] == (0.0, 0.5)
+    assert mechanism.plan("smoke").eps_map["mnist"] == (0.1,)
