@@ -47,9 +47,9 @@ class OdeSolver:
         self.stats = SolverStats()
         self.status = "running"
         self.t_old = self.y_old = self._stages = self._h_last = None  # the last accepted step, once taken
-        self._time_dtype, self._device = time_dtype(y0, options.time_dtype), y0.device
+        self._time_dtype = time_dtype(y0, options.time_dtype)
         # t tensors are made as new_full of this 0-d one: as torch.full rounds, with less dispatch per call
-        self._t_last, self._t_tensor = None, torch.zeros((), dtype=self._time_dtype, device=self._device)
+        self._t_last, self._t_tensor = None, torch.zeros((), dtype=self._time_dtype, device=y0.device)
         self._last_output: tuple[Tensor | None, int] = (None, 0)  # func's previous output and its version
         self.grid = self._make_grid(options.step_size, options.grid)
         self._grid_index = 0

@@ -25,6 +25,8 @@ from tests.experiments.paper_ddp_setup import install
 from tests.nets.test_data import cifar_batch_bytes, idx_bytes, make_cifar, write_cifar_dir, write_mnist
 
 REPO = Path(__file__).resolve().parents[2]
+# the caller's data directory and any torchrun variables: a run here sets up its own
+FOREIGN_ENV = ("NR_DATA_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 # Each process the launcher starts installs the tiny Table 1 of ``paper_ddp_setup``; a rank named by FAIL_RANK
 # fails in training.
@@ -85,7 +87,7 @@ def _run_here(tmp_path: Path, out: str, *extra: str) -> subprocess.CompletedProc
     stdout, stderr = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch, redirect_stdout(stdout), redirect_stderr(stderr):
         install(patch.setattr)
-        for name in ("NR_DATA_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        for name in FOREIGN_ENV:
             patch.delenv(name, raising=False)
         argv = _argv(tmp_path, out, *extra)
         code = cli.main(argv)
@@ -95,8 +97,7 @@ def _run_here(tmp_path: Path, out: str, *extra: str) -> subprocess.CompletedProc
 def _launch(tmp_path: Path, out: str, processes: int, *extra: str, **env: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]),
                **env)
-    env.pop("NR_DATA_DIR", None)
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in FOREIGN_ENV:
         env.pop(name, None)
     runner = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
